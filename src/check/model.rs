@@ -1,0 +1,213 @@
+//! The checked model: every declaration resolved to sizes, sets and types, ready to lower.
+//!
+//! Expressions stay as AST ([`crate::syntax::ast::Expr`]); the checker guarantees that each one
+//! is well typed in its context, so lowering resolves names through [`CheckedModel::symbols`]
+//! without defending against errors.
+
+use std::collections::HashMap;
+
+use crate::diagnostics::Span;
+use crate::syntax::ast::Expr;
+
+pub type SizeId = usize;
+pub type SetId = usize;
+pub type ParamId = usize;
+pub type StateId = usize;
+pub type NoiseId = usize;
+pub type ActionId = usize;
+pub type LetId = usize;
+
+/// What a global name refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Symbol {
+    Size(SizeId),
+    Set(SetId),
+    Param(ParamId),
+    State(StateId),
+    Noise(NoiseId),
+    Action(ActionId),
+    Let(LetId),
+}
+
+/// The type of one element of a declared array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    Real,
+    Int,
+    Bool,
+}
+
+impl ElemType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ElemType::Real => "real",
+            ElemType::Int => "int",
+            ElemType::Bool => "bool",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Size {
+    pub name: String,
+    pub value: i64,
+    pub span: Span,
+}
+
+/// A half-open integer range `lo..hi`, never empty.
+#[derive(Clone, Debug)]
+pub struct IndexSet {
+    pub name: String,
+    pub lo: i64,
+    pub hi: i64,
+    pub span: Span,
+}
+
+impl IndexSet {
+    pub fn len(&self) -> usize {
+        usize::try_from(self.hi - self.lo).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One dimension of a declared array: its set, and the index name the definition uses for it.
+#[derive(Clone, Debug)]
+pub struct Dimension {
+    pub set: SetId,
+    pub index: Option<String>,
+}
+
+/// How a parameter or an initial state gets its values.
+#[derive(Clone, Debug)]
+pub enum Definition {
+    /// Deterministic expression, evaluated per element with the dimensions' indices bound.
+    Value(Expr),
+    /// Expression with distribution draws: per instance for parameters, per scenario for states.
+    Random(Expr),
+    /// Read from a data file, row-major.
+    Data(Vec<f64>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub dims: Vec<Dimension>,
+    pub ty: ElemType,
+    pub definition: Definition,
+    /// The value, when the parameter is a scalar known at compile time (after `--set`).
+    pub constant: Option<f64>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct State {
+    pub name: String,
+    pub dims: Vec<Dimension>,
+    pub initial: Definition,
+    pub span: Span,
+}
+
+/// Exogenous randomness drawn afresh every step.
+#[derive(Clone, Debug)]
+pub struct Noise {
+    pub name: String,
+    pub dims: Vec<Dimension>,
+    pub ty: ElemType,
+    pub distribution: Expr,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum ActionType {
+    /// A discrete choice; `over_set` for `choice[SET]`, whose labels are the set's elements.
+    Discrete { labels: Vec<String>, over_set: Option<SetId> },
+    /// A continuous action with optional bounds, acting only in the regimes where `when` holds.
+    Continuous { lo: Option<Expr>, hi: Option<Expr>, when: Option<Expr> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub name: String,
+    pub dims: Vec<Dimension>,
+    pub ty: ActionType,
+    pub span: Span,
+}
+
+impl Action {
+    pub fn is_discrete(&self) -> bool {
+        matches!(self.ty, ActionType::Discrete { .. })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Let {
+    pub name: String,
+    pub dims: Vec<Dimension>,
+    pub ty: ElemType,
+    pub value: Expr,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cost {
+    pub name: String,
+    pub value: Expr,
+    pub span: Span,
+}
+
+/// `x'[i, j] = value`: `indices` name the state's dimensions in order.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub state: StateId,
+    pub indices: Vec<String>,
+    pub value: Expr,
+    pub span: Span,
+}
+
+/// One factor the reported cost is divided by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportScale {
+    /// Per reported period (after warm-up).
+    Period,
+    /// Per unit of a size, e.g. per item.
+    Size(SizeId),
+}
+
+#[derive(Clone, Debug)]
+pub enum Observed {
+    State(StateId),
+    Param(ParamId),
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckedModel {
+    pub name: String,
+    pub sizes: Vec<Size>,
+    pub sets: Vec<IndexSet>,
+    pub params: Vec<Param>,
+    pub states: Vec<State>,
+    pub noises: Vec<Noise>,
+    pub actions: Vec<Action>,
+    /// In order of the step block; a `let` may read the ones before it.
+    pub lets: Vec<Let>,
+    pub costs: Vec<Cost>,
+    /// Exactly one per state, in the order of `states`.
+    pub updates: Vec<Update>,
+    pub observe: Vec<Observed>,
+    pub horizon: u64,
+    pub warmup: u64,
+    pub discount: f64,
+    /// Empty: the reported figure is the total over reported periods.
+    pub report: Vec<ReportScale>,
+    pub symbols: HashMap<String, Symbol>,
+}
+
+impl CheckedModel {
+    /// Number of scalar values of an array with these dimensions.
+    pub fn count(&self, dims: &[Dimension]) -> usize {
+        dims.iter().map(|d| self.sets.get(d.set).map_or(0, IndexSet::len)).product()
+    }
+}

@@ -1,0 +1,8 @@
+//! hmdp: a compiler for hybrid discrete–continuous Markov decision processes.
+//!
+//! Stages, each a module, data flowing one way: [`syntax`] (text → AST) → [`check`] (AST →
+//! checked model or diagnostics). See `ARCHITECTURE.md` for the map.
+
+pub mod check;
+pub mod diagnostics;
+pub mod syntax;
