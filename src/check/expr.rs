@@ -516,6 +516,7 @@ impl<'a> Checker<'a> {
                         );
                         None
                     }
+                    None if dim.first.name.starts_with(|c: char| c.is_ascii_uppercase()) => self.set_named(&dim.first),
                     None => self.infer_set(&dim.first, uses),
                 },
             };
@@ -923,6 +924,9 @@ impl<'a> Checker<'a> {
             self.broken.insert(symbol);
             return;
         };
+        if let Some(noise) = self.m.noises.get_mut(id) {
+            noise.dims = dims.clone();
+        }
         let mut scope = Scope::with_dims(Context::Noise, &dims);
         scope.random = true;
         let ty = self.expr(e, &mut scope);
@@ -1097,12 +1101,15 @@ impl<'a> Checker<'a> {
             self.error(duplicate("`let`", &name.name, name.span, first));
             return;
         }
-        let Some(dims) = self.dims(dims, &[value]) else {
-            return;
-        };
-        let mut scope = Scope::with_dims(Context::Step, &dims);
-        let ty = self.expr(value, &mut scope);
         let id = self.m.lets.len();
+        let (dims, ty) = match self.dims(dims, &[value]) {
+            Some(dims) => {
+                let mut scope = Scope::with_dims(Context::Step, &dims);
+                let ty = self.expr(value, &mut scope);
+                (dims, ty)
+            }
+            None => (Vec::new(), Ty::Error),
+        };
         let elem = self.element_type(ty, None, &name.name, value.span);
         if elem.is_none() {
             self.broken.insert(Symbol::Let(id));

@@ -166,10 +166,7 @@ fn syntax_error(source: &str, error: &pest::error::Error<Rule>) -> Diagnostic {
             }
         }
     }
-    // The starts of an expression are summarised as "an expression".
-    if expected.contains("an expression") {
-        expected.retain(|e| !matches!(e.as_str(), "`(`" | "`-`" | "a number" | "a name" | "`_`"));
-    }
+    summarise(&mut expected);
     let expected: Vec<String> = expected.into_iter().collect();
     let expected_text = join_alternatives(&expected);
     let (message, label) = if expected.is_empty() {
@@ -178,14 +175,14 @@ fn syntax_error(source: &str, error: &pest::error::Error<Rule>) -> Diagnostic {
         (format!("expected {expected_text}, found {found_text}"), format!("expected {expected_text}"))
     };
     let mut diagnostic = Diagnostic::error("syntax", message, span, label);
-    if let Some(help) = syntax_hint(source, offset) {
+    if let Some(help) = syntax_hint(source, offset, &expected) {
         diagnostic = diagnostic.with_help(help);
     }
     diagnostic
 }
 
 /// A hint for mistakes that are common enough to recognise.
-fn syntax_hint(source: &str, offset: usize) -> Option<String> {
+fn syntax_hint(source: &str, offset: usize, expected: &[String]) -> Option<String> {
     let rest = source.get(offset..)?;
     let word: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
     if offset == 0 || source.get(..offset).is_some_and(|s| s.trim().is_empty()) {
@@ -208,7 +205,8 @@ fn syntax_hint(source: &str, offset: usize) -> Option<String> {
         "warmup", "discount", "report", "in", "when", "if", "then", "else", "match", "and", "or", "not", "choice",
         "real", "int", "bool", "from", "true", "false",
     ];
-    if keywords.contains(&word.as_str()) {
+    let wants_name = expected.iter().any(|e| e == "a name") && !expected.iter().any(|e| e == "an expression");
+    if wants_name && keywords.contains(&word.as_str()) {
         return Some(format!("`{word}` is a keyword and cannot be used as a name"));
     }
     None
@@ -235,6 +233,30 @@ fn found_at(source: &str, offset: usize) -> Option<(String, usize)> {
         c => format!("`{c}`"),
     };
     Some((text, first.len_utf8()))
+}
+
+/// Collapses the tokens pest lists into what a user thinks of: every binary operator is "an
+/// operator", every way to start an expression is "an expression".
+fn summarise(expected: &mut BTreeSet<String>) {
+    const OPERATORS: &[&str] = &[
+        "`!=`", "`%`", "`*`", "`+`", "`-`", "`/`", "`<=`", "`<`", "`==`", "`>=`", "`>`", "`^`", "`and`", "`or`",
+        "a comparison", "an operator",
+    ];
+    const EXPRESSION_STARTS: &[&str] = &[
+        "`false`", "`true`", "`max`", "`min`", "`sum`", "`prod`", "`if`", "`match`", "`not`", "`(`", "`-`",
+        "a number", "a name", "`_`",
+    ];
+    if expected.contains("an expression") || (expected.contains("a number") && expected.contains("a name")) {
+        expected.retain(|e| !EXPRESSION_STARTS.contains(&e.as_str()));
+        expected.insert("an expression".into());
+    }
+    if expected.iter().any(|e| OPERATORS.contains(&e.as_str())) {
+        expected.retain(|e| !OPERATORS.contains(&e.as_str()));
+        expected.insert("an operator".into());
+    }
+    if expected.contains("a name") {
+        expected.remove("`_`");
+    }
 }
 
 fn join_alternatives(items: &[String]) -> String {
