@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hmdp::check::{self, DataFiles, Options};
-use hmdp::diagnostics::{self, Diagnostic, Span};
+use hmdp::diagnostics;
 
 #[derive(Parser)]
 #[command(name = "hmdpc", version, about = "Compiler for hybrid discrete-continuous Markov decision processes")]
@@ -67,20 +67,6 @@ impl DataFiles for Folder {
     }
 }
 
-/// A model file's text, or a diagnostic for the file itself (not valid UTF-8).
-fn decode(bytes: Vec<u8>) -> (String, Option<Diagnostic>) {
-    match String::from_utf8(bytes) {
-        Ok(text) => (text, None),
-        Err(e) => {
-            let at = e.utf8_error().valid_up_to();
-            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let d = Diagnostic::error("encoding", "the file is not valid UTF-8 text", Span::new(at, at + 1), "invalid byte here")
-                .with_help("save the model as UTF-8");
-            (text, Some(d))
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -124,7 +110,7 @@ fn check_files(files: &[PathBuf], overrides: Vec<(String, f64)>, format: Message
     let mut failed = false;
     for (path, bytes) in sources {
         let name = path.display().to_string();
-        let (source, encoding_error) = decode(bytes);
+        let (source, encoding_error) = hmdp::syntax::decode(bytes);
         let (model, diagnostics) = match encoding_error {
             Some(d) => (None, vec![d]),
             None => {

@@ -84,6 +84,9 @@ impl Context {
     }
 }
 
+/// The set of a dimension that did not resolve (already reported); any index fits it.
+const UNRESOLVED: SetId = usize::MAX;
+
 struct Binding {
     name: String,
     set: SetId,
@@ -459,8 +462,10 @@ impl<'a> Checker<'a> {
     // ------------------------------------------------------------------ declarations with shapes
 
     /// Resolves a declaration's dimensions; `uses` are the expressions from which the sets of
-    /// bare index names (`[i]`) are inferred.
-    fn dims(&mut self, dims: &[ast::Dim], uses: &[&ast::Expr]) -> Option<Vec<Dimension>> {
+    /// bare index names (`[i]`) are inferred. A dimension that does not resolve is reported and
+    /// gets the set [`UNRESOLVED`], so that the definition can still be checked for errors of
+    /// its own; `false` says the declaration is broken.
+    fn dims(&mut self, dims: &[ast::Dim], uses: &[&ast::Expr]) -> (Vec<Dimension>, bool) {
         let mut out = Vec::new();
         let mut ok = true;
         let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -476,6 +481,7 @@ impl<'a> Checker<'a> {
                 if let Some(first) = seen.insert(index.name.as_str(), index.span) {
                     self.error(duplicate("index", &index.name, index.span, first));
                     ok = false;
+                    out.push(Dimension { set: UNRESOLVED, index: None });
                     continue;
                 }
             }
@@ -494,6 +500,7 @@ impl<'a> Checker<'a> {
                             .with_help("choose another index name, such as a single lowercase letter"),
                         );
                         ok = false;
+                        out.push(Dimension { set: UNRESOLVED, index: None });
                         continue;
                     }
                     self.set_named(set_name)
@@ -520,12 +527,12 @@ impl<'a> Checker<'a> {
                     None => self.infer_set(&dim.first, uses),
                 },
             };
-            match set {
-                Some(set) => out.push(Dimension { set, index: index_name.map(|i| i.name.clone()) }),
-                None => ok = false,
+            if set.is_none() {
+                ok = false;
             }
+            out.push(Dimension { set: set.unwrap_or(UNRESOLVED), index: index_name.map(|i| i.name.clone()) });
         }
-        ok.then_some(out)
+        (out, ok)
     }
 
     fn set_named(&mut self, name: &ast::Ident) -> Option<SetId> {
@@ -666,10 +673,10 @@ impl<'a> Checker<'a> {
             ast::Definition::Value(e) | ast::Definition::Random(e) => vec![e],
             ast::Definition::File { .. } => vec![],
         };
-        let Some(dims) = self.dims(&d.dims, &uses) else {
+        let (dims, dims_ok) = self.dims(&d.dims, &uses);
+        if !dims_ok {
             self.broken.insert(symbol);
-            return;
-        };
+        }
         if let Some(param) = self.m.params.get_mut(id) {
             param.dims = dims.clone();
         }
@@ -698,11 +705,15 @@ impl<'a> Checker<'a> {
                 self.require_draw(&scope, e, ty);
                 (ty, Definition::Random(e.clone()))
             }
+            ast::Definition::File { .. } if !dims_ok => (Ty::Error, Definition::Data(Vec::new())),
             ast::Definition::File { path, span } => match self.data_file(&d.name.name, &dims, path, *span, d.ty.map(|t| t.0)) {
                 Some((values, ty)) => (ty, Definition::Data(values)),
                 None => (Ty::Error, Definition::Data(Vec::new())),
             },
         };
+        if !dims_ok {
+            return;
+        }
         let Some(elem) = self.element_type(ty, d.ty, &d.name.name, d.def.span()) else {
             self.broken.insert(symbol);
             return;
@@ -870,10 +881,10 @@ impl<'a> Checker<'a> {
             ast::Definition::Value(e) | ast::Definition::Random(e) => vec![e],
             ast::Definition::File { .. } => vec![],
         };
-        let Some(dims) = self.dims(&d.dims, &uses) else {
+        let (dims, dims_ok) = self.dims(&d.dims, &uses);
+        if !dims_ok {
             self.broken.insert(symbol);
-            return;
-        };
+        }
         let mut scope = Scope::with_dims(Context::StateInit, &dims);
         let (ty, initial) = match &d.def {
             ast::Definition::Value(e) => (self.expr(e, &mut scope), Definition::Value(e.clone())),
@@ -883,6 +894,7 @@ impl<'a> Checker<'a> {
                 self.require_draw(&scope, e, ty);
                 (ty, Definition::Random(e.clone()))
             }
+            ast::Definition::File { .. } if !dims_ok => (Ty::Error, Definition::Data(Vec::new())),
             ast::Definition::File { path, span } => match self.data_file(&d.name.name, &dims, path, *span, None) {
                 Some((values, ty)) => (ty, Definition::Data(values)),
                 None => (Ty::Error, Definition::Data(Vec::new())),
@@ -920,10 +932,10 @@ impl<'a> Checker<'a> {
                 return;
             }
         };
-        let Some(dims) = self.dims(&d.dims, &[e]) else {
+        let (dims, dims_ok) = self.dims(&d.dims, &[e]);
+        if !dims_ok {
             self.broken.insert(symbol);
-            return;
-        };
+        }
         if let Some(noise) = self.m.noises.get_mut(id) {
             noise.dims = dims.clone();
         }
@@ -955,7 +967,7 @@ impl<'a> Checker<'a> {
         if let ast::ActionKind::Real { lo, hi } = &d.kind {
             uses.extend(lo.iter().chain(hi.iter()));
         }
-        let dims = self.dims(&d.dims, &uses);
+        let (dims, dims_ok) = self.dims(&d.dims, &uses);
         let ty = match &d.kind {
             ast::ActionKind::Labels(labels) => {
                 let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -985,28 +997,18 @@ impl<'a> Checker<'a> {
                     .with_help("`when` says in which regimes a continuous action acts"),
             );
         }
-        match dims {
-            Some(dims) => {
-                if let Some(action) = self.m.actions.get_mut(id) {
-                    action.dims = dims;
-                    action.ty = ty;
-                }
-            }
-            None => {
-                self.broken.insert(symbol);
-                if let Some(action) = self.m.actions.get_mut(id) {
-                    action.ty = ty;
-                }
-            }
+        if !dims_ok {
+            self.broken.insert(symbol);
+        }
+        if let Some(action) = self.m.actions.get_mut(id) {
+            action.dims = dims;
+            action.ty = ty;
         }
     }
 
     fn action_bounds(&mut self, d: &ast::ActionDecl) {
         let Some(Global { symbol: Symbol::Action(id), .. }) = self.globals.get(&d.name.name) else { return };
         let id = *id;
-        if self.broken.contains(&Symbol::Action(id)) {
-            return;
-        }
         let ast::ActionKind::Real { lo, hi } = &d.kind else { return };
         let dims = self.m.actions.get(id).map(|a| a.dims.clone()).unwrap_or_default();
         let mut constants = [None, None];
@@ -1102,14 +1104,10 @@ impl<'a> Checker<'a> {
             return;
         }
         let id = self.m.lets.len();
-        let (dims, ty) = match self.dims(dims, &[value]) {
-            Some(dims) => {
-                let mut scope = Scope::with_dims(Context::Step, &dims);
-                let ty = self.expr(value, &mut scope);
-                (dims, ty)
-            }
-            None => (Vec::new(), Ty::Error),
-        };
+        let (dims, dims_ok) = self.dims(dims, &[value]);
+        let mut scope = Scope::with_dims(Context::Step, &dims);
+        let ty = self.expr(value, &mut scope);
+        let ty = if dims_ok { ty } else { Ty::Error };
         let elem = self.element_type(ty, None, &name.name, value.span);
         if elem.is_none() {
             self.broken.insert(Symbol::Let(id));
@@ -1471,12 +1469,13 @@ impl<'a> Checker<'a> {
                         );
                         ok = false;
                     }
-                    match self.set_named(&b.set) {
-                        Some(set) => scope.binders.push(Binding { name: b.var.name.clone(), set }),
-                        None => ok = false,
-                    }
+                    let set = self.set_named(&b.set);
+                    ok &= set.is_some();
+                    // The body is checked even when the set is broken, for errors of its own.
+                    scope.binders.push(Binding { name: b.var.name.clone(), set: set.unwrap_or(UNRESOLVED) });
                 }
-                let ty = if ok { self.expr(body, scope) } else { Ty::Error };
+                let ty = self.expr(body, scope);
+                let ty = if ok { ty } else { Ty::Error };
                 scope.binders.truncate(depth);
                 if !self.numeric(ty, body.span, &format!("the body of `{}`", op.name())) {
                     return Ty::Error;
@@ -1689,7 +1688,7 @@ impl<'a> Checker<'a> {
         let ordinal = ["first", "second", "third", "fourth", "fifth"].get(position).map_or_else(|| format!("#{}", position + 1), |s| s.to_string());
         match ty {
             Ty::Error => false,
-            Ty::Index(s) if s == set => true,
+            Ty::Index(s) if s == set || s == UNRESOLVED || set == UNRESOLVED => true,
             Ty::Index(s) => {
                 let other = self.m.sets.get(s).map_or("?", |s| s.name.as_str()).to_string();
                 self.error(
@@ -1720,7 +1719,7 @@ impl<'a> Checker<'a> {
                 true
             }
             Ty::Choice(a) => match self.over_set(a) {
-                Some(s) if s == set => true,
+                Some(s) if s == set || set == UNRESOLVED => true,
                 _ => {
                     let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
                     self.error(
@@ -1879,13 +1878,13 @@ impl<'a> Checker<'a> {
         let action_name = self.m.actions.get(action).map_or("?", |a| a.name.as_str()).to_string();
         let over_set = self.over_set(action).is_some();
         let mut covered: HashMap<String, Span> = HashMap::new();
-        let mut wildcard = false;
+        let mut wildcard = None;
         let mut result: Option<(Ty, Span)> = None;
         let mut ok = true;
         for arm in arms {
             let key = match &arm.pattern {
-                ast::Pattern::Wildcard(_) => {
-                    wildcard = true;
+                ast::Pattern::Wildcard(span) => {
+                    wildcard = Some(*span);
                     None
                 }
                 ast::Pattern::Label(l) if !over_set => Some((l.name.clone(), l.span)),
@@ -1927,7 +1926,16 @@ impl<'a> Checker<'a> {
             });
         }
         let missing: Vec<&String> = labels.iter().filter(|l| !covered.contains_key(*l)).collect();
-        if !wildcard && !missing.is_empty() && ok {
+        if let Some(span) = wildcard
+            && missing.is_empty()
+            && ok
+        {
+            self.error(
+                Diagnostic::warning("unreachable-arm", "this `_` arm is never used: every label is already covered", span, "unreachable")
+                    .with_help("remove it"),
+            );
+        }
+        if wildcard.is_none() && !missing.is_empty() && ok {
             let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
             self.error(
                 Diagnostic::error("non-exhaustive", format!("this `match` on `{action_name}` does not cover {}", list.join(", ")), e.span, "incomplete match")
@@ -2051,11 +2059,15 @@ impl<'a> Checker<'a> {
             }
             if ok
                 && let (Some(l), Some(h)) = (self.constant(lo, scope), self.constant(hi, scope))
-                && l >= h
+                && (l >= h || (ty == Ty::Int && l.ceil() > h.floor()))
             {
                 self.error(Diagnostic::error(
                     "distribution-parameter",
-                    format!("truncation to [{}, {}] leaves nothing to draw", fmt_num(l), fmt_num(h)),
+                    if l >= h {
+                        format!("truncation to [{}, {}] leaves nothing to draw", fmt_num(l), fmt_num(h))
+                    } else {
+                        format!("truncation to [{}, {}] leaves no integer for this integer distribution to draw", fmt_num(l), fmt_num(h))
+                    },
                     lo.span.to(hi.span),
                     "empty interval",
                 ));
@@ -2091,9 +2103,16 @@ impl<'a> Checker<'a> {
         }
         let mut ok = true;
         let mut values = Vec::new();
-        for a in args {
+        for (k, a) in args.iter().enumerate() {
             let t = self.expr(a, scope);
             ok &= self.numeric(t, a.span, &format!("a parameter of `{name}`"));
+            if name == "binomial" && k == 0 && t == Ty::Real {
+                self.error(
+                    Diagnostic::error("type", "the number of trials of `binomial` must be an integer, but this is a real", a.span, "real number of trials")
+                        .with_help("round it explicitly: `binomial(round(n), p)`, or declare it `: int`"),
+                );
+                ok = false;
+            }
             values.push(self.constant(a, scope));
         }
         if !ok {
