@@ -148,7 +148,10 @@ fn check_files(files: &[PathBuf], overrides: Vec<(String, f64)>, format: Message
                 failed = true;
                 if let MessageFormat::Human = format {
                     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-                    eprintln!("error: {name}: {} found", if errors == 1 { "1 error".to_string() } else { format!("{errors} errors") });
+                    eprintln!(
+                        "error: {name}: {} found",
+                        if errors == 1 { "1 error".to_string() } else { format!("{errors} errors") }
+                    );
                 }
             }
         }

@@ -61,8 +61,7 @@ fn first_nonblank(text: &str) -> usize {
 
 /// Reads a JSON number or nested arrays of numbers with a regular (rectangular) shape.
 pub fn parse_json(text: &str) -> Result<Table, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let mut shape = Vec::new();
     let mut probe = &value;
     while let serde_json::Value::Array(items) = probe {
@@ -95,7 +94,11 @@ fn flatten(value: &serde_json::Value, shape: &[usize], out: &mut Vec<f64>, at: &
         (serde_json::Value::Array(items), Some((&len, _))) => {
             Err(format!("array{at} has {} entries, but its siblings have {len}", items.len()))
         }
-        (other, _) => Err(format!("value{at} is {}, expected {}", kind(other), if shape.is_empty() { "a number" } else { "an array" })),
+        (other, _) => Err(format!(
+            "value{at} is {}, expected {}",
+            kind(other),
+            if shape.is_empty() { "a number" } else { "an array" }
+        )),
     }
 }
 

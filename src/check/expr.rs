@@ -61,7 +61,9 @@ impl Context {
             Context::SetBound => "set bounds can only use sizes",
             Context::Param => "a parameter is fixed per instance: it can use sizes and earlier parameters",
             Context::StateInit => "an initial state can use sizes and parameters",
-            Context::Noise => "noise is drawn independently of the state and the actions: it can use sizes and parameters",
+            Context::Noise => {
+                "noise is drawn independently of the state and the actions: it can use sizes and parameters"
+            }
             Context::ActionBound => "an action's bound can use sizes, parameters and the state",
             Context::When => "a `when` condition selects regimes: it can use discrete actions, sizes and parameters",
             Context::Step => "the step can use sizes, parameters, state, noise, actions and earlier `let`s",
@@ -123,8 +125,10 @@ impl Scope {
     }
 }
 
-const FUNCTIONS: &[&str] =
-    &["exp", "log", "sqrt", "tanh", "sigmoid", "softplus", "sin", "cos", "abs", "max", "min", "clamp", "pow", "floor", "ceil", "round"];
+const FUNCTIONS: &[&str] = &[
+    "exp", "log", "sqrt", "tanh", "sigmoid", "softplus", "sin", "cos", "abs", "max", "min", "clamp", "pow", "floor",
+    "ceil", "round",
+];
 const DISTRIBUTIONS: &[&str] = &[
     "uniform",
     "normal",
@@ -257,7 +261,12 @@ impl<'a> Checker<'a> {
             ),
             [first, rest @ ..] => {
                 for extra in rest {
-                    self.error(duplicate("block", "step", Span::new(extra.span.start, extra.span.start + 4), Span::new(first.span.start, first.span.start + 4)));
+                    self.error(duplicate(
+                        "block",
+                        "step",
+                        Span::new(extra.span.start, extra.span.start + 4),
+                        Span::new(first.span.start, first.span.start + 4),
+                    ));
                 }
                 self.step(first);
             }
@@ -272,8 +281,13 @@ impl<'a> Checker<'a> {
         }
         if self.m.actions.is_empty() {
             self.error(
-                Diagnostic::warning("no-actions", "the model has no actions: there is nothing to decide", ast.name.span, "in this model")
-                    .with_help("declare `action name: choice {...}` or `action name: real`"),
+                Diagnostic::warning(
+                    "no-actions",
+                    "the model has no actions: there is nothing to decide",
+                    ast.name.span,
+                    "in this model",
+                )
+                .with_help("declare `action name: choice {...}` or `action name: real`"),
             );
         }
         self.m.symbols = self.globals.iter().map(|(k, g)| (k.clone(), g.symbol)).collect();
@@ -381,7 +395,7 @@ impl<'a> Checker<'a> {
             }
         };
         match value {
-            Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= 1e9 => {
+            Some(v) if v.fract() == 0.0 && (1.0..=1e9).contains(&v) => {
                 if let Some(size) = self.m.sizes.get_mut(id) {
                     size.value = v as i64;
                 }
@@ -407,8 +421,13 @@ impl<'a> Checker<'a> {
 
     fn not_constant(&mut self, e: &ast::Expr, what: &str) {
         self.error(
-            Diagnostic::error("not-constant", format!("{what} must be known when the model is compiled"), e.span, "not a constant")
-                .with_help("use numbers, sizes and parameters defined by constants"),
+            Diagnostic::error(
+                "not-constant",
+                format!("{what} must be known when the model is compiled"),
+                e.span,
+                "not a constant",
+            )
+            .with_help("use numbers, sizes and parameters defined by constants"),
         );
     }
 
@@ -477,13 +496,13 @@ impl<'a> Checker<'a> {
                     _ => Some(&dim.first),
                 },
             };
-            if let Some(index) = index_name {
-                if let Some(first) = seen.insert(index.name.as_str(), index.span) {
-                    self.error(duplicate("index", &index.name, index.span, first));
-                    ok = false;
-                    out.push(Dimension { set: UNRESOLVED, index: None });
-                    continue;
-                }
+            if let Some(index) = index_name
+                && let Some(first) = seen.insert(index.name.as_str(), index.span)
+            {
+                self.error(duplicate("index", &index.name, index.span, first));
+                ok = false;
+                out.push(Dimension { set: UNRESOLVED, index: None });
+                continue;
             }
             let set = match &dim.set {
                 Some(set_name) => {
@@ -551,7 +570,12 @@ impl<'a> Checker<'a> {
             }
             None => {
                 let sets: Vec<&str> = self.m.sets.iter().map(|s| s.name.as_str()).collect();
-                let mut d = Diagnostic::error("unknown-name", format!("unknown set `{}`", name.name), name.span, "no set has this name");
+                let mut d = Diagnostic::error(
+                    "unknown-name",
+                    format!("unknown set `{}`", name.name),
+                    name.span,
+                    "no set has this name",
+                );
                 if let Some(help) = did_you_mean(&name.name, sets) {
                     d = d.with_help(help);
                 }
@@ -706,10 +730,12 @@ impl<'a> Checker<'a> {
                 (ty, Definition::Random(e.clone()))
             }
             ast::Definition::File { .. } if !dims_ok => (Ty::Error, Definition::Data(Vec::new())),
-            ast::Definition::File { path, span } => match self.data_file(&d.name.name, &dims, path, *span, d.ty.map(|t| t.0)) {
-                Some((values, ty)) => (ty, Definition::Data(values)),
-                None => (Ty::Error, Definition::Data(Vec::new())),
-            },
+            ast::Definition::File { path, span } => {
+                match self.data_file(&d.name.name, &dims, path, *span, d.ty.map(|t| t.0)) {
+                    Some((values, ty)) => (ty, Definition::Data(values)),
+                    None => (Ty::Error, Definition::Data(Vec::new())),
+                }
+            }
         };
         if !dims_ok {
             return;
@@ -731,7 +757,13 @@ impl<'a> Checker<'a> {
     }
 
     /// The element type a declaration gets from its value's type and its annotation.
-    fn element_type(&mut self, ty: Ty, annotation: Option<(ast::ScalarType, Span)>, name: &str, value_span: Span) -> Option<ElemType> {
+    fn element_type(
+        &mut self,
+        ty: Ty,
+        annotation: Option<(ast::ScalarType, Span)>,
+        name: &str,
+        value_span: Span,
+    ) -> Option<ElemType> {
         let inferred = match ty {
             Ty::Error => return None,
             Ty::Real => ElemType::Real,
@@ -739,8 +771,13 @@ impl<'a> Checker<'a> {
             Ty::Bool => ElemType::Bool,
             Ty::Choice(_) => {
                 self.error(
-                    Diagnostic::error("type", format!("`{name}` cannot hold a discrete action's value"), value_span, "a choice")
-                        .with_help("compare the action with a label instead, e.g. `order == buy`"),
+                    Diagnostic::error(
+                        "type",
+                        format!("`{name}` cannot hold a discrete action's value"),
+                        value_span,
+                        "a choice",
+                    )
+                    .with_help("compare the action with a label instead, e.g. `order == buy`"),
                 );
                 return None;
             }
@@ -776,8 +813,13 @@ impl<'a> Checker<'a> {
     fn require_draw(&mut self, scope: &Scope, e: &ast::Expr, ty: Ty) {
         if !scope.draws && ty != Ty::Error {
             self.error(
-                Diagnostic::error("no-distribution", "`~` needs a distribution, but this value is not random", e.span, "no distribution here")
-                    .with_help("draw it, e.g. `~ uniform(0, 1)`, or write `=` for a fixed value"),
+                Diagnostic::error(
+                    "no-distribution",
+                    "`~` needs a distribution, but this value is not random",
+                    e.span,
+                    "no distribution here",
+                )
+                .with_help("draw it, e.g. `~ uniform(0, 1)`, or write `=` for a fixed value"),
             );
         }
     }
@@ -815,7 +857,12 @@ impl<'a> Checker<'a> {
         let table = match table {
             Ok(table) => table,
             Err(reason) => {
-                self.error(Diagnostic::error("data-file", format!("data file `{path}` is malformed: {reason}"), span, "in this file"));
+                self.error(Diagnostic::error(
+                    "data-file",
+                    format!("data file `{path}` is malformed: {reason}"),
+                    span,
+                    "in this file",
+                ));
                 return None;
             }
         };
@@ -837,11 +884,15 @@ impl<'a> Checker<'a> {
                 .filter_map(|d| self.m.sets.get(d.set))
                 .map(|s| format!("{} = {}..{}", s.name, s.lo, s.hi))
                 .collect();
-            let expected_text = if expected.is_empty() { "a single number".to_string() } else { format!("{} values", show(&expected)) };
+            let expected_text =
+                if expected.is_empty() { "a single number".to_string() } else { format!("{} values", show(&expected)) };
             self.error(
                 Diagnostic::error(
                     "data-shape",
-                    format!("data file `{path}` has the wrong shape for `{name}`: expected {expected_text}, found {}", show(&table.shape)),
+                    format!(
+                        "data file `{path}` has the wrong shape for `{name}`: expected {expected_text}, found {}",
+                        show(&table.shape)
+                    ),
                     span,
                     format!("{} values", table.values.len()),
                 )
@@ -857,14 +908,24 @@ impl<'a> Checker<'a> {
         let ty = match annotation {
             Some(ast::ScalarType::Bool) => {
                 if let Some(bad) = table.values.iter().find(|v| **v != 0.0 && **v != 1.0) {
-                    self.error(Diagnostic::error("data-file", format!("`{name}` is declared `bool`, but `{path}` holds {bad}"), span, "values must be 0 or 1"));
+                    self.error(Diagnostic::error(
+                        "data-file",
+                        format!("`{name}` is declared `bool`, but `{path}` holds {bad}"),
+                        span,
+                        "values must be 0 or 1",
+                    ));
                     return None;
                 }
                 Ty::Bool
             }
             Some(ast::ScalarType::Int) if !all_int => {
                 let bad = table.values.iter().find(|v| v.fract() != 0.0).copied().unwrap_or(0.0);
-                self.error(Diagnostic::error("data-file", format!("`{name}` is declared `int`, but `{path}` holds {bad}"), span, "values must be integers"));
+                self.error(Diagnostic::error(
+                    "data-file",
+                    format!("`{name}` is declared `int`, but `{path}` holds {bad}"),
+                    span,
+                    "values must be integers",
+                ));
                 return None;
             }
             Some(ast::ScalarType::Int) => Ty::Int,
@@ -918,16 +979,26 @@ impl<'a> Checker<'a> {
             ast::Definition::Value(e) => {
                 self.broken.insert(symbol);
                 self.error(
-                    Diagnostic::error("noise-not-random", format!("noise `{}` must be drawn from a distribution", d.name.name), e.span, "a fixed value")
-                        .with_help("write `~` and a distribution, e.g. `noise d ~ poisson(5)`; a fixed value is a `param`"),
+                    Diagnostic::error(
+                        "noise-not-random",
+                        format!("noise `{}` must be drawn from a distribution", d.name.name),
+                        e.span,
+                        "a fixed value",
+                    )
+                    .with_help("write `~` and a distribution, e.g. `noise d ~ poisson(5)`; a fixed value is a `param`"),
                 );
                 return;
             }
             ast::Definition::File { span, .. } => {
                 self.broken.insert(symbol);
                 self.error(
-                    Diagnostic::error("noise-not-random", format!("noise `{}` cannot be read from a file", d.name.name), *span, "a fixed value")
-                        .with_help("noise is drawn every step: write `~` and a distribution"),
+                    Diagnostic::error(
+                        "noise-not-random",
+                        format!("noise `{}` cannot be read from a file", d.name.name),
+                        *span,
+                        "a fixed value",
+                    )
+                    .with_help("noise is drawn every step: write `~` and a distribution"),
                 );
                 return;
             }
@@ -993,8 +1064,13 @@ impl<'a> Checker<'a> {
         };
         if let (Some(when), ActionType::Discrete { .. }) = (&d.when, &ty) {
             self.error(
-                Diagnostic::error("when-on-choice", format!("discrete action `{}` cannot have a `when` condition", d.name.name), when.span, "only for continuous actions")
-                    .with_help("`when` says in which regimes a continuous action acts"),
+                Diagnostic::error(
+                    "when-on-choice",
+                    format!("discrete action `{}` cannot have a `when` condition", d.name.name),
+                    when.span,
+                    "only for continuous actions",
+                )
+                .with_help("`when` says in which regimes a continuous action acts"),
             );
         }
         if !dims_ok {
@@ -1031,7 +1107,11 @@ impl<'a> Checker<'a> {
                     lo.span.to(hi.span),
                     if l > h { "lower bound above upper bound" } else { "a single point" },
                 )
-                .with_help(if l > h { "swap the bounds" } else { "a fixed value is a `let` or a `param`, not an action" }),
+                .with_help(if l > h {
+                    "swap the bounds"
+                } else {
+                    "a fixed value is a `let` or a `param`, not an action"
+                }),
             );
         }
         let when = match &d.when {
@@ -1091,8 +1171,13 @@ impl<'a> Checker<'a> {
         self.m.updates.sort_by_key(|u| u.state);
         if self.m.costs.is_empty() {
             self.error(
-                Diagnostic::error("no-cost", "the step has no cost", Span::new(step.span.start, step.span.start + 4), "in this step")
-                    .with_help("add at least one named cost, e.g. `cost holding = sum(i in I) h[i] * x[i]`"),
+                Diagnostic::error(
+                    "no-cost",
+                    "the step has no cost",
+                    Span::new(step.span.start, step.span.start + 4),
+                    "in this step",
+                )
+                .with_help("add at least one named cost, e.g. `cost holding = sum(i in I) h[i] * x[i]`"),
             );
         }
     }
@@ -1112,25 +1197,48 @@ impl<'a> Checker<'a> {
         if elem.is_none() {
             self.broken.insert(Symbol::Let(id));
         }
-        self.m.lets.push(Let { name: name.name.clone(), dims, ty: elem.unwrap_or(ElemType::Real), value: value.clone(), span });
+        self.m.lets.push(Let {
+            name: name.name.clone(),
+            dims,
+            ty: elem.unwrap_or(ElemType::Real),
+            value: value.clone(),
+            span,
+        });
         self.globals.insert(name.name.clone(), Global { symbol: Symbol::Let(id), span: name.span });
     }
 
-    fn update(&mut self, name: &ast::Ident, indices: &[ast::Expr], value: &ast::Expr, span: Span, updated: &mut HashMap<StateId, Span>) {
+    fn update(
+        &mut self,
+        name: &ast::Ident,
+        indices: &[ast::Expr],
+        value: &ast::Expr,
+        span: Span,
+        updated: &mut HashMap<StateId, Span>,
+    ) {
         let state = match self.globals.get(&name.name).map(|g| (g.symbol, g.span)) {
             Some((Symbol::State(s), _)) => s,
             Some((other, declared)) => {
                 let kind = self.kind_name(other);
                 self.error(
-                    Diagnostic::error("not-a-state", format!("only states can be updated, and `{}` is a {kind}", name.name), name.span, "not a state")
-                        .with_label(declared, "declared here"),
+                    Diagnostic::error(
+                        "not-a-state",
+                        format!("only states can be updated, and `{}` is a {kind}", name.name),
+                        name.span,
+                        "not a state",
+                    )
+                    .with_label(declared, "declared here"),
                 );
                 self.check_alone(value);
                 return;
             }
             None => {
                 let states: Vec<&str> = self.m.states.iter().map(|s| s.name.as_str()).collect();
-                let mut d = Diagnostic::error("unknown-name", format!("unknown state `{}`", name.name), name.span, "no state has this name");
+                let mut d = Diagnostic::error(
+                    "unknown-name",
+                    format!("unknown state `{}`", name.name),
+                    name.span,
+                    "no state has this name",
+                );
                 if let Some(help) = did_you_mean(&name.name, states) {
                     d = d.with_help(help);
                 }
@@ -1142,9 +1250,14 @@ impl<'a> Checker<'a> {
         if let Some(first) = updated.get(&state) {
             let first = *first;
             self.error(
-                Diagnostic::error("updated-twice", format!("state `{}` is updated twice", name.name), name.span, "second update")
-                    .with_label(first, "first update")
-                    .with_help("a state has exactly one next value; combine the cases with `if ... then ... else`"),
+                Diagnostic::error(
+                    "updated-twice",
+                    format!("state `{}` is updated twice", name.name),
+                    name.span,
+                    "second update",
+                )
+                .with_label(first, "first update")
+                .with_help("a state has exactly one next value; combine the cases with `if ... then ... else`"),
             );
             return;
         }
@@ -1154,7 +1267,12 @@ impl<'a> Checker<'a> {
             return;
         }
         if indices.len() != dims.len() {
-            self.error(self.rank_error(&name.name, &dims, indices.len(), name.span.to(indices.last().map_or(name.span, |e| e.span))));
+            self.error(self.rank_error(
+                &name.name,
+                &dims,
+                indices.len(),
+                name.span.to(indices.last().map_or(name.span, |e| e.span)),
+            ));
             return;
         }
         let mut scope = Scope::new(Context::Step);
@@ -1167,12 +1285,23 @@ impl<'a> Checker<'a> {
                     names.push(index.name.clone());
                 }
                 Some(index) if scope.binder(&index.name).is_some() => {
-                    self.error(Diagnostic::error("duplicate", format!("index `{}` is used twice", index.name), ix.span, "repeated index")
-                        .with_help("give each dimension its own index name"));
+                    self.error(
+                        Diagnostic::error(
+                            "duplicate",
+                            format!("index `{}` is used twice", index.name),
+                            ix.span,
+                            "repeated index",
+                        )
+                        .with_help("give each dimension its own index name"),
+                    );
                     ok = false;
                 }
                 _ => {
-                    let example: Vec<String> = dims.iter().enumerate().map(|(k, _)| ["i", "j", "k", "l", "m"].get(k).unwrap_or(&"n").to_string()).collect();
+                    let example: Vec<String> = dims
+                        .iter()
+                        .enumerate()
+                        .map(|(k, _)| ["i", "j", "k", "l", "m"].get(k).unwrap_or(&"n").to_string())
+                        .collect();
                     self.error(
                         Diagnostic::error(
                             "partial-update",
@@ -1206,7 +1335,11 @@ impl<'a> Checker<'a> {
 
     fn rank_error(&self, name: &str, dims: &[Dimension], found: usize, span: Span) -> Diagnostic {
         let sets: Vec<&str> = dims.iter().filter_map(|d| self.m.sets.get(d.set)).map(|s| s.name.as_str()).collect();
-        let shape = if sets.is_empty() { "is a scalar".to_string() } else { format!("has {} ({})", plural(sets.len(), "dimension"), sets.join(", ")) };
+        let shape = if sets.is_empty() {
+            "is a scalar".to_string()
+        } else {
+            format!("has {} ({})", plural(sets.len(), "dimension"), sets.join(", "))
+        };
         let d = Diagnostic::error(
             "rank",
             format!("`{name}` {shape}, but is indexed with {}", plural(found, "index").replace("indexs", "indices")),
@@ -1217,9 +1350,18 @@ impl<'a> Checker<'a> {
             d.with_help(format!("remove the brackets: `{name}`"))
         } else if found == 0 {
             let example: Vec<String> = sets.iter().map(|s| s.to_lowercase()).collect();
-            d.with_help(format!("index every dimension, e.g. `{name}[{}]`, or reduce it: `sum({} in {}) {name}[{}]`", example.join(", "), example.first().map_or("i", |s| s.as_str()), sets.first().unwrap_or(&"I"), example.join(", ")))
+            d.with_help(format!(
+                "index every dimension, e.g. `{name}[{}]`, or reduce it: `sum({} in {}) {name}[{}]`",
+                example.join(", "),
+                example.first().map_or("i", |s| s.as_str()),
+                sets.first().unwrap_or(&"I"),
+                example.join(", ")
+            ))
         } else {
-            d.with_help(format!("write one index per dimension: `{name}[{}]`", sets.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>().join(", ")))
+            d.with_help(format!(
+                "write one index per dimension: `{name}[{}]`",
+                sets.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>().join(", ")
+            ))
         }
     }
 
@@ -1246,13 +1388,23 @@ impl<'a> Checker<'a> {
             firsts.insert(key, head);
             match item {
                 Item::Horizon(s) => {
-                    if let Some(v) = self.setting(&s.value, "horizon", |v| v.fract() == 0.0 && v >= 1.0 && v <= 1e9, "a whole number of steps, at least 1") {
+                    if let Some(v) = self.setting(
+                        &s.value,
+                        "horizon",
+                        |v| v.fract() == 0.0 && (1.0..=1e9).contains(&v),
+                        "a whole number of steps, at least 1",
+                    ) {
                         self.m.horizon = v as u64;
                         horizon = Some(v as u64);
                     }
                 }
                 Item::Warmup(s) => {
-                    if let Some(v) = self.setting(&s.value, "warmup", |v| v.fract() == 0.0 && v >= 0.0 && v <= 1e9, "a whole number of steps, at least 0") {
+                    if let Some(v) = self.setting(
+                        &s.value,
+                        "warmup",
+                        |v| v.fract() == 0.0 && (0.0..=1e9).contains(&v),
+                        "a whole number of steps, at least 0",
+                    ) {
                         self.m.warmup = v as u64;
                     }
                 }
@@ -1274,8 +1426,13 @@ impl<'a> Checker<'a> {
             Some(h) if self.m.warmup >= h => {
                 if let Some(span) = firsts.get("warmup") {
                     self.error(
-                        Diagnostic::error("warmup", format!("warm-up of {} steps leaves nothing of a horizon of {h}", self.m.warmup), *span, "too long")
-                            .with_help("the warm-up must be shorter than the horizon"),
+                        Diagnostic::error(
+                            "warmup",
+                            format!("warm-up of {} steps leaves nothing of a horizon of {h}", self.m.warmup),
+                            *span,
+                            "too long",
+                        )
+                        .with_help("the warm-up must be shorter than the horizon"),
                     );
                 }
             }
@@ -1295,7 +1452,12 @@ impl<'a> Checker<'a> {
         match self.constant(e, &scope) {
             Some(v) if valid(v) => Some(v),
             Some(v) => {
-                self.error(Diagnostic::error("bad-setting", format!("`{what}` must be {expected}, not {}", fmt_num(v)), e.span, "invalid value"));
+                self.error(Diagnostic::error(
+                    "bad-setting",
+                    format!("`{what}` must be {expected}, not {}", fmt_num(v)),
+                    e.span,
+                    "invalid value",
+                ));
                 None
             }
             None => {
@@ -1316,8 +1478,13 @@ impl<'a> Checker<'a> {
                 _ => {
                     let mut candidates: Vec<&str> = self.m.sizes.iter().map(|s| s.name.as_str()).collect();
                     candidates.push("period");
-                    let mut d = Diagnostic::error("report", format!("cannot report per `{}`", per.name), per.span, "not a size or `period`")
-                        .with_help("report per `period` or per a size, e.g. `report per period per items`");
+                    let mut d = Diagnostic::error(
+                        "report",
+                        format!("cannot report per `{}`", per.name),
+                        per.span,
+                        "not a size or `period`",
+                    )
+                    .with_help("report per `period` or per a size, e.g. `report per period per items`");
                     if let Some(hint) = did_you_mean(&per.name, candidates) {
                         d = d.with_help(hint);
                     }
@@ -1346,8 +1513,13 @@ impl<'a> Checker<'a> {
                     };
                     let kind = self.kind_name(other);
                     self.error(
-                        Diagnostic::error("observe", format!("cannot observe `{}`: it is a {kind}", name.name), name.span, "not observable")
-                            .with_help(why),
+                        Diagnostic::error(
+                            "observe",
+                            format!("cannot observe `{}`: it is a {kind}", name.name),
+                            name.span,
+                            "not observable",
+                        )
+                        .with_help(why),
                     );
                 }
                 None => {
@@ -1358,7 +1530,12 @@ impl<'a> Checker<'a> {
                         .map(|s| s.name.as_str())
                         .chain(self.m.params.iter().map(|p| p.name.as_str()))
                         .collect();
-                    let mut d = Diagnostic::error("unknown-name", format!("unknown name `{}`", name.name), name.span, "not a state or parameter");
+                    let mut d = Diagnostic::error(
+                        "unknown-name",
+                        format!("unknown name `{}`", name.name),
+                        name.span,
+                        "not a state or parameter",
+                    );
                     if let Some(hint) = did_you_mean(&name.name, candidates) {
                         d = d.with_help(hint);
                     }
@@ -1387,8 +1564,13 @@ impl<'a> Checker<'a> {
                 }
                 let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
                 self.error(
-                    Diagnostic::error("type", format!("{what} must be a number, but `{name}` is a choice"), span, "choice used as a number")
-                        .with_help(format!("compare it with a label, or `match {name} {{ ... }}`")),
+                    Diagnostic::error(
+                        "type",
+                        format!("{what} must be a number, but `{name}` is a choice"),
+                        span,
+                        "choice used as a number",
+                    )
+                    .with_help(format!("compare it with a label, or `match {name} {{ ... }}`")),
                 );
                 false
             }
@@ -1403,15 +1585,25 @@ impl<'a> Checker<'a> {
                 let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
                 let label = self.labels(a).first().cloned().unwrap_or_default();
                 self.error(
-                    Diagnostic::error("type", format!("{what} must be a condition, but `{name}` is a choice"), span, "choice used as a condition")
-                        .with_help(format!("compare it with a label: `{name} == {label}`")),
+                    Diagnostic::error(
+                        "type",
+                        format!("{what} must be a condition, but `{name}` is a choice"),
+                        span,
+                        "choice used as a condition",
+                    )
+                    .with_help(format!("compare it with a label: `{name} == {label}`")),
                 );
                 false
             }
             _ => {
                 self.error(
-                    Diagnostic::error("type", format!("{what} must be a condition, but this is a number"), span, "number used as a condition")
-                        .with_help("compare it, e.g. `x > 0`"),
+                    Diagnostic::error(
+                        "type",
+                        format!("{what} must be a condition, but this is a number"),
+                        span,
+                        "number used as a condition",
+                    )
+                    .with_help("compare it, e.g. `x > 0`"),
                 );
                 false
             }
@@ -1457,15 +1649,25 @@ impl<'a> Checker<'a> {
                 for b in binders {
                     if let Some(declared) = self.globals.get(&b.var.name).map(|g| g.span) {
                         self.error(
-                            Diagnostic::error("shadow", format!("index name `{}` is already declared", b.var.name), b.var.span, "index names must be new")
-                                .with_label(declared, "declared here")
-                                .with_help("choose another index name, such as a single lowercase letter"),
+                            Diagnostic::error(
+                                "shadow",
+                                format!("index name `{}` is already declared", b.var.name),
+                                b.var.span,
+                                "index names must be new",
+                            )
+                            .with_label(declared, "declared here")
+                            .with_help("choose another index name, such as a single lowercase letter"),
                         );
                         ok = false;
                     } else if scope.binder(&b.var.name).is_some() {
                         self.error(
-                            Diagnostic::error("shadow", format!("index `{}` is already in use here", b.var.name), b.var.span, "used by an enclosing index")
-                                .with_help("choose another index name"),
+                            Diagnostic::error(
+                                "shadow",
+                                format!("index `{}` is already in use here", b.var.name),
+                                b.var.span,
+                                "used by an enclosing index",
+                            )
+                            .with_help("choose another index name"),
                         );
                         ok = false;
                     }
@@ -1521,8 +1723,13 @@ impl<'a> Checker<'a> {
             _ => {
                 let (an, bn) = (self.ty_name(a), self.ty_name(b));
                 self.error(
-                    Diagnostic::error("type", format!("{what} have different types: {an} and {bn}"), b_span, bn.clone())
-                        .with_label(a_span, an),
+                    Diagnostic::error(
+                        "type",
+                        format!("{what} have different types: {an} and {bn}"),
+                        b_span,
+                        bn.clone(),
+                    )
+                    .with_label(a_span, an),
                 );
                 Ty::Error
             }
@@ -1539,14 +1746,31 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn access(&mut self, e: &ast::Expr, name: &ast::Ident, primed: bool, indices: &[ast::Expr], scope: &mut Scope) -> Ty {
+    fn access(
+        &mut self,
+        e: &ast::Expr,
+        name: &ast::Ident,
+        primed: bool,
+        indices: &[ast::Expr],
+        scope: &mut Scope,
+    ) -> Ty {
         if primed {
             let is_state = matches!(self.globals.get(&name.name).map(|g| g.symbol), Some(Symbol::State(_)));
             let d = if is_state {
-                Diagnostic::error("primed-read", format!("the next state `{}'` cannot be read", name.name), e.span, "primed name read here")
-                    .with_help(format!("compute the value in a `let` and use it both in `{}' = ...` and here", name.name))
+                Diagnostic::error(
+                    "primed-read",
+                    format!("the next state `{}'` cannot be read", name.name),
+                    e.span,
+                    "primed name read here",
+                )
+                .with_help(format!("compute the value in a `let` and use it both in `{}' = ...` and here", name.name))
             } else {
-                Diagnostic::error("primed-read", format!("`{}'`: only states have a next value, and it cannot be read", name.name), e.span, "primed name")
+                Diagnostic::error(
+                    "primed-read",
+                    format!("`{}'`: only states have a next value, and it cannot be read", name.name),
+                    e.span,
+                    "primed name",
+                )
             };
             self.error(d);
             for ix in indices {
@@ -1556,7 +1780,12 @@ impl<'a> Checker<'a> {
         }
         if let Some(set) = scope.binder(&name.name) {
             if !indices.is_empty() {
-                self.error(Diagnostic::error("rank", format!("index `{}` is a number and cannot be indexed", name.name), e.span, "indexed here"));
+                self.error(Diagnostic::error(
+                    "rank",
+                    format!("index `{}` is a number and cannot be indexed", name.name),
+                    e.span,
+                    "indexed here",
+                ));
                 return Ty::Error;
             }
             return Ty::Index(set);
@@ -1593,11 +1822,21 @@ impl<'a> Checker<'a> {
         {
             let kind = self.kind_name(symbol);
             let d = if id == before {
-                Diagnostic::error("cycle", format!("{kind} `{}` is defined in terms of itself", name.name), name.span, "used in its own definition")
+                Diagnostic::error(
+                    "cycle",
+                    format!("{kind} `{}` is defined in terms of itself", name.name),
+                    name.span,
+                    "used in its own definition",
+                )
             } else {
-                Diagnostic::error("forward-reference", format!("{kind} `{}` is used before its declaration", name.name), name.span, "used here")
-                    .with_label(declared, "declared later here")
-                    .with_help(format!("move the declaration of `{}` above this one", name.name))
+                Diagnostic::error(
+                    "forward-reference",
+                    format!("{kind} `{}` is used before its declaration", name.name),
+                    name.span,
+                    "used here",
+                )
+                .with_label(declared, "declared later here")
+                .with_help(format!("move the declaration of `{}` above this one", name.name))
             };
             self.error(d);
             return Ty::Error;
@@ -1645,23 +1884,36 @@ impl<'a> Checker<'a> {
             .collect();
         if let Some(owner) = owners.first() {
             self.error(
-                Diagnostic::error("label-as-value", format!("`{}` is a label of `{owner}`, not a value", name.name), name.span, "a label")
-                    .with_help(format!("compare with it: `{owner} == {}`, or `match {owner} {{ ... }}`", name.name)),
+                Diagnostic::error(
+                    "label-as-value",
+                    format!("`{}` is a label of `{owner}`, not a value", name.name),
+                    name.span,
+                    "a label",
+                )
+                .with_help(format!("compare with it: `{owner} == {}`, or `match {owner} {{ ... }}`", name.name)),
             );
             return;
         }
         if let Some(later) = self.let_names.get(&name.name) {
             let later = *later;
             self.error(
-                Diagnostic::error("forward-reference", format!("`{}` is used before its `let`", name.name), name.span, "used here")
-                    .with_label(later, "defined later here")
-                    .with_help("move the `let` above its first use"),
+                Diagnostic::error(
+                    "forward-reference",
+                    format!("`{}` is used before its `let`", name.name),
+                    name.span,
+                    "used here",
+                )
+                .with_label(later, "defined later here")
+                .with_help("move the `let` above its first use"),
             );
             return;
         }
         let mut candidates: Vec<&str> = scope.binders.iter().map(|b| b.name.as_str()).collect();
-        candidates.extend(self.globals.iter().filter(|(_, g)| scope.context.allows(g.symbol, &self.m)).map(|(k, _)| k.as_str()));
-        let mut d = Diagnostic::error("unknown-name", format!("unknown name `{}`", name.name), name.span, "not declared");
+        candidates.extend(
+            self.globals.iter().filter(|(_, g)| scope.context.allows(g.symbol, &self.m)).map(|(k, _)| k.as_str()),
+        );
+        let mut d =
+            Diagnostic::error("unknown-name", format!("unknown name `{}`", name.name), name.span, "not declared");
         if let Some(hint) = did_you_mean(&name.name, candidates) {
             d = d.with_help(hint);
         }
@@ -1685,7 +1937,9 @@ impl<'a> Checker<'a> {
             return false;
         }
         let ty = self.expr(ix, scope);
-        let ordinal = ["first", "second", "third", "fourth", "fifth"].get(position).map_or_else(|| format!("#{}", position + 1), |s| s.to_string());
+        let ordinal = ["first", "second", "third", "fourth", "fifth"]
+            .get(position)
+            .map_or_else(|| format!("#{}", position + 1), |s| s.to_string());
         match ty {
             Ty::Error => false,
             Ty::Index(s) if s == set || s == UNRESOLVED || set == UNRESOLVED => true,
@@ -1710,7 +1964,10 @@ impl<'a> Checker<'a> {
                     let (lo, hi) = (s.lo, s.hi);
                     self.error(Diagnostic::error(
                         "index-range",
-                        format!("index {} is outside `{set_name}` = {lo}..{hi}, the {ordinal} dimension of `{array}`", fmt_num(v)),
+                        format!(
+                            "index {} is outside `{set_name}` = {lo}..{hi}, the {ordinal} dimension of `{array}`",
+                            fmt_num(v)
+                        ),
                         ix.span,
                         "out of range",
                     ));
@@ -1723,8 +1980,15 @@ impl<'a> Checker<'a> {
                 _ => {
                     let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
                     self.error(
-                        Diagnostic::error("wrong-set", format!("`{name}` cannot index the {ordinal} dimension of `{array}`, which is `{set_name}`"), ix.span, "choice used as an index")
-                            .with_help(format!("declare the action as `choice[{set_name}]` to index by it")),
+                        Diagnostic::error(
+                            "wrong-set",
+                            format!(
+                                "`{name}` cannot index the {ordinal} dimension of `{array}`, which is `{set_name}`"
+                            ),
+                            ix.span,
+                            "choice used as an index",
+                        )
+                        .with_help(format!("declare the action as `choice[{set_name}]` to index by it")),
                     );
                     false
                 }
@@ -1813,7 +2077,12 @@ impl<'a> Checker<'a> {
                 };
                 if !comparable {
                     let (an, bn) = (self.ty_name(a), self.ty_name(b));
-                    let mut d = Diagnostic::error("type", format!("cannot compare {an} with {bn}"), lhs.span.to(rhs.span), "mismatched comparison");
+                    let mut d = Diagnostic::error(
+                        "type",
+                        format!("cannot compare {an} with {bn}"),
+                        lhs.span.to(rhs.span),
+                        "mismatched comparison",
+                    );
                     if let Ty::Choice(x) = a {
                         d = d.with_help(format!("compare it with one of its labels: {}", self.labels(x).join(", ")));
                     }
@@ -1868,8 +2137,13 @@ impl<'a> Checker<'a> {
             other => {
                 let name = self.ty_name(other);
                 self.error(
-                    Diagnostic::error("type", format!("`match` needs a discrete action, but this is {name}"), scrutinee.span, "not a choice")
-                        .with_help("for numbers and conditions use `if ... then ... else ...`"),
+                    Diagnostic::error(
+                        "type",
+                        format!("`match` needs a discrete action, but this is {name}"),
+                        scrutinee.span,
+                        "not a choice",
+                    )
+                    .with_help("for numbers and conditions use `if ... then ... else ...`"),
                 );
                 return Ty::Error;
             }
@@ -1890,14 +2164,24 @@ impl<'a> Checker<'a> {
                 ast::Pattern::Label(l) if !over_set => Some((l.name.clone(), l.span)),
                 ast::Pattern::Number(n, span) if over_set => Some((n.to_string(), *span)),
                 ast::Pattern::Label(l) => {
-                    self.error(Diagnostic::error("unknown-label", format!("`{action_name}` is a choice over a set: match its elements by number"), l.span, "expected a number"));
+                    self.error(Diagnostic::error(
+                        "unknown-label",
+                        format!("`{action_name}` is a choice over a set: match its elements by number"),
+                        l.span,
+                        "expected a number",
+                    ));
                     ok = false;
                     None
                 }
                 ast::Pattern::Number(_, span) => {
                     self.error(
-                        Diagnostic::error("unknown-label", format!("`{action_name}` has labels, not numbers"), *span, "expected a label")
-                            .with_help(format!("its labels are {}", labels.join(", "))),
+                        Diagnostic::error(
+                            "unknown-label",
+                            format!("`{action_name}` has labels, not numbers"),
+                            *span,
+                            "expected a label",
+                        )
+                        .with_help(format!("its labels are {}", labels.join(", "))),
                     );
                     ok = false;
                     None
@@ -1905,7 +2189,12 @@ impl<'a> Checker<'a> {
             };
             if let Some((key, span)) = key {
                 if !labels.contains(&key) {
-                    let mut d = Diagnostic::error("unknown-label", format!("choice `{action_name}` has no label `{key}`"), span, format!("not one of {{{}}}", labels.join(", ")));
+                    let mut d = Diagnostic::error(
+                        "unknown-label",
+                        format!("choice `{action_name}` has no label `{key}`"),
+                        span,
+                        format!("not one of {{{}}}", labels.join(", ")),
+                    );
                     if let Some(hint) = did_you_mean(&key, labels.iter().map(String::as_str)) {
                         d = d.with_help(hint);
                     }
@@ -1922,7 +2211,9 @@ impl<'a> Checker<'a> {
             let arm_ty = self.expr(&arm.value, scope);
             result = Some(match result {
                 None => (arm_ty, arm.value.span),
-                Some((prev, prev_span)) => (self.join(prev, arm_ty, prev_span, arm.value.span, "the arms of this `match`"), arm.value.span),
+                Some((prev, prev_span)) => {
+                    (self.join(prev, arm_ty, prev_span, arm.value.span, "the arms of this `match`"), arm.value.span)
+                }
             });
         }
         let missing: Vec<&String> = labels.iter().filter(|l| !covered.contains_key(*l)).collect();
@@ -1931,15 +2222,25 @@ impl<'a> Checker<'a> {
             && ok
         {
             self.error(
-                Diagnostic::warning("unreachable-arm", "this `_` arm is never used: every label is already covered", span, "unreachable")
-                    .with_help("remove it"),
+                Diagnostic::warning(
+                    "unreachable-arm",
+                    "this `_` arm is never used: every label is already covered",
+                    span,
+                    "unreachable",
+                )
+                .with_help("remove it"),
             );
         }
         if wildcard.is_none() && !missing.is_empty() && ok {
             let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
             self.error(
-                Diagnostic::error("non-exhaustive", format!("this `match` on `{action_name}` does not cover {}", list.join(", ")), e.span, "incomplete match")
-                    .with_help(format!("add an arm for each missing label, or `_ => ...` for the rest")),
+                Diagnostic::error(
+                    "non-exhaustive",
+                    format!("this `match` on `{action_name}` does not cover {}", list.join(", ")),
+                    e.span,
+                    "incomplete match",
+                )
+                .with_help("add an arm for each missing label, or `_ => ...` for the rest".to_string()),
             );
             return Ty::Error;
         }
@@ -1961,16 +2262,26 @@ impl<'a> Checker<'a> {
             if let Some(g) = self.globals.get(name) {
                 let declared = g.span;
                 self.error(
-                    Diagnostic::error("not-a-function", format!("`{name}` is not a function"), func.span, "called here")
-                        .with_label(declared, "declared here")
-                        .with_help(format!("index arrays with brackets: `{name}[i]`")),
+                    Diagnostic::error(
+                        "not-a-function",
+                        format!("`{name}` is not a function"),
+                        func.span,
+                        "called here",
+                    )
+                    .with_label(declared, "declared here")
+                    .with_help(format!("index arrays with brackets: `{name}[i]`")),
                 );
             } else {
                 let mut known: Vec<&str> = FUNCTIONS.to_vec();
                 if scope.random {
                     known.extend(DISTRIBUTIONS);
                 }
-                let mut d = Diagnostic::error("unknown-function", format!("unknown function `{name}`"), func.span, "not a function");
+                let mut d = Diagnostic::error(
+                    "unknown-function",
+                    format!("unknown function `{name}`"),
+                    func.span,
+                    "not a function",
+                );
                 d = match did_you_mean(name, known.iter().copied()) {
                     Some(hint) => d.with_help(hint),
                     None => d.with_help(format!("functions: {}", FUNCTIONS.join(", "))),
@@ -1991,12 +2302,17 @@ impl<'a> Checker<'a> {
                 (n, _) => format!("at least {}", plural(n, "argument")),
             };
             self.error(
-                Diagnostic::error("arity", format!("`{name}` takes {expected}, but {} given", args.len()), e.span, "wrong number of arguments")
-                    .with_help(if name == "max" || name == "min" {
-                        format!("to reduce over a set write `{name}(i in I) x[i]`")
-                    } else {
-                        format!("call it as `{}`", signature(name))
-                    }),
+                Diagnostic::error(
+                    "arity",
+                    format!("`{name}` takes {expected}, but {} given", args.len()),
+                    e.span,
+                    "wrong number of arguments",
+                )
+                .with_help(if name == "max" || name == "min" {
+                    format!("to reduce over a set write `{name}(i in I) x[i]`")
+                } else {
+                    format!("call it as `{}`", signature(name))
+                }),
             );
             for a in args {
                 self.expr(a, scope);
@@ -2025,12 +2341,20 @@ impl<'a> Checker<'a> {
         let name = func.name.as_str();
         if !scope.random {
             let help = match scope.context {
-                Context::Step => "randomness in the step comes from noise: declare `noise d ~ ...` and use `d`".to_string(),
+                Context::Step => {
+                    "randomness in the step comes from noise: declare `noise d ~ ...` and use `d`".to_string()
+                }
                 Context::Param | Context::StateInit => "write `~` instead of `=` to draw the value".to_string(),
                 _ => format!("{} cannot be random", scope.context.describe()),
             };
             self.error(
-                Diagnostic::error("random-here", format!("`{name}` draws a random value, which is not allowed here"), func.span, "a distribution").with_help(help),
+                Diagnostic::error(
+                    "random-here",
+                    format!("`{name}` draws a random value, which is not allowed here"),
+                    func.span,
+                    "a distribution",
+                )
+                .with_help(help),
             );
             return Ty::Error;
         }
@@ -2038,16 +2362,26 @@ impl<'a> Checker<'a> {
         if name == "truncated" {
             let [inner, lo, hi] = args else {
                 self.error(
-                    Diagnostic::error("arity", format!("`truncated` takes 3 arguments, but {} given", args.len()), e.span, "wrong number of arguments")
-                        .with_help("write `truncated(normal(5, 2), 0, 10)`"),
+                    Diagnostic::error(
+                        "arity",
+                        format!("`truncated` takes 3 arguments, but {} given", args.len()),
+                        e.span,
+                        "wrong number of arguments",
+                    )
+                    .with_help("write `truncated(normal(5, 2), 0, 10)`"),
                 );
                 return Ty::Error;
             };
             let is_dist = matches!(&inner.kind, ExprKind::Call { func, .. } if DISTRIBUTIONS.contains(&func.name.as_str()) && func.name != "truncated");
             if !is_dist {
                 self.error(
-                    Diagnostic::error("type", "`truncated` needs a distribution as its first argument", inner.span, "not a distribution")
-                        .with_help("write `truncated(normal(5, 2), 0, 10)`"),
+                    Diagnostic::error(
+                        "type",
+                        "`truncated` needs a distribution as its first argument",
+                        inner.span,
+                        "not a distribution",
+                    )
+                    .with_help("write `truncated(normal(5, 2), 0, 10)`"),
                 );
                 return Ty::Error;
             }
@@ -2066,7 +2400,11 @@ impl<'a> Checker<'a> {
                     if l >= h {
                         format!("truncation to [{}, {}] leaves nothing to draw", fmt_num(l), fmt_num(h))
                     } else {
-                        format!("truncation to [{}, {}] leaves no integer for this integer distribution to draw", fmt_num(l), fmt_num(h))
+                        format!(
+                            "truncation to [{}, {}] leaves no integer for this integer distribution to draw",
+                            fmt_num(l),
+                            fmt_num(h)
+                        )
                     },
                     lo.span.to(hi.span),
                     "empty interval",
@@ -2108,8 +2446,13 @@ impl<'a> Checker<'a> {
             ok &= self.numeric(t, a.span, &format!("a parameter of `{name}`"));
             if name == "binomial" && k == 0 && t == Ty::Real {
                 self.error(
-                    Diagnostic::error("type", "the number of trials of `binomial` must be an integer, but this is a real", a.span, "real number of trials")
-                        .with_help("round it explicitly: `binomial(round(n), p)`, or declare it `: int`"),
+                    Diagnostic::error(
+                        "type",
+                        "the number of trials of `binomial` must be an integer, but this is a real",
+                        a.span,
+                        "real number of trials",
+                    )
+                    .with_help("round it explicitly: `binomial(round(n), p)`, or declare it `: int`"),
                 );
                 ok = false;
             }
@@ -2121,8 +2464,16 @@ impl<'a> Checker<'a> {
         let arg = |k: usize| values.get(k).copied().flatten();
         let span_of = |k: usize| args.get(k).map_or(e.span, |a| a.span);
         let mut bad: Option<(usize, String)> = None;
-        let positive = |k: usize, what: &str| arg(k).filter(|v| *v <= 0.0).map(|v| (k, format!("the {what} of `{name}` must be positive, not {}", fmt_num(v))));
-        let probability = |k: usize| arg(k).filter(|v| !(0.0..=1.0).contains(v)).map(|v| (k, format!("the probability of `{name}` must be between 0 and 1, not {}", fmt_num(v))));
+        let positive = |k: usize, what: &str| {
+            arg(k)
+                .filter(|v| *v <= 0.0)
+                .map(|v| (k, format!("the {what} of `{name}` must be positive, not {}", fmt_num(v))))
+        };
+        let probability = |k: usize| {
+            arg(k)
+                .filter(|v| !(0.0..=1.0).contains(v))
+                .map(|v| (k, format!("the probability of `{name}` must be between 0 and 1, not {}", fmt_num(v))))
+        };
         match name {
             "uniform" => {
                 if let (Some(l), Some(h)) = (arg(0), arg(1))
@@ -2134,22 +2485,42 @@ impl<'a> Checker<'a> {
             "normal" => bad = positive(1, "standard deviation"),
             "lognormal" => bad = positive(1, "log-standard deviation"),
             "gamma" => bad = positive(0, "shape").or_else(|| positive(1, "scale")),
-            "poisson" => bad = arg(0).filter(|v| *v < 0.0).map(|v| (0, format!("the rate of `poisson` must not be negative, not {}", fmt_num(v)))),
+            "poisson" => {
+                bad = arg(0)
+                    .filter(|v| *v < 0.0)
+                    .map(|v| (0, format!("the rate of `poisson` must not be negative, not {}", fmt_num(v))))
+            }
             "binomial" => {
                 bad = arg(0)
                     .filter(|v| *v < 0.0 || v.fract() != 0.0)
-                    .map(|v| (0, format!("the number of trials of `binomial` must be a whole number, at least 0, not {}", fmt_num(v))))
+                    .map(|v| {
+                        (
+                            0,
+                            format!(
+                                "the number of trials of `binomial` must be a whole number, at least 0, not {}",
+                                fmt_num(v)
+                            ),
+                        )
+                    })
                     .or_else(|| probability(1));
             }
             "negbinomial" => {
                 bad = positive(0, "number of successes").or_else(|| {
-                    arg(1).filter(|v| *v <= 0.0 || *v > 1.0).map(|v| (1, format!("the probability of `negbinomial` must be in (0, 1], not {}", fmt_num(v))))
+                    arg(1)
+                        .filter(|v| *v <= 0.0 || *v > 1.0)
+                        .map(|v| (1, format!("the probability of `negbinomial` must be in (0, 1], not {}", fmt_num(v))))
                 });
             }
             "bernoulli" => bad = probability(0),
             "categorical" => {
                 if let Some(k) = (0..args.len()).find(|k| arg(*k).is_some_and(|v| v < 0.0)) {
-                    bad = Some((k, format!("weights of `categorical` must not be negative, not {}", fmt_num(arg(k).unwrap_or(0.0)))));
+                    bad = Some((
+                        k,
+                        format!(
+                            "weights of `categorical` must not be negative, not {}",
+                            fmt_num(arg(k).unwrap_or(0.0))
+                        ),
+                    ));
                 } else if (0..args.len()).all(|k| arg(k) == Some(0.0)) {
                     bad = Some((0, "`categorical` needs at least one positive weight".to_string()));
                 }

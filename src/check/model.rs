@@ -120,6 +120,8 @@ pub struct Noise {
     pub span: Span,
 }
 
+// Few actions exist per model; boxing the bound expressions would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum ActionType {
     /// A discrete choice; `over_set` for `choice[SET]`, whose labels are the set's elements.

@@ -214,10 +214,7 @@ impl BinaryOp {
     }
 
     pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
-        )
+        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
     }
 }
 
@@ -270,17 +267,45 @@ pub struct MatchArm {
 #[derive(Clone, Debug)]
 pub enum ExprKind {
     /// A literal; `is_int` when written without a point or exponent.
-    Number { value: f64, is_int: bool },
+    Number {
+        value: f64,
+        is_int: bool,
+    },
     Bool(bool),
     /// `x`, `x[i, j]`, or (always an error in an expression) `x'[i]`.
-    Access { name: Ident, primed: bool, indices: Vec<Expr> },
+    Access {
+        name: Ident,
+        primed: bool,
+        indices: Vec<Expr>,
+    },
     /// `exp(x)`, `max(a, b)`, `poisson(mu)`: functions and distributions.
-    Call { func: Ident, args: Vec<Expr> },
-    Reduce { op: ReduceOp, binders: Vec<Binder>, body: Box<Expr> },
-    Unary { op: UnaryOp, operand: Box<Expr> },
-    Binary { op: BinaryOp, lhs: Box<Expr>, rhs: Box<Expr> },
-    If { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
-    Match { scrutinee: Box<Expr>, arms: Vec<MatchArm> },
+    Call {
+        func: Ident,
+        args: Vec<Expr>,
+    },
+    Reduce {
+        op: ReduceOp,
+        binders: Vec<Binder>,
+        body: Box<Expr>,
+    },
+    Unary {
+        op: UnaryOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
+    Match {
+        scrutinee: Box<Expr>,
+        arms: Vec<MatchArm>,
+    },
     Paren(Box<Expr>),
     /// A part the parser could not build; a diagnostic has been reported for it.
     Error,

@@ -16,8 +16,13 @@ pub fn decode(bytes: Vec<u8>) -> (String, Option<Diagnostic>) {
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let d = Diagnostic::error("encoding", "the file is not valid UTF-8 text", Span::new(at, at + 1), "invalid byte here")
-                .with_help("save the model as UTF-8");
+            let d = Diagnostic::error(
+                "encoding",
+                "the file is not valid UTF-8 text",
+                Span::new(at, at + 1),
+                "invalid byte here",
+            )
+            .with_help("save the model as UTF-8");
             (text, Some(d))
         }
     }

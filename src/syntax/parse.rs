@@ -239,12 +239,26 @@ fn found_at(source: &str, offset: usize) -> Option<(String, usize)> {
 /// operator", every way to start an expression is "an expression".
 fn summarise(expected: &mut BTreeSet<String>) {
     const OPERATORS: &[&str] = &[
-        "`!=`", "`%`", "`*`", "`+`", "`-`", "`/`", "`<=`", "`<`", "`==`", "`>=`", "`>`", "`^`", "`and`", "`or`",
-        "a comparison", "an operator",
+        "`!=`",
+        "`%`",
+        "`*`",
+        "`+`",
+        "`-`",
+        "`/`",
+        "`<=`",
+        "`<`",
+        "`==`",
+        "`>=`",
+        "`>`",
+        "`^`",
+        "`and`",
+        "`or`",
+        "a comparison",
+        "an operator",
     ];
     const EXPRESSION_STARTS: &[&str] = &[
-        "`false`", "`true`", "`max`", "`min`", "`sum`", "`prod`", "`if`", "`match`", "`not`", "`(`", "`-`",
-        "a number", "a name", "`_`",
+        "`false`", "`true`", "`max`", "`min`", "`sum`", "`prod`", "`if`", "`match`", "`not`", "`(`", "`-`", "a number",
+        "a name", "`_`",
     ];
     if expected.contains("an expression") || (expected.contains("a number") && expected.contains("a name")) {
         expected.retain(|e| !EXPRESSION_STARTS.contains(&e.as_str()));
@@ -372,10 +386,7 @@ impl Builder {
         })
     }
 
-    fn optional_dims<'i>(
-        &mut self,
-        inner: &mut std::iter::Peekable<impl Iterator<Item = Pair<'i, Rule>>>,
-    ) -> Vec<Dim> {
+    fn optional_dims<'i>(&mut self, inner: &mut std::iter::Peekable<impl Iterator<Item = Pair<'i, Rule>>>) -> Vec<Dim> {
         if inner.peek().map(|p| p.as_rule()) != Some(Rule::dims) {
             return Vec::new();
         }
@@ -458,9 +469,7 @@ impl Builder {
                 let name = ident(inner.next()?);
                 let _prime = inner.next()?;
                 let indices = match inner.peek().map(|p| p.as_rule()) {
-                    Some(Rule::index_list) => {
-                        inner.next()?.into_inner().map(|e| self.expr(e)).collect()
-                    }
+                    Some(Rule::index_list) => inner.next()?.into_inner().map(|e| self.expr(e)).collect(),
                     _ => Vec::new(),
                 };
                 let value = self.expr(inner.next()?);

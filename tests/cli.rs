@@ -1,0 +1,162 @@
+//! `hmdpc` as a user runs it: exit codes, summaries, rendered and JSON diagnostics, and hostile
+//! input (bad bytes, huge files, deep nesting) that must give a diagnostic, never a crash.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hmdpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scratch file under the target folder, unique per test.
+fn scratch(name: &str, contents: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("scratch file");
+    path
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn checks_every_shipped_model() {
+    let models: Vec<String> = common::models().iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec!["check"];
+    args.extend(models.iter().map(String::as_str));
+    let out = hmdpc(&args);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), models.len(), "{stdout}");
+    assert!(out.stderr.is_empty(), "clean models print no diagnostics: {}", text(&out.stderr));
+}
+
+#[test]
+fn broken_model_exits_1_with_located_messages() {
+    let out = hmdpc(&["check", "tests/diagnostics/several_errors.hmdp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("[tests/diagnostics/several_errors.hmdp:2:10]"), "{stderr}");
+    assert!(stderr.contains("unknown name `onhnad`"), "{stderr}");
+    assert!(stderr.contains("4 errors found"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn json_diagnostics_have_locations() {
+    let out = hmdpc(&["check", "--message-format", "json", "tests/diagnostics/several_errors.hmdp"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let objects: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(objects.len(), 4);
+    for o in &objects {
+        assert_eq!(o["file"], "tests/diagnostics/several_errors.hmdp");
+        assert_eq!(o["severity"], "error");
+        assert!(o["line"].as_u64().is_some_and(|l| l >= 1) && o["column"].as_u64().is_some_and(|c| c >= 1), "{o}");
+        assert!(o["code"].as_str().is_some_and(|c| c.starts_with("hmdp::")));
+        assert!(o["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let first = &objects[0];
+    assert_eq!((first["line"].as_u64(), first["column"].as_u64()), (Some(2), Some(10)), "{first}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let missing = hmdpc(&["check", "models/no_such_model.hmdp"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read models/no_such_model.hmdp: no such file"));
+
+    let directory = hmdpc(&["check", "models"]);
+    assert_eq!(directory.status.code(), Some(2), "{}", text(&directory.stderr));
+
+    let bad_flag = hmdpc(&["check", "--frobnicate", "models/inventory.hmdp"]);
+    assert_eq!(bad_flag.status.code(), Some(2));
+
+    let no_files = hmdpc(&["check"]);
+    assert_eq!(no_files.status.code(), Some(2));
+
+    let bad_set = hmdpc(&["check", "--set", "items", "models/inventory.hmdp"]);
+    assert_eq!(bad_set.status.code(), Some(2));
+    assert!(text(&bad_set.stderr).contains("NAME=VALUE"));
+
+    let unknown_set = hmdpc(&["check", "--set", "itmes=5", "models/inventory.hmdp"]);
+    assert_eq!(unknown_set.status.code(), Some(2));
+    assert!(text(&unknown_set.stderr).contains("did you mean `items`?"), "{}", text(&unknown_set.stderr));
+}
+
+#[test]
+fn set_overrides_sizes() {
+    let out = hmdpc(&["check", "--set", "items=50", "models/inventory.hmdp"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("(150 values)"), "50 items × 3 state slots: {}", text(&out.stdout));
+
+    let zero = hmdpc(&["check", "--set", "items=0", "models/inventory.hmdp"]);
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(text(&zero.stderr).contains("`--set items=0`"), "{}", text(&zero.stderr));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [&["--help"][..], &["check", "--help"], &["help", "check"]] {
+        let out = hmdpc(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(text(&out.stdout).contains("Usage:"), "{args:?}");
+    }
+    assert!(text(&hmdpc(&["--help"]).stdout).contains("check"));
+}
+
+#[test]
+fn invalid_utf8_is_a_located_diagnostic() {
+    let path = scratch("latin1.hmdp", b"model m\n// caf\xe9\nstate x = 0\n");
+    let out = hmdpc(&["check", path_str(&path)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not valid UTF-8") && stderr.contains(":2:7]"), "{stderr}");
+}
+
+#[test]
+fn hostile_input_gives_diagnostics_not_crashes() {
+    // 10 MB of random bytes.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let garbage: Vec<u8> = (0..10_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let deep_parens = format!("model m\nstate x = {}1{}\n", "(".repeat(100_000), ")".repeat(100_000));
+    let long_chain = format!("model m\nstate x = 1{}\n", " + 1".repeat(200_000));
+    let deep_power = format!("model m\nstate x = 2{}\n", "^2".repeat(100_000));
+    let deep_negation = format!("model m\nstate x = {}1\n", "-".repeat(1_000_000));
+    let deep_if = format!("model m\nstate x = {}1{}\n", "if true then ".repeat(50_000), " else 0".repeat(50_000));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage.hmdp", garbage),
+        ("empty.hmdp", Vec::new()),
+        ("nul.hmdp", b"model m\0\0\0".to_vec()),
+        ("deep_parens.hmdp", deep_parens.into_bytes()),
+        ("long_chain.hmdp", long_chain.into_bytes()),
+        ("deep_power.hmdp", deep_power.into_bytes()),
+        ("deep_negation.hmdp", deep_negation.into_bytes()),
+        ("deep_if.hmdp", deep_if.into_bytes()),
+    ];
+    for (name, bytes) in cases {
+        let path = scratch(name, &bytes);
+        let out = hmdpc(&["check", "--message-format", "json", path_str(&path)]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
+        let first =
+            text(&out.stdout).lines().next().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"));
+        let first = first.unwrap_or_else(|| panic!("{name}: no diagnostic"));
+        assert!(first["line"].as_u64().is_some(), "{name}: {first}");
+    }
+}
