@@ -17,10 +17,12 @@ fn distance(a: &str, b: &str) -> usize {
     previous.last().copied().unwrap_or(0)
 }
 
-/// The candidate closest to `name`, if it is close enough to be a plausible typo: at most a third
-/// of the name's length in edits (and at least one), or the same name in another case.
+/// The candidate closest to `name`, if it is close enough to be a plausible typo: two edits for
+/// names of three to eight characters, a third of the length for longer ones, one for shorter
+/// ones; or the same name in another case.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
+    let length = name.chars().count();
+    let limit = if length >= 3 { (length / 3).max(2) } else { 1 };
     candidates
         .into_iter()
         .filter(|c| *c != name)
@@ -50,6 +52,8 @@ mod tests {
         assert_eq!(closest("OnHand", names), Some("onhand"));
         assert_eq!(closest("inventory", names), None);
         assert_eq!(closest("x", names), Some("h"));
+        assert_eq!(closest("bye", ["skip", "buy"]), Some("buy"));
+        assert_eq!(closest("ab", ["xy"]), None);
         assert_eq!(distance("kitten", "sitting"), 3);
     }
 }

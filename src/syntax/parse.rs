@@ -287,9 +287,23 @@ struct Builder {
     diagnostics: Vec<Diagnostic>,
 }
 
+/// A node's span without the whitespace and comments pest attaches after it (implicit
+/// whitespace before an optional part that then does not match stays inside the pair).
 fn span_of(pair: &Pair<'_, Rule>) -> Span {
     let s = pair.as_span();
-    Span::new(s.start(), s.end())
+    let mut text = pair.as_str();
+    loop {
+        let trimmed = text.trim_end();
+        let line_start = trimmed.rfind('\n').map_or(0, |i| i + 1);
+        match trimmed.get(line_start..).and_then(|line| line.find("//")) {
+            Some(comment) => text = trimmed.get(..line_start + comment).unwrap_or(trimmed),
+            None => {
+                text = trimmed;
+                break;
+            }
+        }
+    }
+    Span::new(s.start(), s.start() + text.len())
 }
 
 fn ident(pair: Pair<'_, Rule>) -> Ident {
