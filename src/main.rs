@@ -164,31 +164,14 @@ fn unknown_overrides(ast: &hmdp::syntax::ast::Model, options: &Options, file: &s
     let names = check::overridable_names(ast);
     for (name, _) in &options.overrides {
         if !names.contains(name) {
-            let hint = names
-                .iter()
-                .min_by_key(|n| strsim_like(n, name))
-                .filter(|n| strsim_like(n, name) <= name.len() / 3 + 1)
-                .map(|n| format!(" (did you mean `{n}`?)"))
+            let hint = check::did_you_mean(name, names.iter().map(String::as_str))
+                .map(|hint| format!(" ({hint})"))
                 .unwrap_or_default();
             eprintln!("error: --set {name}=...: {file} has no size or scalar parameter `{name}`{hint}");
             return Some(2);
         }
     }
     None
-}
-
-fn strsim_like(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut next = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let v = (row[j] + usize::from(ca != *cb)).min(row[j + 1] + 1).min(next[j] + 1);
-            next.push(v);
-        }
-        row = next;
-    }
-    row[b.len()]
 }
 
 fn describe_io(e: &std::io::Error) -> String {

@@ -11,6 +11,9 @@
 //! Invariant: the checker does no IO. Data files are read through the [`DataFiles`] the caller
 //! passes, so tests give it files from memory.
 
+// Broken input is data: nothing here may panic on what a user wrote (STYLE.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
 mod data;
 mod expr;
 pub mod model;
@@ -119,4 +122,4 @@ pub(crate) fn duplicate(kind: &str, name: &str, span: Span, first: Span) -> Diag
 }
 
 pub(crate) use data::{parse_csv, parse_json};
-pub(crate) use suggest::did_you_mean;
+pub use suggest::did_you_mean;

@@ -1,6 +1,9 @@
 //! The front end's first stage: `.hmdp` text → [`ast::Model`] with spans (pest grammar in
 //! `grammar/hmdp.pest`). It knows nothing about what names mean; that is `check`'s job.
 
+// Broken input is data: nothing here may panic on what a user wrote (STYLE.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
 pub mod ast;
 mod parse;
 
