@@ -61,3 +61,35 @@ fn independent_errors_are_all_reported() {
         assert!(codes.contains(code), "missing {code} in {codes:?}");
     }
 }
+
+fn accepts(source: &str, files: &[(&str, &str)]) {
+    struct Memory(Vec<(String, String)>);
+    impl hmdp::check::DataFiles for Memory {
+        fn read(&self, path: &str) -> Result<String, String> {
+            self.0.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone()).ok_or_else(|| "missing".into())
+        }
+    }
+    let files = Memory(files.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect());
+    let outcome = hmdp::check::check_source(source, &files, &hmdp::check::Options::default());
+    let rendered = hmdp::diagnostics::render(&outcome.diagnostics, "model.hmdp", source, false);
+    assert!(outcome.model.is_some() && outcome.diagnostics.is_empty(), "should check clean:\n{source}\n{rendered}");
+}
+
+#[test]
+fn valid_corner_cases_are_accepted() {
+    let base = "model m\nsize n = 3\nset I = 0..n\nset K = 0..1\nset S = -1..2\nstate x[I] = 0\naction a: choice[S]\n";
+    // A single CSV column fits a matrix whose other dimension has one element.
+    accepts(
+        &format!(
+            "{base}param w[I, K] from \"w.csv\"\nstep {{\n  x'[i] = x[i] + w[i, 0]\n  cost c = sum(i in I) x[i]\n}}\nhorizon 2\n"
+        ),
+        &[("w.csv", "1\n2\n3\n")],
+    );
+    // Negative elements of a `choice[SET]` are matched by number; `if` and `match` are operands.
+    accepts(
+        &format!(
+            "{base}step {{\n  x'[i] = x[i] + 2 * match a {{ -1 => 5, 0 => 1, _ => 0 }}\n  cost c = 1 + if a > 0 then 1 else 0\n}}\nhorizon 2\n"
+        ),
+        &[],
+    );
+}

@@ -103,11 +103,13 @@ struct Scope {
     draws: bool,
     /// In a size or parameter definition: only ids below this of that kind are defined yet.
     defined_before: Option<usize>,
+    /// The `let` being defined, which its own value cannot read.
+    defining: Option<String>,
 }
 
 impl Scope {
     fn new(context: Context) -> Scope {
-        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None }
+        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None, defining: None }
     }
 
     fn with_dims(context: Context, dims: &[Dimension]) -> Scope {
@@ -704,21 +706,6 @@ impl<'a> Checker<'a> {
         if let Some(param) = self.m.params.get_mut(id) {
             param.dims = dims.clone();
         }
-        if let Some(v) = self.override_for(&d.name.name) {
-            if !dims.is_empty() {
-                self.broken.insert(symbol);
-                return;
-            }
-            if let Some(param) = self.m.params.get_mut(id) {
-                param.constant = Some(v);
-                param.ty = if d.ty.map(|t| t.0) == Some(ast::ScalarType::Int) { ElemType::Int } else { ElemType::Real };
-                param.definition = Definition::Value(ast::Expr {
-                    kind: ExprKind::Number { value: v, is_int: v.fract() == 0.0 },
-                    span: d.name.span,
-                });
-            }
-            return;
-        }
         let mut scope = Scope::with_dims(Context::Param, &dims);
         scope.defined_before = Some(id);
         let (ty, definition) = match &d.def {
@@ -744,11 +731,48 @@ impl<'a> Checker<'a> {
             self.broken.insert(symbol);
             return;
         };
-        let constant = match (&definition, dims.is_empty()) {
+        let mut constant = match (&definition, dims.is_empty()) {
             (Definition::Value(e), true) => self.constant(e, &scope),
             (Definition::Data(v), true) => v.first().copied(),
             _ => None,
         };
+        let mut definition = definition;
+        // `--set` replaces the value of a scalar parameter and keeps its type.
+        if let Some(v) = self.override_for(&d.name.name).filter(|_| dims.is_empty()) {
+            let fits = match elem {
+                ElemType::Real => true,
+                ElemType::Int => v.fract() == 0.0,
+                ElemType::Bool => v == 0.0 || v == 1.0,
+            };
+            if !fits {
+                self.broken.insert(symbol);
+                self.error(
+                    Diagnostic::error(
+                        "bad-override",
+                        format!(
+                            "`--set {}={}` does not fit: `{}` is {}",
+                            d.name.name,
+                            fmt_num(v),
+                            d.name.name,
+                            elem.name()
+                        ),
+                        d.name.span,
+                        format!("{} parameter", elem.name()),
+                    )
+                    .with_help(if elem == ElemType::Bool {
+                        "give 0 or 1"
+                    } else {
+                        "give a whole number"
+                    }),
+                );
+                return;
+            }
+            constant = Some(v);
+            definition = Definition::Value(ast::Expr {
+                kind: ExprKind::Number { value: v, is_int: elem != ElemType::Real },
+                span: d.name.span,
+            });
+        }
         if let Some(param) = self.m.params.get_mut(id) {
             param.ty = elem;
             param.definition = definition;
@@ -867,10 +891,10 @@ impl<'a> Checker<'a> {
             }
         };
         let expected: Vec<usize> = dims.iter().map(|d| self.m.sets.get(d.set).map_or(0, IndexSet::len)).collect();
-        let fits = table.shape == expected
-            // A vector may be written as one row or one column, and a CSV cannot say which.
-            || (expected.len() == 1 && table.values.len() == expected.iter().product::<usize>() && table.shape.len() <= 2
-                && table.shape.iter().filter(|&&n| n != 1).count() <= 1);
+        // A CSV cannot say whether a vector is a row or a column, so dimensions of length 1 do
+        // not count: 10 values in one column fit `[I]`, `[I, K]` with one K, or `[K, I]`.
+        let without_ones = |shape: &[usize]| shape.iter().copied().filter(|&n| n != 1).collect::<Vec<_>>();
+        let fits = table.shape == expected || without_ones(&table.shape) == without_ones(&expected);
         if !fits {
             let show = |shape: &[usize]| {
                 if shape.is_empty() {
@@ -1191,6 +1215,7 @@ impl<'a> Checker<'a> {
         let id = self.m.lets.len();
         let (dims, dims_ok) = self.dims(dims, &[value]);
         let mut scope = Scope::with_dims(Context::Step, &dims);
+        scope.defining = Some(name.name.clone());
         let ty = self.expr(value, &mut scope);
         let ty = if dims_ok { ty } else { Ty::Error };
         let elem = self.element_type(ty, None, &name.name, value.span);
@@ -1267,12 +1292,12 @@ impl<'a> Checker<'a> {
             return;
         }
         if indices.len() != dims.len() {
-            self.error(self.rank_error(
-                &name.name,
-                &dims,
-                indices.len(),
-                name.span.to(indices.last().map_or(name.span, |e| e.span)),
-            ));
+            let span = name.span.to(indices.last().map_or(name.span, |e| e.span));
+            let mut d = self.rank_error(&name.name, &dims, indices.len(), span);
+            if dims.is_empty() {
+                d.help = Some(format!("a scalar state is updated without brackets: `{}' = ...`", name.name));
+            }
+            self.error(d);
             return;
         }
         let mut scope = Scope::new(Context::Step);
@@ -1468,7 +1493,16 @@ impl<'a> Checker<'a> {
     }
 
     fn report(&mut self, r: &ast::ReportDecl) {
+        let mut seen: HashMap<&str, Span> = HashMap::new();
         for per in &r.per {
+            if let Some(first) = seen.insert(per.name.as_str(), per.span) {
+                self.error(
+                    Diagnostic::error("duplicate", format!("`per {}` is given twice", per.name), per.span, "again")
+                        .with_label(first, "first here")
+                        .with_help("remove one"),
+                );
+                continue;
+            }
             if per.name == "period" {
                 self.m.report.push(ReportScale::Period);
                 continue;
@@ -1891,6 +1925,36 @@ impl<'a> Checker<'a> {
                     "a label",
                 )
                 .with_help(format!("compare with it: `{owner} == {}`, or `match {owner} {{ ... }}`", name.name)),
+            );
+            return;
+        }
+        if let Some(later) = self.let_names.get(&name.name).copied()
+            && scope.context != Context::Step
+        {
+            self.error(
+                Diagnostic::error(
+                    "context",
+                    format!("{} cannot use `{}`, a `let` of the step", scope.context.describe(), name.name),
+                    name.span,
+                    "a `let` used here",
+                )
+                .with_label(later, "defined in the step")
+                .with_help(scope.context.rule()),
+            );
+            return;
+        }
+        if let Some(later) = self.let_names.get(&name.name).copied()
+            && scope.defining.as_deref() == Some(name.name.as_str())
+        {
+            self.error(
+                Diagnostic::error(
+                    "cycle",
+                    format!("`let {}` is defined in terms of itself", name.name),
+                    name.span,
+                    "used in its own definition",
+                )
+                .with_label(later, "defined here")
+                .with_help("a `let` can read the state and earlier `let`s, not itself"),
             );
             return;
         }

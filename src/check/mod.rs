@@ -101,24 +101,31 @@ pub fn summary(model: &CheckedModel) -> String {
             ActionType::Continuous { .. } => String::new(),
         })
         .collect();
+    let with_values = |count: usize, word: &str, values: usize| {
+        if count == 0 { plural(0, word) } else { format!("{} ({})", plural(count, word), plural(values, "value")) }
+    };
     format!(
-        "model {}: {} ({} values), {}{}, {} ({} values), {}, horizon {}",
+        "model {}: {}, {}{}, {}, {}, horizon {}",
         model.name,
-        plural(model.states.len(), "state"),
-        state_values,
+        with_values(model.states.len(), "state", state_values),
         plural(discrete.len(), "discrete action"),
         if regimes.is_empty() { String::new() } else { format!(" ({} choices)", regimes.join(", ")) },
-        plural(continuous.len(), "continuous action"),
-        continuous_values,
+        with_values(continuous.len(), "continuous action", continuous_values),
         plural(model.costs.len(), "cost term"),
         model.horizon,
     )
 }
 
 pub(crate) fn duplicate(kind: &str, name: &str, span: Span, first: Span) -> Diagnostic {
-    Diagnostic::error("duplicate", format!("`{name}` is declared twice"), span, format!("second {kind} `{name}`"))
-        .with_label(first, "first declared here")
-        .with_help("rename one of them")
+    let (message, help) = match kind {
+        "setting" | "block" => (format!("`{name}` is given twice"), "keep one".to_string()),
+        "arm" => (format!("label `{name}` has two arms"), "remove one of them".to_string()),
+        "observation" => (format!("`{name}` is observed twice"), "list it once".to_string()),
+        _ => (format!("`{name}` is declared twice"), "rename one of them".to_string()),
+    };
+    Diagnostic::error("duplicate", message, span, format!("second {kind} `{name}`"))
+        .with_label(first, "first here")
+        .with_help(help)
 }
 
 pub(crate) use data::{parse_csv, parse_json};

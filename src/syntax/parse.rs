@@ -188,7 +188,17 @@ fn syntax_hint(source: &str, offset: usize, expected: &[String]) -> Option<Strin
     if offset == 0 || source.get(..offset).is_some_and(|s| s.trim().is_empty()) {
         return Some("a model file starts with `model NAME`".into());
     }
-    if rest.starts_with("**") {
+    // pest may stop on the `*` of the opening `/*` itself, so look two bytes past the error.
+    let upto = (offset + 2).min(source.len());
+    if let Some(comment) = source.get(..upto).and_then(|before| before.rfind("/*"))
+        && !source.get(comment..).is_some_and(|from| from.contains("*/"))
+    {
+        return Some("a `/*` comment is never closed with `*/`".into());
+    }
+    if rest.starts_with('"') && !rest.get(1..).is_some_and(|r| r.lines().next().is_some_and(|l| l.contains('"'))) {
+        return Some("the string is not closed with `\"` on the same line".into());
+    }
+    if rest.starts_with("**") || (rest.starts_with('*') && source.get(..offset).is_some_and(|b| b.ends_with('*'))) {
         return Some("powers are written `x^2`".into());
     }
     if rest.starts_with("&&") || rest.starts_with("||") {

@@ -36,7 +36,7 @@ pub fn check_bytes(bytes: Vec<u8>, folder: &Path, options: &Options) -> (String,
 pub fn rendered(path: &Path) -> (String, String, Vec<Diagnostic>) {
     let bytes = std::fs::read(path).expect("test model is readable");
     let folder = path.parent().expect("test model has a folder");
-    let (source, diagnostics, _) = check_bytes(bytes, folder, &Options::default());
+    let (source, diagnostics, _) = check_bytes(bytes.clone(), folder, &options_in(&bytes));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.hmdp");
     let text = diagnostics::render(&diagnostics, name, &source, false);
     (source, text, diagnostics)
@@ -50,4 +50,22 @@ pub fn models() -> Vec<PathBuf> {
         .collect();
     paths.sort();
     paths
+}
+
+/// Options a golden model asks for in its first line: `// args: --set name=value ...`.
+pub fn options_in(bytes: &[u8]) -> Options {
+    let text = String::from_utf8_lossy(bytes);
+    let first = text.lines().next().unwrap_or("");
+    let mut overrides = Vec::new();
+    if let Some(args) = first.strip_prefix("// args:") {
+        let mut words = args.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "--set"
+                && let Some((name, value)) = words.next().and_then(|a| a.split_once('='))
+            {
+                overrides.push((name.to_string(), value.parse().expect("numeric --set in a golden model")));
+            }
+        }
+    }
+    Options { overrides }
 }
