@@ -5,4 +5,6 @@
 
 pub mod check;
 pub mod diagnostics;
+pub mod ir;
+pub mod sim;
 pub mod syntax;

@@ -32,6 +32,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
     },
+    /// Run a policy on scenarios of a model and print the mean of each cost term and of the total,
+    /// with a 95% confidence interval, scaled as the model's `report` says.
+    Simulate {
+        /// Model file (`.hmdp`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The policy to run.
+        #[arg(long, value_enum, default_value_t = PolicyChoice::Random)]
+        policy: PolicyChoice,
+        /// Number of scenarios.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        scenarios: u64,
+        /// Seed of the scenarios (initial states, noise) and of the policy's randomness.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Seed of the instance: the parameters drawn once (`param x ~ ...`).
+        #[arg(long, default_value_t = 0)]
+        instance_seed: u64,
+        /// Which fixed scenario set to draw from.
+        #[arg(long = "scenario-set", value_enum, default_value_t = SetChoice::Test)]
+        scenario_set: SetChoice,
+        /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+        overrides: Vec<(String, f64)>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyChoice {
+    /// Uniform random actions within the bounds.
+    Random,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SetChoice {
+    Train,
+    Dev,
+    Test,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +128,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Check { files, overrides, message_format } => check_files(&files, overrides, message_format),
+        Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, overrides } => {
+            simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
+        }
     }
 }
 
@@ -159,10 +200,110 @@ fn check_files(files: &[PathBuf], overrides: Vec<(String, f64)>, format: Message
     u8::from(failed)
 }
 
+/// Reads and checks one model for the commands that go on to use it; diagnostics are rendered
+/// on stderr. `Err` holds the exit code.
+fn load(path: &Path, options: &Options) -> Result<check::CheckedModel, u8> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        eprintln!("error: cannot read {}: {}", path.display(), describe_io(&e));
+        2u8
+    })?;
+    let name = path.display().to_string();
+    let (source, encoding_error) = hmdp::syntax::decode(bytes);
+    let color = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fail = |diagnostics: &[hmdp::diagnostics::Diagnostic]| {
+        eprint!("{}", diagnostics::render(diagnostics, &name, &source, color));
+        1u8
+    };
+    if let Some(d) = encoding_error {
+        return Err(fail(&[d]));
+    }
+    let ast = hmdp::syntax::parse(&source).map_err(|d| fail(&d))?;
+    if let Some(code) = unknown_overrides(&ast, options, &name) {
+        return Err(code);
+    }
+    let folder = Folder(path.parent().map(Path::to_path_buf).unwrap_or_default());
+    let outcome = check::check(&ast, &folder, options);
+    match outcome.model {
+        Some(model) => {
+            if !outcome.diagnostics.is_empty() {
+                eprint!("{}", diagnostics::render(&outcome.diagnostics, &name, &source, color));
+            }
+            Ok(model)
+        }
+        None => Err(fail(&outcome.diagnostics)),
+    }
+}
+
+fn simulate(
+    path: &Path,
+    policy: PolicyChoice,
+    scenarios: u64,
+    seed: u64,
+    instance_seed: u64,
+    set: SetChoice,
+    overrides: Vec<(String, f64)>,
+) -> u8 {
+    let model = match load(path, &Options { overrides }) {
+        Ok(model) => model,
+        Err(code) => return code,
+    };
+    let module = hmdp::ir::lower::lower(&model);
+    if let Err(problems) = hmdp::ir::validate(&module) {
+        eprintln!("error: internal error: the compiled model is invalid; please report this with the model:");
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        return 3;
+    }
+    let name = path.display().to_string();
+    let report = |e: hmdp::sim::RunError| {
+        let source = std::fs::read_to_string(path).unwrap_or_default();
+        let d = hmdp::diagnostics::Diagnostic::error("run", e.message, e.span, "while evaluating this");
+        eprint!("{}", diagnostics::render(&[d], &name, &source, false));
+        1u8
+    };
+    let instance = match hmdp::sim::instance(&module, instance_seed) {
+        Ok(instance) => instance,
+        Err(e) => return report(e),
+    };
+    let set = match set {
+        SetChoice::Train => hmdp::sim::ScenarioSet::Train,
+        SetChoice::Dev => hmdp::sim::ScenarioSet::Dev,
+        SetChoice::Test => hmdp::sim::ScenarioSet::Test,
+    };
+    let policy_name = match policy {
+        PolicyChoice::Random => "random",
+    };
+    let summary = match hmdp::sim::simulate(&module, &instance, &hmdp::sim::RandomPolicy, seed, set, scenarios as usize)
+    {
+        Ok(summary) => summary,
+        Err(e) => return report(e),
+    };
+    println!(
+        "model {}: {policy_name} policy, {} scenarios, seed {seed}, instance seed {instance_seed}",
+        module.name, summary.scenarios
+    );
+    println!("cost {} (mean ± 95% confidence interval):", summary.unit);
+    let width = summary.terms.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+    for (term, e) in summary.terms.iter().map(|(n, e)| (n.as_str(), e)).chain([("total", &summary.total)]) {
+        println!("  {term:<width$}  {:>12.4} ± {:.4}", e.mean, e.half_width);
+    }
+    0
+}
+
 /// `--set` naming nothing in the model is a usage error: exit 2 with the closest name.
 fn unknown_overrides(ast: &hmdp::syntax::ast::Model, options: &Options, file: &str) -> Option<u8> {
     let names = check::overridable_names(ast);
     for (name, _) in &options.overrides {
+        let is_array = ast.items.iter().any(
+            |item| matches!(item, hmdp::syntax::ast::Item::Param(p) if p.name.name == *name && !p.dims.is_empty()),
+        );
+        if is_array {
+            eprintln!(
+                "error: --set {name}=...: `{name}` in {file} is an array parameter; --set changes sizes and scalar parameters"
+            );
+            return Some(2);
+        }
         if !names.contains(name) {
             let hint = check::did_you_mean(name, names.iter().map(String::as_str))
                 .map(|hint| format!(" ({hint})"))
@@ -180,5 +321,14 @@ fn describe_io(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
         std::io::ErrorKind::IsADirectory => "it is a directory".into(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

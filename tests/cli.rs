@@ -106,7 +106,7 @@ fn set_overrides_sizes() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [&["--help"][..], &["check", "--help"], &["help", "check"]] {
+    for args in [&["--help"][..], &["check", "--help"], &["help", "check"], &["simulate", "--help"]] {
         let out = hmdpc(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).contains("Usage:"), "{args:?}");
@@ -159,4 +159,25 @@ fn hostile_input_gives_diagnostics_not_crashes() {
         let first = first.unwrap_or_else(|| panic!("{name}: no diagnostic"));
         assert!(first["line"].as_u64().is_some(), "{name}: {first}");
     }
+}
+
+#[test]
+fn simulate_prints_each_cost_term_with_a_confidence_interval() {
+    let out = hmdpc(&["simulate", "models/inventory.hmdp", "--scenarios", "50", "--seed", "3", "--set", "items=5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("cost per period per items"), "{stdout}");
+    for term in ["holding", "shortage", "fixed", "total"] {
+        let line =
+            stdout.lines().find(|l| l.trim_start().starts_with(term)).unwrap_or_else(|| panic!("{term}: {stdout}"));
+        assert!(line.contains(" ± "), "{line}");
+    }
+    // The same seed gives the same figures.
+    let again = hmdpc(&["simulate", "models/inventory.hmdp", "--scenarios", "50", "--seed", "3", "--set", "items=5"]);
+    assert_eq!(out.stdout, again.stdout);
+
+    let broken = hmdpc(&["simulate", "tests/diagnostics/several_errors.hmdp"]);
+    assert_eq!(broken.status.code(), Some(1));
+    let zero = hmdpc(&["simulate", "models/inventory.hmdp", "--scenarios", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
 }

@@ -1,0 +1,591 @@
+//! Lowering: a [`CheckedModel`] becomes a [`Module`].
+//!
+//! Each declaration becomes a buffer and a store in the program that owns it (see the table in
+//! [`super`]); each `let`, update and cost of the step becomes a store in `step`, in source order.
+//! Index names become loop variables, reductions stay reductions, `if` and `match` become
+//! [`Expr::Select`], a comparison with a label becomes a comparison with the label's position,
+//! and `clamp`, n-ary `max`/`min` become nested `Max`/`Min`.
+//!
+//! The checker has already proven every expression well typed in its context, so this module
+//! resolves names without reporting errors; a name it cannot resolve (which a checked model does
+//! not contain) lowers to `NaN`, which the validator rejects.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::check::{self, ActionType, CheckedModel, Definition, Observed, ReportScale, Symbol};
+use crate::syntax::ast::{self, ExprKind};
+
+/// Lowers a checked model. The result passes [`validate`].
+pub fn lower(model: &CheckedModel) -> Module {
+    let mut lowering = Lowering::new(model);
+    lowering.declare_buffers();
+    lowering.programs();
+    lowering.module
+}
+
+/// Where each declaration of the model lives in the module.
+#[derive(Default)]
+struct Buffers {
+    params: Vec<BufferId>,
+    states: Vec<BufferId>,
+    next: Vec<BufferId>,
+    noises: Vec<BufferId>,
+    actions: Vec<BufferId>,
+    lets: Vec<BufferId>,
+    /// The data-file buffer holding a state's initial values, for states read `from` a file.
+    initial_data: HashMap<usize, BufferId>,
+}
+
+struct Lowering<'a> {
+    model: &'a CheckedModel,
+    module: Module,
+    buffers: Buffers,
+    next_var: u32,
+}
+
+/// Index names in scope, innermost last.
+type Env = Vec<(String, Var)>;
+
+fn elem(ty: check::ElemType) -> ElemType {
+    match ty {
+        check::ElemType::Real => ElemType::Real,
+        check::ElemType::Int => ElemType::Int,
+        check::ElemType::Bool => ElemType::Bool,
+    }
+}
+
+impl<'a> Lowering<'a> {
+    fn new(model: &'a CheckedModel) -> Lowering<'a> {
+        let sets = model.sets.iter().map(|s| Set { name: s.name.clone(), lo: s.lo, hi: s.hi }).collect();
+        let report = Report {
+            per_period: model.report.contains(&ReportScale::Period),
+            per_size: model
+                .report
+                .iter()
+                .filter_map(|r| match r {
+                    ReportScale::Size(s) => model.sizes.get(*s).map(|s| (s.name.clone(), s.value)),
+                    ReportScale::Period => None,
+                })
+                .collect(),
+        };
+        Lowering {
+            model,
+            module: Module {
+                name: model.name.clone(),
+                sets,
+                buffers: Vec::new(),
+                exprs: Arena::default(),
+                instance: Program::default(),
+                init: Program::default(),
+                noise: Program::default(),
+                bounds: Program::default(),
+                regimes: Program::default(),
+                step: Program::default(),
+                observe: Vec::new(),
+                horizon: model.horizon,
+                warmup: model.warmup,
+                discount: model.discount,
+                report,
+            },
+            buffers: Buffers::default(),
+            next_var: 0,
+        }
+    }
+
+    fn buffer(&mut self, name: String, kind: BufferKind, dims: &[check::Dimension], elem: ElemType) -> BufferId {
+        self.module.buffers.push(Buffer {
+            name,
+            kind,
+            dims: dims.iter().map(|d| d.set).collect(),
+            elem,
+            labels: Vec::new(),
+            data: None,
+        });
+        self.module.buffers.len() - 1
+    }
+
+    fn declare_buffers(&mut self) {
+        let m = self.model;
+        for p in &m.params {
+            let id = self.buffer(p.name.clone(), BufferKind::Param, &p.dims, elem(p.ty));
+            if let Definition::Data(values) = &p.definition {
+                self.module.buffers[id].data = Some(values.clone());
+            }
+            self.buffers.params.push(id);
+        }
+        for (k, s) in m.states.iter().enumerate() {
+            if let Definition::Data(values) = &s.initial {
+                let id = self.buffer(format!("{}.initial", s.name), BufferKind::Param, &s.dims, ElemType::Real);
+                self.module.buffers[id].data = Some(values.clone());
+                self.buffers.initial_data.insert(k, id);
+            }
+            let id = self.buffer(s.name.clone(), BufferKind::State, &s.dims, ElemType::Real);
+            self.buffers.states.push(id);
+        }
+        for n in &m.noises {
+            let id = self.buffer(n.name.clone(), BufferKind::Noise, &n.dims, elem(n.ty));
+            self.buffers.noises.push(id);
+        }
+        for a in &m.actions {
+            let id = match &a.ty {
+                ActionType::Discrete { labels, .. } => {
+                    let id = self.buffer(a.name.clone(), BufferKind::Discrete, &a.dims, ElemType::Int);
+                    self.module.buffers[id].labels = labels.clone();
+                    id
+                }
+                ActionType::Continuous { .. } => {
+                    self.buffer(a.name.clone(), BufferKind::Continuous, &a.dims, ElemType::Real)
+                }
+            };
+            self.buffers.actions.push(id);
+        }
+        for (k, s) in m.states.iter().enumerate() {
+            let of = self.buffers.states[k];
+            let id = self.buffer(format!("{}'", s.name), BufferKind::Next { of }, &s.dims, ElemType::Real);
+            self.buffers.next.push(id);
+        }
+        for l in &m.lets {
+            let id = self.buffer(l.name.clone(), BufferKind::Let, &l.dims, elem(l.ty));
+            self.buffers.lets.push(id);
+        }
+        self.module.observe = m
+            .observe
+            .iter()
+            .map(|o| match o {
+                Observed::State(s) => self.buffers.states[*s],
+                Observed::Param(p) => self.buffers.params[*p],
+            })
+            .collect();
+    }
+
+    fn programs(&mut self) {
+        let m = self.model;
+        for (k, p) in m.params.iter().enumerate() {
+            let value = match &p.definition {
+                Definition::Data(_) => continue,
+                Definition::Value(e) | Definition::Random(e) => e,
+            };
+            let buffer = self.buffers.params[k];
+            let stmt = self.store(buffer, &p.dims, |this, env| match p.constant {
+                // `--set` and constants: the value the checker computed.
+                Some(c) if p.dims.is_empty() => this.constant(c, value.span),
+                _ => this.expr(value, env),
+            });
+            self.module.instance.body.push(stmt);
+        }
+        for (k, s) in m.states.iter().enumerate() {
+            let buffer = self.buffers.states[k];
+            let stmt = match (&s.initial, self.buffers.initial_data.get(&k).copied()) {
+                (Definition::Data(_), Some(data)) => self.store(buffer, &s.dims, |this, env| {
+                    let index = env.iter().map(|(_, v)| this.push(Expr::Var(*v), Span::default())).collect();
+                    this.push(Expr::Load { buffer: data, index }, s.span)
+                }),
+                (Definition::Value(e) | Definition::Random(e), _) => {
+                    self.store(buffer, &s.dims, |this, env| this.expr(e, env))
+                }
+                (Definition::Data(_), None) => continue,
+            };
+            self.module.init.body.push(stmt);
+        }
+        for (k, n) in m.noises.iter().enumerate() {
+            let buffer = self.buffers.noises[k];
+            let stmt = self.store(buffer, &n.dims, |this, env| this.expr(&n.distribution, env));
+            self.module.noise.body.push(stmt);
+        }
+        for (k, a) in m.actions.iter().enumerate() {
+            let ActionType::Continuous { lo, hi, when } = &a.ty else { continue };
+            let action = self.buffers.actions[k];
+            for (bound, upper) in [(lo, false), (hi, true)] {
+                if let Some(e) = bound {
+                    let name = format!("{}.{}", a.name, if upper { "hi" } else { "lo" });
+                    let id = self.buffer(name, BufferKind::Bound { action, upper }, &a.dims, ElemType::Real);
+                    let stmt = self.store(id, &a.dims, |this, env| this.expr(e, env));
+                    self.module.bounds.body.push(stmt);
+                }
+            }
+            if let Some(e) = when {
+                let id =
+                    self.buffer(format!("{}.active", a.name), BufferKind::Regime { action }, &a.dims, ElemType::Bool);
+                let stmt = self.store(id, &a.dims, |this, env| this.expr(e, env));
+                self.module.regimes.body.push(stmt);
+            }
+        }
+        self.step();
+    }
+
+    /// The step's statements in source order: lets, updates and costs interleaved as written.
+    fn step(&mut self) {
+        let m = self.model;
+        enum Item<'m> {
+            Let(usize),
+            Update(&'m check::Update),
+            Cost(&'m check::Cost),
+        }
+        let mut items: Vec<(usize, Item)> = Vec::new();
+        items.extend(m.lets.iter().enumerate().map(|(k, l)| (l.span.start, Item::Let(k))));
+        items.extend(m.updates.iter().map(|u| (u.span.start, Item::Update(u))));
+        items.extend(m.costs.iter().map(|c| (c.span.start, Item::Cost(c))));
+        items.sort_by_key(|(start, _)| *start);
+        let mut costs = Vec::new();
+        for (_, item) in items {
+            let stmt = match item {
+                Item::Let(k) => {
+                    let l = &m.lets[k];
+                    let buffer = self.buffers.lets[k];
+                    self.store(buffer, &l.dims, |this, env| this.expr(&l.value, env))
+                }
+                Item::Update(u) => {
+                    let buffer = self.buffers.next[u.state];
+                    let dims: Vec<check::Dimension> = m.states[u.state]
+                        .dims
+                        .iter()
+                        .zip(&u.indices)
+                        .map(|(d, name)| check::Dimension { set: d.set, index: Some(name.clone()) })
+                        .collect();
+                    self.store(buffer, &dims, |this, env| this.expr(&u.value, env))
+                }
+                Item::Cost(c) => {
+                    let id = self.buffer(c.name.clone(), BufferKind::Cost, &[], ElemType::Real);
+                    costs.push(id);
+                    let value = self.expr(&c.value, &Env::new());
+                    Stmt::Store { buffer: id, index: Vec::new(), value }
+                }
+            };
+            self.module.step.body.push(stmt);
+        }
+    }
+
+    fn fresh(&mut self) -> Var {
+        self.next_var += 1;
+        Var(self.next_var - 1)
+    }
+
+    /// `buffer[...] = value` inside one loop per dimension; the dimensions' index names are in
+    /// scope for `value`.
+    fn store(
+        &mut self,
+        buffer: BufferId,
+        dims: &[check::Dimension],
+        value: impl FnOnce(&mut Self, &Env) -> Handle<Expr>,
+    ) -> Stmt {
+        let mut env = Env::new();
+        let mut loops = Vec::new();
+        for d in dims {
+            let var = self.fresh();
+            // An anonymous dimension (`[I]`) still needs a variable; its name cannot be written.
+            env.push((d.index.clone().unwrap_or_else(|| format!("#{}", var.0)), var));
+            loops.push((var, d.set));
+        }
+        let value = value(self, &env);
+        let mut stmt = Stmt::Store { buffer, index: loops.iter().map(|(v, _)| *v).collect(), value };
+        for (var, set) in loops.into_iter().rev() {
+            stmt = Stmt::For { var, set, body: vec![stmt] };
+        }
+        stmt
+    }
+
+    fn push(&mut self, e: Expr, span: crate::diagnostics::Span) -> Handle<Expr> {
+        self.module.exprs.push(e, span)
+    }
+
+    fn constant(&mut self, value: f64, span: crate::diagnostics::Span) -> Handle<Expr> {
+        self.push(Expr::Const(value), span)
+    }
+
+    fn unary(&mut self, op: UnaryOp, arg: Handle<Expr>, span: crate::diagnostics::Span) -> Handle<Expr> {
+        self.push(Expr::Unary { op, arg }, span)
+    }
+
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        lhs: Handle<Expr>,
+        rhs: Handle<Expr>,
+        span: crate::diagnostics::Span,
+    ) -> Handle<Expr> {
+        self.push(Expr::Binary { op, lhs, rhs }, span)
+    }
+
+    /// The discrete action an expression of choice type comes from.
+    fn choice_of(&self, e: &ast::Expr) -> Option<check::ActionId> {
+        match &e.kind {
+            ExprKind::Access { name, .. } => match self.model.symbols.get(&name.name) {
+                Some(Symbol::Action(a)) => Some(*a),
+                _ => None,
+            },
+            ExprKind::Paren(inner) => self.choice_of(inner),
+            ExprKind::If { then, .. } => self.choice_of(then),
+            ExprKind::Match { arms, .. } => arms.first().and_then(|a| self.choice_of(&a.value)),
+            _ => None,
+        }
+    }
+
+    /// The position of `label` among the labels of `action` (`choice[SET]` labels are numbers).
+    fn label_position(&self, action: check::ActionId, label: &str) -> Option<usize> {
+        match &self.model.actions.get(action)?.ty {
+            ActionType::Discrete { labels, .. } => labels.iter().position(|l| l == label),
+            ActionType::Continuous { .. } => None,
+        }
+    }
+
+    fn is_label(&self, e: &ast::Expr, env: &Env) -> Option<String> {
+        match &e.kind {
+            ExprKind::Access { name, primed: false, indices }
+                if indices.is_empty()
+                    && !env.iter().any(|(n, _)| *n == name.name)
+                    && !self.model.symbols.contains_key(&name.name) =>
+            {
+                Some(name.name.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn expr(&mut self, e: &ast::Expr, env: &Env) -> Handle<Expr> {
+        let span = e.span;
+        match &e.kind {
+            ExprKind::Number { value, .. } => self.constant(*value, span),
+            ExprKind::Bool(b) => self.constant(f64::from(u8::from(*b)), span),
+            ExprKind::Paren(inner) => self.expr(inner, env),
+            ExprKind::Error => self.constant(f64::NAN, span),
+            ExprKind::Access { name, indices, .. } => self.access(&name.name, indices, env, span),
+            ExprKind::Unary { op: ast::UnaryOp::Neg, operand } => {
+                let arg = self.expr(operand, env);
+                self.unary(UnaryOp::Neg, arg, span)
+            }
+            ExprKind::Unary { op: ast::UnaryOp::Not, operand } => {
+                let arg = self.expr(operand, env);
+                self.unary(UnaryOp::Not, arg, span)
+            }
+            ExprKind::Binary { op, lhs, rhs } => self.binary_expr(*op, lhs, rhs, env, span),
+            ExprKind::If { cond, then, otherwise } => {
+                let cond = self.expr(cond, env);
+                let then = self.expr(then, env);
+                let otherwise = self.expr(otherwise, env);
+                self.push(Expr::Select { cond, then, otherwise }, span)
+            }
+            ExprKind::Match { scrutinee, arms } => self.match_expr(scrutinee, arms, env, span),
+            ExprKind::Reduce { op, binders, body } => {
+                let op = match op {
+                    ast::ReduceOp::Sum => ReduceOp::Sum,
+                    ast::ReduceOp::Prod => ReduceOp::Prod,
+                    ast::ReduceOp::Max => ReduceOp::Max,
+                    ast::ReduceOp::Min => ReduceOp::Min,
+                };
+                let mut inner = env.clone();
+                let mut vars = Vec::new();
+                for b in binders {
+                    let var = self.fresh();
+                    let set = match self.model.symbols.get(&b.set.name) {
+                        Some(Symbol::Set(s)) => *s,
+                        _ => 0,
+                    };
+                    inner.push((b.var.name.clone(), var));
+                    vars.push((var, set));
+                }
+                let mut body = self.expr(body, &inner);
+                for (var, set) in vars.into_iter().rev() {
+                    body = self.push(Expr::Reduce { op, var, set, body }, span);
+                }
+                body
+            }
+            ExprKind::Call { func, args } => self.call(&func.name, args, env, span),
+        }
+    }
+
+    fn access(&mut self, name: &str, indices: &[ast::Expr], env: &Env, span: crate::diagnostics::Span) -> Handle<Expr> {
+        if let Some((_, var)) = env.iter().rev().find(|(n, _)| n == name) {
+            return self.push(Expr::Var(*var), span);
+        }
+        let index: Vec<Handle<Expr>> = indices.iter().map(|i| self.expr(i, env)).collect();
+        let buffer = match self.model.symbols.get(name) {
+            Some(Symbol::Size(s)) => {
+                let value = self.model.sizes.get(*s).map_or(f64::NAN, |s| s.value as f64);
+                return self.constant(value, span);
+            }
+            Some(Symbol::Param(p)) => self.buffers.params[*p],
+            Some(Symbol::State(s)) => self.buffers.states[*s],
+            Some(Symbol::Noise(n)) => self.buffers.noises[*n],
+            Some(Symbol::Let(l)) => self.buffers.lets[*l],
+            Some(Symbol::Action(a)) => {
+                let buffer = self.buffers.actions[*a];
+                let load = self.push(Expr::Load { buffer, index }, span);
+                // `choice[SET]` values are the set's elements; the buffer holds positions.
+                return match &self.model.actions[*a].ty {
+                    ActionType::Discrete { over_set: Some(set), .. } => {
+                        let lo = self.model.sets.get(*set).map_or(0, |s| s.lo);
+                        if lo == 0 {
+                            load
+                        } else {
+                            let offset = self.constant(lo as f64, span);
+                            self.binary(BinaryOp::Add, load, offset, span)
+                        }
+                    }
+                    _ => load,
+                };
+            }
+            Some(Symbol::Set(_)) | None => return self.constant(f64::NAN, span),
+        };
+        self.push(Expr::Load { buffer, index }, span)
+    }
+
+    fn binary_expr(
+        &mut self,
+        op: ast::BinaryOp,
+        lhs: &ast::Expr,
+        rhs: &ast::Expr,
+        env: &Env,
+        span: crate::diagnostics::Span,
+    ) -> Handle<Expr> {
+        use ast::BinaryOp as A;
+        if matches!(op, A::Eq | A::Ne) {
+            // `order == buy`: the label is the position of `buy` among `order`'s labels.
+            let labelled = match (self.is_label(lhs, env), self.is_label(rhs, env)) {
+                (None, Some(label)) => Some((lhs, label)),
+                (Some(label), None) => Some((rhs, label)),
+                _ => None,
+            };
+            if let Some((choice, label)) = labelled {
+                let position = self.choice_of(choice).and_then(|a| self.label_position(a, &label));
+                let value = self.expr(choice, env);
+                let position = self.constant(position.map_or(f64::NAN, |p| p as f64), span);
+                let op = if op == A::Eq { BinaryOp::Eq } else { BinaryOp::Ne };
+                return self.binary(op, value, position, span);
+            }
+        }
+        let a = self.expr(lhs, env);
+        let b = self.expr(rhs, env);
+        let op = match op {
+            A::Add => BinaryOp::Add,
+            A::Sub => BinaryOp::Sub,
+            A::Mul => BinaryOp::Mul,
+            A::Div => BinaryOp::Div,
+            A::Rem => BinaryOp::Rem,
+            A::Pow => BinaryOp::Pow,
+            A::Eq => BinaryOp::Eq,
+            A::Ne => BinaryOp::Ne,
+            A::Lt => BinaryOp::Lt,
+            A::Le => BinaryOp::Le,
+            A::Gt => BinaryOp::Gt,
+            A::Ge => BinaryOp::Ge,
+            A::And => BinaryOp::And,
+            A::Or => BinaryOp::Or,
+        };
+        self.binary(op, a, b, span)
+    }
+
+    /// A `match` becomes a chain of selects on the label's position, tested in arm order; the
+    /// last arm (or `_`) needs no test because the checker proved the match exhaustive.
+    fn match_expr(
+        &mut self,
+        scrutinee: &ast::Expr,
+        arms: &[ast::MatchArm],
+        env: &Env,
+        span: crate::diagnostics::Span,
+    ) -> Handle<Expr> {
+        let action = self.choice_of(scrutinee);
+        let value = self.expr(scrutinee, env);
+        let over_set = action.and_then(|a| match &self.model.actions[a].ty {
+            ActionType::Discrete { over_set: Some(_), .. } => Some(()),
+            _ => None,
+        });
+        let mut tests = Vec::new();
+        let mut default = None;
+        for arm in arms {
+            let result = self.expr(&arm.value, env);
+            let key = match &arm.pattern {
+                ast::Pattern::Wildcard(_) => {
+                    default = Some(result);
+                    break;
+                }
+                ast::Pattern::Label(l) => action.and_then(|a| self.label_position(a, &l.name)).map(|p| p as f64),
+                // `choice[SET]` arms are elements of the set, which is also the loaded value.
+                ast::Pattern::Number(n, _) if over_set.is_some() => Some(*n as f64),
+                ast::Pattern::Number(..) => None,
+            };
+            tests.push((key.unwrap_or(f64::NAN), result));
+        }
+        let mut chain = match default {
+            Some(d) => d,
+            None => match tests.pop() {
+                Some((_, last)) => last,
+                None => self.constant(f64::NAN, span),
+            },
+        };
+        for (key, result) in tests.into_iter().rev() {
+            let key = self.constant(key, span);
+            let cond = self.binary(BinaryOp::Eq, value, key, span);
+            chain = self.push(Expr::Select { cond, then: result, otherwise: chain }, span);
+        }
+        chain
+    }
+
+    fn call(&mut self, name: &str, args: &[ast::Expr], env: &Env, span: crate::diagnostics::Span) -> Handle<Expr> {
+        if name == "truncated" {
+            // `truncated(dist(args), lo, hi)`: one sample node with the truncation attached.
+            if let (Some(ast::Expr { kind: ExprKind::Call { func, args: inner }, .. }), Some(lo), Some(hi)) =
+                (args.first(), args.get(1), args.get(2))
+                && let Some(dist) = distribution(&func.name)
+            {
+                let values: Vec<Handle<Expr>> = inner.iter().map(|a| self.expr(a, env)).collect();
+                let lo = self.expr(lo, env);
+                let hi = self.expr(hi, env);
+                return self.push(Expr::Sample { dist, args: values, truncate: Some((lo, hi)) }, span);
+            }
+            return self.constant(f64::NAN, span);
+        }
+        let dist = distribution(name);
+        let values: Vec<Handle<Expr>> = args.iter().map(|a| self.expr(a, env)).collect();
+        if let Some(dist) = dist {
+            return self.push(Expr::Sample { dist, args: values, truncate: None }, span);
+        }
+        let first = values.first().copied();
+        let Some(x) = first else { return self.constant(f64::NAN, span) };
+        let unary = match name {
+            "exp" => Some(UnaryOp::Exp),
+            "log" => Some(UnaryOp::Log),
+            "sqrt" => Some(UnaryOp::Sqrt),
+            "tanh" => Some(UnaryOp::Tanh),
+            "sigmoid" => Some(UnaryOp::Sigmoid),
+            "softplus" => Some(UnaryOp::Softplus),
+            "sin" => Some(UnaryOp::Sin),
+            "cos" => Some(UnaryOp::Cos),
+            "abs" => Some(UnaryOp::Abs),
+            "floor" => Some(UnaryOp::Floor),
+            "ceil" => Some(UnaryOp::Ceil),
+            "round" => Some(UnaryOp::Round),
+            _ => None,
+        };
+        if let Some(op) = unary {
+            return self.unary(op, x, span);
+        }
+        match (name, values.as_slice()) {
+            ("max" | "min", [_, rest @ ..]) => {
+                let op = if name == "max" { BinaryOp::Max } else { BinaryOp::Min };
+                rest.iter().fold(x, |acc, v| self.binary(op, acc, *v, span))
+            }
+            ("clamp", [_, lo, hi]) => {
+                let above = self.binary(BinaryOp::Max, x, *lo, span);
+                self.binary(BinaryOp::Min, above, *hi, span)
+            }
+            ("pow", [_, y]) => self.binary(BinaryOp::Pow, x, *y, span),
+            _ => self.constant(f64::NAN, span),
+        }
+    }
+}
+
+fn distribution(name: &str) -> Option<Dist> {
+    Some(match name {
+        "uniform" => Dist::Uniform,
+        "normal" => Dist::Normal,
+        "lognormal" => Dist::LogNormal,
+        "poisson" => Dist::Poisson,
+        "binomial" => Dist::Binomial,
+        "negbinomial" => Dist::NegBinomial,
+        "gamma" => Dist::Gamma,
+        "bernoulli" => Dist::Bernoulli,
+        "categorical" => Dist::Categorical,
+        _ => return None,
+    })
+}

@@ -1,0 +1,398 @@
+//! The IR: a model as a handful of small loop programs over named arrays.
+//!
+//! A [`Module`] holds everything a backend needs to simulate a model: the index sets (sizes
+//! already resolved), the arrays ([`Buffer`]s) the programs read and write, one arena of
+//! expression nodes shared by all programs, and six [`Program`]s:
+//!
+//! | program    | runs                         | reads                               | writes                 |
+//! |------------|------------------------------|-------------------------------------|------------------------|
+//! | `instance` | once per instance            | params (earlier ones)               | params                 |
+//! | `init`     | once per scenario, at t = 0  | params                              | states                 |
+//! | `noise`    | every step, before `step`    | params                              | noise                  |
+//! | `bounds`   | every step, before the policy| params, states                      | action bounds          |
+//! | `regimes`  | every step, after the policy | params, discrete actions            | regime masks           |
+//! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
+//!
+//! Loops over index sets stay loops ([`Stmt::For`], [`Expr::Reduce`]): the size of a module does
+//! not depend on the sizes of the model, so a 10 000-item model compiles as fast as a 10-item one.
+//!
+//! # Values
+//!
+//! Every value is an `f64` when evaluated. Integers (indices, counts, discrete-action labels) are
+//! exact in `f64`, and a bool is `0.0` or `1.0`. [`ElemType`] records what a buffer holds so that
+//! backends may store it more compactly; it never changes what an expression means.
+//!
+//! # Smoothness
+//!
+//! Every node has a [`Class`] with respect to the *active inputs* — states and continuous
+//! actions, the things the pathwise gradient differentiates — computed by the smoothness pass:
+//! `Smooth` (+, −, ×, ÷, exp, …), `Kink` (max, min, abs: continuous, differentiable almost
+//! everywhere), `Regime` (a branch whose condition does not depend on active inputs: the discrete
+//! action gets the score-function gradient), `Jump` (a discontinuity in an active input). A node
+//! that does not depend on active inputs at all is `Constant`. The class of each operation is
+//! documented on [`UnaryOp`], [`BinaryOp`] and [`Expr`].
+//!
+//! # Validity
+//!
+//! [`validate`] checks the invariants every backend relies on (handles in range, loads with one
+//! index per dimension, each buffer written by exactly one store in the right program, loop and
+//! reduction variables bound where they are used, no sampling outside the sampling programs).
+//! Backends require a validated module and never defend against malformed IR.
+//!
+//! Invariant: `ir` knows nothing about pest, the AST or any backend.
+
+pub mod lower;
+pub mod text;
+pub mod validate;
+
+use std::marker::PhantomData;
+
+use crate::diagnostics::Span;
+
+pub use validate::validate;
+
+/// A typed index into an [`Arena`].
+pub struct Handle<T> {
+    index: u32,
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Handle<T> {
+    pub fn new(index: usize) -> Handle<T> {
+        Handle { index: u32::try_from(index).unwrap_or(u32::MAX), _kind: PhantomData }
+    }
+
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Handle<T> {}
+impl<T> PartialEq for Handle<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+    }
+}
+impl<T> Eq for Handle<T> {}
+impl<T> std::hash::Hash for Handle<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.index.hash(state);
+    }
+}
+impl<T> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "%{}", self.index)
+    }
+}
+
+/// Nodes of one kind, each with the source span it came from (empty for synthesised nodes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arena<T> {
+    items: Vec<T>,
+    spans: Vec<Span>,
+}
+
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena { items: Vec::new(), spans: Vec::new() }
+    }
+}
+
+impl<T> Arena<T> {
+    pub fn push(&mut self, item: T, span: Span) -> Handle<T> {
+        self.items.push(item);
+        self.spans.push(span);
+        Handle::new(self.items.len() - 1)
+    }
+
+    pub fn get(&self, handle: Handle<T>) -> Option<&T> {
+        self.items.get(handle.index())
+    }
+
+    pub fn span(&self, handle: Handle<T>) -> Span {
+        self.spans.get(handle.index()).copied().unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> {
+        self.items.iter().enumerate().map(|(i, item)| (Handle::new(i), item))
+    }
+}
+
+impl<T> std::ops::Index<Handle<T>> for Arena<T> {
+    type Output = T;
+
+    /// Panics on a handle from another arena; a validated module has none.
+    fn index(&self, handle: Handle<T>) -> &T {
+        &self.items[handle.index()]
+    }
+}
+
+pub type SetId = usize;
+pub type BufferId = usize;
+
+/// A loop or reduction variable. Lowering numbers them uniquely across the module; the validator
+/// requires only that a variable is not bound again inside its own scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(pub u32);
+
+/// A half-open integer range `lo..hi`, never empty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Set {
+    pub name: String,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl Set {
+    /// The number of elements (0 for a malformed range, which the validator rejects).
+    pub fn len(&self) -> usize {
+        self.hi.checked_sub(self.lo).and_then(|n| usize::try_from(n).ok()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    Real,
+    Int,
+    Bool,
+}
+
+/// What a buffer is, which decides which program writes it and who reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    /// Drawn or computed once per instance by `instance` (or given as `data`).
+    Param,
+    /// The state at the start of a step; set by `init` at t = 0, then from `Next`.
+    State,
+    /// The state after the step, written by `step`; `of` is the `State` buffer it replaces.
+    Next { of: BufferId },
+    /// Drawn every step by `noise`.
+    Noise,
+    /// A discrete action: each element holds the index of the chosen label.
+    Discrete,
+    /// A continuous action: each element holds the value that acts.
+    Continuous,
+    /// Lower or upper bound of a continuous action, written by `bounds`; same dims as `action`.
+    Bound { action: BufferId, upper: bool },
+    /// 1 where a continuous action acts under the chosen discrete actions (its `when`), else 0;
+    /// written by `regimes`; same dims as `action`.
+    Regime { action: BufferId },
+    /// A `let` of the step.
+    Let,
+    /// A named cost term of the step: a scalar.
+    Cost,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub name: String,
+    pub kind: BufferKind,
+    pub dims: Vec<SetId>,
+    pub elem: ElemType,
+    /// For a discrete action, its labels in order (the stored value is the label's position).
+    pub labels: Vec<String>,
+    /// Values known at compile time (parameters read from a data file), row-major.
+    pub data: Option<Vec<f64>>,
+}
+
+/// Unary operations. Classes: `Neg` smooth; `Exp`, `Log`, `Sqrt`, `Tanh`, `Sigmoid`, `Softplus`,
+/// `Sin`, `Cos` smooth (where defined); `Abs` kink; `Floor`, `Ceil`, `Round` jump; `Not` on a
+/// condition: see [`Expr::Select`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Not,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+    Softplus,
+    Sin,
+    Cos,
+    Abs,
+    Floor,
+    Ceil,
+    Round,
+}
+
+/// Binary operations. Classes: `Add`, `Sub`, `Mul`, `Div`, `Pow` smooth; `Min`, `Max` kink;
+/// `Rem` jump; comparisons and `And`/`Or` give a 0/1 condition whose class is `Regime` when
+/// its operands do not depend on active inputs and `Jump` when they do (a condition used as a
+/// number, as in `K * (q > 0)`, is a step function of `q`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Pow,
+    Min,
+    Max,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Smooth.
+    Sum,
+    /// Smooth.
+    Prod,
+    /// Kink.
+    Max,
+    /// Kink.
+    Min,
+}
+
+/// A distribution for [`Expr::Sample`], with its arguments in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dist {
+    /// `(low, high)`
+    Uniform,
+    /// `(mean, sd)`
+    Normal,
+    /// `(mu, sigma)` of the underlying normal.
+    LogNormal,
+    /// `(rate)`
+    Poisson,
+    /// `(trials, p)`
+    Binomial,
+    /// `(r, p)`: failures before the r-th success.
+    NegBinomial,
+    /// `(shape, scale)`
+    Gamma,
+    /// `(p)`: 1 with probability p.
+    Bernoulli,
+    /// `(w0, w1, ...)`: k with probability proportional to wk.
+    Categorical,
+}
+
+/// An expression node. Evaluated where a [`Stmt::Store`] needs it, with the enclosing loop and
+/// reduction variables bound.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// A number. Constant.
+    Const(f64),
+    /// The value of a loop or reduction variable (an element of its set). Constant.
+    Var(Var),
+    /// An element of a buffer; one index per dimension, each evaluating to an element of that
+    /// dimension's set. Reading outside the set is an error at run time. The class is that of
+    /// the buffer's kind: states and continuous actions are the active inputs.
+    Load {
+        buffer: BufferId,
+        index: Vec<Handle<Expr>>,
+    },
+    Unary {
+        op: UnaryOp,
+        arg: Handle<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Handle<Expr>,
+        rhs: Handle<Expr>,
+    },
+    /// `if cond != 0 then then else otherwise`; only the taken branch is evaluated. `Regime`
+    /// when `cond` does not depend on active inputs, `Jump` when it does.
+    Select {
+        cond: Handle<Expr>,
+        then: Handle<Expr>,
+        otherwise: Handle<Expr>,
+    },
+    /// `op` over `body` for `var` in `set`. Class: that of `op` applied to `body`.
+    Reduce {
+        op: ReduceOp,
+        var: Var,
+        set: SetId,
+        body: Handle<Expr>,
+    },
+    /// A draw from `dist(args)`, clipped by rejection to `[lo, hi]` when `truncate` is given.
+    /// Only in `instance`, `init` and `noise`.
+    Sample {
+        dist: Dist,
+        args: Vec<Handle<Expr>>,
+        truncate: Option<(Handle<Expr>, Handle<Expr>)>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// Runs `body` for `var` over every element of `set`, in order.
+    For { var: Var, set: SetId, body: Vec<Stmt> },
+    /// `buffer[index...] = value`; `index` names the enclosing loop variables, one per dimension.
+    Store { buffer: BufferId, index: Vec<Var>, value: Handle<Expr> },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Program {
+    pub body: Vec<Stmt>,
+}
+
+/// Which figure a run reports, as in the model's `report`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Divide by the number of reported periods.
+    pub per_period: bool,
+    /// Divide by these sizes' values (e.g. per item).
+    pub per_size: Vec<(String, i64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Module {
+    pub name: String,
+    pub sets: Vec<Set>,
+    pub buffers: Vec<Buffer>,
+    pub exprs: Arena<Expr>,
+    pub instance: Program,
+    pub init: Program,
+    pub noise: Program,
+    pub bounds: Program,
+    pub regimes: Program,
+    pub step: Program,
+    /// The buffers the policy sees, in order.
+    pub observe: Vec<BufferId>,
+    pub horizon: u64,
+    pub warmup: u64,
+    pub discount: f64,
+    pub report: Report,
+}
+
+impl Module {
+    /// Number of scalar elements of a buffer.
+    pub fn len(&self, buffer: BufferId) -> usize {
+        self.buffers.get(buffer).map_or(0, |b| b.dims.iter().map(|d| self.sets.get(*d).map_or(0, Set::len)).product())
+    }
+
+    pub fn buffers_of(&self, kind: fn(&BufferKind) -> bool) -> impl Iterator<Item = (BufferId, &Buffer)> {
+        self.buffers.iter().enumerate().filter(move |(_, b)| kind(&b.kind))
+    }
+
+    /// The cost buffers, in the order of the model's `cost` statements.
+    pub fn costs(&self) -> impl Iterator<Item = (BufferId, &Buffer)> {
+        self.buffers_of(|k| matches!(k, BufferKind::Cost))
+    }
+}

@@ -1,0 +1,1075 @@
+//! The IR validator: [`validate`] checks a [`Module`] against the invariants that `ir/mod.rs`
+//! documents and returns every violation it finds, each a sentence naming the program, store,
+//! buffer or node (`%12`) it is about. Run it on every module a pass or the lowering produces
+//! (tests do); a backend takes a validated module and never defends against malformed IR. When
+//! you add an invariant to the IR docs, add its check here and a test that breaks it.
+//!
+//! The checks, in the order they run:
+//!
+//! - **Settings**: `horizon >= 1`, `warmup < horizon`, `0 < discount <= 1`, every `report per`
+//!   size positive.
+//! - **Sets**: non-empty (`lo < hi`), named, names unique.
+//! - **Buffers**: named, names unique; dimensions are existing sets; only discrete actions have
+//!   labels, and they have at least one, all distinct; only params have `data`, with
+//!   `module.len(id)` finite values; `Next { of }` names a state with the same dimensions, and
+//!   every state has exactly one `Next`; `Bound` and `Regime` name a continuous action with the
+//!   same dimensions, at most one lower bound, one upper bound and one regime mask per action; a
+//!   cost is a scalar.
+//! - **Expression nodes** (the whole arena, used or not): a node refers only to *earlier* nodes
+//!   (lower handles). `Arena::push` returns handles in push order and children are pushed before
+//!   their parents, so this rule holds for any arena built bottom-up, and it makes the graph
+//!   acyclic and every handle in range by construction. Loads name an existing buffer with one
+//!   index per dimension; reductions an existing set; constants are finite; a sample has the
+//!   argument count of its [`Dist`] (`Categorical` at least one); a reduction does not contain
+//!   another reduction over the same variable.
+//! - **Programs**, statement by statement: a `for` runs over an existing set and does not rebind
+//!   an enclosing loop variable; a store writes a buffer of a kind its program writes (the table
+//!   in `ir/mod.rs`); its index has one variable per dimension and the enclosing loops are exactly
+//!   those variables, outermost first, each over that dimension's set (so every element is
+//!   stored exactly once); the value uses only variables bound by an enclosing loop or reduction,
+//!   no reduction in it rebinds a loop variable; it loads only what its program reads, and params
+//!   (in `instance`), lets and costs (in `step`) only after the statement that stores them; it
+//!   samples only in `instance`, `init` and `noise`.
+//! - **Writes**: every param without data, state, noise, next state, let, cost, bound and regime
+//!   mask is stored by exactly one statement of its program; discrete and continuous actions and
+//!   params with data by none.
+//! - **Observe**: existing params and states, each once.
+//!
+//! Variables: the rule is "no variable is bound twice in nested scope", so sibling loops may
+//! reuse `v0`, and a node shared by two stores may sit under reductions in both.
+
+// The validator's input is by definition possibly malformed: it must not panic on any module.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::{Buffer, BufferId, BufferKind, Dist, Expr, Handle, Module, Program, SetId, Stmt, Var};
+
+/// Checks the invariants documented in [`super`] and in this module's doc; returns every
+/// violation, one message each.
+pub fn validate(module: &Module) -> Result<(), Vec<String>> {
+    let mut validator = Validator { module, errors: Vec::new() };
+    validator.settings();
+    validator.sets();
+    validator.buffers();
+    let nodes = validator.nodes();
+    validator.programs(&nodes);
+    validator.observe();
+    if validator.errors.is_empty() { Ok(()) } else { Err(validator.errors) }
+}
+
+/// The six programs, in the order a run executes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Instance,
+    Init,
+    Noise,
+    Bounds,
+    Regimes,
+    Step,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [Stage::Instance, Stage::Init, Stage::Noise, Stage::Bounds, Stage::Regimes, Stage::Step];
+
+    fn program(self, module: &Module) -> &Program {
+        match self {
+            Stage::Instance => &module.instance,
+            Stage::Init => &module.init,
+            Stage::Noise => &module.noise,
+            Stage::Bounds => &module.bounds,
+            Stage::Regimes => &module.regimes,
+            Stage::Step => &module.step,
+        }
+    }
+
+    /// The program that stores a buffer, or `None` when no program does (the policy sets actions,
+    /// the data file sets params with data).
+    fn writer(buffer: &Buffer) -> Option<Stage> {
+        match buffer.kind {
+            BufferKind::Param if buffer.data.is_some() => None,
+            BufferKind::Param => Some(Stage::Instance),
+            BufferKind::State => Some(Stage::Init),
+            BufferKind::Noise => Some(Stage::Noise),
+            BufferKind::Bound { .. } => Some(Stage::Bounds),
+            BufferKind::Regime { .. } => Some(Stage::Regimes),
+            BufferKind::Next { .. } | BufferKind::Let | BufferKind::Cost => Some(Stage::Step),
+            BufferKind::Discrete | BufferKind::Continuous => None,
+        }
+    }
+
+    /// What the program may load, as the table in `ir/mod.rs` says, for messages.
+    fn reads(self) -> &'static str {
+        match self {
+            Stage::Instance => "params stored earlier or given as data",
+            Stage::Init | Stage::Noise => "params",
+            Stage::Bounds => "params and states",
+            Stage::Regimes => "params and discrete actions",
+            Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
+        }
+    }
+
+    /// Whether the program may load `buffer`; `stored` says whether an earlier statement of the
+    /// same program stored it.
+    fn may_read(self, buffer: &Buffer, stored: bool) -> bool {
+        match (self, buffer.kind) {
+            (Stage::Instance, BufferKind::Param) => buffer.data.is_some() || stored,
+            (_, BufferKind::Param) => true,
+            (Stage::Bounds | Stage::Step, BufferKind::State) => true,
+            (Stage::Regimes | Stage::Step, BufferKind::Discrete) => true,
+            (Stage::Step, BufferKind::Noise | BufferKind::Continuous) => true,
+            (Stage::Step, BufferKind::Let | BufferKind::Cost) => stored,
+            _ => false,
+        }
+    }
+
+    fn may_sample(self) -> bool {
+        matches!(self, Stage::Instance | Stage::Init | Stage::Noise)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Instance => "instance",
+            Stage::Init => "init",
+            Stage::Noise => "noise",
+            Stage::Bounds => "bounds",
+            Stage::Regimes => "regimes",
+            Stage::Step => "step",
+        })
+    }
+}
+
+/// How a message names a buffer's kind: "state `onhand`".
+fn kind_word(kind: &BufferKind) -> &'static str {
+    match kind {
+        BufferKind::Param => "param",
+        BufferKind::State => "state",
+        BufferKind::Next { .. } => "next state",
+        BufferKind::Noise => "noise",
+        BufferKind::Discrete => "discrete action",
+        BufferKind::Continuous => "continuous action",
+        BufferKind::Bound { .. } => "bound",
+        BufferKind::Regime { .. } => "regime mask",
+        BufferKind::Let => "let",
+        BufferKind::Cost => "cost",
+    }
+}
+
+/// The operands of a node, in the order they are pushed (and printed).
+fn operands(expr: &Expr) -> Vec<Handle<Expr>> {
+    match expr {
+        Expr::Const(_) | Expr::Var(_) => Vec::new(),
+        Expr::Load { index, .. } => index.clone(),
+        Expr::Unary { arg, .. } => vec![*arg],
+        Expr::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
+        Expr::Select { cond, then, otherwise } => vec![*cond, *then, *otherwise],
+        Expr::Reduce { body, .. } => vec![*body],
+        Expr::Sample { args, truncate, .. } => {
+            let mut all = args.clone();
+            if let Some((lo, hi)) = truncate {
+                all.extend([*lo, *hi]);
+            }
+            all
+        }
+    }
+}
+
+/// The number of arguments a distribution takes, or the least for `Categorical`.
+fn arity(dist: Dist) -> (usize, bool) {
+    match dist {
+        Dist::Poisson | Dist::Bernoulli => (1, false),
+        Dist::Categorical => (1, true),
+        Dist::Uniform | Dist::Normal | Dist::LogNormal | Dist::Binomial | Dist::NegBinomial | Dist::Gamma => (2, false),
+    }
+}
+
+/// What the arena-wide pass learns about each node, for the per-store checks.
+struct Nodes {
+    /// Variables a node uses that no reduction inside it binds.
+    free: Vec<BTreeSet<Var>>,
+}
+
+struct Validator<'m> {
+    module: &'m Module,
+    errors: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
+    fn buffer_name(&self, id: BufferId) -> String {
+        self.module.buffers.get(id).map_or_else(|| format!("#{id}"), |b| b.name.clone())
+    }
+
+    fn set_name(&self, id: SetId) -> String {
+        self.module.sets.get(id).map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    }
+
+    fn settings(&mut self) {
+        let m = self.module;
+        if m.horizon < 1 {
+            self.error("horizon is 0; a run needs at least one period".into());
+        }
+        if m.warmup >= m.horizon {
+            self.error(format!(
+                "warmup {} is not less than horizon {}: no period would be reported",
+                m.warmup, m.horizon
+            ));
+        }
+        if !(m.discount > 0.0 && m.discount <= 1.0) {
+            self.error(format!("discount {:?} is not in (0, 1]", m.discount));
+        }
+        for (name, size) in &m.report.per_size {
+            if *size <= 0 {
+                self.error(format!("report per `{name}`: size {size} is not positive"));
+            }
+        }
+    }
+
+    fn sets(&mut self) {
+        let sets = &self.module.sets;
+        for (id, set) in sets.iter().enumerate() {
+            if set.name.is_empty() {
+                self.error(format!("set #{id} has no name"));
+            }
+            if sets.iter().take(id).any(|s| s.name == set.name) {
+                self.error(format!("set `{}` is declared twice", set.name));
+            }
+            if set.lo >= set.hi {
+                self.error(format!("set `{}` = {}..{} is empty", set.name, set.lo, set.hi));
+            }
+        }
+    }
+
+    fn buffers(&mut self) {
+        let m = self.module;
+        for (id, buffer) in m.buffers.iter().enumerate() {
+            let what = format!("{} `{}`", kind_word(&buffer.kind), buffer.name);
+            if buffer.name.is_empty() {
+                self.error(format!("buffer #{id} has no name"));
+            }
+            if m.buffers.iter().take(id).any(|b| b.name == buffer.name) {
+                self.error(format!("{what}: another buffer has the same name"));
+            }
+            for (axis, set) in buffer.dims.iter().enumerate() {
+                if m.sets.get(*set).is_none() {
+                    self.error(format!("{what}: dimension {axis} is set #{set}, which does not exist"));
+                }
+            }
+            self.labels(buffer, &what);
+            self.data(buffer, &what);
+            match buffer.kind {
+                BufferKind::Next { of } => self.partner(buffer, &what, of, "state", |k| *k == BufferKind::State),
+                BufferKind::Bound { action, .. } | BufferKind::Regime { action } => {
+                    self.partner(buffer, &what, action, "continuous action", |k| *k == BufferKind::Continuous)
+                }
+                BufferKind::Cost if !buffer.dims.is_empty() => {
+                    self.error(format!("{what} has {} dimensions; a cost is a scalar", buffer.dims.len()))
+                }
+                _ => {}
+            }
+        }
+        self.partners_unique();
+    }
+
+    fn labels(&mut self, buffer: &Buffer, what: &str) {
+        if buffer.kind == BufferKind::Discrete {
+            if buffer.labels.is_empty() {
+                self.error(format!("{what} has no labels"));
+            }
+            for (i, label) in buffer.labels.iter().enumerate() {
+                if buffer.labels.iter().take(i).any(|l| l == label) {
+                    self.error(format!("{what}: label `{label}` appears twice"));
+                }
+            }
+        } else if !buffer.labels.is_empty() {
+            self.error(format!("{what} has labels; only a discrete action has labels"));
+        }
+    }
+
+    fn data(&mut self, buffer: &Buffer, what: &str) {
+        let Some(data) = &buffer.data else { return };
+        if buffer.kind != BufferKind::Param {
+            self.error(format!("{what} has data; only a param may be given as data"));
+        }
+        match elements(self.module, buffer) {
+            Some(elements) if elements == data.len() => {}
+            Some(elements) => self.error(format!("{what} has {} data values for {elements} elements", data.len())),
+            None => self.error(format!("{what} has {} data values for more elements than a machine holds", data.len())),
+        }
+        if let Some((at, value)) = data.iter().enumerate().find(|(_, value)| !value.is_finite()) {
+            self.error(format!("{what}: data value {at} is {value:?}, not a finite number"));
+        }
+    }
+
+    /// Checks that `of` (the state of a next state, the action of a bound or regime mask) exists,
+    /// has the expected kind and the same dimensions as `buffer`.
+    fn partner(&mut self, buffer: &Buffer, what: &str, of: BufferId, expected: &str, is: fn(&BufferKind) -> bool) {
+        let Some(partner) = self.module.buffers.get(of) else {
+            self.error(format!("{what} is of buffer #{of}, which does not exist"));
+            return;
+        };
+        if !is(&partner.kind) {
+            self.error(format!("{what} is of {} `{}`, not of a {expected}", kind_word(&partner.kind), partner.name));
+        } else if partner.dims != buffer.dims {
+            self.error(format!(
+                "{what} has dimensions [{}] but its {expected} `{}` has [{}]",
+                self.set_list(&buffer.dims),
+                partner.name,
+                self.set_list(&partner.dims)
+            ));
+        }
+    }
+
+    fn set_list(&self, dims: &[SetId]) -> String {
+        dims.iter().map(|d| self.set_name(*d)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// One next state per state; at most one lower bound, one upper bound, one regime mask per
+    /// continuous action.
+    fn partners_unique(&mut self) {
+        let m = self.module;
+        for (id, buffer) in m.buffers.iter().enumerate() {
+            let nexts = m.buffers.iter().filter(|b| b.kind == BufferKind::Next { of: id }).count();
+            if buffer.kind == BufferKind::State && nexts != 1 {
+                self.error(format!("state `{}` has {nexts} next states; it needs exactly one", buffer.name));
+            }
+            if buffer.kind != BufferKind::Continuous {
+                continue;
+            }
+            for (kind, word) in [
+                (BufferKind::Bound { action: id, upper: false }, "lower bounds"),
+                (BufferKind::Bound { action: id, upper: true }, "upper bounds"),
+                (BufferKind::Regime { action: id }, "regime masks"),
+            ] {
+                let count = m.buffers.iter().filter(|b| b.kind == kind).count();
+                if count > 1 {
+                    self.error(format!("continuous action `{}` has {count} {word}; it may have one", buffer.name));
+                }
+            }
+        }
+    }
+
+    /// The arena-wide checks, and what the per-store checks need to know about each node.
+    fn nodes(&mut self) -> Nodes {
+        let m = self.module;
+        let count = m.exprs.len();
+        // Messages about a node name the first store that uses it, so a reader can find it.
+        let mut owner: Vec<Option<String>> = vec![None; count];
+        for stage in Stage::ALL {
+            for_each_store(&stage.program(m).body, &mut |buffer, value| {
+                let context = format!("{stage}: store to `{}`", self.buffer_name(buffer));
+                for node in reachable(m, value) {
+                    if let Some(slot @ None) = owner.get_mut(node.index()) {
+                        *slot = Some(context.clone());
+                    }
+                }
+            });
+        }
+
+        let mut free: Vec<BTreeSet<Var>> = Vec::with_capacity(count);
+        let mut bound_inside: Vec<BTreeSet<Var>> = Vec::with_capacity(count);
+        for (handle, expr) in m.exprs.iter() {
+            let at = match owner.get(handle.index()).cloned().flatten() {
+                Some(context) => format!("{context}: {handle:?}"),
+                None => format!("{handle:?} (used by no store)"),
+            };
+            let mut uses = BTreeSet::new();
+            let mut binds = BTreeSet::new();
+            for operand in operands(expr) {
+                if operand.index() >= count {
+                    self.error(format!("{at} refers to {operand:?}, which is out of range ({count} nodes)"));
+                } else if operand.index() >= handle.index() {
+                    self.error(format!(
+                        "{at} refers to {operand:?}, which is not an earlier node (operands come first, so the \
+                         graph has no cycle)"
+                    ));
+                } else {
+                    uses.extend(free.get(operand.index()).into_iter().flatten().copied());
+                    binds.extend(bound_inside.get(operand.index()).into_iter().flatten().copied());
+                }
+            }
+            match expr {
+                Expr::Const(value) if !value.is_finite() => {
+                    self.error(format!("{at} is the constant {value:?}, not a finite number"))
+                }
+                Expr::Var(var) => {
+                    uses.insert(*var);
+                }
+                Expr::Load { buffer, index } => match m.buffers.get(*buffer) {
+                    None => self.error(format!("{at} loads buffer #{buffer}, which does not exist")),
+                    Some(b) if b.dims.len() != index.len() => self.error(format!(
+                        "{at} loads `{}` with {} for {}",
+                        b.name,
+                        count_of(index.len(), "index", "indices"),
+                        count_of(b.dims.len(), "dimension", "dimensions")
+                    )),
+                    Some(_) => {}
+                },
+                Expr::Reduce { var, set, .. } => {
+                    if m.sets.get(*set).is_none() {
+                        self.error(format!("{at} reduces over set #{set}, which does not exist"));
+                    }
+                    if binds.contains(var) {
+                        self.error(format!(
+                            "{at} reduces over v{} inside a reduction that binds v{} again",
+                            var.0, var.0
+                        ));
+                    }
+                    uses.remove(var);
+                    binds.insert(*var);
+                }
+                Expr::Sample { dist, args, .. } => {
+                    let (want, at_least) = arity(*dist);
+                    if args.len() != want && !(at_least && args.len() > want) {
+                        let want = if at_least { format!("at least {want}") } else { want.to_string() };
+                        self.error(format!(
+                            "{at} samples {dist:?} with {}; it takes {want}",
+                            count_of(args.len(), "argument", "arguments")
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            free.push(uses);
+            bound_inside.push(binds);
+        }
+        Nodes { free }
+    }
+
+    fn programs(&mut self, nodes: &Nodes) {
+        let m = self.module;
+        let mut stores = vec![0usize; m.buffers.len()];
+        for stage in Stage::ALL {
+            let mut walk = Walk { stage, loops: Vec::new(), stored: vec![false; m.buffers.len()], stores: &mut stores };
+            walk.stmts(self, nodes, &stage.program(m).body);
+        }
+        for (id, buffer) in m.buffers.iter().enumerate() {
+            let Some(stage) = Stage::writer(buffer) else { continue };
+            match stores.get(id).copied().unwrap_or(0) {
+                1 => {}
+                0 => self.error(format!("{} `{}` is never stored by {stage}", kind_word(&buffer.kind), buffer.name)),
+                n => self.error(format!(
+                    "{} `{}` is stored by {n} statements of {stage}; it must be stored by exactly one",
+                    kind_word(&buffer.kind),
+                    buffer.name
+                )),
+            }
+        }
+    }
+
+    fn observe(&mut self) {
+        let m = self.module;
+        for (i, id) in m.observe.iter().enumerate() {
+            match m.buffers.get(*id) {
+                None => self.error(format!("observe lists buffer #{id}, which does not exist")),
+                Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param) => self.error(format!(
+                    "observe lists {} `{}`; the policy observes only states and params",
+                    kind_word(&b.kind),
+                    b.name
+                )),
+                Some(b) if m.observe.iter().take(i).any(|other| other == id) => {
+                    self.error(format!("observe lists `{}` twice", b.name))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// `module.len(id)`, computed without overflow: `Set::len` subtracts and `Module::len`
+/// multiplies unchecked, which panics in a debug build on sets such as `i64::MIN..i64::MAX`.
+/// `None` when the count does not fit a `usize` (or a dimension does not exist, reported apart).
+fn elements(module: &Module, buffer: &Buffer) -> Option<usize> {
+    buffer.dims.iter().try_fold(1usize, |product, dim| {
+        let set = module.sets.get(*dim)?;
+        let len = usize::try_from(set.hi.checked_sub(set.lo)?.max(0)).ok()?;
+        product.checked_mul(len)
+    })
+}
+
+fn count_of(n: usize, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+}
+
+/// Calls `visit(buffer, value)` for every store in `stmts`, in program order.
+fn for_each_store(stmts: &[Stmt], visit: &mut dyn FnMut(BufferId, Handle<Expr>)) {
+    for stmt in stmts {
+        match stmt {
+            Stmt::For { body, .. } => for_each_store(body, visit),
+            Stmt::Store { buffer, value, .. } => visit(*buffer, *value),
+        }
+    }
+}
+
+/// The nodes reachable from `root`, each once, following only operands that are earlier nodes
+/// (the others are reported by the arena-wide pass). Iterative, so deep trees cannot overflow
+/// the stack.
+fn reachable(module: &Module, root: Handle<Expr>) -> Vec<Handle<Expr>> {
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    let mut pending = vec![root];
+    while let Some(handle) = pending.pop() {
+        let Some(expr) = module.exprs.get(handle) else { continue };
+        if !seen.insert(handle.index()) {
+            continue;
+        }
+        found.push(handle);
+        pending.extend(operands(expr).into_iter().filter(|operand| operand.index() < handle.index()));
+    }
+    found
+}
+
+/// The walk over one program's statements: the enclosing loops, and which buffers an earlier
+/// statement of this program stored.
+struct Walk<'s> {
+    stage: Stage,
+    loops: Vec<(Var, SetId)>,
+    stored: Vec<bool>,
+    /// Stores per buffer by the program that should store it, over all programs.
+    stores: &'s mut Vec<usize>,
+}
+
+impl Walk<'_> {
+    fn stmts(&mut self, v: &mut Validator<'_>, nodes: &Nodes, stmts: &[Stmt]) {
+        for stmt in stmts {
+            match stmt {
+                Stmt::For { var, set, body } => {
+                    let stage = self.stage;
+                    if v.module.sets.get(*set).is_none() {
+                        v.error(format!("{stage}: `for v{}` runs over set #{set}, which does not exist", var.0));
+                    }
+                    if self.loops.iter().any(|(outer, _)| outer == var) {
+                        v.error(format!(
+                            "{stage}: `for v{} in {}` rebinds v{}, already bound by an enclosing loop",
+                            var.0,
+                            v.set_name(*set),
+                            var.0
+                        ));
+                    }
+                    self.loops.push((*var, *set));
+                    self.stmts(v, nodes, body);
+                    self.loops.pop();
+                }
+                Stmt::Store { buffer, index, value } => self.store(v, nodes, *buffer, index, *value),
+            }
+        }
+    }
+
+    fn store(&mut self, v: &mut Validator<'_>, nodes: &Nodes, id: BufferId, index: &[Var], value: Handle<Expr>) {
+        let stage = self.stage;
+        let m = v.module;
+        let at = format!("{stage}: store to `{}`", v.buffer_name(id));
+        match m.buffers.get(id) {
+            None => v.error(format!("{stage}: store to buffer #{id}, which does not exist")),
+            Some(buffer) => {
+                let what = format!("{} `{}`", kind_word(&buffer.kind), buffer.name);
+                match Stage::writer(buffer) {
+                    Some(writer) if writer == stage => {
+                        if let Some(count) = self.stores.get_mut(id) {
+                            *count += 1;
+                        }
+                    }
+                    Some(writer) => v.error(format!("{at}: {what} is stored by {writer}, not by {stage}")),
+                    None if buffer.kind == BufferKind::Param => {
+                        v.error(format!("{at}: {what} is given as data; no program stores it"))
+                    }
+                    None => v.error(format!("{at}: {what} is set by the policy; no program stores it")),
+                }
+                self.index(v, &at, buffer, index);
+            }
+        }
+
+        let Some(free) = nodes.free.get(value.index()) else {
+            v.error(format!("{at}: the value {value:?} is out of range ({} nodes)", m.exprs.len()));
+            return;
+        };
+        for var in free {
+            if !self.loops.iter().any(|(bound, _)| bound == var) {
+                v.error(format!("{at}: uses v{}, which no enclosing `for` or reduction binds", var.0));
+            }
+        }
+        for node in reachable(m, value) {
+            match m.exprs.get(node) {
+                Some(Expr::Reduce { var, .. }) if self.loops.iter().any(|(bound, _)| bound == var) => {
+                    v.error(format!("{at}: {node:?} reduces over v{}, already bound by an enclosing loop", var.0))
+                }
+                Some(Expr::Load { buffer: read, .. }) => {
+                    let Some(source) = m.buffers.get(*read) else { continue };
+                    let stored = self.stored.get(*read).copied().unwrap_or(false);
+                    if !stage.may_read(source, stored) {
+                        let source_what = format!("{} `{}`", kind_word(&source.kind), source.name);
+                        let why = if stage.may_read(source, true) {
+                            format!("before the statement that stores it; {stage} reads {}", stage.reads())
+                        } else {
+                            format!("but {stage} reads only {}", stage.reads())
+                        };
+                        v.error(format!("{at}: {node:?} loads {source_what} {why}"));
+                    }
+                }
+                Some(Expr::Sample { dist, .. }) if !stage.may_sample() => {
+                    v.error(format!("{at}: {node:?} samples {dist:?}, but only instance, init and noise may sample"))
+                }
+                _ => {}
+            }
+        }
+        if let Some(stored) = self.stored.get_mut(id) {
+            *stored = true;
+        }
+    }
+
+    /// The index of a store names the enclosing loop variables, outermost first, one per
+    /// dimension, each running over that dimension's set — and no other loop encloses the store,
+    /// or it would store each element more than once.
+    fn index(&self, v: &mut Validator<'_>, at: &str, buffer: &Buffer, index: &[Var]) {
+        if index.len() != buffer.dims.len() {
+            v.error(format!(
+                "{at}: {} for {}",
+                count_of(index.len(), "index", "indices"),
+                count_of(buffer.dims.len(), "dimension", "dimensions")
+            ));
+            return;
+        }
+        let mut last_depth = None;
+        for (axis, (var, dim)) in index.iter().zip(&buffer.dims).enumerate() {
+            let Some(depth) = self.loops.iter().position(|(bound, _)| bound == var) else {
+                v.error(format!("{at}: index v{} is not the variable of an enclosing `for`", var.0));
+                continue;
+            };
+            let set = self.loops.get(depth).map(|(_, set)| *set);
+            if set != Some(*dim) {
+                v.error(format!(
+                    "{at}: index v{} runs over `{}`, but dimension {axis} of `{}` is `{}`",
+                    var.0,
+                    set.map_or_else(String::new, |s| v.set_name(s)),
+                    buffer.name,
+                    v.set_name(*dim)
+                ));
+            }
+            if last_depth.is_some_and(|last| depth <= last) {
+                v.error(format!("{at}: indices are not in the order of the enclosing loops, outermost first"));
+            }
+            last_depth = Some(depth);
+        }
+        for (var, set) in &self.loops {
+            if !index.contains(var) {
+                v.error(format!(
+                    "{at}: inside `for v{} in {}`, which is not one of its indices, so each element would be \
+                     stored more than once",
+                    var.0,
+                    v.set_name(*set)
+                ));
+            }
+        }
+    }
+}
+
+/// Hand-built modules for tests of the IR; `text.rs` tests use them too.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::{BinaryOp, ElemType, ReduceOp, Report, Set, UnaryOp};
+    use super::*;
+    use crate::diagnostics::Span;
+
+    /// Builds a module by hand. Nodes are pushed as they are built, so a test that builds each
+    /// store's value bottom-up, program by program, gets the arena `text::parse` would make.
+    pub(crate) struct Build {
+        pub(crate) m: Module,
+    }
+
+    impl Build {
+        pub(crate) fn new(name: &str) -> Build {
+            Build {
+                m: Module {
+                    name: name.into(),
+                    sets: Vec::new(),
+                    buffers: Vec::new(),
+                    exprs: Default::default(),
+                    instance: Program::default(),
+                    init: Program::default(),
+                    noise: Program::default(),
+                    bounds: Program::default(),
+                    regimes: Program::default(),
+                    step: Program::default(),
+                    observe: Vec::new(),
+                    horizon: 10,
+                    warmup: 2,
+                    discount: 0.99,
+                    report: Report { per_period: true, per_size: vec![("items".into(), 3)] },
+                },
+            }
+        }
+
+        pub(crate) fn set(&mut self, name: &str, lo: i64, hi: i64) -> SetId {
+            self.m.sets.push(Set { name: name.into(), lo, hi });
+            self.m.sets.len() - 1
+        }
+
+        pub(crate) fn buffer(&mut self, name: &str, kind: BufferKind, dims: &[SetId], elem: ElemType) -> BufferId {
+            let buffer = Buffer { name: name.into(), kind, dims: dims.to_vec(), elem, labels: Vec::new(), data: None };
+            self.m.buffers.push(buffer);
+            self.m.buffers.len() - 1
+        }
+
+        pub(crate) fn e(&mut self, expr: Expr) -> Handle<Expr> {
+            self.m.exprs.push(expr, Span::default())
+        }
+
+        pub(crate) fn num(&mut self, value: f64) -> Handle<Expr> {
+            self.e(Expr::Const(value))
+        }
+
+        pub(crate) fn var(&mut self, var: u32) -> Handle<Expr> {
+            self.e(Expr::Var(Var(var)))
+        }
+
+        /// `buffer[v...]`, each index a fresh `Var` node.
+        pub(crate) fn load(&mut self, buffer: BufferId, vars: &[u32]) -> Handle<Expr> {
+            let index = vars.iter().map(|v| self.var(*v)).collect();
+            self.e(Expr::Load { buffer, index })
+        }
+
+        pub(crate) fn bin(&mut self, op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr>) -> Handle<Expr> {
+            self.e(Expr::Binary { op, lhs, rhs })
+        }
+
+        pub(crate) fn sample(&mut self, dist: Dist, args: &[f64]) -> Handle<Expr> {
+            let args = args.iter().map(|a| self.num(*a)).collect();
+            self.e(Expr::Sample { dist, args, truncate: None })
+        }
+    }
+
+    pub(crate) fn each(var: u32, set: SetId, body: Vec<Stmt>) -> Stmt {
+        Stmt::For { var: Var(var), set, body }
+    }
+
+    pub(crate) fn store(buffer: BufferId, index: &[u32], value: Handle<Expr>) -> Stmt {
+        Stmt::Store { buffer, index: index.iter().map(|v| Var(*v)).collect(), value }
+    }
+
+    // Buffer ids of `minimal`.
+    pub(crate) const MU: BufferId = 0;
+    pub(crate) const C: BufferId = 1;
+    pub(crate) const X: BufferId = 2;
+    pub(crate) const X_NEXT: BufferId = 3;
+    pub(crate) const D: BufferId = 4;
+    pub(crate) const ORDER: BufferId = 5;
+    pub(crate) const Q: BufferId = 6;
+    pub(crate) const Q_LO: BufferId = 7;
+    pub(crate) const Q_WHEN: BufferId = 8;
+    pub(crate) const POST: BufferId = 9;
+    pub(crate) const HOLDING: BufferId = 10;
+    pub(crate) const I: SetId = 0;
+
+    /// A small valid module with one buffer of every kind but an upper bound, each program
+    /// non-empty, built program by program, each value bottom-up.
+    pub(crate) fn minimal() -> Build {
+        let mut b = Build::new("tiny");
+        let i = b.set("I", 0, 3);
+        b.buffer("mu", BufferKind::Param, &[i], ElemType::Real);
+        b.buffer("c", BufferKind::Param, &[i], ElemType::Real);
+        b.buffer("x", BufferKind::State, &[i], ElemType::Real);
+        b.buffer("x'", BufferKind::Next { of: X }, &[i], ElemType::Real);
+        b.buffer("d", BufferKind::Noise, &[i], ElemType::Int);
+        b.buffer("order", BufferKind::Discrete, &[], ElemType::Int);
+        b.buffer("q", BufferKind::Continuous, &[i], ElemType::Real);
+        b.buffer("q.lo", BufferKind::Bound { action: Q, upper: false }, &[i], ElemType::Real);
+        b.buffer("q.when", BufferKind::Regime { action: Q }, &[i], ElemType::Bool);
+        b.buffer("post", BufferKind::Let, &[i], ElemType::Real);
+        b.buffer("holding", BufferKind::Cost, &[], ElemType::Real);
+        b.m.buffers[C].data = Some(vec![1.0, 2.0, 3.0]);
+        b.m.buffers[ORDER].labels = vec!["skip".into(), "buy".into()];
+        b.m.observe = vec![X, MU];
+
+        let draw = b.sample(Dist::Uniform, &[1.0, 2.0]);
+        b.m.instance.body = vec![each(0, i, vec![store(MU, &[0], draw)])];
+
+        let start = b.load(C, &[0]);
+        b.m.init.body = vec![each(0, i, vec![store(X, &[0], start)])];
+
+        let mean = b.load(MU, &[0]);
+        let demand = b.e(Expr::Sample { dist: Dist::Poisson, args: vec![mean], truncate: None });
+        b.m.noise.body = vec![each(0, i, vec![store(D, &[0], demand)])];
+
+        let x = b.load(X, &[0]);
+        let lower = b.e(Expr::Unary { op: UnaryOp::Neg, arg: x });
+        b.m.bounds.body = vec![each(0, i, vec![store(Q_LO, &[0], lower)])];
+
+        let order = b.load(ORDER, &[]);
+        let buy = b.num(1.0);
+        let buying = b.bin(BinaryOp::Eq, order, buy);
+        b.m.regimes.body = vec![each(0, i, vec![store(Q_WHEN, &[0], buying)])];
+
+        let x = b.load(X, &[0]);
+        let d = b.load(D, &[0]);
+        let left = b.bin(BinaryOp::Sub, x, d);
+        let q = b.load(Q, &[0]);
+        let post = b.bin(BinaryOp::Add, left, q);
+        let next = b.load(POST, &[0]);
+        let c = b.load(C, &[1]);
+        let post_1 = b.load(POST, &[1]);
+        let zero = b.num(0.0);
+        let over = b.bin(BinaryOp::Max, post_1, zero);
+        let term = b.bin(BinaryOp::Mul, c, over);
+        let holding = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(1), set: i, body: term });
+        b.m.step.body =
+            vec![each(0, i, vec![store(POST, &[0], post), store(X_NEXT, &[0], next)]), store(HOLDING, &[], holding)];
+        b
+    }
+
+    fn errors(m: &Module) -> Vec<String> {
+        validate(m).err().unwrap_or_default()
+    }
+
+    /// Asserts that validating `m` reports a message containing `needle`.
+    #[track_caller]
+    fn reports(m: &Module, needle: &str) {
+        let errors = errors(m);
+        assert!(errors.iter().any(|e| e.contains(needle)), "no message contains {needle:?}; got {errors:#?}");
+    }
+
+    #[test]
+    fn minimal_module_is_valid() {
+        assert_eq!(errors(&minimal().m), Vec::<String>::new());
+    }
+
+    #[test]
+    fn settings() {
+        let mut b = minimal();
+        b.m.horizon = 0;
+        b.m.warmup = 0;
+        reports(&b.m, "horizon is 0");
+        reports(&b.m, "warmup 0 is not less than horizon 0");
+        for discount in [0.0, 1.5, f64::NAN] {
+            let mut b = minimal();
+            b.m.discount = discount;
+            reports(&b.m, &format!("discount {discount:?} is not in (0, 1]"));
+        }
+        let mut b = minimal();
+        b.m.report.per_size = vec![("items".into(), 0)];
+        reports(&b.m, "report per `items`: size 0 is not positive");
+    }
+
+    #[test]
+    fn sets() {
+        let mut b = minimal();
+        b.set("J", 4, 4);
+        b.set("I", 0, 1);
+        reports(&b.m, "set `J` = 4..4 is empty");
+        reports(&b.m, "set `I` is declared twice");
+    }
+
+    #[test]
+    fn buffer_declarations() {
+        let mut b = minimal();
+        b.m.buffers[MU].dims = vec![7];
+        b.m.buffers[ORDER].labels.clear();
+        b.m.buffers[Q].labels = vec!["a".into()];
+        b.m.buffers[C].data = Some(vec![1.0, f64::INFINITY]);
+        b.m.buffers[D].data = Some(vec![0.0; 3]);
+        b.m.buffers[HOLDING].dims = vec![I];
+        b.m.buffers[POST].name = "x".into();
+        reports(&b.m, "param `mu`: dimension 0 is set #7, which does not exist");
+        reports(&b.m, "discrete action `order` has no labels");
+        reports(&b.m, "continuous action `q` has labels");
+        reports(&b.m, "param `c` has 2 data values for 3 elements");
+        reports(&b.m, "param `c`: data value 1 is inf, not a finite number");
+        reports(&b.m, "noise `d` has data; only a param may be given as data");
+        reports(&b.m, "cost `holding` has 1 dimensions; a cost is a scalar");
+        reports(&b.m, "let `x`: another buffer has the same name");
+
+        let mut b = minimal();
+        b.m.buffers[ORDER].labels = vec!["buy".into(), "buy".into()];
+        reports(&b.m, "discrete action `order`: label `buy` appears twice");
+    }
+
+    #[test]
+    fn huge_sets_do_not_overflow() {
+        let mut b = minimal();
+        b.m.sets[I] = Set { name: "I".into(), lo: i64::MIN, hi: i64::MAX };
+        reports(&b.m, "param `c` has 3 data values for more elements than a machine holds");
+    }
+
+    #[test]
+    fn partners() {
+        let mut b = minimal();
+        b.m.buffers[X_NEXT].kind = BufferKind::Next { of: MU };
+        b.m.buffers[Q_LO].kind = BufferKind::Bound { action: 99, upper: false };
+        b.m.buffers[Q_WHEN].dims = vec![];
+        reports(&b.m, "next state `x'` is of param `mu`, not of a state");
+        reports(&b.m, "state `x` has 0 next states; it needs exactly one");
+        reports(&b.m, "bound `q.lo` is of buffer #99, which does not exist");
+        reports(&b.m, "regime mask `q.when` has dimensions [] but its continuous action `q` has [I]");
+
+        let mut b = minimal();
+        b.buffer("q.lo2", BufferKind::Bound { action: Q, upper: false }, &[I], ElemType::Real);
+        b.buffer("q.when2", BufferKind::Regime { action: Q }, &[I], ElemType::Bool);
+        reports(&b.m, "continuous action `q` has 2 lower bounds; it may have one");
+        reports(&b.m, "continuous action `q` has 2 regime masks; it may have one");
+    }
+
+    #[test]
+    fn nodes_refer_to_earlier_nodes_only() {
+        let mut b = minimal();
+        let ahead = Handle::new(b.m.exprs.len() + 1);
+        let forward = b.e(Expr::Unary { op: UnaryOp::Exp, arg: ahead });
+        b.e(Expr::Const(0.0));
+        let dangling = b.e(Expr::Unary { op: UnaryOp::Exp, arg: Handle::new(9999) });
+        let looping = b.e(Expr::Unary { op: UnaryOp::Exp, arg: Handle::new(b.m.exprs.len()) });
+        b.m.step.body.push(store(HOLDING, &[], looping));
+        reports(&b.m, &format!("{forward:?} (used by no store) refers to {ahead:?}, which is not an earlier node"));
+        reports(&b.m, &format!("{dangling:?} (used by no store) refers to %9999, which is out of range"));
+        reports(&b.m, &format!("step: store to `holding`: {looping:?} refers to {looping:?}, which is not an earlier"));
+    }
+
+    #[test]
+    fn node_contents() {
+        let mut b = minimal();
+        let nan = b.num(f64::NAN);
+        let x = b.load(X, &[]);
+        let normal = b.sample(Dist::Normal, &[0.0]);
+        let categorical = b.sample(Dist::Categorical, &[]);
+        let nowhere = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(5), set: 9, body: nan });
+        let missing = b.e(Expr::Load { buffer: 42, index: Vec::new() });
+        let sum = [x, normal, categorical, nowhere, missing].into_iter().reduce(|l, r| b.bin(BinaryOp::Add, l, r));
+        b.m.instance.body.push(store(C, &[], sum.unwrap_or(nan)));
+        let at = "instance: store to `c`";
+        reports(&b.m, &format!("{at}: {nan:?} is the constant NaN, not a finite number"));
+        reports(&b.m, &format!("{at}: {x:?} loads `x` with 0 indices for 1 dimension"));
+        reports(&b.m, &format!("{at}: {normal:?} samples Normal with 1 argument; it takes 2"));
+        reports(&b.m, &format!("{at}: {categorical:?} samples Categorical with 0 arguments; it takes at least 1"));
+        reports(&b.m, &format!("{at}: {nowhere:?} reduces over set #9, which does not exist"));
+        reports(&b.m, &format!("{at}: {missing:?} loads buffer #42, which does not exist"));
+    }
+
+    #[test]
+    fn variables_are_bound_once_where_used() {
+        let mut b = minimal();
+        // sum(v1 in I) sum(v1 in I) v1, stored inside `for v1`: both rebind.
+        let v1 = b.var(1);
+        let inner = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(1), set: I, body: v1 });
+        let outer = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(1), set: I, body: inner });
+        let stray = b.var(7);
+        b.m.step.body = vec![each(1, I, vec![each(1, I, vec![store(POST, &[1], outer)]), store(X_NEXT, &[1], stray)])];
+        let at = "step: store to";
+        reports(&b.m, &format!("{at} `post`: {outer:?} reduces over v1 inside a reduction that binds v1 again"));
+        reports(&b.m, &format!("{at} `post`: {inner:?} reduces over v1, already bound by an enclosing loop"));
+        reports(&b.m, "step: `for v1 in I` rebinds v1, already bound by an enclosing loop");
+        reports(&b.m, &format!("{at} `x'`: uses v7, which no enclosing `for` or reduction binds"));
+    }
+
+    #[test]
+    fn store_indices_follow_the_enclosing_loops() {
+        let mut b = minimal();
+        let j = b.set("J", 0, 2);
+        let grid = b.buffer("grid", BufferKind::Let, &[I, j], ElemType::Real);
+        let zero = b.num(0.0);
+        b.m.step.body.extend([
+            each(0, j, vec![each(1, I, vec![store(grid, &[1, 0], zero)])]),
+            each(0, I, vec![store(HOLDING, &[], zero), store(grid, &[0], zero), store(grid, &[0, 9], zero)]),
+        ]);
+        let at = "step: store to";
+        reports(&b.m, &format!("{at} `grid`: indices are not in the order of the enclosing loops"));
+        reports(&b.m, &format!("{at} `holding`: inside `for v0 in I`, which is not one of its indices"));
+        reports(&b.m, &format!("{at} `grid`: 1 index for 2 dimensions"));
+        reports(&b.m, &format!("{at} `grid`: index v9 is not the variable of an enclosing `for`"));
+
+        let mut b = minimal();
+        let j = b.set("J", 0, 2);
+        let zero = b.num(0.0);
+        b.m.step.body.push(each(0, j, vec![store(POST, &[0], zero)]));
+        reports(&b.m, "step: store to `post`: index v0 runs over `J`, but dimension 0 of `post` is `I`");
+    }
+
+    #[test]
+    fn each_program_writes_its_own_buffers_once() {
+        let mut b = minimal();
+        let zero = b.num(0.0);
+        b.m.init.body.push(store(HOLDING, &[], zero));
+        b.m.instance.body.push(each(0, I, vec![store(C, &[0], zero)]));
+        b.m.step.body.push(store(ORDER, &[], zero));
+        b.m.step.body.push(store(HOLDING, &[], zero));
+        b.m.noise.body.clear();
+        reports(&b.m, "init: store to `holding`: cost `holding` is stored by step, not by init");
+        reports(&b.m, "instance: store to `c`: param `c` is given as data; no program stores it");
+        reports(&b.m, "step: store to `order`: discrete action `order` is set by the policy");
+        reports(&b.m, "cost `holding` is stored by 2 statements of step; it must be stored by exactly one");
+        reports(&b.m, "noise `d` is never stored by noise");
+    }
+
+    #[test]
+    fn each_program_reads_what_its_row_allows() {
+        let mut b = minimal();
+        let state = b.load(X, &[0]);
+        b.m.init.body = vec![each(0, I, vec![store(X, &[0], state)])];
+        let next = b.load(X_NEXT, &[0]);
+        let cost = b.load(HOLDING, &[]);
+        let sum = b.bin(BinaryOp::Add, next, cost);
+        b.m.step.body.insert(0, each(0, I, vec![store(POST, &[0], sum)]));
+        let action = b.load(Q, &[0]);
+        b.m.regimes.body = vec![each(0, I, vec![store(Q_WHEN, &[0], action)])];
+        let noise = b.load(D, &[0]);
+        b.m.bounds.body = vec![each(0, I, vec![store(Q_LO, &[0], noise)])];
+        reports(&b.m, &format!("init: store to `x`: {state:?} loads state `x` but init reads only params"));
+        reports(&b.m, &format!("step: store to `post`: {next:?} loads next state `x'` but step reads only"));
+        reports(&b.m, &format!("step: store to `post`: {cost:?} loads cost `holding` before the statement that"));
+        reports(&b.m, &format!("regimes: store to `q.when`: {action:?} loads continuous action `q` but regimes"));
+        reports(&b.m, &format!("bounds: store to `q.lo`: {noise:?} loads noise `d` but bounds reads only"));
+    }
+
+    #[test]
+    fn lets_and_params_are_read_after_they_are_stored() {
+        let mut b = minimal();
+        // `holding` before `post` is stored.
+        b.m.step.body.reverse();
+        // `mu` reads itself, then `k` reads `mu` once it is stored: fine.
+        let k = b.buffer("k", BufferKind::Param, &[], ElemType::Real);
+        let own = b.load(MU, &[0]);
+        b.m.instance.body = vec![each(0, I, vec![store(MU, &[0], own)])];
+        let mu = b.load(MU, &[0]);
+        let total = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(0), set: I, body: mu });
+        b.m.instance.body.push(store(k, &[], total));
+        reports(&b.m, "step: store to `holding`: %");
+        reports(&b.m, "loads let `post` before the statement that stores it");
+        reports(
+            &b.m,
+            &format!("instance: store to `mu`: {own:?} loads param `mu` before the statement that stores it"),
+        );
+        assert_eq!(errors(&b.m).len(), 2, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn sampling_only_where_drawn() {
+        let mut b = minimal();
+        let coin = b.sample(Dist::Bernoulli, &[0.5]);
+        b.m.step.body.push(store(HOLDING, &[], coin));
+        b.m.step.body.remove(1);
+        reports(
+            &b.m,
+            &format!("step: store to `holding`: {coin:?} samples Bernoulli, but only instance, init and noise"),
+        );
+    }
+
+    #[test]
+    fn observe_lists_states_and_params() {
+        let mut b = minimal();
+        b.m.observe = vec![X, D, X, 50];
+        reports(&b.m, "observe lists noise `d`; the policy observes only states and params");
+        reports(&b.m, "observe lists `x` twice");
+        reports(&b.m, "observe lists buffer #50, which does not exist");
+    }
+
+    #[test]
+    fn every_violation_is_reported_not_just_the_first() {
+        let mut b = minimal();
+        b.m.horizon = 0;
+        b.m.sets[I].hi = 0;
+        b.m.observe.push(D);
+        assert!(errors(&b.m).len() >= 3, "{:#?}", errors(&b.m));
+    }
+}

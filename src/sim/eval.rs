@@ -1,0 +1,319 @@
+//! The IR interpreter: runs a program on one scenario's buffers. It is the reference every
+//! backend is checked against, so it is written for clarity, not speed.
+
+use rand::rngs::ChaCha8Rng;
+use rand_distr::Distribution;
+
+use crate::diagnostics::Span;
+use crate::ir::{BinaryOp, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
+
+/// A failure while running a model: where in the model, and what.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunError {
+    pub span: Span,
+    pub message: String,
+}
+
+/// The values of every buffer of a module for one scenario, row-major.
+#[derive(Clone, Debug)]
+pub struct Buffers {
+    pub values: Vec<Vec<f64>>,
+}
+
+impl Buffers {
+    /// Every buffer zeroed, data-file parameters filled in.
+    pub fn new(module: &Module) -> Buffers {
+        let values = (0..module.buffers.len())
+            .map(|id| match module.buffers.get(id).and_then(|b| b.data.clone()) {
+                Some(data) => data,
+                None => vec![0.0; module.len(id)],
+            })
+            .collect();
+        Buffers { values }
+    }
+}
+
+/// Evaluation state: the buffers, the values of loop variables, and the random stream used by
+/// `Sample` nodes (absent in the step, which never samples).
+pub struct Machine<'a> {
+    module: &'a Module,
+    pub buffers: &'a mut Buffers,
+    vars: Vec<f64>,
+    rng: Option<&'a mut ChaCha8Rng>,
+}
+
+impl<'a> Machine<'a> {
+    pub fn new(module: &'a Module, buffers: &'a mut Buffers, rng: Option<&'a mut ChaCha8Rng>) -> Machine<'a> {
+        Machine { module, buffers, vars: Vec::new(), rng }
+    }
+
+    pub fn run(&mut self, program: &Program) -> Result<(), RunError> {
+        for stmt in &program.body {
+            self.stmt(stmt)?;
+        }
+        Ok(())
+    }
+
+    fn set_var(&mut self, var: Var, value: f64) {
+        let i = var.0 as usize;
+        if self.vars.len() <= i {
+            self.vars.resize(i + 1, 0.0);
+        }
+        self.vars[i] = value;
+    }
+
+    fn stmt(&mut self, stmt: &Stmt) -> Result<(), RunError> {
+        match stmt {
+            Stmt::For { var, set, body } => {
+                let set = &self.module.sets[*set];
+                for element in set.lo..set.hi {
+                    self.set_var(*var, element as f64);
+                    for s in body {
+                        self.stmt(s)?;
+                    }
+                }
+                Ok(())
+            }
+            Stmt::Store { buffer, index, value } => {
+                let v = self.eval(*value)?;
+                let position: Vec<f64> = index.iter().map(|var| self.vars[var.0 as usize]).collect();
+                let offset = self.offset(*buffer, &position, Span::default())?;
+                self.buffers.values[*buffer][offset] = v;
+                Ok(())
+            }
+        }
+    }
+
+    /// The row-major offset of an element, or an error when an index is outside its set.
+    fn offset(&self, buffer: usize, index: &[f64], span: Span) -> Result<usize, RunError> {
+        let b = &self.module.buffers[buffer];
+        let mut offset = 0usize;
+        for (k, (&value, &set)) in index.iter().zip(&b.dims).enumerate() {
+            let set = &self.module.sets[set];
+            let element = value as i64;
+            if value.fract() != 0.0 || !value.is_finite() || element < set.lo || element >= set.hi {
+                return Err(RunError {
+                    span,
+                    message: format!(
+                        "index {value} of `{}` (dimension {}) is outside `{}` = {}..{}",
+                        b.name,
+                        k + 1,
+                        set.name,
+                        set.lo,
+                        set.hi
+                    ),
+                });
+            }
+            offset = offset * set.len() + (element - set.lo) as usize;
+        }
+        Ok(offset)
+    }
+
+    pub fn eval(&mut self, handle: Handle<Expr>) -> Result<f64, RunError> {
+        let module = self.module;
+        Ok(match &module.exprs[handle] {
+            Expr::Const(v) => *v,
+            Expr::Var(var) => self.vars[var.0 as usize],
+            Expr::Load { buffer, index } => {
+                let mut position = Vec::with_capacity(index.len());
+                for i in index {
+                    position.push(self.eval(*i)?);
+                }
+                let offset = self.offset(*buffer, &position, module.exprs.span(handle))?;
+                self.buffers.values[*buffer][offset]
+            }
+            Expr::Unary { op, arg } => unary(*op, self.eval(*arg)?),
+            Expr::Binary { op, lhs, rhs } => {
+                let a = self.eval(*lhs)?;
+                // `and`/`or` short-circuit, like `if`.
+                match op {
+                    BinaryOp::And if a == 0.0 => return Ok(0.0),
+                    BinaryOp::Or if a != 0.0 => return Ok(1.0),
+                    _ => {}
+                }
+                binary(*op, a, self.eval(*rhs)?)
+            }
+            Expr::Select { cond, then, otherwise } => {
+                if self.eval(*cond)? != 0.0 {
+                    self.eval(*then)?
+                } else {
+                    self.eval(*otherwise)?
+                }
+            }
+            Expr::Reduce { op, var, set, body } => {
+                let set = &module.sets[*set];
+                let mut acc = match op {
+                    ReduceOp::Sum => 0.0,
+                    ReduceOp::Prod => 1.0,
+                    ReduceOp::Max => f64::NEG_INFINITY,
+                    ReduceOp::Min => f64::INFINITY,
+                };
+                for element in set.lo..set.hi {
+                    self.set_var(*var, element as f64);
+                    let v = self.eval(*body)?;
+                    acc = match op {
+                        ReduceOp::Sum => acc + v,
+                        ReduceOp::Prod => acc * v,
+                        ReduceOp::Max => acc.max(v),
+                        ReduceOp::Min => acc.min(v),
+                    };
+                }
+                acc
+            }
+            Expr::Sample { dist, args, truncate } => {
+                let mut values = Vec::with_capacity(args.len());
+                for a in args {
+                    values.push(self.eval(*a)?);
+                }
+                let bounds = match truncate {
+                    Some((lo, hi)) => Some((self.eval(*lo)?, self.eval(*hi)?)),
+                    None => None,
+                };
+                let span = module.exprs.span(handle);
+                let Some(rng) = self.rng.as_deref_mut() else {
+                    return Err(RunError { span, message: "a random draw where no randomness is available".into() });
+                };
+                sample(*dist, &values, bounds, rng).map_err(|message| RunError { span, message })?
+            }
+        })
+    }
+}
+
+pub fn unary(op: UnaryOp, x: f64) -> f64 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Not => f64::from(u8::from(x == 0.0)),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        // Stable for large |x|: max(x, 0) + log(1 + exp(-|x|)).
+        UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => x.round(),
+    }
+}
+
+pub fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+    let truth = |c: bool| f64::from(u8::from(c));
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Rem => a % b,
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Eq => truth(a == b),
+        BinaryOp::Ne => truth(a != b),
+        BinaryOp::Lt => truth(a < b),
+        BinaryOp::Le => truth(a <= b),
+        BinaryOp::Gt => truth(a > b),
+        BinaryOp::Ge => truth(a >= b),
+        BinaryOp::And => truth(a != 0.0 && b != 0.0),
+        BinaryOp::Or => truth(a != 0.0 || b != 0.0),
+    }
+}
+
+/// Rejection sampling gives up after this many tries, so a truncation to a region of tiny
+/// probability is an error rather than a hang.
+const MAX_REJECTIONS: usize = 10_000;
+
+/// One draw from `dist(args)`, by rejection within `bounds` when given.
+pub fn sample(dist: Dist, args: &[f64], bounds: Option<(f64, f64)>, rng: &mut ChaCha8Rng) -> Result<f64, String> {
+    for _ in 0..MAX_REJECTIONS {
+        let x = draw(dist, args, rng)?;
+        match bounds {
+            Some((lo, hi)) if x < lo || x > hi => continue,
+            _ => return Ok(x),
+        }
+    }
+    Err(format!("no draw within the truncation bounds after {MAX_REJECTIONS} tries"))
+}
+
+fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
+    let arg = |k: usize| args.get(k).copied().unwrap_or(f64::NAN);
+    let bad = |what: &str| format!("{what} (arguments {args:?})");
+    Ok(match dist {
+        Dist::Uniform => {
+            let (lo, hi) = (arg(0), arg(1));
+            // Written so that NaN fails too.
+            if !lo.is_finite() || !hi.is_finite() || lo >= hi {
+                return Err(bad("`uniform` needs finite low < high"));
+            }
+            lo + (hi - lo) * unit(rng)
+        }
+        Dist::Normal => rand_distr::Normal::new(arg(0), arg(1))
+            .map_err(|_| bad("`normal` needs a finite mean and sd >= 0"))?
+            .sample(rng),
+        Dist::LogNormal => rand_distr::LogNormal::new(arg(0), arg(1))
+            .map_err(|_| bad("`lognormal` needs a finite mu and sigma >= 0"))?
+            .sample(rng),
+        Dist::Poisson => poisson(arg(0), rng).ok_or_else(|| bad("`poisson` needs a finite rate >= 0"))?,
+        Dist::Binomial => {
+            let (n, p) = (arg(0), arg(1));
+            if !(n >= 0.0 && n.fract() == 0.0 && (0.0..=1.0).contains(&p)) {
+                return Err(bad("`binomial` needs whole trials >= 0 and 0 <= p <= 1"));
+            }
+            rand_distr::Binomial::new(n as u64, p).map_err(|e| bad(&e.to_string()))?.sample(rng) as f64
+        }
+        Dist::NegBinomial => {
+            // Failures before the r-th success: a Poisson whose rate is Gamma(r, (1 - p) / p).
+            let (r, p) = (arg(0), arg(1));
+            if !(r > 0.0 && p > 0.0 && p <= 1.0) {
+                return Err(bad("`negbinomial` needs r > 0 and 0 < p <= 1"));
+            }
+            if p == 1.0 {
+                0.0
+            } else {
+                let rate = rand_distr::Gamma::new(r, (1.0 - p) / p).map_err(|e| bad(&e.to_string()))?.sample(rng);
+                poisson(rate, rng).ok_or_else(|| bad("`negbinomial` rate overflow"))?
+            }
+        }
+        Dist::Gamma => rand_distr::Gamma::new(arg(0), arg(1))
+            .map_err(|_| bad("`gamma` needs shape > 0 and scale > 0"))?
+            .sample(rng),
+        Dist::Bernoulli => {
+            let p = arg(0);
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad("`bernoulli` needs 0 <= p <= 1"));
+            }
+            f64::from(u8::from(unit(rng) < p))
+        }
+        Dist::Categorical => {
+            let total: f64 = args.iter().sum();
+            if args.iter().any(|w| !w.is_finite() || *w < 0.0) || total.is_nan() || total <= 0.0 {
+                return Err(bad("`categorical` needs weights >= 0 with a positive sum"));
+            }
+            let mut u = unit(rng) * total;
+            let mut chosen = args.len() - 1;
+            for (k, w) in args.iter().enumerate() {
+                if u < *w {
+                    chosen = k;
+                    break;
+                }
+                u -= w;
+            }
+            chosen as f64
+        }
+    })
+}
+
+/// A uniform draw in [0, 1) with 53 random bits.
+pub fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    use rand::Rng;
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+fn poisson(rate: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
+    if rate == 0.0 {
+        return Some(0.0);
+    }
+    Some(rand_distr::Poisson::new(rate).ok()?.sample(rng))
+}

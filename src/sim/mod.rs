@@ -1,0 +1,250 @@
+//! Simulation: instances, scenario sets and rollouts of a policy, on the IR interpreter.
+//!
+//! Randomness is organised so that results never depend on scheduling. An *instance* (the
+//! parameters) is drawn from the instance seed. Each *scenario* of a set (train, dev, test) has
+//! its own counter-based ChaCha8 stream, chosen by the scenario's index: it draws the initial
+//! state and then the noise of every step. A policy's own randomness comes from a separate stream
+//! per scenario, so two policies see exactly the same initial states and noise (common random
+//! numbers), and a seed gives the same numbers on any number of threads.
+
+pub mod eval;
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rayon::prelude::*;
+
+pub use eval::{Buffers, Machine, RunError};
+
+use crate::ir::{BufferKind, Module};
+
+/// The three fixed scenario sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScenarioSet {
+    Train,
+    Dev,
+    Test,
+}
+
+impl ScenarioSet {
+    fn tag(self) -> u64 {
+        match self {
+            ScenarioSet::Train => 1,
+            ScenarioSet::Dev => 2,
+            ScenarioSet::Test => 3,
+        }
+    }
+}
+
+/// SplitMix64 finaliser: turns (seed, purpose) pairs into unrelated 64-bit seeds.
+fn mix(seed: u64, purpose: u64) -> u64 {
+    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn stream(seed: u64, purpose: u64, index: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, purpose));
+    rng.set_stream(index);
+    rng
+}
+
+/// The random stream of scenario `index` of a set.
+pub fn scenario_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
+    stream(seed, set.tag(), index)
+}
+
+/// The random stream a policy uses in scenario `index` of a set.
+pub fn policy_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
+    stream(seed, 16 + set.tag(), index)
+}
+
+/// Draws the parameters of an instance: all buffers, with the parameters filled in.
+pub fn instance(module: &Module, seed: u64) -> Result<Buffers, RunError> {
+    let mut buffers = Buffers::new(module);
+    let mut rng = stream(seed, 0, 0);
+    Machine::new(module, &mut buffers, Some(&mut rng)).run(&module.instance)?;
+    Ok(buffers)
+}
+
+/// Chooses the actions of one step: fills the discrete and continuous action buffers, given the
+/// state and the action bounds already in `buffers`.
+pub trait Policy: Sync {
+    fn act(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
+}
+
+/// Uniformly random actions: each discrete action picks a label uniformly; a continuous action
+/// is uniform on `[lo, hi]` when both bounds exist, `lo + Exp(1)` or `hi - Exp(1)` on a
+/// half-line, and standard normal when unbounded.
+pub struct RandomPolicy;
+
+impl Policy for RandomPolicy {
+    fn act(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError> {
+        for (id, b) in module.buffers.iter().enumerate() {
+            if b.kind == BufferKind::Discrete {
+                let labels = b.labels.len().max(1) as f64;
+                for v in &mut buffers.values[id] {
+                    *v = (eval::unit(rng) * labels).floor().min(labels - 1.0);
+                }
+            }
+        }
+        for (id, b) in module.buffers.iter().enumerate() {
+            if b.kind != BufferKind::Continuous {
+                continue;
+            }
+            let bound =
+                |upper: bool| module.buffers.iter().position(|x| x.kind == BufferKind::Bound { action: id, upper });
+            let (lo, hi) = (bound(false), bound(true));
+            for k in 0..buffers.values[id].len() {
+                let lo = lo.map(|l| buffers.values[l][k]);
+                let hi = hi.map(|h| buffers.values[h][k]);
+                let u = eval::unit(rng);
+                buffers.values[id][k] = match (lo, hi) {
+                    (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
+                    (Some(l), None) => l - (1.0 - u).ln(),
+                    (None, Some(h)) => h + (1.0 - u).ln(),
+                    (None, None) => eval::sample(crate::ir::Dist::Normal, &[0.0, 1.0], None, rng)
+                        .map_err(|message| RunError { span: Default::default(), message })?,
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One scenario's costs: per cost term, the sum over reported periods (from `warmup` on).
+pub fn rollout(
+    module: &Module,
+    instance: &Buffers,
+    policy: &dyn Policy,
+    seed: u64,
+    set: ScenarioSet,
+    index: u64,
+) -> Result<Vec<f64>, RunError> {
+    let mut buffers = instance.clone();
+    let mut world = scenario_stream(seed, set, index);
+    let mut own = policy_stream(seed, set, index);
+    Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
+    let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
+    let next: Vec<(usize, usize)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, b)| match b.kind {
+            BufferKind::Next { of } => Some((id, of)),
+            _ => None,
+        })
+        .collect();
+    let regimes: Vec<(usize, usize)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, b)| match b.kind {
+            BufferKind::Regime { action } => Some((id, action)),
+            _ => None,
+        })
+        .collect();
+    let mut totals = vec![0.0; costs.len()];
+    for t in 0..module.horizon {
+        Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
+        Machine::new(module, &mut buffers, None).run(&module.bounds)?;
+        policy.act(module, &mut buffers, &mut own)?;
+        Machine::new(module, &mut buffers, None).run(&module.regimes)?;
+        // A continuous action outside its regime does not act: it is 0.
+        for &(mask, action) in &regimes {
+            for k in 0..buffers.values[action].len() {
+                if buffers.values[mask][k] == 0.0 {
+                    buffers.values[action][k] = 0.0;
+                }
+            }
+        }
+        Machine::new(module, &mut buffers, None).run(&module.step)?;
+        if t >= module.warmup {
+            for (total, &id) in totals.iter_mut().zip(&costs) {
+                *total += buffers.values[id][0];
+            }
+        }
+        for &(next, state) in &next {
+            let (a, b) = if next < state {
+                let (left, right) = buffers.values.split_at_mut(state);
+                (&left[next], &mut right[0])
+            } else {
+                let (left, right) = buffers.values.split_at_mut(next);
+                (&right[0], &mut left[state])
+            };
+            b.copy_from_slice(a);
+        }
+    }
+    Ok(totals)
+}
+
+/// A mean over scenarios with the half-width of its 95% confidence interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub mean: f64,
+    pub half_width: f64,
+}
+
+impl Estimate {
+    pub fn of(values: &[f64]) -> Estimate {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let variance =
+            if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Estimate { mean, half_width: 1.96 * (variance / n).sqrt() }
+    }
+}
+
+/// What `simulate` and `eval` report: each cost term and the total, scaled as the model's
+/// `report` says.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub terms: Vec<(String, Estimate)>,
+    pub total: Estimate,
+    pub scenarios: usize,
+    /// What one unit of the figures is, e.g. "per period per items".
+    pub unit: String,
+}
+
+/// The factor the model's `report` divides summed costs by.
+pub fn report_scale(module: &Module) -> f64 {
+    let periods = if module.report.per_period { (module.horizon - module.warmup) as f64 } else { 1.0 };
+    periods * module.report.per_size.iter().map(|(_, v)| *v as f64).product::<f64>()
+}
+
+/// Runs `scenarios` scenarios of a set in parallel and summarises their reported costs.
+pub fn simulate(
+    module: &Module,
+    instance: &Buffers,
+    policy: &dyn Policy,
+    seed: u64,
+    set: ScenarioSet,
+    scenarios: usize,
+) -> Result<Summary, RunError> {
+    let per_scenario: Vec<Vec<f64>> = (0..scenarios as u64)
+        .into_par_iter()
+        .map(|i| rollout(module, instance, policy, seed, set, i))
+        .collect::<Result<_, _>>()?;
+    let scale = report_scale(module);
+    let names: Vec<String> = module.costs().map(|(_, b)| b.name.clone()).collect();
+    let terms = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let values: Vec<f64> = per_scenario.iter().map(|c| c[k] / scale).collect();
+            (name.clone(), Estimate::of(&values))
+        })
+        .collect();
+    let totals: Vec<f64> = per_scenario.iter().map(|c| c.iter().sum::<f64>() / scale).collect();
+    let mut unit = String::new();
+    if module.report.per_period {
+        unit.push_str("per period");
+    }
+    for (name, _) in &module.report.per_size {
+        unit.push_str(&format!("{}per {name}", if unit.is_empty() { "" } else { " " }));
+    }
+    if unit.is_empty() {
+        unit = "total over the horizon".into();
+    }
+    Ok(Summary { terms, total: Estimate::of(&totals), scenarios, unit })
+}
