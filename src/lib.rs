@@ -6,5 +6,6 @@
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
+pub mod passes;
 pub mod sim;
 pub mod syntax;

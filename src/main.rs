@@ -57,6 +57,54 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
     },
+    /// Compile a model: print what it is and how smooth each cost and update is, or write the IR.
+    Compile {
+        /// Model file (`.hmdp`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// What to print: the smoothness `report`, or the textual `ir` (with its VJP).
+        #[arg(long, value_enum, default_value_t = Emit::Report)]
+        emit: Emit,
+        /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+        overrides: Vec<(String, f64)>,
+    },
+    /// Check the step's gradient (VJP) against central finite differences at random states and
+    /// actions; print the largest relative error per input and exit 1 above the tolerance.
+    Gradcheck {
+        /// Model file (`.hmdp`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Which backend's gradient to check.
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+        /// Number of random points.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        points: u64,
+        /// Seed of the points.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Largest acceptable relative error.
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+        /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+        overrides: Vec<(String, f64)>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// States, actions, and the smoothness of each cost and update.
+    Report,
+    /// The IR in its textual form.
+    Ir,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The IR interpreter, the reference.
+    Interp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -130,6 +178,10 @@ fn run(cli: Cli) -> u8 {
         Command::Check { files, overrides, message_format } => check_files(&files, overrides, message_format),
         Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, overrides } => {
             simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
+        }
+        Command::Compile { file, emit, overrides } => compile(&file, emit, overrides),
+        Command::Gradcheck { file, backend: Backend::Interp, points, seed, tolerance, overrides } => {
+            gradcheck(&file, points, seed, tolerance, overrides)
         }
     }
 }
@@ -234,6 +286,87 @@ fn load(path: &Path, options: &Options) -> Result<check::CheckedModel, u8> {
     }
 }
 
+/// Checks, lowers, validates and differentiates a model: the compiler's whole pipeline.
+fn compile_module(path: &Path, options: &Options) -> Result<(hmdp::ir::Module, String), u8> {
+    compile_with_rewrites(path, options).map(|(module, source, _)| (module, source))
+}
+
+/// The pipeline, also returning what the reformulation rewrote.
+fn compile_with_rewrites(
+    path: &Path,
+    options: &Options,
+) -> Result<(hmdp::ir::Module, String, Vec<hmdp::passes::reformulate::Rewrite>), u8> {
+    let model = load(path, options)?;
+    let mut module = hmdp::ir::lower::lower(&model);
+    let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
+    hmdp::passes::ad::differentiate(&mut module);
+    if let Err(problems) = hmdp::ir::validate(&module) {
+        eprintln!("error: internal error: the compiled model is invalid; please report this with the model:");
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        return Err(3);
+    }
+    Ok((module, std::fs::read_to_string(path).unwrap_or_default(), rewrites))
+}
+
+fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
+    let (module, source, rewrites) = match compile_with_rewrites(path, &Options { overrides }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    match emit {
+        Emit::Ir => print!("{}", hmdp::ir::text::print(&module)),
+        Emit::Report => {
+            let analysis = hmdp::passes::smoothness::analyze(&module);
+            let name = path.display().to_string();
+            print!("{}", hmdp::passes::smoothness::render(&module, &analysis, &rewrites, &name, &source));
+        }
+    }
+    0
+}
+
+fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec<(String, f64)>) -> u8 {
+    let (module, source) = match compile_module(path, &Options { overrides }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let name = path.display().to_string();
+    let fail = |e: hmdp::sim::RunError| {
+        let d = hmdp::diagnostics::Diagnostic::error("run", e.message, e.span, "while evaluating this");
+        eprint!("{}", diagnostics::render(&[d], &name, &source, false));
+        1u8
+    };
+    let instance = match hmdp::sim::instance(&module, seed) {
+        Ok(instance) => instance,
+        Err(e) => return fail(e),
+    };
+    let report = match hmdp::sim::gradcheck::check(&module, &instance, seed, points as usize) {
+        Ok(report) => report,
+        Err(e) => return fail(e),
+    };
+    println!("gradcheck {name}: backend interp against central finite differences, {points} random points");
+    println!("  {:<16} {:>8} {:>9}  {:>14}", "input", "checked", "at kinks", "max rel. error");
+    for input in &report.inputs {
+        println!("  {:<16} {:>8} {:>9}  {:>14.3e}", input.name, input.checked, input.at_kinks, input.max_error);
+    }
+    let worst = report.max_error();
+    if worst > tolerance {
+        if let Some(input) = report.inputs.iter().find(|i| i.max_error == worst)
+            && let Some((point, element, ad, fd)) = input.worst
+        {
+            eprintln!(
+                "error: the gradient of `{}` (element {element} at point {point}) is {ad:e}, finite differences give {fd:e}",
+                input.name
+            );
+        }
+        eprintln!("error: largest relative error {worst:.3e} is above the tolerance {tolerance:e}");
+        return 1;
+    }
+    println!("ok: largest relative error {worst:.3e} (tolerance {tolerance:e})");
+    0
+}
+
 fn simulate(
     path: &Path,
     policy: PolicyChoice,
@@ -243,21 +376,12 @@ fn simulate(
     set: SetChoice,
     overrides: Vec<(String, f64)>,
 ) -> u8 {
-    let model = match load(path, &Options { overrides }) {
-        Ok(model) => model,
+    let (module, source) = match compile_module(path, &Options { overrides }) {
+        Ok(compiled) => compiled,
         Err(code) => return code,
     };
-    let module = hmdp::ir::lower::lower(&model);
-    if let Err(problems) = hmdp::ir::validate(&module) {
-        eprintln!("error: internal error: the compiled model is invalid; please report this with the model:");
-        for p in problems {
-            eprintln!("  {p}");
-        }
-        return 3;
-    }
     let name = path.display().to_string();
     let report = |e: hmdp::sim::RunError| {
-        let source = std::fs::read_to_string(path).unwrap_or_default();
         let d = hmdp::diagnostics::Diagnostic::error("run", e.message, e.span, "while evaluating this");
         eprint!("{}", diagnostics::render(&[d], &name, &source, false));
         1u8

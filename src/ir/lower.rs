@@ -82,6 +82,7 @@ impl<'a> Lowering<'a> {
                 bounds: Program::default(),
                 regimes: Program::default(),
                 step: Program::default(),
+                vjp: Program::default(),
                 observe: Vec::new(),
                 horizon: model.horizon,
                 warmup: model.warmup,

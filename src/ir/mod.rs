@@ -12,6 +12,12 @@
 //! | `bounds`   | every step, before the policy| params, states                      | action bounds          |
 //! | `regimes`  | every step, after the policy | params, discrete actions            | regime masks           |
 //! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
+//! | `vjp`      | for a gradient, after `step` | what `step` reads, adjoints         | what `step` writes; adds to adjoints |
+//!
+//! `vjp` is produced by `passes::ad`: it recomputes the step, then adds into the adjoints of
+//! states, continuous actions and lets ([`Stmt::Accumulate`]) from the adjoints of next states
+//! and costs, which the caller writes before running it. Adjoint buffers of states, continuous
+//! actions and lets are zero when `vjp` starts.
 //!
 //! Loops over index sets stay loops ([`Stmt::For`], [`Expr::Reduce`]): the size of a module does
 //! not depend on the sizes of the model, so a 10 000-item model compiles as fast as a 10-item one.
@@ -198,6 +204,9 @@ pub enum BufferKind {
     Let,
     /// A named cost term of the step: a scalar.
     Cost,
+    /// The adjoint (gradient) of another buffer, same dims: an input of `vjp` for next states
+    /// and costs, an output for states and continuous actions, scratch for lets.
+    Adjoint { of: BufferId },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -267,6 +276,11 @@ pub enum ReduceOp {
     Max,
     /// Kink.
     Min,
+    /// The element of the set at which `body` is largest (the first one on ties). Produced by
+    /// differentiation, for the subgradient of `Max`; not differentiable itself.
+    ArgMax,
+    /// The element at which `body` is smallest (the first one on ties).
+    ArgMin,
 }
 
 /// A distribution for [`Expr::Sample`], with its arguments in this order.
@@ -345,6 +359,12 @@ pub enum Stmt {
     For { var: Var, set: SetId, body: Vec<Stmt> },
     /// `buffer[index...] = value`; `index` names the enclosing loop variables, one per dimension.
     Store { buffer: BufferId, index: Vec<Var>, value: Handle<Expr> },
+    /// Runs `then` when `cond != 0`, else `otherwise`; the untaken branch is not evaluated (its
+    /// indices may be out of range). Only in `vjp`.
+    If { cond: Handle<Expr>, then: Vec<Stmt>, otherwise: Vec<Stmt> },
+    /// `buffer[index...] += value`, with computed indices (one per dimension): how `vjp` adds a
+    /// contribution to an adjoint. Only in `vjp`, only on adjoint buffers.
+    Accumulate { buffer: BufferId, index: Vec<Handle<Expr>>, value: Handle<Expr> },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -373,6 +393,8 @@ pub struct Module {
     pub bounds: Program,
     pub regimes: Program,
     pub step: Program,
+    /// The vector-Jacobian product of `step`; empty until `passes::ad::differentiate` runs.
+    pub vjp: Program,
     /// The buffers the policy sees, in order.
     pub observe: Vec<BufferId>,
     pub horizon: u64,

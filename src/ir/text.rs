@@ -23,6 +23,9 @@
 //! regime q.when[I]: bool of q
 //! let post[I]: real
 //! cost holding: real
+//! adjoint onhand.adj[I]: real of onhand
+//! adjoint post.adj[I]: real of post
+//! adjoint holding.adj: real of holding
 //!
 //! observe onhand, mu
 //!
@@ -32,28 +35,48 @@
 //!     }
 //!     store holding = sum(v1 in I) (h[v1] * max(post[v1], 0.0))
 //! }
+//!
+//! vjp {
+//!     for v0 in I {
+//!         store post[v0] = (onhand[v0] - demand[v0])
+//!     }
+//!     store holding = sum(v1 in I) (h[v1] * max(post[v1], 0.0))
+//!     for v1 in I {
+//!         if (post[v1] >= 0.0) {
+//!             accumulate post.adj[v1] += (holding.adj * h[v1])
+//!         }
+//!     }
+//!     for v0 in I {
+//!         accumulate onhand.adj[v0] += post.adj[v0]
+//!     }
+//! }
 //! ```
 //!
 //! Buffers are listed in `BufferId` order and the six programs in the order a run executes them
-//! (empty ones too). Each expression is printed as a tree at the store that uses it; binary
-//! operators are infix and always parenthesised, so no precedence is involved: `(a + b)`, `(a ^
-//! b)`, `(a == b)`, `(a and b)`, `(if c then a else b)`; the rest are calls: `neg(x)`,
-//! `max(a, b)`, `sum(v1 in I) body`, `sample normal(m, s) truncate(lo, hi)`. A load is the buffer
+//! (empty ones too), then `vjp` if it is not empty (once the module is differentiated; a text
+//! without `vjp` has an empty one). Statements are `for VAR in SET { ... }`, `store
+//! BUFFER[VAR, ...] = EXPR`, `if EXPR { ... } else { ... }` (the `else` part printed only when
+//! it is not empty) and `accumulate BUFFER[EXPR, ...] += EXPR`. Each expression is printed as a
+//! tree at the statement that uses it; binary operators are infix and always parenthesised, so
+//! no precedence is involved: `(a + b)`, `(a ^ b)`, `(a == b)`, `(a and b)`, `(if c then a else
+//! b)`; the rest are calls: `neg(x)`, `max(a, b)`, `sum(v1 in I) body` (also `prod`, `max`,
+//! `min`, `argmax`, `argmin`), `sample normal(m, s) truncate(lo, hi)`. A load is the buffer
 //! name with its index (`K` for a scalar), a loop or reduction variable is `v` and its number.
 //! Numbers are printed with `{:?}`, which gives the shortest text that parses back to the same
 //! `f64`. A name that is not a plain word, or is one of the format's keywords (`cost`, `in`, `v3`,
 //! ...), is printed quoted with Rust escapes: `"cost"`.
 //!
-//! What round-trips, for every module that validates and whose expressions are at most
+//! What round-trips, for every module that validates and whose expressions and blocks are at most
 //! [`MAX_DEPTH`] deep: `print(&parse(&print(m))?) == print(m)`, and `parse(&print(m))` equals `m`
-//! up to spans and the numbering of expression nodes. `parse` creates each store's nodes
-//! children first, left to right, store by store in the printed order, with empty spans; so
+//! up to spans and the numbering of expression nodes. `parse` creates each statement's nodes
+//! children first, left to right (an `if`'s condition before its branches, an accumulation's
+//! indices before its value), statement by statement in the printed order, with empty spans; so
 //! `parse(&print(m))? == m` exactly when `m`'s arena is that post-order (which is what building
-//! each store's value bottom-up, program by program, gives), no node is shared or unused, and
-//! all spans are empty. A shared node is printed at each use and parsed back as copies; an unused
-//! node is not printed. An invalid module may not parse back: `print` never panics, and marks
-//! what it cannot print (a dangling handle or id, a forward reference) as `<...>`, which does not
-//! parse.
+//! each statement's expressions bottom-up, program by program, gives), no node is shared or
+//! unused, and all spans are empty. A shared node is printed at each use and parsed back as
+//! copies; an unused node is not printed. An invalid module may not parse back: `print` never
+//! panics, and marks what it cannot print (a dangling handle or id, a forward reference) as
+//! `<...>`, which does not parse.
 //!
 //! `parse` checks syntax and resolves names (sets and buffers must be declared before a program
 //! uses them; `of` and `observe` may name a buffer declared later), but nothing else: run
@@ -84,10 +107,10 @@ pub fn print(module: &Module) -> String {
     Printer(module).to_string()
 }
 
-const PROGRAMS: [&str; 6] = ["instance", "init", "noise", "bounds", "regimes", "step"];
+const PROGRAMS: [&str; 7] = ["instance", "init", "noise", "bounds", "regimes", "step", "vjp"];
 
-fn programs(module: &Module) -> [&Program; 6] {
-    [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step]
+fn programs(module: &Module) -> [&Program; 7] {
+    [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
 }
 
 const UNARY: [(UnaryOp, &str); 14] = [
@@ -125,8 +148,14 @@ const INFIX: [(BinaryOp, &str); 14] = [
     (BinaryOp::Or, "or"),
 ];
 
-const REDUCE: [(ReduceOp, &str); 4] =
-    [(ReduceOp::Sum, "sum"), (ReduceOp::Prod, "prod"), (ReduceOp::Max, "max"), (ReduceOp::Min, "min")];
+const REDUCE: [(ReduceOp, &str); 6] = [
+    (ReduceOp::Sum, "sum"),
+    (ReduceOp::Prod, "prod"),
+    (ReduceOp::Max, "max"),
+    (ReduceOp::Min, "min"),
+    (ReduceOp::ArgMax, "argmax"),
+    (ReduceOp::ArgMin, "argmin"),
+];
 
 const DISTS: [(Dist, &str); 9] = [
     (Dist::Uniform, "uniform"),
@@ -144,7 +173,7 @@ const ELEMS: [(ElemType, &str); 3] = [(ElemType::Real, "real"), (ElemType::Int, 
 
 /// Words with a meaning somewhere in the format. A name spelled like one is printed quoted, so
 /// a bare word is never both a keyword and a name, wherever it appears.
-const KEYWORDS: [&str; 39] = [
+const KEYWORDS: [&str; 42] = [
     "module",
     "horizon",
     "warmup",
@@ -169,14 +198,17 @@ const KEYWORDS: [&str; 39] = [
     "regime",
     "let",
     "cost",
+    "adjoint",
     "instance",
     "init",
     "bounds",
     "regimes",
     "step",
+    "vjp",
     "for",
     "in",
     "store",
+    "accumulate",
     "if",
     "then",
     "else",
@@ -271,6 +303,10 @@ impl fmt::Display for Printer<'_> {
         f.write_str("\n")?;
 
         for (name, program) in PROGRAMS.iter().zip(programs(m)) {
+            // `vjp` is empty until the module is differentiated; then it is printed last.
+            if *name == "vjp" && program.body.is_empty() {
+                continue;
+            }
             writeln!(f, "\n{name} {{")?;
             self.stmts(f, &program.body, 1)?;
             f.write_str("}\n")?;
@@ -292,6 +328,7 @@ impl Printer<'_> {
             BufferKind::Regime { .. } => "regime",
             BufferKind::Let => "let",
             BufferKind::Cost => "cost",
+            BufferKind::Adjoint { .. } => "adjoint",
         };
         write!(f, "{kind} {}", Name(&buffer.name))?;
         if !buffer.dims.is_empty() {
@@ -313,7 +350,7 @@ impl Printer<'_> {
             f.write_str("}")?;
         }
         match buffer.kind {
-            BufferKind::Next { of } | BufferKind::Regime { action: of } => {
+            BufferKind::Next { of } | BufferKind::Regime { action: of } | BufferKind::Adjoint { of } => {
                 f.write_str(" of ")?;
                 self.buffer_ref(f, of)?;
             }
@@ -375,6 +412,31 @@ impl Printer<'_> {
                         f.write_str("]")?;
                     }
                     f.write_str(" = ")?;
+                    self.expr(f, *value, None)?;
+                    f.write_str("\n")?;
+                }
+                Stmt::If { cond, then, otherwise } => {
+                    f.write_str("if ")?;
+                    self.expr(f, *cond, None)?;
+                    f.write_str(" {\n")?;
+                    self.stmts(f, then, depth + 1)?;
+                    write!(f, "{:width$}}}", "", width = 4 * depth)?;
+                    if !otherwise.is_empty() {
+                        f.write_str(" else {\n")?;
+                        self.stmts(f, otherwise, depth + 1)?;
+                        write!(f, "{:width$}}}", "", width = 4 * depth)?;
+                    }
+                    f.write_str("\n")?;
+                }
+                Stmt::Accumulate { buffer, index, value } => {
+                    f.write_str("accumulate ")?;
+                    self.buffer_ref(f, *buffer)?;
+                    if !index.is_empty() {
+                        f.write_str("[")?;
+                        self.list(f, index, None)?;
+                        f.write_str("]")?;
+                    }
+                    f.write_str(" += ")?;
                     self.expr(f, *value, None)?;
                     f.write_str("\n")?;
                 }
@@ -529,8 +591,10 @@ struct Token {
 }
 
 /// Longest first, so that `<=` is not read as `<` and `=`.
-const PUNCT: [&str; 22] =
-    ["..", "==", "!=", "<=", ">=", "{", "}", "[", "]", "(", ")", ",", ":", "=", "+", "-", "*", "/", "%", "^", "<", ">"];
+const PUNCT: [&str; 23] = [
+    "..", "==", "!=", "<=", ">=", "+=", "{", "}", "[", "]", "(", ")", ",", ":", "=", "+", "-", "*", "/", "%", "^", "<",
+    ">",
+];
 
 fn lex(text: &str) -> Result<Vec<Token>, String> {
     let chars: Vec<char> = text.chars().collect();
@@ -675,7 +739,7 @@ struct Header {
     discount: Option<f64>,
     report: Option<Report>,
     observe: Option<Vec<BufferId>>,
-    programs: [Option<Program>; 6],
+    programs: [Option<Program>; 7],
 }
 
 impl Parser {
@@ -873,7 +937,8 @@ impl Parser {
                     self.buffer()?;
                     false
                 }
-                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "regime" | "let" | "cost" => {
+                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "regime" | "let" | "cost"
+                | "adjoint" => {
                     self.buffer()?;
                     false
                 }
@@ -887,7 +952,8 @@ impl Parser {
                         return self.expected(
                             "a declaration (`horizon`, `warmup`, `discount`, `report`, `set`, `param`, `state`, \
                              `next`, `noise`, `discrete`, `continuous`, `bound`, `regime`, `let`, `cost`, \
-                             `observe`) or a program (`instance`, `init`, `noise`, `bounds`, `regimes`, `step`)",
+                             `adjoint`, `observe`) or a program (`instance`, `init`, `noise`, `bounds`, `regimes`, \
+                             `step`, `vjp`)",
                         );
                     }
                 },
@@ -901,7 +967,7 @@ impl Parser {
             let id = *self.buffer_ids.get(&name).ok_or_else(|| format!("{at}: unknown buffer `{name}`"))?;
             match slot {
                 Forward::Of(buffer) => match self.buffers.get_mut(buffer).map(|b| &mut b.kind) {
-                    Some(BufferKind::Next { of }) => *of = id,
+                    Some(BufferKind::Next { of } | BufferKind::Adjoint { of }) => *of = id,
                     Some(BufferKind::Bound { action, .. } | BufferKind::Regime { action }) => *action = id,
                     _ => {}
                 },
@@ -915,7 +981,7 @@ impl Parser {
         let Some(horizon) = header.horizon else {
             return Err(format!("{}: the module has no `horizon`", self.end.end));
         };
-        let [instance, init, noise, bounds, regimes, step] = header.programs.map(Option::unwrap_or_default);
+        let [instance, init, noise, bounds, regimes, step, vjp] = header.programs.map(Option::unwrap_or_default);
         Ok(Module {
             name,
             sets: self.sets,
@@ -927,6 +993,7 @@ impl Parser {
             bounds,
             regimes,
             step,
+            vjp,
             observe,
             horizon,
             warmup: header.warmup.unwrap_or(0),
@@ -996,7 +1063,8 @@ impl Parser {
         Ok(())
     }
 
-    /// `KIND NAME[DIMS]: ELEM {LABELS} (of X | lower of X | upper of X) = data [...]`
+    /// `KIND NAME[DIMS]: ELEM {LABELS} (of X | lower of X | upper of X) = data [...]`; `of X` for
+    /// `next`, `regime` and `adjoint`.
     fn buffer(&mut self) -> Parsed<()> {
         let kind_token = self.bump();
         let (name, at) = self.name("a buffer name")?;
@@ -1045,6 +1113,10 @@ impl Parser {
                     self.of(id)?;
                     BufferKind::Regime { action: 0 }
                 }
+                "adjoint" => {
+                    self.of(id)?;
+                    BufferKind::Adjoint { of: 0 }
+                }
                 _ => {
                     let upper = self.at_word("upper");
                     if !upper && !self.at_word("lower") {
@@ -1089,10 +1161,10 @@ impl Parser {
         Ok(())
     }
 
-    /// `{ stmt* }`
+    /// `{ stmt* }`, `depth` blocks deep.
     fn block(&mut self, depth: usize) -> Parsed<Vec<Stmt>> {
         if depth > MAX_DEPTH {
-            return Err(format!("{}: loops are nested more than {MAX_DEPTH} deep", self.peek().at));
+            return Err(format!("{}: `for` and `if` blocks are nested more than {MAX_DEPTH} deep", self.peek().at));
         }
         self.punct("{")?;
         let mut body = Vec::new();
@@ -1123,8 +1195,37 @@ impl Parser {
                 self.punct("=")?;
                 let value = self.expr(0)?;
                 body.push(Stmt::Store { buffer, index, value });
+            } else if self.at_word("if") {
+                // `if COND { ... } else { ... }`, the `else` part optional.
+                self.bump();
+                let cond = self.expr(0)?;
+                let then = self.block(depth + 1)?;
+                let otherwise = if self.at_word("else") {
+                    self.bump();
+                    self.block(depth + 1)?
+                } else {
+                    Vec::new()
+                };
+                body.push(Stmt::If { cond, then, otherwise });
+            } else if self.at_word("accumulate") {
+                // `accumulate BUFFER[expr, ...] += expr`
+                self.bump();
+                let buffer = self.buffer_ref()?;
+                let mut index = Vec::new();
+                if self.eat("[") && !self.eat("]") {
+                    loop {
+                        index.push(self.expr(0)?);
+                        if !self.eat(",") {
+                            break;
+                        }
+                    }
+                    self.punct("]")?;
+                }
+                self.punct("+=")?;
+                let value = self.expr(0)?;
+                body.push(Stmt::Accumulate { buffer, index, value });
             } else {
-                return self.expected("`for`, `store` or `}`");
+                return self.expected("`for`, `store`, `if`, `accumulate` or `}`");
             }
         }
     }
@@ -1184,7 +1285,7 @@ impl Parser {
             let op = match op {
                 ReduceOp::Min => BinaryOp::Min,
                 ReduceOp::Max => BinaryOp::Max,
-                ReduceOp::Sum | ReduceOp::Prod => {
+                ReduceOp::Sum | ReduceOp::Prod | ReduceOp::ArgMax | ReduceOp::ArgMin => {
                     return self.expected(&format!("`v<number> in SET)`: `{word}` is a reduction"));
                 }
             };
@@ -1284,7 +1385,7 @@ impl Parser {
 
 #[cfg(test)]
 mod tests {
-    use super::super::validate::tests::{Build, each, minimal, store};
+    use super::super::validate::tests::{Build, accumulate, differentiated, each, minimal, store};
     use super::*;
     use crate::ir::validate;
 
@@ -1372,6 +1473,60 @@ step {
         assert_eq!(parse(expected), Ok(m));
     }
 
+    #[test]
+    fn prints_a_differentiated_module() {
+        let expected_buffers = "cost holding: real
+adjoint x.adj[I]: real of x
+adjoint x'.adj[I]: real of x'
+adjoint q.adj[I]: real of q
+adjoint post.adj[I]: real of post
+adjoint holding.adj: real of holding
+
+observe x, mu
+";
+        let expected_vjp = "
+step {
+    for v0 in I {
+        store post[v0] = ((x[v0] - d[v0]) + q[v0])
+        store x'[v0] = post[v0]
+    }
+    store holding = sum(v1 in I) (c[v1] * max(post[v1], 0.0))
+}
+
+vjp {
+    for v0 in I {
+        store post[v0] = ((x[v0] - d[v0]) + q[v0])
+        store x'[v0] = post[v0]
+    }
+    store holding = sum(v1 in I) (c[v1] * max(post[v1], 0.0))
+    for v1 in I {
+        if (post[v1] >= 0.0) {
+            accumulate post.adj[v1] += (holding.adj * c[v1])
+        }
+    }
+    for v0 in I {
+        accumulate post.adj[v0] += x'.adj[v0]
+        accumulate x.adj[v0] += post.adj[v0]
+        accumulate q.adj[v0] += post.adj[v0]
+    }
+}
+";
+        let m = differentiated().m;
+        let text = print(&m);
+        assert!(text.contains(expected_buffers), "{text}");
+        assert!(text.ends_with(expected_vjp), "{text}");
+        assert_eq!(round_trip(&m), m);
+
+        // Not differentiated: no `vjp` section, and a text without one has an empty `vjp`.
+        let mut m = differentiated().m;
+        m.vjp.body.clear();
+        let text = print(&m);
+        assert!(!text.contains("vjp"), "{text}");
+        let parsed = round_trip(&m);
+        assert!(parsed.vjp.body.is_empty());
+        assert_eq!(validate(&parsed), Ok(()));
+    }
+
     /// A valid module with every kind of buffer, element type, expression, operator, reduction,
     /// distribution and statement, built in the order `parse` creates nodes.
     fn every_variant() -> Module {
@@ -1401,6 +1556,16 @@ step {
         let unary = b.buffer("unary", BufferKind::Let, &[], ElemType::Real);
         let binary = b.buffer("binary", BufferKind::Cost, &[], ElemType::Real);
         let reduce = b.buffer("reduce", BufferKind::Cost, &[], ElemType::Real);
+        let grid = b.buffer("grid", BufferKind::Let, &[i, c], ElemType::Real);
+        let adjoint = |b: &mut Build, name: &str, of: BufferId, dims: &[SetId]| {
+            b.buffer(name, BufferKind::Adjoint { of }, dims, ElemType::Real)
+        };
+        let x_adj = adjoint(&mut b, "x.adj", x, &[i]);
+        let x_next_adj = adjoint(&mut b, "x'.adj", x_next, &[i]);
+        let q_adj = adjoint(&mut b, "q.adj", q, &[i]);
+        let post_adj = adjoint(&mut b, "post.adj", post, &[i]);
+        let grid_adj = adjoint(&mut b, "grid.adj", grid, &[i, c]);
+        let reduce_adj = adjoint(&mut b, "argmax", reduce, &[]);
         b.m.observe = vec![x, s, mu, quoted];
         b.m.report = Report { per_period: false, per_size: vec![("items".into(), 3), ("per".into(), 2)] };
         b.m.discount = 1.0;
@@ -1445,58 +1610,103 @@ step {
         let mask = b.e(Expr::Select { cond, then: yes, otherwise: no });
         b.m.regimes.body.push(each(0, i, vec![store(when, &[0], mask)]));
 
-        let stock = b.load(x, &[0]);
-        let sold = b.load(noise, &[0]);
-        let left = b.bin(BinaryOp::Sub, stock, sold);
-        let bought = b.load(q, &[0]);
-        let after = b.bin(BinaryOp::Add, left, bought);
-        let arrived = b.load(post, &[0]);
-        let mut chain = b.load(s, &[]);
-        for (op, _) in UNARY.iter().rev() {
-            chain = b.e(Expr::Unary { op: *op, arg: chain });
-        }
-        let unary_value = chain;
-        let s_now = b.load(s, &[]);
-        let mut chain = b.load(unary, &[]);
-        let all_binary = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Rem,
-            BinaryOp::Pow,
-            BinaryOp::Min,
-            BinaryOp::Max,
-            BinaryOp::Eq,
-            BinaryOp::Ne,
-            BinaryOp::Lt,
-            BinaryOp::Le,
-            BinaryOp::Gt,
-            BinaryOp::Ge,
-            BinaryOp::And,
-            BinaryOp::Or,
-        ];
-        for (k, op) in all_binary.into_iter().enumerate() {
-            let rhs = b.num(k as f64 - 3.5);
-            chain = b.bin(op, chain, rhs);
-        }
-        let binary_value = chain;
-        let weight = b.load(w, &[1, 2]);
-        let level = b.load(post, &[3]);
-        let product = b.bin(BinaryOp::Mul, weight, level);
-        let mut body = product;
-        for (op, var, set) in
-            [(ReduceOp::Min, 4, c), (ReduceOp::Max, 3, i), (ReduceOp::Prod, 2, c), (ReduceOp::Sum, 1, i)]
-        {
-            body = b.e(Expr::Reduce { op, var: Var(var), set, body });
-        }
-        b.m.step.body = vec![
-            each(0, i, vec![store(post, &[0], after), store(x_next, &[0], arrived)]),
-            store(unary, &[], unary_value),
-            store(s_next, &[], s_now),
-            store(binary, &[], binary_value),
-            store(reduce, &[], body),
-        ];
+        // The step, a function so that `vjp` can recompute it with nodes of its own.
+        let step = |b: &mut Build| {
+            let stock = b.load(x, &[0]);
+            let sold = b.load(noise, &[0]);
+            let left = b.bin(BinaryOp::Sub, stock, sold);
+            let bought = b.load(q, &[0]);
+            let after = b.bin(BinaryOp::Add, left, bought);
+            let arrived = b.load(post, &[0]);
+            let mut chain = b.load(s, &[]);
+            for (op, _) in UNARY.iter().rev() {
+                chain = b.e(Expr::Unary { op: *op, arg: chain });
+            }
+            let unary_value = chain;
+            let s_now = b.load(s, &[]);
+            let mut chain = b.load(unary, &[]);
+            let all_binary = [
+                BinaryOp::Add,
+                BinaryOp::Sub,
+                BinaryOp::Mul,
+                BinaryOp::Div,
+                BinaryOp::Rem,
+                BinaryOp::Pow,
+                BinaryOp::Min,
+                BinaryOp::Max,
+                BinaryOp::Eq,
+                BinaryOp::Ne,
+                BinaryOp::Lt,
+                BinaryOp::Le,
+                BinaryOp::Gt,
+                BinaryOp::Ge,
+                BinaryOp::And,
+                BinaryOp::Or,
+            ];
+            for (k, op) in all_binary.into_iter().enumerate() {
+                let rhs = b.num(k as f64 - 3.5);
+                chain = b.bin(op, chain, rhs);
+            }
+            let binary_value = chain;
+            let weight = b.load(w, &[1, 2]);
+            let level = b.load(post, &[3]);
+            let product = b.bin(BinaryOp::Mul, weight, level);
+            let mut body = product;
+            for (op, var, set) in [
+                (ReduceOp::ArgMin, 6, i),
+                (ReduceOp::ArgMax, 5, c),
+                (ReduceOp::Min, 4, c),
+                (ReduceOp::Max, 3, i),
+                (ReduceOp::Prod, 2, c),
+                (ReduceOp::Sum, 1, i),
+            ] {
+                body = b.e(Expr::Reduce { op, var: Var(var), set, body });
+            }
+            let cell = b.load(w, &[0, 5]);
+            vec![
+                each(0, i, vec![store(post, &[0], after), store(x_next, &[0], arrived)]),
+                store(unary, &[], unary_value),
+                store(s_next, &[], s_now),
+                store(binary, &[], binary_value),
+                store(reduce, &[], body),
+                each(0, i, vec![each(5, c, vec![store(grid, &[0, 5], cell)])]),
+            ]
+        };
+        b.m.step.body = step(&mut b);
+
+        // vjp: the step again, then every kind of `if` and accumulation, nodes in parse order.
+        b.m.vjp.body = step(&mut b);
+        let level = b.load(post, &[0]);
+        let zero = b.num(0.0);
+        let above = b.bin(BinaryOp::Ge, level, zero);
+        let at = b.var(0);
+        let seed = b.load(x_next_adj, &[0]);
+        let chosen = b.load(order, &[]);
+        let one = b.num(1.0);
+        let buying = b.bin(BinaryOp::Eq, chosen, one);
+        let stock = b.load(x, &[1]);
+        let top = b.e(Expr::Reduce { op: ReduceOp::ArgMax, var: Var(1), set: i, body: stock });
+        let one = b.num(1.0);
+        let nested = Stmt::If { cond: buying, then: vec![accumulate(x_adj, &[top], one)], otherwise: Vec::new() };
+        let then = vec![accumulate(q_adj, &[at], seed), nested];
+        let level = b.load(post, &[2]);
+        let bottom = b.e(Expr::Reduce { op: ReduceOp::ArgMin, var: Var(2), set: i, body: level });
+        let seed = b.load(x_next_adj, &[0]);
+        let minus = b.e(Expr::Unary { op: UnaryOp::Neg, arg: seed });
+        let otherwise = vec![accumulate(post_adj, &[bottom], minus)];
+        let row = b.var(0);
+        let weight = b.load(w, &[0, 6]);
+        let cheapest = b.e(Expr::Reduce { op: ReduceOp::ArgMin, var: Var(6), set: c, body: weight });
+        let half = b.num(0.5);
+        let total = b.load(reduce, &[]);
+        let chosen = b.load(order, &[]);
+        let two = b.num(2.0);
+        let skipping = b.bin(BinaryOp::Eq, chosen, two);
+        b.m.vjp.body.extend([
+            each(0, i, vec![Stmt::If { cond: above, then, otherwise }, accumulate(grid_adj, &[row, cheapest], half)]),
+            accumulate(reduce_adj, &[], total),
+            Stmt::If { cond: skipping, then: Vec::new(), otherwise: Vec::new() },
+        ]);
         b.m
     }
 
@@ -1522,7 +1732,18 @@ step {
             "store q.when[v0] = (if (order == 2.0) then 1.0 else 0.0)",
             "store unary = neg(not(exp(log(sqrt(tanh(sigmoid(softplus(sin(cos(abs(floor(ceil(round(",
             "(unary + -3.5) - -2.5) * -1.5) / -0.5) % 0.5) ^ 1.5), 2.5), 3.5) == 4.5) != 5.5) < 6.5) <= 7.5) > 8.5) >= 9.5) and 10.5) or 11.5)",
-            "store reduce = sum(v1 in I) prod(v2 in C) max(v3 in I) min(v4 in C) (w[v1, v2] * post[v3])",
+            "store reduce = sum(v1 in I) prod(v2 in C) max(v3 in I) min(v4 in C) argmax(v5 in C) argmin(v6 in I) \
+             (w[v1, v2] * post[v3])",
+            "adjoint x'.adj[I]: real of x'",
+            "adjoint grid.adj[I, C]: real of grid",
+            "adjoint \"argmax\": real of reduce",
+            "\nvjp {\n    for v0 in I {\n        store post[v0] = ((x[v0] - demand[v0]) + q[v0])",
+            "        if (post[v0] >= 0.0) {\n            accumulate q.adj[v0] += x'.adj[v0]\n",
+            "            if (order == 1.0) {\n                accumulate x.adj[argmax(v1 in I) x[v1]] += 1.0\n",
+            "            }\n        } else {\n            accumulate post.adj[argmin(v2 in I) post[v2]] += ",
+            "+= neg(x'.adj[v0])\n        }\n",
+            "        accumulate grid.adj[v0, argmin(v6 in C) w[v0, v6]] += 0.5\n    }\n",
+            "    accumulate \"argmax\" += reduce\n    if (order == 2.0) {\n    }\n}\n",
         ] {
             assert!(text.contains(needle), "{needle}\nnot in:\n{text}");
         }
@@ -1603,17 +1824,18 @@ step {
         let m = parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((m.horizon, m.warmup, m.discount), (5, 0, 1.0));
         assert_eq!(m.report, Report { per_period: false, per_size: Vec::new() });
-        assert!(m.instance.body.is_empty() && m.bounds.body.is_empty());
+        assert!(m.instance.body.is_empty() && m.bounds.body.is_empty() && m.vjp.body.is_empty());
         assert_eq!(validate(&m), Ok(()));
         round_trip(&m);
     }
 
     #[test]
     fn forward_references_in_of_and_observe() {
-        let text = "module m horizon 2 observe s next s': real of s state s: real";
+        let text = "module m horizon 2 observe s next s': real of s adjoint a: real of s state s: real";
         let m = parse(text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m.buffers[0].kind, BufferKind::Next { of: 1 });
-        assert_eq!(m.observe, vec![1]);
+        assert_eq!(m.buffers[0].kind, BufferKind::Next { of: 2 });
+        assert_eq!(m.buffers[1].kind, BufferKind::Adjoint { of: 2 });
+        assert_eq!(m.observe, vec![2]);
     }
 
     #[test]
@@ -1655,7 +1877,35 @@ step {
             ),
             (
                 "module m horizon 1\nparam a: real\ninit { store a = 1 ",
-                "line 3, column 19: expected `for`, `store` or `}`, found the end of the text",
+                "line 3, column 19: expected `for`, `store`, `if`, `accumulate` or `}`, found the end of the text",
+            ),
+            ("module m horizon 1\nparam a: real\nadjoint b: real", "line 3, column 16: expected `of`, found the end"),
+            ("module m horizon 1\nadjoint b: real of c", "line 2, column 20: unknown buffer `c`"),
+            (
+                "module m horizon 1\nparam a: real\nvjp { accumulate a = 1 }",
+                "line 3, column 20: expected `+=`, found `=`",
+            ),
+            (
+                "module m horizon 1\nparam a: real\nvjp { accumulate a[1, ] += 1 }",
+                "line 3, column 23: expected an expression, found `]`",
+            ),
+            ("module m horizon 1\nparam a: real\nvjp { if a store a = 1 }", "line 3, column 12: expected `{`"),
+            (
+                "module m horizon 1\nparam a: real\nvjp { if a { } else store a = 1 }",
+                "line 3, column 21: expected `{`, found `store`",
+            ),
+            (
+                "module m horizon 1\nparam a: real\nvjp { if { } }",
+                "line 3, column 10: expected an expression, found `{`",
+            ),
+            ("module m horizon 1\nvjp { }\nvjp { }", "line 3, column 1: `vjp` appears twice"),
+            (
+                "module m horizon 1\nparam a: real\ninit { store a = argmax(1, 2) }",
+                "line 3, column 25: expected `v<number> in SET)`: `argmax` is a reduction",
+            ),
+            (
+                "module m horizon 1\nparam a: real\ninit { store a = argmin(v0 in I) 1 }",
+                "line 3, column 31: unknown set `I`",
             ),
             ("module m horizon 1\nparam a: real\ninit { for x in I {} }", "line 3, column 12: expected a variable"),
             (
@@ -1687,15 +1937,17 @@ step {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
-        for open in ["(", "neg(", "sum(v0 in I) ", "x["] {
+        for open in ["(", "neg(", "sum(v0 in I) ", "argmax(v0 in I) ", "x["] {
             let text = format!(
                 "module m horizon 1\nset I = 0..1\nparam x[I]: real\ninit {{ store x = {} }}",
                 open.repeat(100_000)
             );
             assert!(parse_error(&text).contains("nested more than 1000 deep"), "{open}");
         }
-        let loops = format!("module m horizon 1\nset I = 0..1\ninit {}", "{ for v0 in I ".repeat(100_000));
-        assert!(parse_error(&loops).contains("loops are nested more than 1000 deep"));
+        for open in ["{ for v0 in I ", "{ if 1 ", "{ if 1 { } else "] {
+            let blocks = format!("module m horizon 1\nset I = 0..1\nvjp {}", open.repeat(100_000));
+            assert!(parse_error(&blocks).contains("`for` and `if` blocks are nested more than 1000 deep"), "{open}");
+        }
         // The limit itself parses, on a test thread's small stack.
         let deepest = format!(
             "module m horizon 1\nparam x: real\ninit {{ store x = {}1{} }}",

@@ -1,8 +1,8 @@
 //! The IR validator: [`validate`] checks a [`Module`] against the invariants that `ir/mod.rs`
-//! documents and returns every violation it finds, each a sentence naming the program, store,
-//! buffer or node (`%12`) it is about. Run it on every module a pass or the lowering produces
-//! (tests do); a backend takes a validated module and never defends against malformed IR. When
-//! you add an invariant to the IR docs, add its check here and a test that breaks it.
+//! documents and returns every violation it finds, each a sentence naming the program,
+//! statement, buffer or node (`%12`) it is about. Run it on every module a pass or the lowering
+//! produces (tests do); a backend takes a validated module and never defends against malformed
+//! IR. When you add an invariant to the IR docs, add its check here and a test that breaks it.
 //!
 //! The checks, in the order they run:
 //!
@@ -14,29 +14,37 @@
 //!   `module.len(id)` finite values; `Next { of }` names a state with the same dimensions, and
 //!   every state has exactly one `Next`; `Bound` and `Regime` name a continuous action with the
 //!   same dimensions, at most one lower bound, one upper bound and one regime mask per action; a
-//!   cost is a scalar.
+//!   cost is a scalar; `Adjoint { of }` names a state, continuous action, let, next state or
+//!   cost with the same dimensions, holds reals, and each buffer has at most one adjoint.
 //! - **Expression nodes** (the whole arena, used or not): a node refers only to *earlier* nodes
 //!   (lower handles). `Arena::push` returns handles in push order and children are pushed before
 //!   their parents, so this rule holds for any arena built bottom-up, and it makes the graph
 //!   acyclic and every handle in range by construction. Loads name an existing buffer with one
 //!   index per dimension; reductions an existing set; constants are finite; a sample has the
-//!   argument count of its [`Dist`] (`Categorical` at least one); a reduction does not contain
-//!   another reduction over the same variable.
+//!   argument count of its [`Dist`] (`Categorical` at least one); a reduction (`argmax` and
+//!   `argmin` included) does not contain another reduction over the same variable.
 //! - **Programs**, statement by statement: a `for` runs over an existing set and does not rebind
 //!   an enclosing loop variable; a store writes a buffer of a kind its program writes (the table
-//!   in `ir/mod.rs`); its index has one variable per dimension and the enclosing loops are exactly
-//!   those variables, outermost first, each over that dimension's set (so every element is
-//!   stored exactly once); the value uses only variables bound by an enclosing loop or reduction,
-//!   no reduction in it rebinds a loop variable; it loads only what its program reads, and params
-//!   (in `instance`), lets and costs (in `step`) only after the statement that stores them; it
-//!   samples only in `instance`, `init` and `noise`.
+//!   in `ir/mod.rs`; `vjp` stores what `step` stores); its index has one variable per dimension
+//!   and the enclosing loops are exactly those variables, outermost first, each over that
+//!   dimension's set, and no `if` encloses it (so every element is stored exactly once); every
+//!   expression a statement evaluates (a store's value, an `if`'s condition, an accumulation's
+//!   indices and value) uses only variables bound by an enclosing loop or reduction, no
+//!   reduction in it rebinds a loop variable; it loads only what its program reads, and params
+//!   (in `instance`), lets and costs (in `step` and `vjp`) only after the statement that stores
+//!   them; it samples only in `instance`, `init` and `noise`. `if` and `accumulate` appear only
+//!   in `vjp`; an `if` binds nothing; an accumulation targets an existing adjoint with one index
+//!   expression per dimension (their range is checked at run time).
 //! - **Writes**: every param without data, state, noise, next state, let, cost, bound and regime
-//!   mask is stored by exactly one statement of its program; discrete and continuous actions and
-//!   params with data by none.
+//!   mask is stored by exactly one statement of its program; discrete and continuous actions,
+//!   params with data and adjoints by none. When `vjp` is not empty (a differentiated module), it
+//!   also stores every next state, let and cost exactly once, as `step` does.
 //! - **Observe**: existing params and states, each once.
 //!
 //! Variables: the rule is "no variable is bound twice in nested scope", so sibling loops may
-//! reuse `v0`, and a node shared by two stores may sit under reductions in both.
+//! reuse `v0`, and a node shared by two statements may sit under reductions in both. It holds in
+//! `vjp` too, with no exception for shadowing: a backend may keep one slot per variable, so a
+//! reduction over `v8` evaluated inside `for v8` would leave the loop's `v8` changed.
 
 // The validator's input is by definition possibly malformed: it must not panic on any module.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
@@ -44,7 +52,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{Buffer, BufferId, BufferKind, Dist, Expr, Handle, Module, Program, SetId, Stmt, Var};
+use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, SetId, Stmt, Var};
 
 /// Checks the invariants documented in [`super`] and in this module's doc; returns every
 /// violation, one message each.
@@ -59,7 +67,7 @@ pub fn validate(module: &Module) -> Result<(), Vec<String>> {
     if validator.errors.is_empty() { Ok(()) } else { Err(validator.errors) }
 }
 
-/// The six programs, in the order a run executes them.
+/// The seven programs, in the order a run executes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Instance,
@@ -68,10 +76,12 @@ enum Stage {
     Bounds,
     Regimes,
     Step,
+    Vjp,
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [Stage::Instance, Stage::Init, Stage::Noise, Stage::Bounds, Stage::Regimes, Stage::Step];
+    const ALL: [Stage; 7] =
+        [Stage::Instance, Stage::Init, Stage::Noise, Stage::Bounds, Stage::Regimes, Stage::Step, Stage::Vjp];
 
     fn program(self, module: &Module) -> &Program {
         match self {
@@ -81,11 +91,13 @@ impl Stage {
             Stage::Bounds => &module.bounds,
             Stage::Regimes => &module.regimes,
             Stage::Step => &module.step,
+            Stage::Vjp => &module.vjp,
         }
     }
 
     /// The program that stores a buffer, or `None` when no program does (the policy sets actions,
-    /// the data file sets params with data).
+    /// the data file sets params with data, `vjp` only accumulates into adjoints). `vjp` also
+    /// stores what `step` stores: see [`Stage::stores`].
     fn writer(buffer: &Buffer) -> Option<Stage> {
         match buffer.kind {
             BufferKind::Param if buffer.data.is_some() => None,
@@ -95,8 +107,14 @@ impl Stage {
             BufferKind::Bound { .. } => Some(Stage::Bounds),
             BufferKind::Regime { .. } => Some(Stage::Regimes),
             BufferKind::Next { .. } | BufferKind::Let | BufferKind::Cost => Some(Stage::Step),
-            BufferKind::Discrete | BufferKind::Continuous => None,
+            BufferKind::Discrete | BufferKind::Continuous | BufferKind::Adjoint { .. } => None,
         }
+    }
+
+    /// Whether this program stores what `writer` stores: its own buffers, and for `vjp`, which
+    /// recomputes the step, the step's.
+    fn stores(self, writer: Stage) -> bool {
+        writer == self || (self == Stage::Vjp && writer == Stage::Step)
     }
 
     /// What the program may load, as the table in `ir/mod.rs` says, for messages.
@@ -107,6 +125,7 @@ impl Stage {
             Stage::Bounds => "params and states",
             Stage::Regimes => "params and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
+            Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
         }
     }
 
@@ -116,10 +135,11 @@ impl Stage {
         match (self, buffer.kind) {
             (Stage::Instance, BufferKind::Param) => buffer.data.is_some() || stored,
             (_, BufferKind::Param) => true,
-            (Stage::Bounds | Stage::Step, BufferKind::State) => true,
-            (Stage::Regimes | Stage::Step, BufferKind::Discrete) => true,
-            (Stage::Step, BufferKind::Noise | BufferKind::Continuous) => true,
-            (Stage::Step, BufferKind::Let | BufferKind::Cost) => stored,
+            (Stage::Bounds | Stage::Step | Stage::Vjp, BufferKind::State) => true,
+            (Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::Discrete) => true,
+            (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
+            (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
+            (Stage::Vjp, BufferKind::Adjoint { .. }) => true,
             _ => false,
         }
     }
@@ -138,6 +158,7 @@ impl fmt::Display for Stage {
             Stage::Bounds => "bounds",
             Stage::Regimes => "regimes",
             Stage::Step => "step",
+            Stage::Vjp => "vjp",
         })
     }
 }
@@ -155,6 +176,7 @@ fn kind_word(kind: &BufferKind) -> &'static str {
         BufferKind::Regime { .. } => "regime mask",
         BufferKind::Let => "let",
         BufferKind::Cost => "cost",
+        BufferKind::Adjoint { .. } => "adjoint",
     }
 }
 
@@ -208,6 +230,17 @@ impl Validator<'_> {
 
     fn set_name(&self, id: SetId) -> String {
         self.module.sets.get(id).map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    }
+
+    /// How messages name a statement: "step: store to `post`", "vjp: accumulate into `x.adj`",
+    /// "vjp: `if` on %12", "vjp: `for v0 in I`".
+    fn context(&self, stage: Stage, stmt: &Stmt) -> String {
+        match stmt {
+            Stmt::For { var, set, .. } => format!("{stage}: `for v{} in {}`", var.0, self.set_name(*set)),
+            Stmt::Store { buffer, .. } => format!("{stage}: store to `{}`", self.buffer_name(*buffer)),
+            Stmt::If { cond, .. } => format!("{stage}: `if` on {cond:?}"),
+            Stmt::Accumulate { buffer, .. } => format!("{stage}: accumulate into `{}`", self.buffer_name(*buffer)),
+        }
     }
 
     fn settings(&mut self) {
@@ -271,6 +304,21 @@ impl Validator<'_> {
                 BufferKind::Cost if !buffer.dims.is_empty() => {
                     self.error(format!("{what} has {} dimensions; a cost is a scalar", buffer.dims.len()))
                 }
+                BufferKind::Adjoint { of } => {
+                    self.partner(buffer, &what, of, "state, continuous action, let, next state or cost", |k| {
+                        matches!(
+                            k,
+                            BufferKind::State
+                                | BufferKind::Continuous
+                                | BufferKind::Let
+                                | BufferKind::Next { .. }
+                                | BufferKind::Cost
+                        )
+                    });
+                    if buffer.elem != ElemType::Real {
+                        self.error(format!("{what} holds {:?} elements; an adjoint holds reals", buffer.elem));
+                    }
+                }
                 _ => {}
             }
         }
@@ -307,8 +355,8 @@ impl Validator<'_> {
         }
     }
 
-    /// Checks that `of` (the state of a next state, the action of a bound or regime mask) exists,
-    /// has the expected kind and the same dimensions as `buffer`.
+    /// Checks that `of` (the state of a next state, the action of a bound or regime mask, the
+    /// buffer of an adjoint) exists, has the expected kind and the same dimensions as `buffer`.
     fn partner(&mut self, buffer: &Buffer, what: &str, of: BufferId, expected: &str, is: fn(&BufferKind) -> bool) {
         let Some(partner) = self.module.buffers.get(of) else {
             self.error(format!("{what} is of buffer #{of}, which does not exist"));
@@ -318,8 +366,9 @@ impl Validator<'_> {
             self.error(format!("{what} is of {} `{}`, not of a {expected}", kind_word(&partner.kind), partner.name));
         } else if partner.dims != buffer.dims {
             self.error(format!(
-                "{what} has dimensions [{}] but its {expected} `{}` has [{}]",
+                "{what} has dimensions [{}] but its {} `{}` has [{}]",
                 self.set_list(&buffer.dims),
+                kind_word(&partner.kind),
                 partner.name,
                 self.set_list(&partner.dims)
             ));
@@ -331,13 +380,21 @@ impl Validator<'_> {
     }
 
     /// One next state per state; at most one lower bound, one upper bound, one regime mask per
-    /// continuous action.
+    /// continuous action; at most one adjoint per buffer.
     fn partners_unique(&mut self) {
         let m = self.module;
         for (id, buffer) in m.buffers.iter().enumerate() {
             let nexts = m.buffers.iter().filter(|b| b.kind == BufferKind::Next { of: id }).count();
             if buffer.kind == BufferKind::State && nexts != 1 {
                 self.error(format!("state `{}` has {nexts} next states; it needs exactly one", buffer.name));
+            }
+            let adjoints = m.buffers.iter().filter(|b| b.kind == BufferKind::Adjoint { of: id }).count();
+            if adjoints > 1 {
+                self.error(format!(
+                    "{} `{}` has {adjoints} adjoints; it may have one",
+                    kind_word(&buffer.kind),
+                    buffer.name
+                ));
             }
             if buffer.kind != BufferKind::Continuous {
                 continue;
@@ -359,12 +416,16 @@ impl Validator<'_> {
     fn nodes(&mut self) -> Nodes {
         let m = self.module;
         let count = m.exprs.len();
-        // Messages about a node name the first store that uses it, so a reader can find it.
+        // Messages about a node name the first statement that uses it, so a reader can find it.
         let mut owner: Vec<Option<String>> = vec![None; count];
         for stage in Stage::ALL {
-            for_each_store(&stage.program(m).body, &mut |buffer, value| {
-                let context = format!("{stage}: store to `{}`", self.buffer_name(buffer));
-                for node in reachable(m, value) {
+            for_each_stmt(&stage.program(m).body, &mut |stmt| {
+                let roots = roots(stmt);
+                if roots.is_empty() {
+                    return;
+                }
+                let context = self.context(stage, stmt);
+                for node in roots.into_iter().flat_map(|root| reachable(m, root)) {
                     if let Some(slot @ None) = owner.get_mut(node.index()) {
                         *slot = Some(context.clone());
                     }
@@ -377,7 +438,7 @@ impl Validator<'_> {
         for (handle, expr) in m.exprs.iter() {
             let at = match owner.get(handle.index()).cloned().flatten() {
                 Some(context) => format!("{context}: {handle:?}"),
-                None => format!("{handle:?} (used by no store)"),
+                None => format!("{handle:?} (used by no statement)"),
             };
             let mut uses = BTreeSet::new();
             let mut binds = BTreeSet::new();
@@ -444,22 +505,39 @@ impl Validator<'_> {
 
     fn programs(&mut self, nodes: &Nodes) {
         let m = self.module;
+        // Stores per buffer by the program that writes it; `vjp`'s, which repeat the step's, apart.
         let mut stores = vec![0usize; m.buffers.len()];
+        let mut vjp_stores = vec![0usize; m.buffers.len()];
         for stage in Stage::ALL {
-            let mut walk = Walk { stage, loops: Vec::new(), stored: vec![false; m.buffers.len()], stores: &mut stores };
+            let counts = if stage == Stage::Vjp { &mut vjp_stores } else { &mut stores };
+            let mut walk = Walk {
+                stage,
+                loops: Vec::new(),
+                conditional: false,
+                stored: vec![false; m.buffers.len()],
+                stores: counts,
+            };
             walk.stmts(self, nodes, &stage.program(m).body);
         }
         for (id, buffer) in m.buffers.iter().enumerate() {
             let Some(stage) = Stage::writer(buffer) else { continue };
-            match stores.get(id).copied().unwrap_or(0) {
-                1 => {}
-                0 => self.error(format!("{} `{}` is never stored by {stage}", kind_word(&buffer.kind), buffer.name)),
-                n => self.error(format!(
-                    "{} `{}` is stored by {n} statements of {stage}; it must be stored by exactly one",
-                    kind_word(&buffer.kind),
-                    buffer.name
-                )),
+            self.stored_once(buffer, stage, stores.get(id).copied().unwrap_or(0));
+            // A differentiated module's `vjp` recomputes the step before it differentiates it.
+            if stage == Stage::Step && !m.vjp.body.is_empty() {
+                self.stored_once(buffer, Stage::Vjp, vjp_stores.get(id).copied().unwrap_or(0));
             }
+        }
+    }
+
+    fn stored_once(&mut self, buffer: &Buffer, stage: Stage, count: usize) {
+        let what = format!("{} `{}`", kind_word(&buffer.kind), buffer.name);
+        match count {
+            1 => {}
+            0 if stage == Stage::Vjp => {
+                self.error(format!("{what} is never stored by vjp; a non-empty vjp recomputes what step stores"))
+            }
+            0 => self.error(format!("{what} is never stored by {stage}")),
+            n => self.error(format!("{what} is stored by {n} statements of {stage}; it must be stored by exactly one")),
         }
     }
 
@@ -497,13 +575,29 @@ fn count_of(n: usize, one: &str, many: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
 
-/// Calls `visit(buffer, value)` for every store in `stmts`, in program order.
-fn for_each_store(stmts: &[Stmt], visit: &mut dyn FnMut(BufferId, Handle<Expr>)) {
+/// Calls `visit` on every statement in `stmts` and in the bodies inside them, in program order.
+fn for_each_stmt(stmts: &[Stmt], visit: &mut dyn FnMut(&Stmt)) {
     for stmt in stmts {
+        visit(stmt);
         match stmt {
-            Stmt::For { body, .. } => for_each_store(body, visit),
-            Stmt::Store { buffer, value, .. } => visit(*buffer, *value),
+            Stmt::For { body, .. } => for_each_stmt(body, visit),
+            Stmt::If { then, otherwise, .. } => {
+                for_each_stmt(then, visit);
+                for_each_stmt(otherwise, visit);
+            }
+            Stmt::Store { .. } | Stmt::Accumulate { .. } => {}
         }
+    }
+}
+
+/// The expressions a statement itself evaluates (not those of the statements inside it), in
+/// the order `text::parse` creates them.
+fn roots(stmt: &Stmt) -> Vec<Handle<Expr>> {
+    match stmt {
+        Stmt::For { .. } => Vec::new(),
+        Stmt::Store { value, .. } => vec![*value],
+        Stmt::If { cond, .. } => vec![*cond],
+        Stmt::Accumulate { index, value, .. } => index.iter().copied().chain([*value]).collect(),
     }
 }
 
@@ -530,17 +624,19 @@ fn reachable(module: &Module, root: Handle<Expr>) -> Vec<Handle<Expr>> {
 struct Walk<'s> {
     stage: Stage,
     loops: Vec<(Var, SetId)>,
+    /// Whether an `if` encloses the statement.
+    conditional: bool,
     stored: Vec<bool>,
-    /// Stores per buffer by the program that should store it, over all programs.
+    /// Stores per buffer by a program that stores it (see [`Stage::stores`]).
     stores: &'s mut Vec<usize>,
 }
 
 impl Walk<'_> {
     fn stmts(&mut self, v: &mut Validator<'_>, nodes: &Nodes, stmts: &[Stmt]) {
         for stmt in stmts {
+            let stage = self.stage;
             match stmt {
                 Stmt::For { var, set, body } => {
-                    let stage = self.stage;
                     if v.module.sets.get(*set).is_none() {
                         v.error(format!("{stage}: `for v{}` runs over set #{set}, which does not exist", var.0));
                     }
@@ -557,6 +653,22 @@ impl Walk<'_> {
                     self.loops.pop();
                 }
                 Stmt::Store { buffer, index, value } => self.store(v, nodes, *buffer, index, *value),
+                Stmt::If { cond, then, otherwise } => {
+                    let at = v.context(stage, stmt);
+                    if stage != Stage::Vjp {
+                        v.error(format!("{at}: only vjp has `if` statements"));
+                    }
+                    self.expr(v, nodes, &at, "the condition", *cond);
+                    // An `if` binds nothing: its branches see the enclosing loops only.
+                    let outer = std::mem::replace(&mut self.conditional, true);
+                    self.stmts(v, nodes, then);
+                    self.stmts(v, nodes, otherwise);
+                    self.conditional = outer;
+                }
+                Stmt::Accumulate { buffer, index, value } => {
+                    let at = v.context(stage, stmt);
+                    self.accumulate(v, nodes, &at, *buffer, index, *value);
+                }
             }
         }
     }
@@ -570,23 +682,84 @@ impl Walk<'_> {
             Some(buffer) => {
                 let what = format!("{} `{}`", kind_word(&buffer.kind), buffer.name);
                 match Stage::writer(buffer) {
-                    Some(writer) if writer == stage => {
+                    Some(writer) if stage.stores(writer) => {
                         if let Some(count) = self.stores.get_mut(id) {
                             *count += 1;
                         }
                     }
                     Some(writer) => v.error(format!("{at}: {what} is stored by {writer}, not by {stage}")),
-                    None if buffer.kind == BufferKind::Param => {
-                        v.error(format!("{at}: {what} is given as data; no program stores it"))
+                    None => {
+                        let why = match buffer.kind {
+                            BufferKind::Param => "is given as data",
+                            BufferKind::Adjoint { .. } => "is only accumulated into, by vjp",
+                            _ => "is set by the policy",
+                        };
+                        v.error(format!("{at}: {what} {why}; no program stores it"))
                     }
-                    None => v.error(format!("{at}: {what} is set by the policy; no program stores it")),
                 }
                 self.index(v, &at, buffer, index);
             }
         }
+        if self.conditional {
+            v.error(format!(
+                "{at}: inside an `if`, so some of its elements might not be stored; only accumulations are \
+                 conditional"
+            ));
+        }
+        self.expr(v, nodes, &at, "the value", value);
+        if let Some(stored) = self.stored.get_mut(id) {
+            *stored = true;
+        }
+    }
 
-        let Some(free) = nodes.free.get(value.index()) else {
-            v.error(format!("{at}: the value {value:?} is out of range ({} nodes)", m.exprs.len()));
+    /// `buffer[index...] += value`: only in `vjp`, only into an adjoint, one index expression per
+    /// dimension. Where the indices land is checked at run time.
+    fn accumulate(
+        &mut self,
+        v: &mut Validator<'_>,
+        nodes: &Nodes,
+        at: &str,
+        id: BufferId,
+        index: &[Handle<Expr>],
+        value: Handle<Expr>,
+    ) {
+        let stage = self.stage;
+        if stage != Stage::Vjp {
+            v.error(format!("{at}: only vjp accumulates"));
+        }
+        match v.module.buffers.get(id) {
+            None => v.error(format!("{stage}: accumulate into buffer #{id}, which does not exist")),
+            Some(buffer) => {
+                if !matches!(buffer.kind, BufferKind::Adjoint { .. }) {
+                    v.error(format!(
+                        "{at}: {} `{}` is not an adjoint; only adjoints are accumulated into",
+                        kind_word(&buffer.kind),
+                        buffer.name
+                    ));
+                }
+                if index.len() != buffer.dims.len() {
+                    v.error(format!(
+                        "{at}: {} for {}",
+                        count_of(index.len(), "index", "indices"),
+                        count_of(buffer.dims.len(), "dimension", "dimensions")
+                    ));
+                }
+            }
+        }
+        for (axis, position) in index.iter().enumerate() {
+            self.expr(v, nodes, at, &format!("index {axis}"), *position);
+        }
+        self.expr(v, nodes, at, "the value", value);
+    }
+
+    /// Checks an expression the statement `at` evaluates (`what` names it for messages): its
+    /// variables are bound by enclosing loops or by reductions inside it, no reduction rebinds a
+    /// loop variable, it loads only what the program reads and samples only where allowed.
+    fn expr(&self, v: &mut Validator<'_>, nodes: &Nodes, at: &str, what: &str, root: Handle<Expr>) {
+        let stage = self.stage;
+        let m = v.module;
+        let Some(free) = nodes.free.get(root.index()) else {
+            v.error(format!("{at}: {what} is {root:?}, which is out of range ({} nodes)", m.exprs.len()));
             return;
         };
         for var in free {
@@ -594,7 +767,7 @@ impl Walk<'_> {
                 v.error(format!("{at}: uses v{}, which no enclosing `for` or reduction binds", var.0));
             }
         }
-        for node in reachable(m, value) {
+        for node in reachable(m, root) {
             match m.exprs.get(node) {
                 Some(Expr::Reduce { var, .. }) if self.loops.iter().any(|(bound, _)| bound == var) => {
                     v.error(format!("{at}: {node:?} reduces over v{}, already bound by an enclosing loop", var.0))
@@ -617,9 +790,6 @@ impl Walk<'_> {
                 }
                 _ => {}
             }
-        }
-        if let Some(stored) = self.stored.get_mut(id) {
-            *stored = true;
         }
     }
 
@@ -672,7 +842,8 @@ impl Walk<'_> {
 /// Hand-built modules for tests of the IR; `text.rs` tests use them too.
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::{BinaryOp, ElemType, ReduceOp, Report, Set, UnaryOp};
+    use super::super::text::print;
+    use super::super::{BinaryOp, ReduceOp, Report, Set, UnaryOp};
     use super::*;
     use crate::diagnostics::Span;
 
@@ -696,6 +867,7 @@ pub(crate) mod tests {
                     bounds: Program::default(),
                     regimes: Program::default(),
                     step: Program::default(),
+                    vjp: Program::default(),
                     observe: Vec::new(),
                     horizon: 10,
                     warmup: 2,
@@ -805,6 +977,12 @@ pub(crate) mod tests {
         let buying = b.bin(BinaryOp::Eq, order, buy);
         b.m.regimes.body = vec![each(0, i, vec![store(Q_WHEN, &[0], buying)])];
 
+        b.m.step.body = minimal_step(&mut b);
+        b
+    }
+
+    /// The step of `minimal`, its nodes pushed bottom-up: `vjp` recomputes it.
+    fn minimal_step(b: &mut Build) -> Vec<Stmt> {
         let x = b.load(X, &[0]);
         let d = b.load(D, &[0]);
         let left = b.bin(BinaryOp::Sub, x, d);
@@ -816,10 +994,71 @@ pub(crate) mod tests {
         let zero = b.num(0.0);
         let over = b.bin(BinaryOp::Max, post_1, zero);
         let term = b.bin(BinaryOp::Mul, c, over);
-        let holding = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(1), set: i, body: term });
-        b.m.step.body =
-            vec![each(0, i, vec![store(POST, &[0], post), store(X_NEXT, &[0], next)]), store(HOLDING, &[], holding)];
+        let holding = b.e(Expr::Reduce { op: ReduceOp::Sum, var: Var(1), set: I, body: term });
+        vec![each(0, I, vec![store(POST, &[0], post), store(X_NEXT, &[0], next)]), store(HOLDING, &[], holding)]
+    }
+
+    // Buffer ids of `differentiated`, after those of `minimal`.
+    pub(crate) const X_ADJ: BufferId = 11;
+    pub(crate) const X_NEXT_ADJ: BufferId = 12;
+    pub(crate) const Q_ADJ: BufferId = 13;
+    pub(crate) const POST_ADJ: BufferId = 14;
+    pub(crate) const HOLDING_ADJ: BufferId = 15;
+
+    /// `minimal` differentiated as `passes::ad` does: an adjoint of every state, next state,
+    /// continuous action, let and cost, and a `vjp` that recomputes the step, then runs it
+    /// backwards (nodes pushed in the order `text::parse` creates them).
+    ///
+    /// ```text
+    /// for v1 in I {
+    ///     if (post[v1] >= 0.0) {
+    ///         accumulate post.adj[v1] += (holding.adj * c[v1])
+    ///     }
+    /// }
+    /// for v0 in I {
+    ///     accumulate post.adj[v0] += x'.adj[v0]
+    ///     accumulate x.adj[v0] += post.adj[v0]
+    ///     accumulate q.adj[v0] += post.adj[v0]
+    /// }
+    /// ```
+    pub(crate) fn differentiated() -> Build {
+        let mut b = minimal();
+        for (name, of, dims) in [
+            ("x.adj", X, &[I][..]),
+            ("x'.adj", X_NEXT, &[I]),
+            ("q.adj", Q, &[I]),
+            ("post.adj", POST, &[I]),
+            ("holding.adj", HOLDING, &[]),
+        ] {
+            b.buffer(name, BufferKind::Adjoint { of }, dims, ElemType::Real);
+        }
+        b.m.vjp.body = minimal_step(&mut b);
+
+        let post = b.load(POST, &[1]);
+        let zero = b.num(0.0);
+        let positive = b.bin(BinaryOp::Ge, post, zero);
+        let at = b.var(1);
+        let seed = b.load(HOLDING_ADJ, &[]);
+        let c = b.load(C, &[1]);
+        let term = b.bin(BinaryOp::Mul, seed, c);
+        let holding = each(
+            1,
+            I,
+            vec![Stmt::If { cond: positive, then: vec![accumulate(POST_ADJ, &[at], term)], otherwise: Vec::new() }],
+        );
+
+        let mut post_body = Vec::new();
+        for (into, from) in [(POST_ADJ, X_NEXT_ADJ), (X_ADJ, POST_ADJ), (Q_ADJ, POST_ADJ)] {
+            let at = b.var(0);
+            let seed = b.load(from, &[0]);
+            post_body.push(accumulate(into, &[at], seed));
+        }
+        b.m.vjp.body.extend([holding, each(0, I, post_body)]);
         b
+    }
+
+    pub(crate) fn accumulate(buffer: BufferId, index: &[Handle<Expr>], value: Handle<Expr>) -> Stmt {
+        Stmt::Accumulate { buffer, index: index.to_vec(), value }
     }
 
     fn errors(m: &Module) -> Vec<String> {
@@ -922,8 +1161,8 @@ pub(crate) mod tests {
         let dangling = b.e(Expr::Unary { op: UnaryOp::Exp, arg: Handle::new(9999) });
         let looping = b.e(Expr::Unary { op: UnaryOp::Exp, arg: Handle::new(b.m.exprs.len()) });
         b.m.step.body.push(store(HOLDING, &[], looping));
-        reports(&b.m, &format!("{forward:?} (used by no store) refers to {ahead:?}, which is not an earlier node"));
-        reports(&b.m, &format!("{dangling:?} (used by no store) refers to %9999, which is out of range"));
+        reports(&b.m, &format!("{forward:?} (used by no statement) refers to {ahead:?}, which is not an earlier node"));
+        reports(&b.m, &format!("{dangling:?} (used by no statement) refers to %9999, which is out of range"));
         reports(&b.m, &format!("step: store to `holding`: {looping:?} refers to {looping:?}, which is not an earlier"));
     }
 
@@ -1062,6 +1301,190 @@ pub(crate) mod tests {
         reports(&b.m, "observe lists noise `d`; the policy observes only states and params");
         reports(&b.m, "observe lists `x` twice");
         reports(&b.m, "observe lists buffer #50, which does not exist");
+    }
+
+    #[test]
+    fn differentiated_module_is_valid() {
+        assert_eq!(errors(&differentiated().m), Vec::<String>::new());
+        // Not differentiated (yet): adjoints, but an empty `vjp`.
+        let mut b = differentiated();
+        b.m.vjp.body.clear();
+        assert_eq!(errors(&b.m), Vec::<String>::new());
+    }
+
+    #[test]
+    fn arg_reductions_go_wherever_reductions_do() {
+        let mut b = differentiated();
+        // holding = sum(v1 in I) ... becomes argmin(v1 in I) ..., in step and in vjp.
+        for program in [&mut b.m.step, &mut b.m.vjp] {
+            if let Some(Stmt::Store { value, .. }) = program.body.get(1) {
+                let value = *value;
+                if let Expr::Reduce { op, .. } = &mut b.m.exprs.items[value.index()] {
+                    *op = ReduceOp::ArgMin;
+                }
+            }
+        }
+        // accumulate x.adj[argmax(v2 in I) x[v2]] += 1.0, after the recomputation.
+        let x = b.load(X, &[2]);
+        let top = b.e(Expr::Reduce { op: ReduceOp::ArgMax, var: Var(2), set: I, body: x });
+        let one = b.num(1.0);
+        b.m.vjp.body.push(accumulate(X_ADJ, &[top], one));
+        assert_eq!(errors(&b.m), Vec::<String>::new());
+        assert!(print(&b.m).contains("accumulate x.adj[argmax(v2 in I) x[v2]] += 1.0"), "{}", print(&b.m));
+
+        // The same index inside `for v2` rebinds v2.
+        let again = b.m.vjp.body.pop();
+        b.m.vjp.body.push(each(2, I, again.into_iter().collect()));
+        reports(&b.m, &format!("vjp: accumulate into `x.adj`: {top:?} reduces over v2, already bound by an enclosing"));
+    }
+
+    #[test]
+    fn adjoint_declarations() {
+        let mut b = differentiated();
+        b.buffer("mu.adj", BufferKind::Adjoint { of: MU }, &[I], ElemType::Real);
+        b.buffer("ghost.adj", BufferKind::Adjoint { of: 99 }, &[], ElemType::Real);
+        b.buffer("x.adj2", BufferKind::Adjoint { of: X }, &[I], ElemType::Real);
+        b.buffer("x.adj.adj", BufferKind::Adjoint { of: X_ADJ }, &[I], ElemType::Real);
+        b.m.buffers[X_NEXT_ADJ].dims = vec![];
+        b.m.buffers[Q_ADJ].elem = ElemType::Int;
+        b.m.buffers[POST_ADJ].data = Some(vec![0.0; 3]);
+        b.m.observe.push(HOLDING_ADJ);
+        let kinds = "state, continuous action, let, next state or cost";
+        reports(&b.m, &format!("adjoint `mu.adj` is of param `mu`, not of a {kinds}"));
+        reports(&b.m, "adjoint `ghost.adj` is of buffer #99, which does not exist");
+        reports(&b.m, "state `x` has 2 adjoints; it may have one");
+        reports(&b.m, &format!("adjoint `x.adj.adj` is of adjoint `x.adj`, not of a {kinds}"));
+        reports(&b.m, "adjoint `x'.adj` has dimensions [] but its next state `x'` has [I]");
+        reports(&b.m, "adjoint `q.adj` holds Int elements; an adjoint holds reals");
+        reports(&b.m, "adjoint `post.adj` has data; only a param may be given as data");
+        reports(&b.m, "observe lists adjoint `holding.adj`; the policy observes only states and params");
+        // The seed `x'.adj[v0]` no longer fits `x'.adj`.
+        reports(&b.m, "vjp: accumulate into `post.adj`: %");
+        reports(&b.m, "loads `x'.adj` with 1 index for 0 dimensions");
+        assert_eq!(errors(&b.m).len(), 9, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn adjoints_are_accumulated_into_never_stored() {
+        let mut b = differentiated();
+        let zero = b.num(0.0);
+        b.m.vjp.body.push(store(HOLDING_ADJ, &[], zero));
+        b.m.init.body.push(each(0, I, vec![store(X_ADJ, &[0], zero)]));
+        reports(
+            &b.m,
+            "vjp: store to `holding.adj`: adjoint `holding.adj` is only accumulated into, by vjp; no program",
+        );
+        reports(&b.m, "init: store to `x.adj`: adjoint `x.adj` is only accumulated into");
+        assert_eq!(errors(&b.m).len(), 2, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn if_and_accumulate_only_in_vjp() {
+        let mut b = differentiated();
+        let order = b.load(ORDER, &[]);
+        let at = b.var(0);
+        let one = b.num(1.0);
+        b.m.step.body.push(Stmt::If {
+            cond: order,
+            then: vec![each(0, I, vec![accumulate(X_ADJ, &[at], one)])],
+            otherwise: Vec::new(),
+        });
+        let zero = b.num(0.0);
+        b.m.regimes.body.push(accumulate(HOLDING_ADJ, &[], zero));
+        reports(&b.m, &format!("step: `if` on {order:?}: only vjp has `if` statements"));
+        reports(&b.m, "step: accumulate into `x.adj`: only vjp accumulates");
+        reports(&b.m, "regimes: accumulate into `holding.adj`: only vjp accumulates");
+        assert_eq!(errors(&b.m).len(), 3, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn accumulations_target_adjoints_with_one_index_per_dimension() {
+        let mut b = differentiated();
+        let at = b.var(0);
+        let one = b.num(1.0);
+        let stray = b.var(7);
+        let nan = b.num(f64::NAN);
+        b.m.vjp.body.extend([
+            each(0, I, vec![accumulate(X, &[at], one)]),
+            accumulate(X_ADJ, &[], one),
+            accumulate(HOLDING_ADJ, &[one], one),
+            accumulate(99, &[], one),
+            accumulate(HOLDING_ADJ, &[], stray),
+            accumulate(X_ADJ, &[Handle::new(9999)], one),
+            accumulate(HOLDING_ADJ, &[], nan),
+        ]);
+        let at = "vjp: accumulate into";
+        reports(&b.m, &format!("{at} `x`: state `x` is not an adjoint; only adjoints are accumulated into"));
+        reports(&b.m, &format!("{at} `x.adj`: 0 indices for 1 dimension"));
+        reports(&b.m, &format!("{at} `holding.adj`: 1 index for 0 dimensions"));
+        reports(&b.m, "vjp: accumulate into buffer #99, which does not exist");
+        reports(&b.m, &format!("{at} `holding.adj`: uses v7, which no enclosing `for` or reduction binds"));
+        reports(&b.m, &format!("{at} `x.adj`: index 0 is %9999, which is out of range"));
+        reports(&b.m, &format!("{at} `holding.adj`: {nan:?} is the constant NaN, not a finite number"));
+        assert_eq!(errors(&b.m).len(), 7, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn an_if_binds_nothing_and_stores_nothing() {
+        let mut b = differentiated();
+        let stray = b.var(5);
+        let zero = b.num(0.0);
+        let cond = b.bin(BinaryOp::Gt, stray, zero);
+        let at = b.var(5);
+        let one = b.num(1.0);
+        let post = b.load(POST, &[0]);
+        let sample = b.sample(Dist::Bernoulli, &[0.5]);
+        b.m.vjp.body.extend([
+            Stmt::If { cond, then: vec![accumulate(X_ADJ, &[at], one)], otherwise: Vec::new() },
+            Stmt::If { cond: sample, then: Vec::new(), otherwise: vec![each(0, I, vec![store(POST, &[0], post)])] },
+            Stmt::If { cond: Handle::new(9999), then: Vec::new(), otherwise: Vec::new() },
+        ]);
+        reports(&b.m, &format!("vjp: `if` on {cond:?}: uses v5, which no enclosing `for` or reduction binds"));
+        reports(&b.m, "vjp: accumulate into `x.adj`: uses v5, which no enclosing `for` or reduction binds");
+        reports(&b.m, &format!("vjp: `if` on {sample:?}: {sample:?} samples Bernoulli, but only instance"));
+        reports(&b.m, "vjp: store to `post`: inside an `if`, so some of its elements might not be stored");
+        reports(&b.m, "let `post` is stored by 2 statements of vjp; it must be stored by exactly one");
+        reports(&b.m, "vjp: `if` on %9999: the condition is %9999, which is out of range");
+        assert_eq!(errors(&b.m).len(), 6, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn vjp_recomputes_the_step_before_it_reads_it() {
+        // The recomputation of `holding` left out, `post`'s stored twice.
+        let mut b = differentiated();
+        b.m.vjp.body.remove(1);
+        let again = b.m.vjp.body.first().cloned();
+        b.m.vjp.body.extend(again);
+        reports(&b.m, "cost `holding` is never stored by vjp; a non-empty vjp recomputes what step stores");
+        reports(&b.m, "let `post` is stored by 2 statements of vjp; it must be stored by exactly one");
+        reports(&b.m, "next state `x'` is stored by 2 statements of vjp; it must be stored by exactly one");
+        assert_eq!(errors(&b.m).len(), 3, "{:#?}", errors(&b.m));
+
+        // Differentiation before recomputation: `post` is read before it is stored.
+        let mut b = differentiated();
+        b.m.vjp.body.rotate_left(2);
+        reports(&b.m, "vjp: `if` on %");
+        reports(&b.m, "loads let `post` before the statement that stores it; vjp reads params, states, noise");
+        assert_eq!(errors(&b.m).len(), 1, "{:#?}", errors(&b.m));
+    }
+
+    #[test]
+    fn vjp_reads_what_step_reads_and_adjoints() {
+        let mut b = differentiated();
+        let next = b.load(X_NEXT, &[]);
+        let state = b.load(X, &[]);
+        b.m.vjp.body.push(accumulate(HOLDING_ADJ, &[], next));
+        b.m.vjp.body.push(store(X, &[], state));
+        // Adjoints are read by vjp only.
+        let adjoint = b.load(X_NEXT_ADJ, &[0]);
+        b.m.step.body.insert(0, each(0, I, vec![store(POST, &[0], adjoint)]));
+        b.m.step.body.remove(1);
+        reports(
+            &b.m,
+            &format!("vjp: accumulate into `holding.adj`: {next:?} loads next state `x'` but vjp reads only"),
+        );
+        reports(&b.m, "vjp: store to `x`: state `x` is stored by init, not by vjp");
+        reports(&b.m, &format!("step: store to `post`: {adjoint:?} loads adjoint `x'.adj` but step reads only"));
     }
 
     #[test]

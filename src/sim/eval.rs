@@ -81,6 +81,24 @@ impl<'a> Machine<'a> {
                 self.buffers.values[*buffer][offset] = v;
                 Ok(())
             }
+            Stmt::If { cond, then, otherwise } => {
+                let branch = if self.eval(*cond)? != 0.0 { then } else { otherwise };
+                for s in branch {
+                    self.stmt(s)?;
+                }
+                Ok(())
+            }
+            Stmt::Accumulate { buffer, index, value } => {
+                let v = self.eval(*value)?;
+                let mut position = Vec::with_capacity(index.len());
+                for i in index {
+                    position.push(self.eval(*i)?);
+                }
+                let span = self.module.exprs.span(*value);
+                let offset = self.offset(*buffer, &position, span)?;
+                self.buffers.values[*buffer][offset] += v;
+                Ok(())
+            }
         }
     }
 
@@ -145,20 +163,25 @@ impl<'a> Machine<'a> {
                 let mut acc = match op {
                     ReduceOp::Sum => 0.0,
                     ReduceOp::Prod => 1.0,
-                    ReduceOp::Max => f64::NEG_INFINITY,
-                    ReduceOp::Min => f64::INFINITY,
+                    ReduceOp::Max | ReduceOp::ArgMax => f64::NEG_INFINITY,
+                    ReduceOp::Min | ReduceOp::ArgMin => f64::INFINITY,
                 };
+                let mut chosen = set.lo as f64;
                 for element in set.lo..set.hi {
                     self.set_var(*var, element as f64);
                     let v = self.eval(*body)?;
-                    acc = match op {
-                        ReduceOp::Sum => acc + v,
-                        ReduceOp::Prod => acc * v,
-                        ReduceOp::Max => acc.max(v),
-                        ReduceOp::Min => acc.min(v),
-                    };
+                    match op {
+                        ReduceOp::Sum => acc += v,
+                        ReduceOp::Prod => acc *= v,
+                        ReduceOp::Max => acc = acc.max(v),
+                        ReduceOp::Min => acc = acc.min(v),
+                        // Strict comparisons keep the first extreme on ties.
+                        ReduceOp::ArgMax if v > acc => (acc, chosen) = (v, element as f64),
+                        ReduceOp::ArgMin if v < acc => (acc, chosen) = (v, element as f64),
+                        ReduceOp::ArgMax | ReduceOp::ArgMin => {}
+                    }
                 }
-                acc
+                if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { chosen } else { acc }
             }
             Expr::Sample { dist, args, truncate } => {
                 let mut values = Vec::with_capacity(args.len());

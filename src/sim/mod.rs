@@ -8,6 +8,7 @@
 //! numbers), and a seed gives the same numbers on any number of threads.
 
 pub mod eval;
+pub mod gradcheck;
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;

@@ -1,0 +1,493 @@
+//! Reverse-mode differentiation of the step, as IR: `step` ↦ `vjp`.
+//!
+//! For the step `(s, d, u, ξ) → (s', c)` the `vjp` program computes, given the adjoints of the
+//! next states `s̄'` and of the costs `c̄` (written by the caller into their adjoint buffers),
+//! the adjoints of the states `s̄` and of the continuous actions `ū`. Discrete actions, noise
+//! and parameters are constants for the derivative. Every backend runs the same `vjp`, so they
+//! all compute the same derivative, and the interpreter is its reference.
+//!
+//! The program first recomputes the step (so that every `let` holds its forward value), then
+//! visits the step's stores in reverse order. A store `x[i] = e` propagates its adjoint `x̄[i]`
+//! into the buffers `e` reads, by [`Stmt::Accumulate`]: all uses of `x` come after its store,
+//! so `x̄` is complete when its store is visited. Loops stay loops: a reduction's adjoint is a
+//! loop over the same set, so the size of `vjp` does not depend on the model's sizes.
+//!
+//! Conventions at points where a derivative does not exist (documented for users in
+//! `docs/language.md`): a branch condition (`if`, `match`, comparisons) is a constant, so the
+//! derivative is that of the taken branch; `max(a, b)` passes the adjoint to `a` when `a >= b`,
+//! `min(a, b)` to `a` when `a <= b`; a `max`/`min` reduction passes it to the first maximiser
+//! (minimiser); `abs` has derivative 0 at 0; `floor`, `ceil`, `round` have derivative 0.
+//!
+//! Adjoint buffers of states, continuous actions and `let`s are zero when `vjp` starts.
+
+use std::collections::HashMap;
+
+use crate::diagnostics::Span;
+use crate::ir::*;
+
+/// Adds the adjoint buffers and the `vjp` program to a module whose `step` is valid.
+pub fn differentiate(module: &mut Module) {
+    let mut ad = Ad::new(module);
+    ad.run();
+}
+
+struct Ad<'m> {
+    module: &'m mut Module,
+    /// The adjoint buffer of each buffer that has one.
+    adjoint: HashMap<BufferId, BufferId>,
+    /// Whether an expression reads a buffer with an adjoint (memoised).
+    active: HashMap<Handle<Expr>, bool>,
+    next_var: u32,
+}
+
+impl<'m> Ad<'m> {
+    fn new(module: &'m mut Module) -> Ad<'m> {
+        let next_var = max_var(module).map_or(0, |v| v + 1);
+        Ad { module, adjoint: HashMap::new(), active: HashMap::new(), next_var }
+    }
+
+    fn run(&mut self) {
+        let differentiable: Vec<BufferId> = self
+            .module
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| {
+                matches!(
+                    b.kind,
+                    BufferKind::State
+                        | BufferKind::Continuous
+                        | BufferKind::Let
+                        | BufferKind::Next { .. }
+                        | BufferKind::Cost
+                )
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in differentiable {
+            let b = &self.module.buffers[id];
+            let adjoint = Buffer {
+                name: format!("{}.adj", b.name),
+                kind: BufferKind::Adjoint { of: id },
+                dims: b.dims.clone(),
+                elem: ElemType::Real,
+                labels: Vec::new(),
+                data: None,
+            };
+            self.module.buffers.push(adjoint);
+            self.adjoint.insert(id, self.module.buffers.len() - 1);
+        }
+        let mut body = self.module.step.body.clone();
+        let forward = self.module.step.body.clone();
+        for stmt in forward.iter().rev() {
+            body.extend(self.reverse(stmt));
+        }
+        self.module.vjp = Program { body };
+    }
+
+    /// The adjoint statements of one forward statement (a store inside its loops).
+    fn reverse(&mut self, stmt: &Stmt) -> Vec<Stmt> {
+        match stmt {
+            Stmt::For { var, set, body } => {
+                let inner: Vec<Stmt> = body.iter().rev().flat_map(|s| self.reverse(s)).collect();
+                if inner.is_empty() { Vec::new() } else { vec![Stmt::For { var: *var, set: *set, body: inner }] }
+            }
+            Stmt::Store { buffer, index, value } => {
+                let Some(&adjoint) = self.adjoint.get(buffer) else { return Vec::new() };
+                let span = self.module.exprs.span(*value);
+                let position = index.iter().map(|v| self.push(Expr::Var(*v), span)).collect();
+                let seed = self.push(Expr::Load { buffer: adjoint, index: position }, span);
+                self.expr(*value, seed)
+            }
+            Stmt::If { cond, then, otherwise } => {
+                let then: Vec<Stmt> = then.iter().rev().flat_map(|s| self.reverse(s)).collect();
+                let otherwise: Vec<Stmt> = otherwise.iter().rev().flat_map(|s| self.reverse(s)).collect();
+                if then.is_empty() && otherwise.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Stmt::If { cond: *cond, then, otherwise }]
+                }
+            }
+            Stmt::Accumulate { .. } => Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: Expr, span: Span) -> Handle<Expr> {
+        self.module.exprs.push(e, span)
+    }
+
+    fn fresh(&mut self) -> Var {
+        self.next_var += 1;
+        Var(self.next_var - 1)
+    }
+
+    fn is_active(&mut self, h: Handle<Expr>) -> bool {
+        if let Some(&known) = self.active.get(&h) {
+            return known;
+        }
+        let result = match self.module.exprs[h].clone() {
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => false,
+            Expr::Load { buffer, .. } => self.adjoint.contains_key(&buffer),
+            Expr::Unary { op, arg } => differentiable_unary(op) && self.is_active(arg),
+            Expr::Binary { op, lhs, rhs } => {
+                !is_condition(op) && {
+                    let a = self.is_active(lhs);
+                    self.is_active(rhs) || a
+                }
+            }
+            Expr::Select { then, otherwise, .. } => {
+                let t = self.is_active(then);
+                self.is_active(otherwise) || t
+            }
+            Expr::Reduce { op, body, .. } => !matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) && self.is_active(body),
+        };
+        self.active.insert(h, result);
+        result
+    }
+
+    fn bin(&mut self, op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr>, span: Span) -> Handle<Expr> {
+        self.push(Expr::Binary { op, lhs, rhs }, span)
+    }
+
+    fn un(&mut self, op: UnaryOp, arg: Handle<Expr>, span: Span) -> Handle<Expr> {
+        self.push(Expr::Unary { op, arg }, span)
+    }
+
+    fn num(&mut self, value: f64, span: Span) -> Handle<Expr> {
+        self.push(Expr::Const(value), span)
+    }
+
+    /// Statements that add `seed × ∂e/∂x` to the adjoint of every active buffer element `x`
+    /// that `e` reads.
+    fn expr(&mut self, e: Handle<Expr>, seed: Handle<Expr>) -> Vec<Stmt> {
+        if !self.is_active(e) {
+            return Vec::new();
+        }
+        let span = self.module.exprs.span(e);
+        match self.module.exprs[e].clone() {
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => Vec::new(),
+            Expr::Load { buffer, index } => match self.adjoint.get(&buffer) {
+                Some(&adjoint) => vec![Stmt::Accumulate { buffer: adjoint, index, value: seed }],
+                None => Vec::new(),
+            },
+            Expr::Unary { op, arg } => {
+                let derivative = match op {
+                    UnaryOp::Neg => self.num(-1.0, span),
+                    // d exp(a) = exp(a): the forward node itself.
+                    UnaryOp::Exp => e,
+                    UnaryOp::Log => {
+                        let one = self.num(1.0, span);
+                        self.bin(BinaryOp::Div, one, arg, span)
+                    }
+                    UnaryOp::Sqrt => {
+                        let half = self.num(0.5, span);
+                        self.bin(BinaryOp::Div, half, e, span)
+                    }
+                    UnaryOp::Tanh => {
+                        let one = self.num(1.0, span);
+                        let square = self.bin(BinaryOp::Mul, e, e, span);
+                        self.bin(BinaryOp::Sub, one, square, span)
+                    }
+                    UnaryOp::Sigmoid => {
+                        let one = self.num(1.0, span);
+                        let rest = self.bin(BinaryOp::Sub, one, e, span);
+                        self.bin(BinaryOp::Mul, e, rest, span)
+                    }
+                    UnaryOp::Softplus => self.un(UnaryOp::Sigmoid, arg, span),
+                    UnaryOp::Sin => self.un(UnaryOp::Cos, arg, span),
+                    UnaryOp::Cos => {
+                        let sin = self.un(UnaryOp::Sin, arg, span);
+                        self.un(UnaryOp::Neg, sin, span)
+                    }
+                    UnaryOp::Abs => {
+                        // sign(a), with sign(0) = 0.
+                        let zero = self.num(0.0, span);
+                        let one = self.num(1.0, span);
+                        let minus = self.num(-1.0, span);
+                        let negative = self.bin(BinaryOp::Lt, arg, zero, span);
+                        let inner = self.push(Expr::Select { cond: negative, then: minus, otherwise: zero }, span);
+                        let positive = self.bin(BinaryOp::Gt, arg, zero, span);
+                        self.push(Expr::Select { cond: positive, then: one, otherwise: inner }, span)
+                    }
+                    UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => return Vec::new(),
+                };
+                let seed = self.bin(BinaryOp::Mul, seed, derivative, span);
+                self.expr(arg, seed)
+            }
+            Expr::Binary { op, lhs, rhs } => self.binary(e, op, lhs, rhs, seed, span),
+            Expr::Select { cond, then, otherwise } => {
+                let then = self.expr(then, seed);
+                let otherwise = self.expr(otherwise, seed);
+                vec![Stmt::If { cond, then, otherwise }]
+            }
+            // The adjoint loop of a reduction gets a fresh variable: the seed may contain this very
+            // reduction (through the forward value of an enclosing node), whose evaluation binds
+            // the reduction's own variable, so reusing it would clobber the loop's.
+            Expr::Reduce { op, var, set, body } => match op {
+                ReduceOp::Sum => {
+                    let own = self.fresh();
+                    let body = self.substitute(body, var, Expr::Var(own));
+                    vec![Stmt::For { var: own, set, body: self.expr(body, seed) }]
+                }
+                ReduceOp::Prod => {
+                    // ∂/∂body_k = the product of the other elements (well defined at zeros).
+                    let (own, other) = (self.fresh(), self.fresh());
+                    let at_own = self.substitute(body, var, Expr::Var(own));
+                    let at_other = self.substitute(body, var, Expr::Var(other));
+                    let this = self.push(Expr::Var(own), span);
+                    let that = self.push(Expr::Var(other), span);
+                    let same = self.bin(BinaryOp::Eq, that, this, span);
+                    let one = self.num(1.0, span);
+                    let factor = self.push(Expr::Select { cond: same, then: one, otherwise: at_other }, span);
+                    let others = self.push(Expr::Reduce { op: ReduceOp::Prod, var: other, set, body: factor }, span);
+                    let seed = self.bin(BinaryOp::Mul, seed, others, span);
+                    vec![Stmt::For { var: own, set, body: self.expr(at_own, seed) }]
+                }
+                ReduceOp::Max | ReduceOp::Min => {
+                    // The adjoint goes to the body at the first maximiser. The argmax is a copy
+                    // with fresh names for every variable it binds, because it is evaluated inside
+                    // the body's own reductions, whose variables it would otherwise clobber.
+                    let arg_op = if op == ReduceOp::Max { ReduceOp::ArgMax } else { ReduceOp::ArgMin };
+                    let original = self.push(Expr::Reduce { op: arg_op, var, set, body }, span);
+                    let chosen = self.rename_bound(original, span);
+                    let at_chosen = self.substitute(body, var, self.module.exprs[chosen].clone());
+                    self.expr(at_chosen, seed)
+                }
+                ReduceOp::ArgMax | ReduceOp::ArgMin => Vec::new(),
+            },
+        }
+    }
+
+    fn binary(
+        &mut self,
+        e: Handle<Expr>,
+        op: BinaryOp,
+        a: Handle<Expr>,
+        b: Handle<Expr>,
+        seed: Handle<Expr>,
+        span: Span,
+    ) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        match op {
+            BinaryOp::Add => {
+                out.extend(self.expr(a, seed));
+                out.extend(self.expr(b, seed));
+            }
+            BinaryOp::Sub => {
+                out.extend(self.expr(a, seed));
+                if self.is_active(b) {
+                    let minus = self.un(UnaryOp::Neg, seed, span);
+                    out.extend(self.expr(b, minus));
+                }
+            }
+            BinaryOp::Mul => {
+                if self.is_active(a) {
+                    let s = self.bin(BinaryOp::Mul, seed, b, span);
+                    out.extend(self.expr(a, s));
+                }
+                if self.is_active(b) {
+                    let s = self.bin(BinaryOp::Mul, seed, a, span);
+                    out.extend(self.expr(b, s));
+                }
+            }
+            BinaryOp::Div => {
+                if self.is_active(a) {
+                    let s = self.bin(BinaryOp::Div, seed, b, span);
+                    out.extend(self.expr(a, s));
+                }
+                if self.is_active(b) {
+                    // d(a/b)/db = -(a/b)/b
+                    let q = self.bin(BinaryOp::Div, e, b, span);
+                    let s = self.bin(BinaryOp::Mul, seed, q, span);
+                    let s = self.un(UnaryOp::Neg, s, span);
+                    out.extend(self.expr(b, s));
+                }
+            }
+            BinaryOp::Pow => {
+                if self.is_active(a) {
+                    // b · a^(b-1)
+                    let one = self.num(1.0, span);
+                    let b1 = self.bin(BinaryOp::Sub, b, one, span);
+                    let p = self.bin(BinaryOp::Pow, a, b1, span);
+                    let d = self.bin(BinaryOp::Mul, b, p, span);
+                    let s = self.bin(BinaryOp::Mul, seed, d, span);
+                    out.extend(self.expr(a, s));
+                }
+                if self.is_active(b) {
+                    // a^b · ln a
+                    let ln = self.un(UnaryOp::Log, a, span);
+                    let d = self.bin(BinaryOp::Mul, e, ln, span);
+                    let s = self.bin(BinaryOp::Mul, seed, d, span);
+                    out.extend(self.expr(b, s));
+                }
+            }
+            BinaryOp::Rem => {
+                out.extend(self.expr(a, seed));
+                if self.is_active(b) {
+                    // a % b = a - b·trunc(a/b): the derivative in b is -trunc(a/b).
+                    let q = self.bin(BinaryOp::Div, a, b, span);
+                    let zero = self.num(0.0, span);
+                    let negative = self.bin(BinaryOp::Lt, q, zero, span);
+                    let up = self.un(UnaryOp::Ceil, q, span);
+                    let down = self.un(UnaryOp::Floor, q, span);
+                    let trunc = self.push(Expr::Select { cond: negative, then: up, otherwise: down }, span);
+                    let s = self.bin(BinaryOp::Mul, seed, trunc, span);
+                    let s = self.un(UnaryOp::Neg, s, span);
+                    out.extend(self.expr(b, s));
+                }
+            }
+            BinaryOp::Max | BinaryOp::Min => {
+                let pick_a = if op == BinaryOp::Max { BinaryOp::Ge } else { BinaryOp::Le };
+                let cond = self.bin(pick_a, a, b, span);
+                let then = self.expr(a, seed);
+                let otherwise = self.expr(b, seed);
+                out.push(Stmt::If { cond, then, otherwise });
+            }
+            BinaryOp::Eq
+            | BinaryOp::Ne
+            | BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::And
+            | BinaryOp::Or => {}
+        }
+        out
+    }
+
+    /// A copy of `e` in which every variable bound by a reduction gets a fresh name.
+    fn rename_bound(&mut self, e: Handle<Expr>, span: Span) -> Handle<Expr> {
+        match self.module.exprs[e].clone() {
+            Expr::Reduce { op, var, set, body } => {
+                let fresh = self.fresh();
+                let body = self.substitute(body, var, Expr::Var(fresh));
+                let body = self.rename_bound(body, span);
+                self.push(Expr::Reduce { op, var: fresh, set, body }, span)
+            }
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => e,
+            Expr::Load { buffer, index } => {
+                let index = index.iter().map(|h| self.rename_bound(*h, span)).collect();
+                self.push(Expr::Load { buffer, index }, span)
+            }
+            Expr::Unary { op, arg } => {
+                let arg = self.rename_bound(arg, span);
+                self.push(Expr::Unary { op, arg }, span)
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let (lhs, rhs) = (self.rename_bound(lhs, span), self.rename_bound(rhs, span));
+                self.push(Expr::Binary { op, lhs, rhs }, span)
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let cond = self.rename_bound(cond, span);
+                let then = self.rename_bound(then, span);
+                let otherwise = self.rename_bound(otherwise, span);
+                self.push(Expr::Select { cond, then, otherwise }, span)
+            }
+        }
+    }
+
+    /// A copy of `e` with `var` replaced by `replacement`; nodes that do not mention `var` are
+    /// shared, not copied.
+    fn substitute(&mut self, e: Handle<Expr>, var: Var, replacement: Expr) -> Handle<Expr> {
+        let mut memo = HashMap::new();
+        self.substitute_in(e, var, &replacement, &mut memo)
+    }
+
+    fn substitute_in(
+        &mut self,
+        e: Handle<Expr>,
+        var: Var,
+        replacement: &Expr,
+        memo: &mut HashMap<Handle<Expr>, Handle<Expr>>,
+    ) -> Handle<Expr> {
+        if let Some(&done) = memo.get(&e) {
+            return done;
+        }
+        let node = self.module.exprs[e].clone();
+        let mut sub = |this: &mut Self, h: Handle<Expr>| this.substitute_in(h, var, replacement, memo);
+        let rebuilt = match node {
+            Expr::Var(v) if v == var => Some(replacement.clone()),
+            Expr::Const(_) | Expr::Var(_) => None,
+            Expr::Load { buffer, index } => {
+                let new: Vec<Handle<Expr>> = index.iter().map(|h| sub(self, *h)).collect();
+                (new != index).then_some(Expr::Load { buffer, index: new })
+            }
+            Expr::Unary { op, arg } => {
+                let new = sub(self, arg);
+                (new != arg).then_some(Expr::Unary { op, arg: new })
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let (l, r) = (sub(self, lhs), sub(self, rhs));
+                (l != lhs || r != rhs).then_some(Expr::Binary { op, lhs: l, rhs: r })
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let (c, t, o) = (sub(self, cond), sub(self, then), sub(self, otherwise));
+                (c != cond || t != then || o != otherwise).then_some(Expr::Select { cond: c, then: t, otherwise: o })
+            }
+            // A reduction over the same variable shadows it.
+            Expr::Reduce { var: inner, .. } if inner == var => None,
+            Expr::Reduce { op, var: inner, set, body } => {
+                let new = sub(self, body);
+                (new != body).then_some(Expr::Reduce { op, var: inner, set, body: new })
+            }
+            Expr::Sample { .. } => None,
+        };
+        let result = match rebuilt {
+            Some(node) => {
+                let span = self.module.exprs.span(e);
+                self.push(node, span)
+            }
+            None => e,
+        };
+        memo.insert(e, result);
+        result
+    }
+}
+
+fn differentiable_unary(op: UnaryOp) -> bool {
+    !matches!(op, UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round)
+}
+
+fn is_condition(op: BinaryOp) -> bool {
+    matches!(
+        op,
+        BinaryOp::Eq
+            | BinaryOp::Ne
+            | BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::And
+            | BinaryOp::Or
+    )
+}
+
+/// The largest variable number used anywhere in the module.
+fn max_var(module: &Module) -> Option<u32> {
+    let in_exprs = module.exprs.iter().filter_map(|(_, e)| match e {
+        Expr::Var(v) | Expr::Reduce { var: v, .. } => Some(v.0),
+        _ => None,
+    });
+    fn in_stmts(stmts: &[Stmt], out: &mut Vec<u32>) {
+        for s in stmts {
+            match s {
+                Stmt::For { var, body, .. } => {
+                    out.push(var.0);
+                    in_stmts(body, out);
+                }
+                Stmt::If { then, otherwise, .. } => {
+                    in_stmts(then, out);
+                    in_stmts(otherwise, out);
+                }
+                Stmt::Store { index, .. } => out.extend(index.iter().map(|v| v.0)),
+                Stmt::Accumulate { .. } => {}
+            }
+        }
+    }
+    let mut vars: Vec<u32> = in_exprs.collect();
+    for p in [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
+    {
+        in_stmts(&p.body, &mut vars);
+    }
+    vars.into_iter().max()
+}

@@ -1,0 +1,459 @@
+//! Smoothness analysis: how each cost term and state update depends on the active inputs
+//! (states and continuous actions), and where its kinks and jumps are.
+//!
+//! The classes are ordered `Constant < Smooth < Kink < Regime < Jump`; an expression's class is
+//! the largest of what its operations contribute (see [`crate::ir`] for the class of each
+//! operation). A branch is a *regime* split when its condition reads a discrete action and not
+//! an active input, a *jump* when its condition reads an active input. A `let` passes on the
+//! class of its value, so a kink inside a `let` shows in every cost that reads it.
+
+use std::collections::HashMap;
+
+use crate::diagnostics::Span;
+use crate::ir::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Does not depend on states or continuous actions.
+    Constant,
+    Smooth,
+    /// Continuous, differentiable almost everywhere (max, min, abs).
+    Kink,
+    /// Smooth within each regime of a discrete action.
+    Regime,
+    /// Discontinuous in a state or a continuous action.
+    Jump,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Constant => "constant",
+            Class::Smooth => "smooth",
+            Class::Kink => "kinked",
+            Class::Regime => "regime-split",
+            Class::Jump => "jump",
+        }
+    }
+}
+
+/// A place where an expression is not smooth in the active inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    pub span: Span,
+    pub class: Class,
+    /// What happens there, e.g. "`max` of an active value".
+    pub what: String,
+}
+
+/// The analysis of one cost term or state update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The cost buffer or the next-state buffer.
+    pub buffer: BufferId,
+    pub class: Class,
+    /// Discrete actions whose choice splits it into regimes.
+    pub regimes: Vec<BufferId>,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Analysis {
+    pub costs: Vec<Entry>,
+    pub updates: Vec<Entry>,
+    /// The class of every expression node, by handle index.
+    pub classes: Vec<Class>,
+}
+
+/// Analyses the `step` program of a validated module.
+pub fn analyze(module: &Module) -> Analysis {
+    let mut a = Analyzer { module, class: HashMap::new(), let_value: HashMap::new() };
+    // Lets are written before they are read, so one pass in order knows every let's value.
+    collect_lets(&module.step.body, &mut a.let_value);
+    let mut analysis = Analysis::default();
+    for (buffer, value) in stores(&module.step.body) {
+        let kind = module.buffers[buffer].kind;
+        if !matches!(kind, BufferKind::Cost | BufferKind::Next { .. }) {
+            continue;
+        }
+        let class = a.class(value);
+        let mut sites = Vec::new();
+        let mut regimes = Vec::new();
+        a.sites(value, &mut sites, &mut regimes, &mut Vec::new());
+        // A term that is constant in the active inputs may still depend on a discrete choice
+        // (a fixed cost): the score-function gradient's business.
+        a.walk(value, &mut |m, e| {
+            if let Expr::Load { buffer, .. } = e
+                && m.buffers[*buffer].kind == BufferKind::Discrete
+            {
+                regimes.push(*buffer);
+            }
+        });
+        sites.sort_by_key(|s| (s.span.start, s.span.end));
+        sites.dedup();
+        regimes.sort_unstable();
+        regimes.dedup();
+        let entry = Entry { buffer, class, regimes, sites };
+        if kind == BufferKind::Cost {
+            analysis.costs.push(entry);
+        } else {
+            analysis.updates.push(entry);
+        }
+    }
+    analysis.classes = (0..module.exprs.len()).map(|i| a.class(Handle::new(i))).collect();
+    analysis
+}
+
+fn stores(stmts: &[Stmt]) -> Vec<(BufferId, Handle<Expr>)> {
+    let mut out = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::For { body, .. } => out.extend(stores(body)),
+            Stmt::If { then, otherwise, .. } => {
+                out.extend(stores(then));
+                out.extend(stores(otherwise));
+            }
+            Stmt::Store { buffer, value, .. } => out.push((*buffer, *value)),
+            Stmt::Accumulate { .. } => {}
+        }
+    }
+    out
+}
+
+fn collect_lets(stmts: &[Stmt], out: &mut HashMap<BufferId, Handle<Expr>>) {
+    for (buffer, value) in stores(stmts) {
+        out.insert(buffer, value);
+    }
+}
+
+struct Analyzer<'m> {
+    module: &'m Module,
+    class: HashMap<Handle<Expr>, Class>,
+    let_value: HashMap<BufferId, Handle<Expr>>,
+}
+
+impl Analyzer<'_> {
+    fn is_let(&self, buffer: BufferId) -> bool {
+        self.module.buffers[buffer].kind == BufferKind::Let
+    }
+
+    /// Whether the node reads a discrete action (directly or through a `let`).
+    fn reads_discrete(&self, h: Handle<Expr>) -> bool {
+        let mut found = false;
+        self.walk(h, &mut |m, e| {
+            if let Expr::Load { buffer, .. } = e {
+                found |= m.buffers[*buffer].kind == BufferKind::Discrete;
+            }
+        });
+        found
+    }
+
+    /// Visits every node under `h`, following `let`s into their values.
+    fn walk(&self, h: Handle<Expr>, f: &mut dyn FnMut(&Module, &Expr)) {
+        let mut stack = vec![h];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(h) = stack.pop() {
+            if !seen.insert(h) {
+                continue;
+            }
+            let e = &self.module.exprs[h];
+            f(self.module, e);
+            match e {
+                Expr::Const(_) | Expr::Var(_) => {}
+                Expr::Load { buffer, index } => {
+                    stack.extend(index.iter().copied());
+                    if self.is_let(*buffer)
+                        && let Some(v) = self.let_value.get(buffer)
+                    {
+                        stack.push(*v);
+                    }
+                }
+                Expr::Unary { arg, .. } => stack.push(*arg),
+                Expr::Binary { lhs, rhs, .. } => stack.extend([*lhs, *rhs]),
+                Expr::Select { cond, then, otherwise } => stack.extend([*cond, *then, *otherwise]),
+                Expr::Reduce { body, .. } => stack.push(*body),
+                Expr::Sample { args, truncate, .. } => {
+                    stack.extend(args.iter().copied());
+                    if let Some((lo, hi)) = truncate {
+                        stack.extend([*lo, *hi]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn class(&mut self, h: Handle<Expr>) -> Class {
+        if let Some(&c) = self.class.get(&h) {
+            return c;
+        }
+        let c = match self.module.exprs[h].clone() {
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => Class::Constant,
+            Expr::Load { buffer, .. } => match self.module.buffers[buffer].kind {
+                BufferKind::State | BufferKind::Continuous => Class::Smooth,
+                BufferKind::Let => match self.let_value.get(&buffer).copied() {
+                    Some(v) => self.class(v),
+                    None => Class::Constant,
+                },
+                _ => Class::Constant,
+            },
+            Expr::Unary { op, arg } => {
+                let inner = self.class(arg);
+                match op {
+                    _ if inner == Class::Constant => Class::Constant,
+                    UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Not => Class::Jump,
+                    UnaryOp::Abs => inner.max(Class::Kink),
+                    _ => inner,
+                }
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let inner = self.class(lhs).max(self.class(rhs));
+                match op {
+                    _ if inner == Class::Constant => Class::Constant,
+                    BinaryOp::Min | BinaryOp::Max => inner.max(Class::Kink),
+                    BinaryOp::Rem
+                    | BinaryOp::Eq
+                    | BinaryOp::Ne
+                    | BinaryOp::Lt
+                    | BinaryOp::Le
+                    | BinaryOp::Gt
+                    | BinaryOp::Ge
+                    | BinaryOp::And
+                    | BinaryOp::Or => Class::Jump,
+                    _ => inner,
+                }
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let branches = self.class(then).max(self.class(otherwise));
+                if self.class(cond) != Class::Constant {
+                    Class::Jump
+                } else if branches == Class::Constant {
+                    Class::Constant
+                } else if self.reads_discrete(cond) {
+                    branches.max(Class::Regime)
+                } else {
+                    branches
+                }
+            }
+            Expr::Reduce { op, body, .. } => {
+                let inner = self.class(body);
+                match op {
+                    _ if inner == Class::Constant => Class::Constant,
+                    ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax | ReduceOp::ArgMin => inner.max(Class::Kink),
+                    _ => inner,
+                }
+            }
+        };
+        self.class.insert(h, c);
+        c
+    }
+
+    /// The kinks and jumps under `h`, and the discrete actions that split it into regimes.
+    fn sites(
+        &mut self,
+        h: Handle<Expr>,
+        sites: &mut Vec<Site>,
+        regimes: &mut Vec<BufferId>,
+        seen: &mut Vec<Handle<Expr>>,
+    ) {
+        if seen.contains(&h) || self.class(h) == Class::Constant {
+            return;
+        }
+        seen.push(h);
+        let span = self.module.exprs.span(h);
+        let node = self.module.exprs[h].clone();
+        let mut site = |class: Class, what: &str| sites.push(Site { span, class, what: what.to_string() });
+        match &node {
+            Expr::Unary { op: UnaryOp::Abs, .. } => site(Class::Kink, "`abs` of an active value"),
+            Expr::Unary { op: UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round, .. } => {
+                site(Class::Jump, "rounding of an active value")
+            }
+            Expr::Unary { op: UnaryOp::Not, .. } => {}
+            Expr::Binary { op: BinaryOp::Min | BinaryOp::Max, .. } => {
+                site(Class::Kink, "`max`/`min` of an active value")
+            }
+            Expr::Binary { op: BinaryOp::Rem, .. } => site(Class::Jump, "`%` of an active value"),
+            Expr::Binary {
+                op: BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge,
+                ..
+            } => site(Class::Jump, "a comparison of an active value, used as a number"),
+            Expr::Reduce { op: ReduceOp::Max | ReduceOp::Min, .. } => site(Class::Kink, "`max`/`min` over a set"),
+            Expr::Select { cond, .. } => {
+                if self.class(*cond) != Class::Constant {
+                    site(Class::Jump, "a branch on an active value");
+                } else if self.reads_discrete(*cond) {
+                    let mut found = Vec::new();
+                    self.walk(*cond, &mut |m, e| {
+                        if let Expr::Load { buffer, .. } = e
+                            && m.buffers[*buffer].kind == BufferKind::Discrete
+                        {
+                            found.push(*buffer);
+                        }
+                    });
+                    regimes.extend(found);
+                }
+            }
+            _ => {}
+        }
+        let children: Vec<Handle<Expr>> = match &node {
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => Vec::new(),
+            Expr::Load { buffer, index } => {
+                let mut c = index.clone();
+                if self.is_let(*buffer)
+                    && let Some(v) = self.let_value.get(buffer)
+                {
+                    c.push(*v);
+                }
+                c
+            }
+            Expr::Unary { arg, .. } => vec![*arg],
+            // Inside a jump, the operands' own sites are not interesting: report the jump.
+            Expr::Binary { op, lhs, rhs } => {
+                if matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
+                {
+                    Vec::new()
+                } else {
+                    vec![*lhs, *rhs]
+                }
+            }
+            Expr::Select { cond, then, otherwise } => {
+                if self.class(*cond) != Class::Constant {
+                    vec![*then, *otherwise]
+                } else {
+                    vec![*cond, *then, *otherwise]
+                }
+            }
+            Expr::Reduce { body, .. } => vec![*body],
+        };
+        for c in children {
+            self.sites(c, sites, regimes, seen);
+        }
+    }
+}
+
+/// The report `hmdpc compile` prints: what the model is, and how each cost and update depends
+/// on the states and continuous actions, with the places of kinks and jumps in the source.
+pub fn render(
+    module: &Module,
+    analysis: &Analysis,
+    rewrites: &[super::reformulate::Rewrite],
+    file: &str,
+    source: &str,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let dims = |b: &Buffer| {
+        if b.dims.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = b.dims.iter().map(|d| module.sets[*d].name.as_str()).collect();
+            format!("[{}]", names.join(", "))
+        }
+    };
+    let at = |span: Span| {
+        let (line, column) = crate::diagnostics::line_column(source, span.start);
+        format!("{file}:{line}:{column}")
+    };
+    let listing = |kind: fn(&BufferKind) -> bool| -> Vec<String> {
+        module
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| kind(&b.kind))
+            .map(|(id, b)| format!("{}{} ({})", b.name, dims(b), module.len(id)))
+            .collect()
+    };
+    let _ = writeln!(out, "model {}", module.name);
+    let _ = writeln!(out, "  states:     {}", listing(|k| *k == BufferKind::State).join(", "));
+    let noise = listing(|k| *k == BufferKind::Noise);
+    if !noise.is_empty() {
+        let _ = writeln!(out, "  noise:      {}", noise.join(", "));
+    }
+    for (id, b) in module.buffers.iter().enumerate() {
+        match b.kind {
+            BufferKind::Discrete => {
+                let count = match module.len(id) {
+                    1 => "one choice".to_string(),
+                    n => format!("{n} choices, each"),
+                };
+                let _ = writeln!(out, "  discrete:   {}{} ({count} of {{{}}})", b.name, dims(b), b.labels.join(", "));
+            }
+            BufferKind::Continuous => {
+                let bound =
+                    |upper: bool| module.buffers.iter().any(|x| x.kind == BufferKind::Bound { action: id, upper });
+                let range = match (bound(false), bound(true)) {
+                    (true, true) => "bounded below and above",
+                    (true, false) => "bounded below",
+                    (false, true) => "bounded above",
+                    (false, false) => "unbounded",
+                };
+                let regime = if module.buffers.iter().any(|x| x.kind == BufferKind::Regime { action: id }) {
+                    ", acts only in some regimes"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "  continuous: {}{} ({}), {range}{regime}", b.name, dims(b), module.len(id));
+            }
+            _ => {}
+        }
+    }
+    for (title, entries) in [("costs", &analysis.costs), ("updates", &analysis.updates)] {
+        let _ = writeln!(out, "  {title}:");
+        let width = entries.iter().map(|e| module.buffers[e.buffer].name.len()).max().unwrap_or(0);
+        for e in entries {
+            let regimes: Vec<&str> = e.regimes.iter().map(|r| module.buffers[*r].name.as_str()).collect();
+            let description = match (e.class, regimes.is_empty()) {
+                (Class::Constant, false) => {
+                    format!("set by the regime of {} (constant within each)", regimes.join(", "))
+                }
+                (Class::Constant, true) => "constant in the states and continuous actions".to_string(),
+                (Class::Regime, false) => format!("regime-split by {}", regimes.join(", ")),
+                (class, false) => format!("{}; depends on the regime of {}", class.name(), regimes.join(", ")),
+                (class, true) => class.name().to_string(),
+            };
+            let _ = writeln!(out, "    {:<width$}  {description}", module.buffers[e.buffer].name);
+            for site in &e.sites {
+                let _ =
+                    writeln!(out, "    {:<width$}    {} at {}: {}", "", site.class.name(), at(site.span), site.what);
+            }
+        }
+    }
+    if rewrites.is_empty() {
+        let _ = writeln!(out, "  reformulated: nothing");
+    }
+    for r in rewrites {
+        let _ = writeln!(out, "  reformulated at {}: {}", at(r.span), r.description);
+    }
+    let jumps: Vec<&Site> = analysis
+        .costs
+        .iter()
+        .chain(&analysis.updates)
+        .flat_map(|e| &e.sites)
+        .filter(|s| s.class == Class::Jump)
+        .collect();
+    if !jumps.is_empty() {
+        let _ = writeln!(
+            out,
+            "  warning: {} jump(s) left in states or continuous actions (above); the pathwise gradient does not see them",
+            jumps.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  kernel: {} IR nodes, step {} statements, vjp {} statements",
+        module.exprs.len(),
+        count(&module.step.body),
+        count(&module.vjp.body)
+    );
+    out
+}
+
+fn count(stmts: &[Stmt]) -> usize {
+    stmts
+        .iter()
+        .map(|s| match s {
+            Stmt::For { body, .. } => 1 + count(body),
+            Stmt::If { then, otherwise, .. } => 1 + count(then) + count(otherwise),
+            Stmt::Store { .. } | Stmt::Accumulate { .. } => 1,
+        })
+        .sum()
+}

@@ -1,0 +1,170 @@
+//! Gradient check: the `vjp` program against central finite differences of the `step`.
+//!
+//! At random points — the state a random policy reaches after a random number of steps of a
+//! random scenario, and random actions — the check draws random output weights `w` and compares,
+//! for every element `x` of every state and continuous action, the VJP's `∂(w·outputs)/∂x` with
+//! `(f(x + h) − f(x − h)) / 2h`. Elements where the one-sided differences disagree sit on a kink
+//! or a jump (the derivative does not exist there) and are skipped and counted.
+//!
+//! The error of an element is `max(0, |ad − fd| − noise) / max(1, |ad|, |fd|)`, where `noise`
+//! bounds the rounding error of the difference quotient (`8 ε max|f| / h`), so that a model
+//! with large costs is not failed for rounding it cannot avoid.
+
+use rand::rngs::ChaCha8Rng;
+
+use super::eval::{self, Buffers, Machine, RunError};
+use super::{Policy, RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use crate::ir::{BufferId, BufferKind, Dist, Module};
+
+/// The result for one input buffer (a state or a continuous action).
+#[derive(Clone, Debug)]
+pub struct InputReport {
+    pub name: String,
+    pub checked: usize,
+    /// Elements skipped because they sit on a kink or a jump.
+    pub at_kinks: usize,
+    pub max_error: f64,
+    /// The element with the largest error: (point, element, vjp value, finite difference).
+    pub worst: Option<(usize, usize, f64, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub inputs: Vec<InputReport>,
+    pub points: usize,
+}
+
+impl Report {
+    pub fn max_error(&self) -> f64 {
+        self.inputs.iter().map(|i| i.max_error).fold(0.0, f64::max)
+    }
+}
+
+/// Where a point comes from: the state after `steps` steps of scenario `index`.
+fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
+    let mut buffers = instance.clone();
+    let mut world = scenario_stream(seed, ScenarioSet::Test, index);
+    let mut own = policy_stream(seed, ScenarioSet::Test, index);
+    Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
+    let steps = (eval::unit(&mut own) * module.horizon as f64) as u64;
+    for t in 0..=steps {
+        Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
+        Machine::new(module, &mut buffers, None).run(&module.bounds)?;
+        RandomPolicy.act(module, &mut buffers, &mut own)?;
+        Machine::new(module, &mut buffers, None).run(&module.regimes)?;
+        if t == steps {
+            break;
+        }
+        Machine::new(module, &mut buffers, None).run(&module.step)?;
+        for (id, b) in module.buffers.iter().enumerate() {
+            if let BufferKind::Next { of } = b.kind {
+                let next = buffers.values[id].clone();
+                buffers.values[of] = next;
+            }
+        }
+    }
+    Ok(buffers)
+}
+
+/// The weighted sum of the step's outputs.
+fn objective(module: &Module, buffers: &mut Buffers, weights: &[(BufferId, Vec<f64>)]) -> Result<f64, RunError> {
+    Machine::new(module, buffers, None).run(&module.step)?;
+    Ok(weights.iter().map(|(id, w)| w.iter().zip(&buffers.values[*id]).map(|(a, b)| a * b).sum::<f64>()).sum())
+}
+
+fn adjoint_of(module: &Module, buffer: BufferId) -> Option<BufferId> {
+    module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of: buffer })
+}
+
+/// Checks a differentiated module at `points` random points.
+pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
+    let inputs: Vec<BufferId> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufferKind::State | BufferKind::Continuous))
+        .map(|(id, _)| id)
+        .collect();
+    let outputs: Vec<BufferId> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufferKind::Next { .. } | BufferKind::Cost))
+        .map(|(id, _)| id)
+        .collect();
+    let mut reports: Vec<InputReport> = inputs
+        .iter()
+        .map(|&id| InputReport {
+            name: module.buffers[id].name.clone(),
+            checked: 0,
+            at_kinks: 0,
+            max_error: 0.0,
+            worst: None,
+        })
+        .collect();
+    for point in 0..points {
+        let base = prepare(module, instance, seed, point as u64)?;
+        let mut rng: ChaCha8Rng = policy_stream(seed ^ 0x5eed, ScenarioSet::Dev, point as u64);
+        let mut weights = Vec::new();
+        for &id in &outputs {
+            let w: Vec<f64> = (0..module.len(id))
+                .map(|_| eval::sample(Dist::Normal, &[0.0, 1.0], None, &mut rng))
+                .collect::<Result<_, _>>()
+                .map_err(|message| RunError { span: Default::default(), message })?;
+            weights.push((id, w));
+        }
+
+        // The VJP at this point.
+        let mut with_adjoints = base.clone();
+        for (id, b) in module.buffers.iter().enumerate() {
+            if let BufferKind::Adjoint { .. } = b.kind {
+                with_adjoints.values[id].iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        for (id, w) in &weights {
+            if let Some(adjoint) = adjoint_of(module, *id) {
+                with_adjoints.values[adjoint].clone_from(w);
+            }
+        }
+        Machine::new(module, &mut with_adjoints, None).run(&module.vjp)?;
+
+        let mut scratch = base.clone();
+        let f0 = objective(module, &mut scratch, &weights)?;
+        for (report, &input) in reports.iter_mut().zip(&inputs) {
+            let adjoint = adjoint_of(module, input);
+            for k in 0..module.len(input) {
+                let ad = adjoint.map_or(0.0, |a| with_adjoints.values[a][k]);
+                let x = base.values[input][k];
+                let h = 1e-4 * x.abs().max(1.0);
+                let at = |value: f64| -> Result<f64, RunError> {
+                    let mut b = base.clone();
+                    b.values[input][k] = value;
+                    objective(module, &mut b, &weights)
+                };
+                let (plus, minus) = (at(x + h)?, at(x - h)?);
+                let (half_plus, half_minus) = (at(x + h / 2.0)?, at(x - h / 2.0)?);
+                // Richardson extrapolation of the central difference: error O(h⁴).
+                let wide = (plus - minus) / (2.0 * h);
+                let narrow = (half_plus - half_minus) / h;
+                let fd = (4.0 * narrow - wide) / 3.0;
+                let size = [plus, minus, half_plus, half_minus, f0].iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let noise = 16.0 * f64::EPSILON * size / h;
+                // Curvature test: for a smooth f, (f(x+d) − 2f(x) + f(x−d)) / d is about d·f'', so
+                // halving d halves it. A kink or jump within h leaves a part that does not halve.
+                let curvature = |p: f64, m: f64, d: f64| (p - 2.0 * f0 + m) / d;
+                let excess = curvature(half_plus, half_minus, h / 2.0) - curvature(plus, minus, h) / 2.0;
+                if excess.abs() > 1e-3 * fd.abs().max(1.0) + 4.0 * noise {
+                    report.at_kinks += 1;
+                    continue;
+                }
+                report.checked += 1;
+                let error = ((ad - fd).abs() - noise).max(0.0) / ad.abs().max(fd.abs()).max(1.0);
+                if error > report.max_error || report.worst.is_none() {
+                    report.max_error = report.max_error.max(error);
+                    report.worst = Some((point, k, ad, fd));
+                }
+            }
+        }
+    }
+    Ok(Report { inputs: reports, points })
+}
