@@ -8,15 +8,16 @@
 //! lower bound). The score-function gradient then handles the choice and the pathwise gradient
 //! the quantity, which is exactly the hand-written `choice {skip, buy}` form.
 //!
-//! What is recognised (a comparison in the step whose other side is a constant equal to the
-//! action's constant lower bound `lo`, which must be finite):
-//! - `q[...] > lo`, `q[...] != lo`, and the mirrored forms: one regime per element of `q` (the
-//!   new action has `q`'s dimensions, indexed as the comparison indexes `q`);
-//! - `sum(i in I) q[i] > n·lo` over all of `q` when `lo = 0`: one regime shared by all elements.
+//! What is recognised, for an action `q` whose lower bound is the constant 0 (`real >= 0`, or
+//! `real in [0, hi]`):
+//! - `q[...] > 0`, `q[...] != 0`, `q[...] == 0` and the mirrored forms: one regime per element
+//!   of `q` (the new action `q.regime` has `q`'s dimensions, indexed as the comparison indexes `q`);
+//! - `sum(i in I) q[i] > 0` over all of a one-dimensional `q`: one regime shared by all elements
+//!   (`q.order`).
 //!
-//! Comparisons with another threshold (a bulk discount at `q > 100`) need regimes with their own
-//! bounds and are reported, not rewritten; so are jumps in the state, which no choice of the
-//! policy can remove.
+//! Not yet rewritten, and reported as jumps: comparisons with another threshold (a bulk discount
+//! at `q > 100`, which needs regimes with their own bounds), a lower bound other than 0, and
+//! jumps in the state, which no choice of the policy can remove.
 
 use crate::diagnostics::Span;
 use crate::ir::*;
@@ -145,8 +146,10 @@ fn recognise(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, bool
         return None;
     }
     match module.exprs[a].clone() {
+        // The `zero` regime confines the action to its lower bound by not letting it act, and an
+        // action that does not act is 0: so the bound must be 0.
         Expr::Load { buffer, index } if module.buffers[buffer].kind == BufferKind::Continuous => {
-            (constant_lower_bound(module, buffer)? == c).then_some((Target { buffer, index }, op, false))
+            (constant_lower_bound(module, buffer)? == 0.0 && c == 0.0).then_some((Target { buffer, index }, op, false))
         }
         Expr::Reduce { op: ReduceOp::Sum, var, set, body } => {
             let Expr::Load { buffer, index } = module.exprs[body].clone() else { return None };
