@@ -353,6 +353,45 @@ pub enum Expr {
     },
 }
 
+impl Expr {
+    /// The nodes this node reads, in order.
+    pub fn children(&self) -> Vec<Handle<Expr>> {
+        match self {
+            Expr::Const(_) | Expr::Var(_) => Vec::new(),
+            Expr::Load { index, .. } => index.clone(),
+            Expr::Unary { arg, .. } => vec![*arg],
+            Expr::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
+            Expr::Select { cond, then, otherwise } => vec![*cond, *then, *otherwise],
+            Expr::Reduce { body, .. } => vec![*body],
+            Expr::Sample { args, truncate, .. } => {
+                let mut all = args.clone();
+                all.extend(truncate.iter().flat_map(|(lo, hi)| [*lo, *hi]));
+                all
+            }
+        }
+    }
+
+    /// Mutable references to the handles of [`Expr::children`], in the same order.
+    pub fn children_mut(&mut self) -> Vec<&mut Handle<Expr>> {
+        match self {
+            Expr::Const(_) | Expr::Var(_) => Vec::new(),
+            Expr::Load { index, .. } => index.iter_mut().collect(),
+            Expr::Unary { arg, .. } => vec![arg],
+            Expr::Binary { lhs, rhs, .. } => vec![lhs, rhs],
+            Expr::Select { cond, then, otherwise } => vec![cond, then, otherwise],
+            Expr::Reduce { body, .. } => vec![body],
+            Expr::Sample { args, truncate, .. } => {
+                let mut all: Vec<&mut Handle<Expr>> = args.iter_mut().collect();
+                if let Some((lo, hi)) = truncate {
+                    all.push(lo);
+                    all.push(hi);
+                }
+                all
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     /// Runs `body` for `var` over every element of `set`, in order.

@@ -182,21 +182,7 @@ fn kind_word(kind: &BufferKind) -> &'static str {
 
 /// The operands of a node, in the order they are pushed (and printed).
 fn operands(expr: &Expr) -> Vec<Handle<Expr>> {
-    match expr {
-        Expr::Const(_) | Expr::Var(_) => Vec::new(),
-        Expr::Load { index, .. } => index.clone(),
-        Expr::Unary { arg, .. } => vec![*arg],
-        Expr::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
-        Expr::Select { cond, then, otherwise } => vec![*cond, *then, *otherwise],
-        Expr::Reduce { body, .. } => vec![*body],
-        Expr::Sample { args, truncate, .. } => {
-            let mut all = args.clone();
-            if let Some((lo, hi)) = truncate {
-                all.extend([*lo, *hi]);
-            }
-            all
-        }
-    }
+    expr.children()
 }
 
 /// The number of arguments a distribution takes, or the least for `Categorical`.

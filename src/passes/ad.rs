@@ -365,23 +365,11 @@ impl<'m> Ad<'m> {
                 self.push(Expr::Reduce { op, var: fresh, set, body }, span)
             }
             Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => e,
-            Expr::Load { buffer, index } => {
-                let index = index.iter().map(|h| self.rename_bound(*h, span)).collect();
-                self.push(Expr::Load { buffer, index }, span)
-            }
-            Expr::Unary { op, arg } => {
-                let arg = self.rename_bound(arg, span);
-                self.push(Expr::Unary { op, arg }, span)
-            }
-            Expr::Binary { op, lhs, rhs } => {
-                let (lhs, rhs) = (self.rename_bound(lhs, span), self.rename_bound(rhs, span));
-                self.push(Expr::Binary { op, lhs, rhs }, span)
-            }
-            Expr::Select { cond, then, otherwise } => {
-                let cond = self.rename_bound(cond, span);
-                let then = self.rename_bound(then, span);
-                let otherwise = self.rename_bound(otherwise, span);
-                self.push(Expr::Select { cond, then, otherwise }, span)
+            mut node => {
+                for child in node.children_mut() {
+                    *child = self.rename_bound(*child, span);
+                }
+                self.push(node, span)
             }
         }
     }
@@ -404,33 +392,19 @@ impl<'m> Ad<'m> {
             return done;
         }
         let node = self.module.exprs[e].clone();
-        let mut sub = |this: &mut Self, h: Handle<Expr>| this.substitute_in(h, var, replacement, memo);
         let rebuilt = match node {
             Expr::Var(v) if v == var => Some(replacement.clone()),
-            Expr::Const(_) | Expr::Var(_) => None,
-            Expr::Load { buffer, index } => {
-                let new: Vec<Handle<Expr>> = index.iter().map(|h| sub(self, *h)).collect();
-                (new != index).then_some(Expr::Load { buffer, index: new })
-            }
-            Expr::Unary { op, arg } => {
-                let new = sub(self, arg);
-                (new != arg).then_some(Expr::Unary { op, arg: new })
-            }
-            Expr::Binary { op, lhs, rhs } => {
-                let (l, r) = (sub(self, lhs), sub(self, rhs));
-                (l != lhs || r != rhs).then_some(Expr::Binary { op, lhs: l, rhs: r })
-            }
-            Expr::Select { cond, then, otherwise } => {
-                let (c, t, o) = (sub(self, cond), sub(self, then), sub(self, otherwise));
-                (c != cond || t != then || o != otherwise).then_some(Expr::Select { cond: c, then: t, otherwise: o })
-            }
             // A reduction over the same variable shadows it.
             Expr::Reduce { var: inner, .. } if inner == var => None,
-            Expr::Reduce { op, var: inner, set, body } => {
-                let new = sub(self, body);
-                (new != body).then_some(Expr::Reduce { op, var: inner, set, body: new })
+            mut node => {
+                let mut changed = false;
+                for child in node.children_mut() {
+                    let new = self.substitute_in(*child, var, replacement, memo);
+                    changed |= new != *child;
+                    *child = new;
+                }
+                changed.then_some(node)
             }
-            Expr::Sample { .. } => None,
         };
         let result = match rebuilt {
             Some(node) => {

@@ -81,20 +81,7 @@ fn reachable_from_step(module: &Module) -> Vec<Handle<Expr>> {
         if std::mem::replace(&mut seen[h.index()], true) {
             continue;
         }
-        match &module.exprs[h] {
-            Expr::Const(_) | Expr::Var(_) => {}
-            Expr::Load { index, .. } => stack.extend(index.iter().copied()),
-            Expr::Unary { arg, .. } => stack.push(*arg),
-            Expr::Binary { lhs, rhs, .. } => stack.extend([*lhs, *rhs]),
-            Expr::Select { cond, then, otherwise } => stack.extend([*cond, *then, *otherwise]),
-            Expr::Reduce { body, .. } => stack.push(*body),
-            Expr::Sample { args, truncate, .. } => {
-                stack.extend(args.iter().copied());
-                if let Some((lo, hi)) = truncate {
-                    stack.extend([*lo, *hi]);
-                }
-            }
-        }
+        stack.extend(module.exprs[h].children());
     }
     (0..module.exprs.len()).filter(|&i| seen[i]).map(Handle::new).collect()
 }
@@ -306,27 +293,8 @@ fn splice(module: &mut Module, h: Handle<Expr>, chosen: Expr, label: Expr) {
             continue;
         }
         let mut e = e.clone();
-        match &mut e {
-            Expr::Const(_) | Expr::Var(_) => {}
-            Expr::Load { index, .. } => index.iter_mut().for_each(|x| *x = remap(*x)),
-            Expr::Unary { arg, .. } => *arg = remap(*arg),
-            Expr::Binary { lhs, rhs, .. } => {
-                *lhs = remap(*lhs);
-                *rhs = remap(*rhs);
-            }
-            Expr::Select { cond, then, otherwise } => {
-                *cond = remap(*cond);
-                *then = remap(*then);
-                *otherwise = remap(*otherwise);
-            }
-            Expr::Reduce { body, .. } => *body = remap(*body),
-            Expr::Sample { args, truncate, .. } => {
-                args.iter_mut().for_each(|x| *x = remap(*x));
-                if let Some((lo, hi)) = truncate {
-                    *lo = remap(*lo);
-                    *hi = remap(*hi);
-                }
-            }
+        for child in e.children_mut() {
+            *child = remap(*child);
         }
         rebuilt.push(e, module.exprs.span(handle));
     }

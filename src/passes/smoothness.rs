@@ -158,26 +158,13 @@ impl Analyzer<'_> {
             }
             let e = &self.module.exprs[h];
             f(self.module, e);
-            match e {
-                Expr::Const(_) | Expr::Var(_) => {}
-                Expr::Load { buffer, index } => {
-                    stack.extend(index.iter().copied());
-                    if self.is_let(*buffer)
-                        && let Some(v) = self.let_value.get(buffer)
-                    {
-                        stack.push(*v);
-                    }
-                }
-                Expr::Unary { arg, .. } => stack.push(*arg),
-                Expr::Binary { lhs, rhs, .. } => stack.extend([*lhs, *rhs]),
-                Expr::Select { cond, then, otherwise } => stack.extend([*cond, *then, *otherwise]),
-                Expr::Reduce { body, .. } => stack.push(*body),
-                Expr::Sample { args, truncate, .. } => {
-                    stack.extend(args.iter().copied());
-                    if let Some((lo, hi)) = truncate {
-                        stack.extend([*lo, *hi]);
-                    }
-                }
+            stack.extend(e.children());
+            // A `let` is followed into its value.
+            if let Expr::Load { buffer, .. } = e
+                && self.is_let(*buffer)
+                && let Some(v) = self.let_value.get(buffer)
+            {
+                stack.push(*v);
             }
         }
     }
