@@ -141,7 +141,8 @@ fn per_item_fixed_costs_get_one_choice_per_item() {
     assert!(analysis.costs.iter().any(|c| c.class == hmdp::passes::smoothness::Class::Jump));
 
     // With a lower bound other than 0, `q > 5` is left alone: a `zero` regime would set q to 0.
-    let shifted = source.replace("real >= 0", "real >= 5").replace("q[i] > 0", "q[i] > 5").replace("0 < q[i]", "5 < q[i]");
+    let shifted =
+        source.replace("real >= 0", "real >= 5").replace("q[i] > 0", "q[i] > 5").replace("0 < q[i]", "5 < q[i]");
     let model = hmdp::check::check_source(&shifted, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
     let mut module = hmdp::ir::lower::lower(&model);
     assert!(hmdp::passes::reformulate::reformulate(&mut module).is_empty());
