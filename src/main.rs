@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Largest acceptable relative error.
-        #[arg(long, default_value_t = 1e-6)]
+        #[arg(long, default_value_t = 1e-6, value_parser = parse_tolerance)]
         tolerance: f64,
         /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
@@ -137,6 +137,13 @@ fn parse_override(text: &str) -> Result<(String, f64), String> {
         return Err(format!("`{value}` is not a finite number"));
     }
     Ok((name.to_string(), value))
+}
+
+fn parse_tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => Err(format!("`{text}` is not a positive number")),
+    }
 }
 
 /// Data files are read relative to the model file's folder.

@@ -106,7 +106,14 @@ fn set_overrides_sizes() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [&["--help"][..], &["check", "--help"], &["help", "check"], &["simulate", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["check", "--help"],
+        &["help", "check"],
+        &["simulate", "--help"],
+        &["compile", "--help"],
+        &["gradcheck", "--help"],
+    ] {
         let out = hmdpc(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(text(&out.stdout).contains("Usage:"), "{args:?}");
@@ -180,4 +187,26 @@ fn simulate_prints_each_cost_term_with_a_confidence_interval() {
     assert_eq!(broken.status.code(), Some(1));
     let zero = hmdpc(&["simulate", "models/inventory.hmdp", "--scenarios", "0"]);
     assert_eq!(zero.status.code(), Some(2));
+}
+
+#[test]
+fn compile_reports_and_emits_ir_and_gradcheck_passes() {
+    let report = hmdpc(&["compile", "models/inventory_fixed_cost.hmdp"]);
+    assert_eq!(report.status.code(), Some(0), "{}", text(&report.stderr));
+    let stdout = text(&report.stdout);
+    assert!(stdout.contains("fixed     set by the regime of q.order"), "{stdout}");
+    assert!(stdout.contains("reformulated at models/inventory_fixed_cost.hmdp:32:24"), "{stdout}");
+
+    let ir = hmdpc(&["compile", "models/inventory.hmdp", "--emit", "ir", "--set", "items=3"]);
+    assert_eq!(ir.status.code(), Some(0));
+    let ir_text = text(&ir.stdout);
+    assert!(ir_text.starts_with("module joint_replenishment") && ir_text.contains("vjp {"), "{ir_text}");
+    let parsed = hmdp::ir::text::parse(&ir_text).expect("the emitted IR parses");
+    hmdp::ir::validate(&parsed).expect("and is valid");
+
+    let check = hmdpc(&["gradcheck", "models/switched_lqr.hmdp", "--points", "2"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+    assert!(text(&check.stdout).contains("ok: largest relative error"));
+    assert_eq!(hmdpc(&["gradcheck", "models/switched_lqr.hmdp", "--tolerance", "-1"]).status.code(), Some(2));
+    assert_eq!(hmdpc(&["gradcheck", "tests/diagnostics/several_errors.hmdp"]).status.code(), Some(1));
 }
