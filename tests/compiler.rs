@@ -7,7 +7,29 @@ use std::path::Path;
 
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
-use hmdp::sim::{self, Machine, Policy, RandomPolicy, ScenarioSet};
+use hmdp::sim::{self, Buffers, Machine, Policy, RandomPolicy, RunError, ScenarioSet};
+use rand::rngs::ChaCha8Rng;
+
+/// Sets the naive model's actions to given values: `q.order` and `q`.
+struct Mirror<'m> {
+    order: f64,
+    q: Vec<f64>,
+    module: &'m Module,
+}
+
+impl Policy for Mirror<'_> {
+    fn discrete(&self, _: &Module, buffers: &mut Buffers, _: &mut ChaCha8Rng) -> Result<(), RunError> {
+        let id = self.module.buffers.iter().position(|b| b.name == "q.order").expect("q.order");
+        buffers.values[id][0] = self.order;
+        Ok(())
+    }
+
+    fn continuous(&self, _: &Module, buffers: &mut Buffers, _: &mut ChaCha8Rng) -> Result<(), RunError> {
+        let id = self.module.buffers.iter().position(|b| b.name == "q").expect("q");
+        buffers.values[id].clone_from(&self.q);
+        Ok(())
+    }
+}
 
 fn pipeline(path: &Path, options: &Options) -> (Module, Vec<hmdp::passes::reformulate::Rewrite>) {
     let source = std::fs::read_to_string(path).expect("model");
@@ -83,26 +105,14 @@ fn the_naive_fixed_cost_model_becomes_the_hybrid_one() {
         for _ in 0..hybrid.horizon {
             Machine::new(&hybrid, &mut a, Some(&mut world_a)).run(&hybrid.noise).expect("noise");
             Machine::new(&naive, &mut b, Some(&mut world_b)).run(&naive.noise).expect("noise");
-            Machine::new(&hybrid, &mut a, None).run(&hybrid.bounds).expect("bounds");
-            RandomPolicy.act(&hybrid, &mut a, &mut own).expect("act");
+            sim::decide(&hybrid, &mut a, &RandomPolicy, &mut own).expect("decide");
             // Mirror the hybrid model's actions into the naive one.
             let chosen = a.values[find(&hybrid, "order")][0];
             buys += usize::from(chosen == 1.0);
-            b.values[find(&naive, "q.order")][0] = chosen;
-            b.values[find(&naive, "q")] = a.values[find(&hybrid, "q")].clone();
-            for (m, buffers) in [(&hybrid, &mut a), (&naive, &mut b)] {
-                Machine::new(m, buffers, None).run(&m.regimes).expect("regimes");
-                for (id, buffer) in m.buffers.iter().enumerate() {
-                    if let BufferKind::Regime { action } = buffer.kind {
-                        for k in 0..buffers.values[action].len() {
-                            if buffers.values[id][k] == 0.0 {
-                                buffers.values[action][k] = 0.0;
-                            }
-                        }
-                    }
-                }
-                Machine::new(m, buffers, None).run(&m.step).expect("step");
-            }
+            let mirror = Mirror { order: chosen, q: a.values[find(&hybrid, "q")].clone(), module: &naive };
+            sim::decide(&naive, &mut b, &mirror, &mut own).expect("decide");
+            Machine::new(&hybrid, &mut a, None).run(&hybrid.step).expect("step");
+            Machine::new(&naive, &mut b, None).run(&naive.step).expect("step");
             for &(x, y) in &pairs {
                 assert_eq!(a.values[x], b.values[y], "{} differs", hybrid.buffers[x].name);
                 compared += 1;
@@ -131,14 +141,23 @@ fn per_item_fixed_costs_get_one_choice_per_item() {
     assert_eq!(regime.dims.len(), 1);
     let analysis = hmdp::passes::smoothness::analyze(&module);
     assert!(analysis.costs.iter().all(|c| c.class == hmdp::passes::smoothness::Class::Constant));
-    // A threshold other than the lower bound is a jump left for the user.
-    let bulk = source.replace("q[i] > 0) ", "q[i] > 100) ").replace("K[i] * (q[i] > 0)", "K[i] * (q[i] > 100)");
+    // A threshold inside the domain cuts it into pieces; with the comparison with 0 too, the
+    // first piece is `zero`. The top piece of a half-line is unbounded.
+    let bulk = source.replace("K[i] * (q[i] > 0)", "K[i] * (q[i] > 100)");
     let model = hmdp::check::check_source(&bulk, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
     let mut module = hmdp::ir::lower::lower(&model);
     let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
-    assert_eq!(rewrites.len(), 1, "only the comparison with 0 is rewritten");
+    hmdp::passes::ad::differentiate(&mut module);
+    hmdp::ir::validate(&module).expect("valid");
+    assert_eq!(rewrites.len(), 1, "{rewrites:?}");
+    let piece = module.buffers.iter().find(|b| b.name == "q.piece").expect("q.piece");
+    assert_eq!(piece.labels, ["zero", "0..100", "100..inf"]);
     let analysis = hmdp::passes::smoothness::analyze(&module);
-    assert!(analysis.costs.iter().any(|c| c.class == hmdp::passes::smoothness::Class::Jump));
+    assert!(analysis.costs.iter().all(|c| c.class != hmdp::passes::smoothness::Class::Jump));
+    let text = hmdp::ir::text::print(&module);
+    assert!(text.contains("inf"), "the unbounded piece has an infinite bound");
+    let parsed = hmdp::ir::text::parse(&text).expect("parses");
+    assert_eq!(hmdp::ir::text::print(&parsed), text);
 
     // With a lower bound other than 0, `q > 5` is left alone: a `zero` regime would set q to 0.
     let shifted =
@@ -146,4 +165,55 @@ fn per_item_fixed_costs_get_one_choice_per_item() {
     let model = hmdp::check::check_source(&shifted, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
     let mut module = hmdp::ir::lower::lower(&model);
     assert!(hmdp::passes::reformulate::reformulate(&mut module).is_empty());
+}
+
+/// The bulk-discount model, reformulated, gives exactly the original model's costs and next
+/// states when each quantity's piece is the one it lies in, including 0 and the price breaks.
+#[test]
+fn pieces_reproduce_the_original_step() {
+    let path = common::root().join("models/bulk_discount.hmdp");
+    let source = std::fs::read_to_string(&path).expect("model");
+    let model = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
+    let original = hmdp::ir::lower::lower(&model);
+    let (pieced, rewrites) = pipeline(&path, &Options::default());
+    assert_eq!(rewrites.len(), 1);
+    let find =
+        |m: &Module, name: &str| m.buffers.iter().position(|b| b.name == name).unwrap_or_else(|| panic!("{name}"));
+    let starts = [0.0, 0.0, 100.0, 500.0];
+    let piece_of = |q: f64| -> f64 {
+        if q == 0.0 {
+            0.0
+        } else {
+            (1..starts.len()).rev().find(|&k| q >= starts[k] && (k > 1 || q > 0.0)).unwrap_or(1) as f64
+        }
+    };
+    let quantities = [0.0, 0.5, 99.9, 100.0, 250.0, 499.0, 500.0, 1000.0];
+    let mut a = sim::instance(&original, 5).expect("instance");
+    let mut b = sim::instance(&pieced, 5).expect("instance");
+    for (round, window) in quantities.windows(3).enumerate() {
+        for (k, q) in window.iter().enumerate() {
+            a.values[find(&original, "q")][k] = *q;
+            b.values[find(&pieced, "q")][k] = *q;
+            b.values[find(&pieced, "q.piece")][k] = piece_of(*q);
+            a.values[find(&original, "demand")][k] = 100.0 + round as f64;
+            b.values[find(&pieced, "demand")][k] = 100.0 + round as f64;
+        }
+        Machine::new(&original, &mut a, None).run(&original.step).expect("step");
+        Machine::new(&pieced, &mut b, None).run(&pieced.step).expect("step");
+        for name in ["purchase", "holding", "shortage", "stock'"] {
+            assert_eq!(a.values[find(&original, name)], b.values[find(&pieced, name)], "{name} at {window:?}");
+        }
+    }
+    // The random policy draws each quantity inside its chosen piece.
+    let mut buffers = sim::instance(&pieced, 1).expect("instance");
+    let mut rng = sim::policy_stream(1, ScenarioSet::Train, 0);
+    let ends = [0.0, 100.0, 500.0, 1000.0];
+    for _ in 0..200 {
+        sim::decide(&pieced, &mut buffers, &RandomPolicy, &mut rng).expect("decide");
+        for k in 0..3 {
+            let piece = buffers.values[find(&pieced, "q.piece")][k] as usize;
+            let q = buffers.values[find(&pieced, "q")][k];
+            assert!(q >= starts[piece] && q <= ends[piece], "q = {q} outside piece {piece}");
+        }
+    }
 }

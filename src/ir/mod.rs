@@ -10,7 +10,7 @@
 //! | `init`     | once per scenario, at t = 0  | params                              | states                 |
 //! | `noise`    | every step, before `step`    | params                              | noise                  |
 //! | `bounds`   | every step, before the policy| params, states                      | action bounds          |
-//! | `regimes`  | every step, after the policy | params, discrete actions            | regime masks           |
+//! | `regimes`  | every step, after the discrete choice | params, states, discrete actions | regime masks, piece bounds |
 //! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
 //! | `vjp`      | for a gradient, after `step` | what `step` reads, adjoints         | what `step` writes; adds to adjoints |
 //!
@@ -197,6 +197,11 @@ pub enum BufferKind {
     Continuous,
     /// Lower or upper bound of a continuous action, written by `bounds`; same dims as `action`.
     Bound { action: BufferId, upper: bool },
+    /// Lower or upper bound of a continuous action within the piece of its domain that the
+    /// discrete action made by reformulation chose (`q.piece`), written by `regimes` after that
+    /// choice; same dims as `action`. May be infinite (the top piece of a half-line). When it
+    /// exists, the policy squashes the action into it instead of into the `Bound`s.
+    PieceBound { action: BufferId, upper: bool },
     /// 1 where a continuous action acts under the chosen discrete actions (its `when`), else 0;
     /// written by `regimes`; same dims as `action`.
     Regime { action: BufferId },
@@ -310,7 +315,8 @@ pub enum Dist {
 /// reduction variables bound.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
-    /// A number. Constant.
+    /// A number, possibly infinite (the bound of an unbounded piece of an action's domain),
+    /// never NaN. Constant.
     Const(f64),
     /// The value of a loop or reduction variable (an element of its set). Constant.
     Var(Var),

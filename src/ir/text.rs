@@ -173,7 +173,7 @@ const ELEMS: [(ElemType, &str); 3] = [(ElemType::Real, "real"), (ElemType::Int, 
 
 /// Words with a meaning somewhere in the format. A name spelled like one is printed quoted, so
 /// a bare word is never both a keyword and a name, wherever it appears.
-const KEYWORDS: [&str; 42] = [
+const KEYWORDS: [&str; 43] = [
     "module",
     "horizon",
     "warmup",
@@ -195,6 +195,7 @@ const KEYWORDS: [&str; 42] = [
     "discrete",
     "continuous",
     "bound",
+    "piece_bound",
     "regime",
     "let",
     "cost",
@@ -325,6 +326,7 @@ impl Printer<'_> {
             BufferKind::Discrete => "discrete",
             BufferKind::Continuous => "continuous",
             BufferKind::Bound { .. } => "bound",
+            BufferKind::PieceBound { .. } => "piece_bound",
             BufferKind::Regime { .. } => "regime",
             BufferKind::Let => "let",
             BufferKind::Cost => "cost",
@@ -354,7 +356,7 @@ impl Printer<'_> {
                 f.write_str(" of ")?;
                 self.buffer_ref(f, of)?;
             }
-            BufferKind::Bound { action, upper } => {
+            BufferKind::Bound { action, upper } | BufferKind::PieceBound { action, upper } => {
                 f.write_str(if upper { " upper of " } else { " lower of " })?;
                 self.buffer_ref(f, action)?;
             }
@@ -850,8 +852,14 @@ impl Parser {
     }
 
     /// A finite number, possibly negative. Also refuses `inf` and `NaN`, which `{:?}` prints for
-    /// non-finite values: the IR holds finite numbers only.
+    /// non-finite values: data hold finite numbers only.
     fn number(&mut self, what: &str) -> Parsed<f64> {
+        self.number_or_infinity(what, false)
+    }
+
+    /// A number; `inf` and `-inf` too when `infinite` (constants: an unbounded piece of an
+    /// action's domain has an infinite bound). `NaN` never.
+    fn number_or_infinity(&mut self, what: &str, infinite: bool) -> Parsed<f64> {
         let negative = self.eat("-");
         let token = self.peek().clone();
         let magnitude = match &token.tok {
@@ -859,6 +867,7 @@ impl Parser {
                 Ok(value) if value.is_finite() => value,
                 _ => return Err(format!("{}: the number `{text}` is too large for an f64", token.at)),
             },
+            Tok::Word(word) if word == "inf" && infinite => f64::INFINITY,
             Tok::Word(word) if word == "inf" || word == "NaN" => {
                 return Err(format!("{}: `{word}` is not a finite number; the IR holds finite numbers only", token.at));
             }
@@ -937,8 +946,8 @@ impl Parser {
                     self.buffer()?;
                     false
                 }
-                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "regime" | "let" | "cost"
-                | "adjoint" => {
+                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "piece_bound" | "regime" | "let"
+                | "cost" | "adjoint" => {
                     self.buffer()?;
                     false
                 }
@@ -968,7 +977,11 @@ impl Parser {
             match slot {
                 Forward::Of(buffer) => match self.buffers.get_mut(buffer).map(|b| &mut b.kind) {
                     Some(BufferKind::Next { of } | BufferKind::Adjoint { of }) => *of = id,
-                    Some(BufferKind::Bound { action, .. } | BufferKind::Regime { action }) => *action = id,
+                    Some(
+                        BufferKind::Bound { action, .. }
+                        | BufferKind::PieceBound { action, .. }
+                        | BufferKind::Regime { action },
+                    ) => *action = id,
                     _ => {}
                 },
                 Forward::Observe(position) => {
@@ -1117,14 +1130,18 @@ impl Parser {
                     self.of(id)?;
                     BufferKind::Adjoint { of: 0 }
                 }
-                _ => {
+                bound => {
                     let upper = self.at_word("upper");
                     if !upper && !self.at_word("lower") {
                         return self.expected("`lower` or `upper`");
                     }
                     self.bump();
                     self.of(id)?;
-                    BufferKind::Bound { action: 0, upper }
+                    if bound == "piece_bound" {
+                        BufferKind::PieceBound { action: 0, upper }
+                    } else {
+                        BufferKind::Bound { action: 0, upper }
+                    }
                 }
             },
             _ => return Err(format!("{}: expected a buffer kind", kind_token.at)),
@@ -1242,11 +1259,11 @@ impl Parser {
         let token = self.peek().clone();
         let word = match &token.tok {
             Tok::Number(_) | Tok::Punct("-") => {
-                let value = self.number("a number (negation is written `neg(...)`)")?;
+                let value = self.number_or_infinity("a number (negation is written `neg(...)`)", true)?;
                 return Ok(self.push(Expr::Const(value)));
             }
             Tok::Word(word) if word == "inf" || word == "NaN" => {
-                let value = self.number("a number")?;
+                let value = self.number_or_infinity("a number", true)?;
                 return Ok(self.push(Expr::Const(value)));
             }
             Tok::Punct("(") => return self.parenthesised(depth),

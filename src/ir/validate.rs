@@ -105,6 +105,7 @@ impl Stage {
             BufferKind::State => Some(Stage::Init),
             BufferKind::Noise => Some(Stage::Noise),
             BufferKind::Bound { .. } => Some(Stage::Bounds),
+            BufferKind::PieceBound { .. } => Some(Stage::Regimes),
             BufferKind::Regime { .. } => Some(Stage::Regimes),
             BufferKind::Next { .. } | BufferKind::Let | BufferKind::Cost => Some(Stage::Step),
             BufferKind::Discrete | BufferKind::Continuous | BufferKind::Adjoint { .. } => None,
@@ -123,7 +124,7 @@ impl Stage {
             Stage::Instance => "params stored earlier or given as data",
             Stage::Init | Stage::Noise => "params",
             Stage::Bounds => "params and states",
-            Stage::Regimes => "params and discrete actions",
+            Stage::Regimes => "params, states and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
             Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
         }
@@ -135,7 +136,7 @@ impl Stage {
         match (self, buffer.kind) {
             (Stage::Instance, BufferKind::Param) => buffer.data.is_some() || stored,
             (_, BufferKind::Param) => true,
-            (Stage::Bounds | Stage::Step | Stage::Vjp, BufferKind::State) => true,
+            (Stage::Bounds | Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::State) => true,
             (Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::Discrete) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
@@ -173,6 +174,7 @@ fn kind_word(kind: &BufferKind) -> &'static str {
         BufferKind::Discrete => "discrete action",
         BufferKind::Continuous => "continuous action",
         BufferKind::Bound { .. } => "bound",
+        BufferKind::PieceBound { .. } => "piece bound",
         BufferKind::Regime { .. } => "regime mask",
         BufferKind::Let => "let",
         BufferKind::Cost => "cost",
@@ -284,7 +286,9 @@ impl Validator<'_> {
             self.data(buffer, &what);
             match buffer.kind {
                 BufferKind::Next { of } => self.partner(buffer, &what, of, "state", |k| *k == BufferKind::State),
-                BufferKind::Bound { action, .. } | BufferKind::Regime { action } => {
+                BufferKind::Bound { action, .. }
+                | BufferKind::PieceBound { action, .. }
+                | BufferKind::Regime { action } => {
                     self.partner(buffer, &what, action, "continuous action", |k| *k == BufferKind::Continuous)
                 }
                 BufferKind::Cost if !buffer.dims.is_empty() => {
@@ -388,6 +392,8 @@ impl Validator<'_> {
             for (kind, word) in [
                 (BufferKind::Bound { action: id, upper: false }, "lower bounds"),
                 (BufferKind::Bound { action: id, upper: true }, "upper bounds"),
+                (BufferKind::PieceBound { action: id, upper: false }, "lower piece bounds"),
+                (BufferKind::PieceBound { action: id, upper: true }, "upper piece bounds"),
                 (BufferKind::Regime { action: id }, "regime masks"),
             ] {
                 let count = m.buffers.iter().filter(|b| b.kind == kind).count();
@@ -442,8 +448,9 @@ impl Validator<'_> {
                 }
             }
             match expr {
-                Expr::Const(value) if !value.is_finite() => {
-                    self.error(format!("{at} is the constant {value:?}, not a finite number"))
+                // Infinite constants are allowed (the bound of an unbounded piece), NaN never.
+                Expr::Const(value) if value.is_nan() => {
+                    self.error(format!("{at} is the constant {value:?}, not a number"))
                 }
                 Expr::Var(var) => {
                     uses.insert(*var);
@@ -1164,7 +1171,7 @@ pub(crate) mod tests {
         let sum = [x, normal, categorical, nowhere, missing].into_iter().reduce(|l, r| b.bin(BinaryOp::Add, l, r));
         b.m.instance.body.push(store(C, &[], sum.unwrap_or(nan)));
         let at = "instance: store to `c`";
-        reports(&b.m, &format!("{at}: {nan:?} is the constant NaN, not a finite number"));
+        reports(&b.m, &format!("{at}: {nan:?} is the constant NaN, not a number"));
         reports(&b.m, &format!("{at}: {x:?} loads `x` with 0 indices for 1 dimension"));
         reports(&b.m, &format!("{at}: {normal:?} samples Normal with 1 argument; it takes 2"));
         reports(&b.m, &format!("{at}: {categorical:?} samples Categorical with 0 arguments; it takes at least 1"));
@@ -1406,7 +1413,7 @@ pub(crate) mod tests {
         reports(&b.m, "vjp: accumulate into buffer #99, which does not exist");
         reports(&b.m, &format!("{at} `holding.adj`: uses v7, which no enclosing `for` or reduction binds"));
         reports(&b.m, &format!("{at} `x.adj`: index 0 is %9999, which is out of range"));
-        reports(&b.m, &format!("{at} `holding.adj`: {nan:?} is the constant NaN, not a finite number"));
+        reports(&b.m, &format!("{at} `holding.adj`: {nan:?} is the constant NaN, not a number"));
         assert_eq!(errors(&b.m).len(), 7, "{:#?}", errors(&b.m));
     }
 

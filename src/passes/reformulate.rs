@@ -37,16 +37,42 @@ const LABELS: [&str; 2] = ["zero", "positive"];
 pub fn reformulate(module: &mut Module) -> Vec<Rewrite> {
     let mut rewrites = Vec::new();
     let handles: Vec<Handle<Expr>> = reachable_from_step(module);
+    let pieces = plan_pieces(module, &handles);
+    let mut piece_actions: Vec<(BufferId, BufferId, Vec<f64>)> = Vec::new();
+    for (action, plan) in &pieces {
+        let span = plan.span;
+        let piece = piece_action(module, *action, plan, &mut rewrites, span);
+        piece_actions.push((*action, piece, plan.starts.clone()));
+    }
     // From the highest handle down: a splice renumbers only the nodes after it.
     for h in handles.into_iter().rev() {
+        if let Some((target, op, c)) = interior(module, h)
+            && let Some((_, piece, starts)) = piece_actions.iter().find(|(a, _, _)| *a == target.buffer)
+        {
+            // `q > c` holds exactly in the pieces from the one that starts at `c` on.
+            let first_above = starts.iter().position(|s| *s == c).unwrap_or(starts.len()) as f64;
+            let (op, label) = match op {
+                BinaryOp::Gt | BinaryOp::Ge => (BinaryOp::Ge, first_above),
+                _ => (BinaryOp::Lt, first_above),
+            };
+            splice(module, h, Expr::Load { buffer: *piece, index: target.index }, op, Expr::Const(label));
+            continue;
+        }
         let Some((target, op, shared)) = recognise(module, h) else { continue };
+        if let Some((_, piece, _)) = piece_actions.iter().find(|(a, _, _)| *a == target.buffer).filter(|_| !shared) {
+            // The action is cut into pieces whose first is `zero`.
+            let op = if op == BinaryOp::Eq { BinaryOp::Eq } else { BinaryOp::Ne };
+            splice(module, h, Expr::Load { buffer: *piece, index: target.index }, op, Expr::Const(0.0));
+            continue;
+        }
         let span = module.exprs.span(h);
         let action = regime_action(module, target.buffer, shared, &mut rewrites, span);
         // The comparison becomes "the regime is `positive`" (or `zero` for `==`).
         let index: Vec<Handle<Expr>> = if shared { Vec::new() } else { target.index.clone() };
         let label = if op == BinaryOp::Eq { 0.0 } else { 1.0 };
-        splice(module, h, Expr::Load { buffer: action, index }, Expr::Const(label));
+        splice(module, h, Expr::Load { buffer: action, index }, BinaryOp::Eq, Expr::Const(label));
     }
+    rewrites.sort_by_key(|r| r.span.start);
     rewrites
 }
 
@@ -106,6 +132,180 @@ fn constant_lower_bound(module: &Module, action: BufferId) -> Option<f64> {
         })
     }
     constant(module, find(&module.bounds.body, bound)?)
+}
+
+/// `q[...] op c` (or mirrored) with `c` strictly inside the action's constant bounds, `op` one
+/// of `<`, `<=`, `>`, `>=`: a threshold that cuts the action's domain into pieces.
+fn interior(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, f64)> {
+    let Expr::Binary { op, lhs, rhs } = module.exprs[h].clone() else { return None };
+    let (a, c, op) = match (constant(module, lhs), constant(module, rhs)) {
+        (None, Some(c)) => (lhs, c, op),
+        (Some(c), None) => (rhs, c, mirror(op)),
+        _ => return None,
+    };
+    if !matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) {
+        return None;
+    }
+    let Expr::Load { buffer, index } = module.exprs[a].clone() else { return None };
+    if module.buffers[buffer].kind != BufferKind::Continuous {
+        return None;
+    }
+    let (lo, hi) = constant_bounds(module, buffer)?;
+    (lo < c && c < hi).then_some((Target { buffer, index }, op, c))
+}
+
+fn mirror(op: BinaryOp) -> BinaryOp {
+    match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Le => BinaryOp::Ge,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Ge => BinaryOp::Le,
+        other => other,
+    }
+}
+
+/// The action's bounds when both are constants or absent (absent is infinite); `None` when a
+/// bound depends on the state or the parameters.
+fn constant_bounds(module: &Module, action: BufferId) -> Option<(f64, f64)> {
+    let bound = |upper: bool| -> Option<f64> {
+        let Some(id) = module.buffers.iter().position(|b| b.kind == BufferKind::Bound { action, upper }) else {
+            return Some(if upper { f64::INFINITY } else { f64::NEG_INFINITY });
+        };
+        fn find(stmts: &[Stmt], bound: BufferId) -> Option<Handle<Expr>> {
+            stmts.iter().find_map(|s| match s {
+                Stmt::For { body, .. } => find(body, bound),
+                Stmt::Store { buffer, value, .. } if *buffer == bound => Some(*value),
+                _ => None,
+            })
+        }
+        constant(module, find(&module.bounds.body, id)?)
+    };
+    Some((bound(false)?, bound(true)?))
+}
+
+/// How an action's domain is cut: the start of each piece (the first is the lower bound, or
+/// 0 for a `zero` piece), their labels, and whether the first piece is the single point `zero`.
+struct PiecePlan {
+    starts: Vec<f64>,
+    ends: Vec<f64>,
+    labels: Vec<String>,
+    span: Span,
+}
+
+/// The actions whose domain interior thresholds cut, with their pieces. An action that is also
+/// compared with 0 at a lower bound of 0 gets a first piece `zero` = [0, 0]; one whose sum is
+/// compared with 0 (a shared order decision) is left to the `{zero, positive}` rewrite.
+fn plan_pieces(module: &Module, handles: &[Handle<Expr>]) -> Vec<(BufferId, PiecePlan)> {
+    let mut thresholds: Vec<(BufferId, f64, Span)> = Vec::new();
+    let mut zero_per_element: Vec<BufferId> = Vec::new();
+    let mut shared: Vec<BufferId> = Vec::new();
+    for &h in handles {
+        if let Some((target, _, c)) = interior(module, h) {
+            thresholds.push((target.buffer, c, module.exprs.span(h)));
+        } else if let Some((target, _, is_shared)) = recognise(module, h) {
+            if is_shared { shared.push(target.buffer) } else { zero_per_element.push(target.buffer) }
+        }
+    }
+    let mut actions: Vec<BufferId> = thresholds.iter().map(|(a, _, _)| *a).collect();
+    actions.sort_unstable();
+    actions.dedup();
+    actions
+        .into_iter()
+        .filter(|a| !shared.contains(a))
+        .filter_map(|action| {
+            let (lo, hi) = constant_bounds(module, action)?;
+            let mut cuts: Vec<f64> = thresholds.iter().filter(|(a, _, _)| *a == action).map(|(_, c, _)| *c).collect();
+            cuts.sort_by(f64::total_cmp);
+            cuts.dedup();
+            let span = thresholds.iter().find(|(a, _, _)| *a == action).map_or(Span::default(), |(_, _, s)| *s);
+            let zero = zero_per_element.contains(&action) && lo == 0.0;
+            let mut starts = Vec::new();
+            let mut ends = Vec::new();
+            let mut labels = Vec::new();
+            if zero {
+                starts.push(0.0);
+                ends.push(0.0);
+                labels.push("zero".to_string());
+            }
+            let mut from = lo;
+            for to in cuts.iter().copied().chain(std::iter::once(hi)) {
+                starts.push(from);
+                ends.push(to);
+                labels.push(format!("{}..{}", number(from), number(to)));
+                from = to;
+            }
+            Some((action, PiecePlan { starts, ends, labels, span }))
+        })
+        .collect()
+}
+
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The discrete action choosing a piece of `action`'s domain, with the piece bounds that the
+/// `regimes` program computes from it.
+fn piece_action(
+    module: &mut Module,
+    action: BufferId,
+    plan: &PiecePlan,
+    rewrites: &mut Vec<Rewrite>,
+    span: Span,
+) -> BufferId {
+    let q = module.buffers[action].name.clone();
+    let dims = module.buffers[action].dims.clone();
+    module.buffers.push(Buffer {
+        name: format!("{q}.piece"),
+        kind: BufferKind::Discrete,
+        dims: dims.clone(),
+        elem: ElemType::Int,
+        labels: plan.labels.clone(),
+        data: None,
+    });
+    let piece = module.buffers.len() - 1;
+    for (upper, values) in [(false, &plan.starts), (true, &plan.ends)] {
+        module.buffers.push(Buffer {
+            name: format!("{q}.piece_{}", if upper { "hi" } else { "lo" }),
+            kind: BufferKind::PieceBound { action, upper },
+            dims: dims.clone(),
+            elem: ElemType::Real,
+            labels: Vec::new(),
+            data: None,
+        });
+        let bound = module.buffers.len() - 1;
+        let first = next_var(module);
+        let vars: Vec<Var> = (0..dims.len() as u32).map(|k| Var(first + k)).collect();
+        // piece == 0 ? v0 : piece == 1 ? v1 : ... : v_last
+        let mut value = module.exprs.push(Expr::Const(values.last().copied().unwrap_or(0.0)), span);
+        for (k, v) in values.iter().enumerate().rev().skip(1) {
+            let index = vars.iter().map(|var| module.exprs.push(Expr::Var(*var), span)).collect();
+            let chosen = module.exprs.push(Expr::Load { buffer: piece, index }, span);
+            let label = module.exprs.push(Expr::Const(k as f64), span);
+            let cond = module.exprs.push(Expr::Binary { op: BinaryOp::Eq, lhs: chosen, rhs: label }, span);
+            let then = module.exprs.push(Expr::Const(*v), span);
+            value = module.exprs.push(Expr::Select { cond, then, otherwise: value }, span);
+        }
+        let mut stmt = Stmt::Store { buffer: bound, index: vars.clone(), value };
+        for (var, set) in vars.into_iter().zip(&dims).rev() {
+            stmt = Stmt::For { var, set: *set, body: vec![stmt] };
+        }
+        module.regimes.body.push(stmt);
+    }
+    rewrites.push(Rewrite {
+        span,
+        action: piece,
+        description: format!(
+            "thresholds in `{q}`: new discrete action `{q}.piece` {{{}}} (one choice per element); `{q}` stays within the chosen piece",
+            plan.labels.join(", ")
+        ),
+    });
+    piece
 }
 
 /// `cmp(A, c)` where the comparison flips from false to true exactly when `A` leaves its lower
@@ -277,10 +477,10 @@ fn next_var(module: &Module) -> u32 {
     max
 }
 
-/// Replaces node `h` by `chosen == label`, keeping the arena's children-before-parents order:
+/// Replaces node `h` by `chosen op label`, keeping the arena's children-before-parents order:
 /// the two operands are inserted just before `h`'s position and every later handle moves up by
 /// two. `chosen` may refer only to nodes before `h`.
-fn splice(module: &mut Module, h: Handle<Expr>, chosen: Expr, label: Expr) {
+fn splice(module: &mut Module, h: Handle<Expr>, chosen: Expr, op: BinaryOp, label: Expr) {
     let at = h.index();
     let remap = |x: Handle<Expr>| if x.index() < at { x } else { Handle::new(x.index() + 2) };
     let span = module.exprs.span(h);
@@ -289,7 +489,7 @@ fn splice(module: &mut Module, h: Handle<Expr>, chosen: Expr, label: Expr) {
         if handle.index() == at {
             let lhs = rebuilt.push(chosen.clone(), span);
             let rhs = rebuilt.push(label.clone(), span);
-            rebuilt.push(Expr::Binary { op: BinaryOp::Eq, lhs, rhs }, span);
+            rebuilt.push(Expr::Binary { op, lhs, rhs }, span);
             continue;
         }
         let mut e = e.clone();

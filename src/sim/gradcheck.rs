@@ -13,7 +13,7 @@
 use rand::rngs::ChaCha8Rng;
 
 use super::eval::{self, Buffers, Machine, RunError};
-use super::{Policy, RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use super::{RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
 use crate::ir::{BufferId, BufferKind, Dist, Module};
 
 /// The result for one input buffer (a state or a continuous action).
@@ -49,9 +49,7 @@ fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result
     let steps = (eval::unit(&mut own) * module.horizon as f64) as u64;
     for t in 0..=steps {
         Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
-        Machine::new(module, &mut buffers, None).run(&module.bounds)?;
-        RandomPolicy.act(module, &mut buffers, &mut own)?;
-        Machine::new(module, &mut buffers, None).run(&module.regimes)?;
+        super::decide(module, &mut buffers, &RandomPolicy, &mut own)?;
         if t == steps {
             break;
         }

@@ -68,10 +68,50 @@ pub fn instance(module: &Module, seed: u64) -> Result<Buffers, RunError> {
     Ok(buffers)
 }
 
-/// Chooses the actions of one step: fills the discrete and continuous action buffers, given the
-/// state and the action bounds already in `buffers`.
+/// Chooses the actions of one step, in two phases: the discrete actions first; then, after the
+/// `regimes` program has computed which continuous actions act and within which bounds (the
+/// chosen piece of a reformulated action), the continuous actions.
 pub trait Policy: Sync {
-    fn act(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
+    fn discrete(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
+    fn continuous(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
+}
+
+/// The bounds a continuous action is drawn in: its piece bounds when it has them, else its
+/// bounds; an infinite bound is no bound.
+fn action_bounds(module: &Module, buffers: &Buffers, action: usize) -> Vec<(Option<f64>, Option<f64>)> {
+    let find = |upper: bool| {
+        let piece = module.buffers.iter().position(|x| x.kind == BufferKind::PieceBound { action, upper });
+        piece.or_else(|| module.buffers.iter().position(|x| x.kind == BufferKind::Bound { action, upper }))
+    };
+    let (lo, hi) = (find(false), find(true));
+    let finite = |v: f64| v.is_finite().then_some(v);
+    (0..buffers.values[action].len())
+        .map(|k| (lo.and_then(|l| finite(buffers.values[l][k])), hi.and_then(|h| finite(buffers.values[h][k]))))
+        .collect()
+}
+
+/// Runs a step's decision: the policy's discrete choice, the `regimes` program, the continuous
+/// actions, and the rule that a continuous action outside its regime is 0.
+pub fn decide(
+    module: &Module,
+    buffers: &mut Buffers,
+    policy: &dyn Policy,
+    rng: &mut ChaCha8Rng,
+) -> Result<(), RunError> {
+    Machine::new(module, buffers, None).run(&module.bounds)?;
+    policy.discrete(module, buffers, rng)?;
+    Machine::new(module, buffers, None).run(&module.regimes)?;
+    policy.continuous(module, buffers, rng)?;
+    for (mask, b) in module.buffers.iter().enumerate() {
+        if let BufferKind::Regime { action } = b.kind {
+            for k in 0..buffers.values[action].len() {
+                if buffers.values[mask][k] == 0.0 {
+                    buffers.values[action][k] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Uniformly random actions: each discrete action picks a label uniformly; a continuous action
@@ -80,7 +120,7 @@ pub trait Policy: Sync {
 pub struct RandomPolicy;
 
 impl Policy for RandomPolicy {
-    fn act(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError> {
+    fn discrete(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError> {
         for (id, b) in module.buffers.iter().enumerate() {
             if b.kind == BufferKind::Discrete {
                 let labels = b.labels.len().max(1) as f64;
@@ -89,16 +129,15 @@ impl Policy for RandomPolicy {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn continuous(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError> {
         for (id, b) in module.buffers.iter().enumerate() {
             if b.kind != BufferKind::Continuous {
                 continue;
             }
-            let bound =
-                |upper: bool| module.buffers.iter().position(|x| x.kind == BufferKind::Bound { action: id, upper });
-            let (lo, hi) = (bound(false), bound(true));
-            for k in 0..buffers.values[id].len() {
-                let lo = lo.map(|l| buffers.values[l][k]);
-                let hi = hi.map(|h| buffers.values[h][k]);
+            for (k, (lo, hi)) in action_bounds(module, buffers, id).into_iter().enumerate() {
                 let u = eval::unit(rng);
                 buffers.values[id][k] = match (lo, hi) {
                     (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
@@ -136,29 +175,10 @@ pub fn rollout(
             _ => None,
         })
         .collect();
-    let regimes: Vec<(usize, usize)> = module
-        .buffers
-        .iter()
-        .enumerate()
-        .filter_map(|(id, b)| match b.kind {
-            BufferKind::Regime { action } => Some((id, action)),
-            _ => None,
-        })
-        .collect();
     let mut totals = vec![0.0; costs.len()];
     for t in 0..module.horizon {
         Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
-        Machine::new(module, &mut buffers, None).run(&module.bounds)?;
-        policy.act(module, &mut buffers, &mut own)?;
-        Machine::new(module, &mut buffers, None).run(&module.regimes)?;
-        // A continuous action outside its regime does not act: it is 0.
-        for &(mask, action) in &regimes {
-            for k in 0..buffers.values[action].len() {
-                if buffers.values[mask][k] == 0.0 {
-                    buffers.values[action][k] = 0.0;
-                }
-            }
-        }
+        decide(module, &mut buffers, policy, &mut own)?;
         Machine::new(module, &mut buffers, None).run(&module.step)?;
         if t >= module.warmup {
             for (total, &id) in totals.iter_mut().zip(&costs) {
