@@ -301,8 +301,9 @@ fn piece_action(
         span,
         action: piece,
         description: format!(
-            "thresholds in `{q}`: new discrete action `{q}.piece` {{{}}} (one choice per element); `{q}` stays within the chosen piece",
-            plan.labels.join(", ")
+            "thresholds in `{q}`: new discrete action `{q}.piece` {{{}}}{}; `{q}` stays within the chosen piece",
+            plan.labels.join(", "),
+            if dims.is_empty() { "" } else { " (one choice per element)" }
         ),
     });
     piece
@@ -385,7 +386,13 @@ fn regime_action(
         action: regime,
         description: format!(
             "a jump in `{q}` at its lower bound: new discrete action `{name}` {{zero, positive}}; `{q}` acts only when `{name}` is positive{}",
-            if shared { " (one choice for all elements)" } else { " (one choice per element)" }
+            if shared {
+                " (one choice for all elements)"
+            } else if module.buffers[action].dims.is_empty() {
+                ""
+            } else {
+                " (one choice per element)"
+            }
         ),
     });
     regime

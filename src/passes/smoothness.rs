@@ -410,17 +410,21 @@ pub fn render(
     for r in rewrites {
         let _ = writeln!(out, "  reformulated at {}: {}", at(r.span), r.description);
     }
-    let jumps: Vec<&Site> = analysis
+    // A place read by several terms (a `let`) is one jump, however many terms list it.
+    let mut jumps: Vec<Span> = analysis
         .costs
         .iter()
         .chain(&analysis.updates)
         .flat_map(|e| &e.sites)
         .filter(|s| s.class == Class::Jump)
+        .map(|s| s.span)
         .collect();
+    jumps.sort_by_key(|s| (s.start, s.end));
+    jumps.dedup();
     if !jumps.is_empty() {
         let _ = writeln!(
             out,
-            "  warning: {} jump(s) left in states or continuous actions (above); the pathwise gradient does not see them",
+            "  warning: {} jump place(s) left in states or continuous actions (above); the pathwise gradient does not see them",
             jumps.len()
         );
     }
