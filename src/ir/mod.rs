@@ -271,6 +271,23 @@ pub enum BinaryOp {
     Or,
 }
 
+impl BinaryOp {
+    /// Comparisons and logic: the result is a 0/1 condition, with derivative 0.
+    pub fn is_condition(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq
+                | BinaryOp::Ne
+                | BinaryOp::Lt
+                | BinaryOp::Le
+                | BinaryOp::Gt
+                | BinaryOp::Ge
+                | BinaryOp::And
+                | BinaryOp::Or
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     /// Smooth.
@@ -456,6 +473,37 @@ impl Module {
 
     pub fn buffers_of(&self, kind: fn(&BufferKind) -> bool) -> impl Iterator<Item = (BufferId, &Buffer)> {
         self.buffers.iter().enumerate().filter(move |(_, b)| kind(&b.kind))
+    }
+
+    /// The first variable number that no program or expression uses: where a pass that adds
+    /// loops or reductions starts numbering its own.
+    pub fn next_var(&self) -> u32 {
+        fn in_stmts(stmts: &[Stmt], next: &mut u32) {
+            for s in stmts {
+                match s {
+                    Stmt::For { var, body, .. } => {
+                        *next = (*next).max(var.0 + 1);
+                        in_stmts(body, next);
+                    }
+                    Stmt::If { then, otherwise, .. } => {
+                        in_stmts(then, next);
+                        in_stmts(otherwise, next);
+                    }
+                    Stmt::Store { index, .. } => index.iter().for_each(|v| *next = (*next).max(v.0 + 1)),
+                    Stmt::Accumulate { .. } => {}
+                }
+            }
+        }
+        let mut next = 0;
+        for (_, e) in self.exprs.iter() {
+            if let Expr::Var(v) | Expr::Reduce { var: v, .. } = e {
+                next = next.max(v.0 + 1);
+            }
+        }
+        for p in [&self.instance, &self.init, &self.noise, &self.bounds, &self.regimes, &self.step, &self.vjp] {
+            in_stmts(&p.body, &mut next);
+        }
+        next
     }
 
     /// The cost buffers, in the order of the model's `cost` statements.

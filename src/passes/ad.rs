@@ -42,7 +42,7 @@ struct Ad<'m> {
 
 impl<'m> Ad<'m> {
     fn new(module: &'m mut Module) -> Ad<'m> {
-        let next_var = max_var(module).map_or(0, |v| v + 1);
+        let next_var = module.next_var();
         Ad { module, adjoint: HashMap::new(), active: HashMap::new(), next_var }
     }
 
@@ -130,7 +130,7 @@ impl<'m> Ad<'m> {
             Expr::Load { buffer, .. } => self.adjoint.contains_key(&buffer),
             Expr::Unary { op, arg } => differentiable_unary(op) && self.is_active(arg),
             Expr::Binary { op, lhs, rhs } => {
-                !is_condition(op) && {
+                !op.is_condition() && {
                     let a = self.is_active(lhs);
                     self.is_active(rhs) || a
                 }
@@ -343,6 +343,7 @@ impl<'m> Ad<'m> {
                 let otherwise = self.expr(b, seed);
                 out.push(Stmt::If { cond, then, otherwise });
             }
+            // Conditions have derivative 0 (regimes are constants for the derivative).
             BinaryOp::Eq
             | BinaryOp::Ne
             | BinaryOp::Lt
@@ -420,48 +421,4 @@ impl<'m> Ad<'m> {
 
 fn differentiable_unary(op: UnaryOp) -> bool {
     !matches!(op, UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round)
-}
-
-fn is_condition(op: BinaryOp) -> bool {
-    matches!(
-        op,
-        BinaryOp::Eq
-            | BinaryOp::Ne
-            | BinaryOp::Lt
-            | BinaryOp::Le
-            | BinaryOp::Gt
-            | BinaryOp::Ge
-            | BinaryOp::And
-            | BinaryOp::Or
-    )
-}
-
-/// The largest variable number used anywhere in the module.
-fn max_var(module: &Module) -> Option<u32> {
-    let in_exprs = module.exprs.iter().filter_map(|(_, e)| match e {
-        Expr::Var(v) | Expr::Reduce { var: v, .. } => Some(v.0),
-        _ => None,
-    });
-    fn in_stmts(stmts: &[Stmt], out: &mut Vec<u32>) {
-        for s in stmts {
-            match s {
-                Stmt::For { var, body, .. } => {
-                    out.push(var.0);
-                    in_stmts(body, out);
-                }
-                Stmt::If { then, otherwise, .. } => {
-                    in_stmts(then, out);
-                    in_stmts(otherwise, out);
-                }
-                Stmt::Store { index, .. } => out.extend(index.iter().map(|v| v.0)),
-                Stmt::Accumulate { .. } => {}
-            }
-        }
-    }
-    let mut vars: Vec<u32> = in_exprs.collect();
-    for p in [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
-    {
-        in_stmts(&p.body, &mut vars);
-    }
-    vars.into_iter().max()
 }

@@ -121,9 +121,9 @@ fn constant(module: &Module, h: Handle<Expr>) -> Option<f64> {
     }
 }
 
-/// The action's lower bound, when it is a constant (its `bounds` store is a number).
-fn constant_lower_bound(module: &Module, action: BufferId) -> Option<f64> {
-    let bound = module.buffers.iter().position(|b| b.kind == BufferKind::Bound { action, upper: false })?;
+/// The value stored into an action's lower or upper bound; `Err` when it has none.
+fn bound_value(module: &Module, action: BufferId, upper: bool) -> Result<Option<Handle<Expr>>, ()> {
+    let bound = module.buffers.iter().position(|b| b.kind == BufferKind::Bound { action, upper }).ok_or(())?;
     fn find(stmts: &[Stmt], bound: BufferId) -> Option<Handle<Expr>> {
         stmts.iter().find_map(|s| match s {
             Stmt::For { body, .. } => find(body, bound),
@@ -131,7 +131,12 @@ fn constant_lower_bound(module: &Module, action: BufferId) -> Option<f64> {
             _ => None,
         })
     }
-    constant(module, find(&module.bounds.body, bound)?)
+    Ok(find(&module.bounds.body, bound))
+}
+
+/// The action's lower bound, when it is a constant (its `bounds` store is a number).
+fn constant_lower_bound(module: &Module, action: BufferId) -> Option<f64> {
+    constant(module, bound_value(module, action, false).ok()??)
 }
 
 /// `q[...] op c` (or mirrored) with `c` strictly inside the action's constant bounds, `op` one
@@ -167,18 +172,9 @@ fn mirror(op: BinaryOp) -> BinaryOp {
 /// The action's bounds when both are constants or absent (absent is infinite); `None` when a
 /// bound depends on the state or the parameters.
 fn constant_bounds(module: &Module, action: BufferId) -> Option<(f64, f64)> {
-    let bound = |upper: bool| -> Option<f64> {
-        let Some(id) = module.buffers.iter().position(|b| b.kind == BufferKind::Bound { action, upper }) else {
-            return Some(if upper { f64::INFINITY } else { f64::NEG_INFINITY });
-        };
-        fn find(stmts: &[Stmt], bound: BufferId) -> Option<Handle<Expr>> {
-            stmts.iter().find_map(|s| match s {
-                Stmt::For { body, .. } => find(body, bound),
-                Stmt::Store { buffer, value, .. } if *buffer == bound => Some(*value),
-                _ => None,
-            })
-        }
-        constant(module, find(&module.bounds.body, id)?)
+    let bound = |upper: bool| match bound_value(module, action, upper) {
+        Err(()) => Some(if upper { f64::INFINITY } else { f64::NEG_INFINITY }),
+        Ok(value) => constant(module, value?),
     };
     Some((bound(false)?, bound(true)?))
 }
@@ -279,7 +275,7 @@ fn piece_action(
             data: None,
         });
         let bound = module.buffers.len() - 1;
-        let first = next_var(module);
+        let first = module.next_var();
         let vars: Vec<Var> = (0..dims.len() as u32).map(|k| Var(first + k)).collect();
         // piece == 0 ? v0 : piece == 1 ? v1 : ... : v_last
         let mut value = module.exprs.push(Expr::Const(values.last().copied().unwrap_or(0.0)), span);
@@ -445,43 +441,13 @@ fn confine(module: &mut Module, action: BufferId, regime: BufferId, shared: bool
 
 /// `buffer[v...] = value` inside one fresh loop per dimension.
 fn store_over(module: &mut Module, buffer: BufferId, dims: &[SetId], value: Handle<Expr>) -> Stmt {
-    let first = next_var(module);
+    let first = module.next_var();
     let vars: Vec<Var> = (0..dims.len() as u32).map(|k| Var(first + k)).collect();
     let mut stmt = Stmt::Store { buffer, index: vars.clone(), value };
     for (var, set) in vars.into_iter().zip(dims).rev() {
         stmt = Stmt::For { var, set: *set, body: vec![stmt] };
     }
     stmt
-}
-
-fn next_var(module: &Module) -> u32 {
-    let mut max = 0;
-    for (_, e) in module.exprs.iter() {
-        if let Expr::Var(v) | Expr::Reduce { var: v, .. } = e {
-            max = max.max(v.0 + 1);
-        }
-    }
-    fn stmts(list: &[Stmt], max: &mut u32) {
-        for s in list {
-            match s {
-                Stmt::For { var, body, .. } => {
-                    *max = (*max).max(var.0 + 1);
-                    stmts(body, max);
-                }
-                Stmt::If { then, otherwise, .. } => {
-                    stmts(then, max);
-                    stmts(otherwise, max);
-                }
-                Stmt::Store { index, .. } => index.iter().for_each(|v| *max = (*max).max(v.0 + 1)),
-                Stmt::Accumulate { .. } => {}
-            }
-        }
-    }
-    for p in [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
-    {
-        stmts(&p.body, &mut max);
-    }
-    max
 }
 
 /// Replaces node `h` by `chosen op label`, keeping the arena's children-before-parents order:

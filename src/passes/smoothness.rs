@@ -197,15 +197,7 @@ impl Analyzer<'_> {
                 match op {
                     _ if inner == Class::Constant => Class::Constant,
                     BinaryOp::Min | BinaryOp::Max => inner.max(Class::Kink),
-                    BinaryOp::Rem
-                    | BinaryOp::Eq
-                    | BinaryOp::Ne
-                    | BinaryOp::Lt
-                    | BinaryOp::Le
-                    | BinaryOp::Gt
-                    | BinaryOp::Ge
-                    | BinaryOp::And
-                    | BinaryOp::Or => Class::Jump,
+                    _ if op == BinaryOp::Rem || op.is_condition() => Class::Jump,
                     _ => inner,
                 }
             }
