@@ -365,11 +365,18 @@ pub fn render(
                     (false, true) => "bounded above",
                     (false, false) => "unbounded",
                 };
-                let regime = if module.buffers.iter().any(|x| x.kind == BufferKind::Regime { action: id }) {
-                    ", acts only in some regimes"
-                } else {
-                    ""
+                let mut regime = match module.buffers.iter().position(|x| x.kind == BufferKind::Regime { action: id }) {
+                    Some(mask) => format!(", acts only when {}", condition(module, mask, source)),
+                    None => String::new(),
                 };
+                if module.buffers.iter().any(|x| x.kind == BufferKind::PieceBound { action: id, upper: false }) {
+                    let chooser = module
+                        .buffers
+                        .iter()
+                        .find(|x| x.kind == BufferKind::Discrete && x.name == format!("{}.piece", b.name))
+                        .map_or("its piece".to_string(), |x| x.name.clone());
+                    regime.push_str(&format!(", within the piece chosen by {chooser}"));
+                }
                 let _ = writeln!(out, "  continuous: {}{} ({}), {range}{regime}", b.name, dims(b), module.len(id));
             }
             _ => {}
@@ -439,4 +446,45 @@ fn count(stmts: &[Stmt]) -> usize {
             Stmt::Store { .. } | Stmt::Accumulate { .. } => 1,
         })
         .sum()
+}
+
+/// The condition under which a continuous action acts, as the user wrote it (`when ...`) and as
+/// the reformulation added it (`q.order is positive`).
+fn condition(module: &Module, mask: BufferId, source: &str) -> String {
+    fn value(stmts: &[Stmt], mask: BufferId) -> Option<Handle<Expr>> {
+        stmts.iter().find_map(|s| match s {
+            Stmt::For { body, .. } => value(body, mask),
+            Stmt::Store { buffer, value, .. } if *buffer == mask => Some(*value),
+            _ => None,
+        })
+    }
+    fn parts(module: &Module, h: Handle<Expr>, source: &str, out: &mut Vec<String>) {
+        let span = module.exprs.span(h);
+        match &module.exprs[h] {
+            Expr::Binary { op: BinaryOp::And, lhs, rhs } if span.is_empty() => {
+                parts(module, *lhs, source, out);
+                parts(module, *rhs, source, out);
+            }
+            Expr::Const(v) if span.is_empty() && *v != 0.0 => {}
+            Expr::Binary { op: BinaryOp::Eq, lhs, rhs } if span.is_empty() => {
+                match (&module.exprs[*lhs], &module.exprs[*rhs]) {
+                    (Expr::Load { buffer, .. }, Expr::Const(k)) => {
+                        let b = &module.buffers[*buffer];
+                        let label = b.labels.get(*k as usize).map_or("?", String::as_str);
+                        out.push(format!("{} is {label}", b.name));
+                    }
+                    _ => out.push("a regime holds".to_string()),
+                }
+            }
+            _ => match source.get(span.start..span.end).filter(|t| !t.is_empty()) {
+                Some(text) => out.push(format!("`{text}`")),
+                None => out.push("a regime holds".to_string()),
+            },
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(v) = value(&module.regimes.body, mask) {
+        parts(module, v, source, &mut out);
+    }
+    if out.is_empty() { "a regime holds".to_string() } else { out.join(" and ") }
 }
