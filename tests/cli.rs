@@ -210,3 +210,17 @@ fn compile_reports_and_emits_ir_and_gradcheck_passes() {
     assert_eq!(hmdpc(&["gradcheck", "models/switched_lqr.hmdp", "--tolerance", "-1"]).status.code(), Some(2));
     assert_eq!(hmdpc(&["gradcheck", "tests/diagnostics/several_errors.hmdp"]).status.code(), Some(1));
 }
+
+#[test]
+fn run_time_errors_point_at_the_model() {
+    // The bound reads the state, which grows past the upper bound after two steps.
+    let path = scratch(
+        "empty_bound.hmdp",
+        b"model m\nstate x = 0\naction u: real in [x, 1]\nstep {\n  x' = x + 1\n  cost c = u\n}\nhorizon 5\n",
+    );
+    let out = hmdpc(&["simulate", path_str(&path), "--scenarios", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("the bounds of `u` (element 0) are empty here: 2 > 1"), "{stderr}");
+    assert!(stderr.contains("empty_bound.hmdp:3:20]"), "{stderr}");
+}

@@ -1529,6 +1529,12 @@ impl<'a> Checker<'a> {
     }
 
     fn observe(&mut self, o: &ast::ObserveDecl) {
+        if o.names.is_empty() {
+            self.error(
+                Diagnostic::error("observe", "`observe` lists nothing: the policy would see nothing", o.span, "empty")
+                    .with_help("list states and parameters, or remove `observe` to observe every state"),
+            );
+        }
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for name in &o.names {
             if let Some(first) = seen.insert(name.name.as_str(), name.span) {

@@ -90,6 +90,26 @@ fn action_bounds(module: &Module, buffers: &Buffers, action: usize) -> Vec<(Opti
         .collect()
 }
 
+/// Where an action's bounds are written: the source of its lower and upper bound expressions.
+fn bound_span(module: &Module, action: usize) -> crate::diagnostics::Span {
+    fn value(stmts: &[crate::ir::Stmt], bound: usize) -> Option<crate::ir::Handle<crate::ir::Expr>> {
+        stmts.iter().find_map(|s| match s {
+            crate::ir::Stmt::For { body, .. } => value(body, bound),
+            crate::ir::Stmt::Store { buffer, value, .. } if *buffer == bound => Some(*value),
+            _ => None,
+        })
+    }
+    let span_of = |upper: bool| {
+        let bound = module.buffers.iter().position(|x| x.kind == BufferKind::Bound { action, upper })?;
+        value(&module.bounds.body, bound).map(|v| module.exprs.span(v))
+    };
+    match (span_of(false), span_of(true)) {
+        (Some(lo), Some(hi)) => lo.to(hi),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => crate::diagnostics::Span::default(),
+    }
+}
+
 /// Runs a step's decision: the policy's discrete choice, the `regimes` program, the continuous
 /// actions, and the rule that a continuous action outside its regime is 0.
 pub fn decide(
@@ -138,6 +158,14 @@ impl Policy for RandomPolicy {
                 continue;
             }
             for (k, (lo, hi)) in action_bounds(module, buffers, id).into_iter().enumerate() {
+                if let (Some(l), Some(h)) = (lo, hi)
+                    && l > h
+                {
+                    return Err(RunError {
+                        span: bound_span(module, id),
+                        message: format!("the bounds of `{}` (element {k}) are empty here: {l} > {h}", b.name),
+                    });
+                }
                 let u = eval::unit(rng);
                 buffers.values[id][k] = match (lo, hi) {
                     (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
