@@ -68,3 +68,20 @@ fn functions_indexing_and_choices() {
     assert_eq!(v("sel"), [17.0]);
     assert!((v("sm")[0] - (0.5 + 1.0 + 2.0 + 8.0)).abs() < 1e-12);
 }
+
+#[test]
+fn a_label_next_to_its_choice_means_the_label_even_when_shadowed() {
+    let source = "model m\nparam buy = 3\nstate x = 0\naction order: choice { skip, buy }\nstep {\n  x' = x + buy\n  cost c = if order == buy then 1 else 0\n}\nhorizon 5\n";
+    let outcome = hmdp::check::check_source(source, &NoFiles, &Options::default());
+    assert!(outcome.diagnostics.iter().any(|d| d.code == "label-shadows" && !d.is_error()));
+    let module = hmdp::ir::lower::lower(&outcome.model.expect("a warning does not stop the model"));
+    let find = |name: &str| module.buffers.iter().position(|b| b.name == name).expect(name);
+    let mut buffers = hmdp::sim::instance(&module, 0).expect("instance");
+    for (order, cost, next) in [(1.0, 1.0, 3.0), (0.0, 0.0, 3.0)] {
+        buffers.values[find("order")][0] = order;
+        buffers.values[find("x")][0] = 0.0;
+        hmdp::sim::Machine::new(&module, &mut buffers, None).run(&module.step).expect("step");
+        assert_eq!(buffers.values[find("c")][0], cost, "`order == buy` compares with the label");
+        assert_eq!(buffers.values[find("x'")][0], next, "`buy` alone is the parameter");
+    }
+}

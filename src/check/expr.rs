@@ -169,6 +169,22 @@ fn elem_ty(ty: ElemType) -> Ty {
     }
 }
 
+/// The labelled discrete action an expression reads directly (`order`, `open[i]`), if any.
+fn labelled_choice(checker: &Checker<'_>, e: &ast::Expr) -> Option<ActionId> {
+    match &e.kind {
+        ExprKind::Access { name, primed: false, .. } => match checker.globals.get(&name.name)?.symbol {
+            Symbol::Action(a)
+                if checker.m.actions.get(a).is_some_and(|x| x.is_discrete()) && checker.over_set(a).is_none() =>
+            {
+                Some(a)
+            }
+            _ => None,
+        },
+        ExprKind::Paren(inner) => labelled_choice(checker, inner),
+        _ => None,
+    }
+}
+
 fn bare_name(e: &ast::Expr) -> Option<&ast::Ident> {
     match &e.kind {
         ExprKind::Access { name, primed: false, indices } if indices.is_empty() => Some(name),
@@ -2079,6 +2095,33 @@ impl<'a> Checker<'a> {
 
     fn binary(&mut self, op: BinaryOp, lhs: &ast::Expr, rhs: &ast::Expr, scope: &mut Scope) -> Ty {
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
+            // Next to a labelled choice, one of its labels means the label, even where a declared
+            // name is spelt the same; the clash gets a warning.
+            for (choice, other) in [(lhs, rhs), (rhs, lhs)] {
+                if let (Some(action), Some(name)) = (labelled_choice(self, choice), bare_name(other))
+                    && self.labels(action).contains(&name.name)
+                    && self.is_known(&name.name, scope)
+                {
+                    let declared = self.globals.get(&name.name).map(|g| g.span);
+                    let action_name = self.m.actions.get(action).map_or("?", |a| a.name.as_str()).to_string();
+                    let mut d = Diagnostic::warning(
+                        "label-shadows",
+                        format!(
+                            "`{}` is a label of `{action_name}` and also a declared name; here it means the label",
+                            name.name
+                        ),
+                        name.span,
+                        "the label",
+                    )
+                    .with_help("rename the declaration to avoid the ambiguity");
+                    if let Some(declared) = declared {
+                        d = d.with_label(declared, "also declared here");
+                    }
+                    self.error(d);
+                    let ty = self.expr(choice, scope);
+                    return self.compare_with_label(ty, choice, name, scope);
+                }
+            }
             let l_label = bare_name(lhs).filter(|n| !self.is_known(&n.name, scope));
             let r_label = bare_name(rhs).filter(|n| !self.is_known(&n.name, scope));
             match (l_label, r_label) {

@@ -442,7 +442,17 @@ impl<'a> Lowering<'a> {
         use ast::BinaryOp as A;
         if matches!(op, A::Eq | A::Ne) {
             // `order == buy`: the label is the position of `buy` among `order`'s labels.
-            let labelled = match (self.is_label(lhs, env), self.is_label(rhs, env)) {
+            // A label of the choice on the other side is that label, even where a declared name
+            // is spelt the same (the checker warned about it).
+            let label_of = |this: &Self, side: &ast::Expr, other: &ast::Expr| -> Option<String> {
+                let ExprKind::Access { name, primed: false, indices } = &side.kind else { return None };
+                let action = this.choice_of(other)?;
+                (indices.is_empty() && this.label_position(action, &name.name).is_some()).then(|| name.name.clone())
+            };
+            let labelled = match (
+                label_of(self, lhs, rhs).or_else(|| self.is_label(lhs, env)),
+                label_of(self, rhs, lhs).or_else(|| self.is_label(rhs, env)),
+            ) {
                 (None, Some(label)) => Some((lhs, label)),
                 (Some(label), None) => Some((rhs, label)),
                 _ => None,
