@@ -142,12 +142,7 @@ fn constant_lower_bound(module: &Module, action: BufferId) -> Option<f64> {
 /// `q[...] op c` (or mirrored) with `c` strictly inside the action's constant bounds, `op` one
 /// of `<`, `<=`, `>`, `>=`: a threshold that cuts the action's domain into pieces.
 fn interior(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, f64)> {
-    let Expr::Binary { op, lhs, rhs } = module.exprs[h].clone() else { return None };
-    let (a, c, op) = match (constant(module, lhs), constant(module, rhs)) {
-        (None, Some(c)) => (lhs, c, op),
-        (Some(c), None) => (rhs, c, mirror(op)),
-        _ => return None,
-    };
+    let (a, op, c) = against_constant(module, h)?;
     if !matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) {
         return None;
     }
@@ -157,6 +152,16 @@ fn interior(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, f64)>
     }
     let (lo, hi) = constant_bounds(module, buffer)?;
     (lo < c && c < hi).then_some((Target { buffer, index }, op, c))
+}
+
+/// A comparison of an expression with a number, normalised to `A op c` (so `5 < q` is `q > 5`).
+fn against_constant(module: &Module, h: Handle<Expr>) -> Option<(Handle<Expr>, BinaryOp, f64)> {
+    let Expr::Binary { op, lhs, rhs } = module.exprs[h].clone() else { return None };
+    match (constant(module, lhs), constant(module, rhs)) {
+        (None, Some(c)) => Some((lhs, op, c)),
+        (Some(c), None) => Some((rhs, mirror(op), c)),
+        _ => None,
+    }
 }
 
 fn mirror(op: BinaryOp) -> BinaryOp {
@@ -308,23 +313,7 @@ fn piece_action(
 /// `cmp(A, c)` where the comparison flips from false to true exactly when `A` leaves its lower
 /// bound: returns the action element (or the whole action, `shared`) and the operator.
 fn recognise(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, bool)> {
-    let Expr::Binary { op, lhs, rhs } = module.exprs[h].clone() else { return None };
-    // Normalise to `A op c`.
-    let (a, c, op) = match (constant(module, lhs), constant(module, rhs)) {
-        (None, Some(c)) => (lhs, c, op),
-        (Some(c), None) => (
-            rhs,
-            c,
-            match op {
-                BinaryOp::Lt => BinaryOp::Gt,
-                BinaryOp::Le => BinaryOp::Ge,
-                BinaryOp::Gt => BinaryOp::Lt,
-                BinaryOp::Ge => BinaryOp::Le,
-                other => other,
-            },
-        ),
-        _ => return None,
-    };
+    let (a, op, c) = against_constant(module, h)?;
     // Only the comparisons that separate "at the lower bound" from "above it".
     if !matches!(op, BinaryOp::Gt | BinaryOp::Ne | BinaryOp::Eq) {
         return None;
