@@ -3,6 +3,7 @@
 //! Stages, each a module, data flowing one way: [`syntax`] (text → AST) → [`check`] (AST →
 //! checked model or diagnostics). See `ARCHITECTURE.md` for the map.
 
+pub mod backend;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
