@@ -4,6 +4,7 @@
 //! checked model or diagnostics). See `ARCHITECTURE.md` for the map.
 
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;

@@ -69,6 +69,22 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
     },
+    /// Measure scenario-steps per second of the step and of step + VJP on every backend, side by
+    /// side on the same batch, and print the ratios.
+    Bench {
+        /// Model file (`.hmdp`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Scenarios per batch.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        batch: u64,
+        /// Seconds spent on each measurement (the median repetition is reported).
+        #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
+        seconds: f64,
+        /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+        overrides: Vec<(String, f64)>,
+    },
     /// Check the step's gradient (VJP) against central finite differences at random states and
     /// actions; print the largest relative error per input and exit 1 above the tolerance.
     Gradcheck {
@@ -99,13 +115,20 @@ enum Emit {
     Report,
     /// The IR in its textual form.
     Ir,
+    /// The Cranelift IR of the JIT's kernels (bounds, regimes, step, vjp).
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     /// The IR interpreter, the reference.
     Interp,
+    /// Kernels compiled by Cranelift at run time.
+    Jit,
 }
+
+/// How closely a compiled backend must reproduce the interpreter: to rounding.
+const AGREEMENT: f64 = 1e-12;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PolicyChoice {
@@ -137,6 +160,13 @@ fn parse_override(text: &str) -> Result<(String, f64), String> {
         return Err(format!("`{value}` is not a finite number"));
     }
     Ok((name.to_string(), value))
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("expected a number of seconds in (0, 3600], found `{text}`")),
+    }
 }
 
 fn parse_tolerance(text: &str) -> Result<f64, String> {
@@ -187,8 +217,9 @@ fn run(cli: Cli) -> u8 {
             simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
         }
         Command::Compile { file, emit, overrides } => compile(&file, emit, overrides),
-        Command::Gradcheck { file, backend: Backend::Interp, points, seed, tolerance, overrides } => {
-            gradcheck(&file, points, seed, tolerance, overrides)
+        Command::Bench { file, batch, seconds, overrides } => bench(&file, batch as usize, seconds, overrides),
+        Command::Gradcheck { file, backend, points, seed, tolerance, overrides } => {
+            gradcheck(&file, backend, points, seed, tolerance, overrides)
         }
     }
 }
@@ -324,6 +355,13 @@ fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
     };
     match emit {
         Emit::Ir => print!("{}", hmdp::ir::text::print(&module)),
+        Emit::Clif => match hmdp::backend::jit::Jit::clif(&module) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("error: internal error: {e}; please report this with the model");
+                return 3;
+            }
+        },
         Emit::Report => {
             let analysis = hmdp::passes::smoothness::analyze(&module);
             let name = path.display().to_string();
@@ -333,7 +371,14 @@ fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
     0
 }
 
-fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec<(String, f64)>) -> u8 {
+fn gradcheck(
+    path: &Path,
+    backend: Backend,
+    points: u64,
+    seed: u64,
+    tolerance: f64,
+    overrides: Vec<(String, f64)>,
+) -> u8 {
     let (module, source) = match compile_module(path, &Options { overrides }) {
         Ok(compiled) => compiled,
         Err(code) => return code,
@@ -348,11 +393,38 @@ fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec
         Ok(instance) => instance,
         Err(e) => return fail(e),
     };
-    let report = match hmdp::sim::gradcheck::check(&module, &instance, seed, points as usize) {
+    let interp = hmdp::backend::Interp { module: &module };
+    let jit;
+    let kernels: &dyn hmdp::backend::Backend = match backend {
+        Backend::Interp => &interp,
+        Backend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+            Ok(compiled) => {
+                jit = compiled;
+                &jit
+            }
+            Err(e) => {
+                eprintln!("error: internal error: {e}; please report this with the model");
+                return 3;
+            }
+        },
+    };
+    let report = match hmdp::sim::gradcheck::check(&module, &instance, seed, points as usize, kernels) {
         Ok(report) => report,
         Err(e) => return fail(e),
     };
-    println!("gradcheck {name}: backend interp against central finite differences, {points} random points");
+    let backend = kernels.name();
+    let mut failed = false;
+    if backend != "interp" {
+        println!("gradcheck {name}: backend {backend} against the interpreter, {points} random points as one batch");
+        for (what, error) in [("step", report.forward_vs_interp), ("vjp", report.vjp_vs_interp)] {
+            println!("  {what:<5} outputs: largest difference {error:.3e} (tolerance {AGREEMENT:e})");
+            if error > AGREEMENT {
+                eprintln!("error: the {backend} backend's {what} differs from the interpreter's by {error:.3e}");
+                failed = true;
+            }
+        }
+    }
+    println!("gradcheck {name}: backend {backend} against central finite differences, {points} random points");
     println!("  {:<16} {:>8} {:>9}  {:>14}", "input", "checked", "at kinks", "max rel. error");
     for input in &report.inputs {
         println!("  {:<16} {:>8} {:>9}  {:>14.3e}", input.name, input.checked, input.at_kinks, input.max_error);
@@ -370,7 +442,84 @@ fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec
         eprintln!("error: largest relative error {worst:.3e} is above the tolerance {tolerance:e}");
         return 1;
     }
+    if failed {
+        return 1;
+    }
     println!("ok: largest relative error {worst:.3e} (tolerance {tolerance:e})");
+    0
+}
+
+fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>) -> u8 {
+    use hmdp::bench::{Row, measure, measure_interpreter, random_batch};
+    let (module, source) = match compile_module(path, &Options { overrides: overrides.clone() }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let name = path.display().to_string();
+    let fail = |e: hmdp::sim::RunError| {
+        let d = hmdp::diagnostics::Diagnostic::error("run", e.message, e.span, "while evaluating this");
+        eprint!("{}", diagnostics::render(&[d], &name, &source, false));
+        1u8
+    };
+    let started = std::time::Instant::now();
+    let jit = match hmdp::backend::jit::Jit::compile(&module) {
+        Ok(jit) => jit,
+        Err(e) => {
+            eprintln!("error: internal error: {e}; please report this with the model");
+            return 3;
+        }
+    };
+    let compile_time = started.elapsed();
+    let instance = match hmdp::sim::instance(&module, 0) {
+        Ok(instance) => instance,
+        Err(e) => return fail(e),
+    };
+    let work = match random_batch(&module, &instance, 0, batch) {
+        Ok(work) => work,
+        Err(e) => return fail(e),
+    };
+    let threads = rayon::current_num_threads();
+    let budget = std::time::Duration::from_secs_f64(seconds);
+    let sizes: Vec<String> = overrides.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    println!(
+        "bench {name}{}: batch {batch}, {threads} threads, JIT compiled in {:.1} ms",
+        if sizes.is_empty() { String::new() } else { format!(" ({})", sizes.join(", ")) },
+        compile_time.as_secs_f64() * 1e3
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut measured = vec![measure_interpreter(&module, &work, threads, budget)];
+    measured.push(measure(&jit, &work, threads, budget));
+    if threads > 1 {
+        measured.push(measure(&jit, &work, 1, budget));
+    }
+    let reference: Option<Box<dyn hmdp::backend::Backend>> = None; // MERGE: reference::for_module
+    if let Some(reference) = &reference {
+        measured.push(measure(reference.as_ref(), &work, threads, budget));
+    }
+    for row in measured {
+        match row {
+            Ok(row) => rows.push(row),
+            Err(e) => return fail(e),
+        }
+    }
+    println!("  {:<10} {:>7}  {:>18}  {:>18}", "backend", "threads", "step (steps/s)", "step+vjp (steps/s)");
+    for r in &rows {
+        println!("  {:<10} {:>7}  {:>18.4e}  {:>18.4e}", r.backend, r.threads, r.forward, r.forward_vjp);
+    }
+    let find = |backend: &str, t: usize| rows.iter().find(|r| r.backend == backend && r.threads == t);
+    let ratio = |a: Option<&Row>, b: Option<&Row>, what: &str| {
+        if let (Some(a), Some(b)) = (a, b) {
+            println!("  {what}: step {:.2}x, step+vjp {:.2}x", a.forward / b.forward, a.forward_vjp / b.forward_vjp);
+        }
+    };
+    ratio(find("jit", threads), find("interp", threads), "jit / interp");
+    ratio(find("jit", threads), find("reference", threads), "jit / reference (hand-written Rust)");
+    if threads > 1 {
+        ratio(find("jit", threads), find("jit", 1), &format!("jit {threads} threads / 1 thread"));
+    }
+    if reference.is_none() {
+        println!("  (no hand-written reference for this model: only inventory and switched_lqr have one)");
+    }
     0
 }
 

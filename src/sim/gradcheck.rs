@@ -6,6 +6,10 @@
 //! `(f(x + h) − f(x − h)) / 2h`. Elements where the one-sided differences disagree sit on a kink
 //! or a jump (the derivative does not exist there) and are skipped and counted.
 //!
+//! The VJP checked is the one of a [`Backend`]: the interpreter's (the IR's own AD), or a
+//! compiled one. For a compiled backend the check also compares, at the same points run as one
+//! batch, its step and VJP outputs with the interpreter's: they should agree to rounding.
+//!
 //! The error of an element is `max(0, |ad − fd| − noise) / max(1, |ad|, |fd|)`, where `noise`
 //! bounds the rounding error of the difference quotient (`8 ε max|f| / h`), so that a model
 //! with large costs is not failed for rounding it cannot avoid.
@@ -14,6 +18,7 @@ use rand::rngs::ChaCha8Rng;
 
 use super::eval::{self, Buffers, Machine, RunError};
 use super::{RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use crate::backend::{self, Backend, Batch, Kernel};
 use crate::ir::{BufferId, BufferKind, Dist, Module};
 
 /// The result for one input buffer (a state or a continuous action).
@@ -32,6 +37,22 @@ pub struct InputReport {
 pub struct Report {
     pub inputs: Vec<InputReport>,
     pub points: usize,
+    /// Largest difference between the backend's step outputs (lets, next states, costs) and the
+    /// interpreter's, as [`agreement`] measures it; 0 for the interpreter itself.
+    pub forward_vs_interp: f64,
+    /// The same for the VJP's outputs (adjoints of states and continuous actions).
+    pub vjp_vs_interp: f64,
+}
+
+/// How far apart two results of the same computation are: `|a − b| / max(1, |a|, |b|)`,
+/// relative for large values and absolute for small ones; 0 when both are the same NaN or
+/// infinity, and infinite when only one is NaN.
+pub fn agreement(a: f64, b: f64) -> f64 {
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return 0.0;
+    }
+    let error = (a - b).abs() / a.abs().max(b.abs()).max(1.0);
+    if error.is_nan() { f64::INFINITY } else { error }
 }
 
 impl Report {
@@ -40,8 +61,9 @@ impl Report {
     }
 }
 
-/// Where a point comes from: the state after `steps` steps of scenario `index`.
-fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
+/// A random point: the state after a random number of steps of scenario `index` of the test
+/// set under the random policy, with that policy's actions and the step's noise.
+pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
     let mut buffers = instance.clone();
     let mut world = scenario_stream(seed, ScenarioSet::Test, index);
     let mut own = policy_stream(seed, ScenarioSet::Test, index);
@@ -74,8 +96,14 @@ fn adjoint_of(module: &Module, buffer: BufferId) -> Option<BufferId> {
     module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of: buffer })
 }
 
-/// Checks a differentiated module at `points` random points.
-pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
+/// Checks a differentiated module's VJP, as `backend` computes it, at `points` random points.
+pub fn check(
+    module: &Module,
+    instance: &Buffers,
+    seed: u64,
+    points: usize,
+    backend: &dyn Backend,
+) -> Result<Report, RunError> {
     let inputs: Vec<BufferId> = module
         .buffers
         .iter()
@@ -100,8 +128,12 @@ pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> R
             worst: None,
         })
         .collect();
+
+    // Every point, with its random output weights written into the adjoints of the outputs.
+    let mut bases = Vec::with_capacity(points);
+    let mut all_weights = Vec::with_capacity(points);
     for point in 0..points {
-        let base = prepare(module, instance, seed, point as u64)?;
+        let mut base = prepare(module, instance, seed, point as u64)?;
         let mut rng: ChaCha8Rng = policy_stream(seed ^ 0x5eed, ScenarioSet::Dev, point as u64);
         let mut weights = Vec::new();
         for &id in &outputs {
@@ -111,33 +143,66 @@ pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> R
                 .map_err(|message| RunError { span: Default::default(), message })?;
             weights.push((id, w));
         }
-
-        // The VJP at this point.
-        let mut with_adjoints = base.clone();
         for (id, b) in module.buffers.iter().enumerate() {
             if let BufferKind::Adjoint { .. } = b.kind {
-                with_adjoints.values[id].iter_mut().for_each(|v| *v = 0.0);
+                base.values[id].iter_mut().for_each(|v| *v = 0.0);
             }
         }
         for (id, w) in &weights {
             if let Some(adjoint) = adjoint_of(module, *id) {
-                with_adjoints.values[adjoint].clone_from(w);
+                base.values[adjoint].clone_from(w);
             }
         }
-        Machine::new(module, &mut with_adjoints, None).run(&module.vjp)?;
+        bases.push(base);
+        all_weights.push(weights);
+    }
+
+    // The backend's step and VJP on all points at once, as one batch.
+    let mut forward = Batch::new(module, instance, points);
+    for (b, base) in bases.iter().enumerate() {
+        forward.set_scenario(b, base);
+    }
+    let mut reverse = forward.clone();
+    backend::run(backend, Kernel::Step, &mut forward)?;
+    backend::run(backend, Kernel::Vjp, &mut reverse)?;
+
+    let mut forward_vs_interp = 0.0f64;
+    let mut vjp_vs_interp = 0.0f64;
+    for (point, (base, weights)) in bases.iter().zip(&all_weights).enumerate() {
+        let mut expected = base.clone();
+        Machine::new(module, &mut expected, None).run(&module.step)?;
+        let mut expected_vjp = base.clone();
+        Machine::new(module, &mut expected_vjp, None).run(&module.vjp)?;
+        for (id, b) in module.buffers.iter().enumerate() {
+            let got_forward = forward.get(id, point);
+            let got_reverse = reverse.get(id, point);
+            match b.kind {
+                BufferKind::Let | BufferKind::Next { .. } | BufferKind::Cost => {
+                    for (a, e) in got_forward.iter().zip(&expected.values[id]) {
+                        forward_vs_interp = forward_vs_interp.max(agreement(*a, *e));
+                    }
+                }
+                BufferKind::Adjoint { of } if inputs.contains(&of) => {
+                    for (a, e) in got_reverse.iter().zip(&expected_vjp.values[id]) {
+                        vjp_vs_interp = vjp_vs_interp.max(agreement(*a, *e));
+                    }
+                }
+                _ => {}
+            }
+        }
 
         let mut scratch = base.clone();
-        let f0 = objective(module, &mut scratch, &weights)?;
+        let f0 = objective(module, &mut scratch, weights)?;
         for (report, &input) in reports.iter_mut().zip(&inputs) {
             let adjoint = adjoint_of(module, input);
             for k in 0..module.len(input) {
-                let ad = adjoint.map_or(0.0, |a| with_adjoints.values[a][k]);
+                let ad = adjoint.map_or(0.0, |a| reverse.get(a, point)[k]);
                 let x = base.values[input][k];
                 let h = 1e-4 * x.abs().max(1.0);
                 let at = |value: f64| -> Result<f64, RunError> {
                     let mut b = base.clone();
                     b.values[input][k] = value;
-                    objective(module, &mut b, &weights)
+                    objective(module, &mut b, weights)
                 };
                 let (plus, minus) = (at(x + h)?, at(x - h)?);
                 let (half_plus, half_minus) = (at(x + h / 2.0)?, at(x - h / 2.0)?);
@@ -164,5 +229,5 @@ pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> R
             }
         }
     }
-    Ok(Report { inputs: reports, points })
+    Ok(Report { inputs: reports, points, forward_vs_interp, vjp_vs_interp })
 }
