@@ -8,6 +8,8 @@ pub mod bench;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
+pub mod nn;
 pub mod passes;
 pub mod sim;
 pub mod syntax;
+pub mod train;

@@ -85,6 +85,37 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
     },
+    /// Train a policy (HPO, its decentralised variant, or PPO) and write a run folder: the model,
+    /// the command and seeds, the best and final checkpoints, the learning curve and its plot.
+    Train(Box<TrainArgs>),
+    /// Evaluate a run's best policy (or the random policy) on the run's test scenarios: each cost
+    /// term and the total with a 95% confidence interval.
+    Eval {
+        /// A run folder written by `hmdpc train`.
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Which policy: the run's `best` (on dev) or `final` checkpoint, or `random`.
+        #[arg(long, value_enum, default_value_t = EvalPolicy::Best)]
+        policy: EvalPolicy,
+        /// Number of test scenarios (default: as many as the run's sets).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        scenarios: Option<u64>,
+    },
+    /// Print the parameters drawn for an instance, so that results can be checked with other tools.
+    Instance {
+        /// Model file (`.hmdp`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Seed of the instance (`--instance-seed` of `train` and `simulate`).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON (the only format for now).
+        #[arg(long)]
+        json: bool,
+        /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+        overrides: Vec<(String, f64)>,
+    },
     /// Check the step's gradient (VJP) against central finite differences at random states and
     /// actions; print the largest relative error per input and exit 1 above the tolerance.
     Gradcheck {
@@ -107,6 +138,148 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
     },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Model file (`.hmdp`).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The algorithm.
+    #[arg(long, value_enum, default_value_t = AlgoChoice::Hpo)]
+    algo: AlgoChoice,
+    /// The run folder to write (default: runs/MODEL-ALGO-sSEED).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Replace the files of an existing run folder.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Continue an existing run from its final checkpoint for `--updates` more updates.
+    #[arg(long)]
+    resume: bool,
+    /// Policy updates (one rollout of `--batch` scenarios each).
+    #[arg(long, default_value_t = 1600, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    updates: u64,
+    /// Scenarios per update.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    batch: u64,
+    /// Adam learning rate (default 1e-3 for HPO, 1e-4 for PPO).
+    #[arg(long, value_parser = parse_positive)]
+    lr: Option<f64>,
+    /// Hidden layer sizes of every network, e.g. `512,512`.
+    #[arg(long, default_value = "512,512", value_parser = parse_hidden)]
+    hidden: Hidden,
+    /// Seed of the scenario sets, the initialisation and the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed of the instance (the parameters drawn once).
+    #[arg(long, default_value_t = 0)]
+    instance_seed: u64,
+    /// Scenarios in each of the train, dev and test sets.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    scenarios: u64,
+    /// Discount of the GAE advantages (default: the model's `discount` if below 1, else 0.99).
+    #[arg(long, value_parser = parse_unit)]
+    gamma: Option<f64>,
+    /// GAE's lambda.
+    #[arg(long, default_value_t = 0.96, value_parser = parse_unit)]
+    lambda: f64,
+    /// PPO clip range.
+    #[arg(long, default_value_t = 0.15, value_parser = parse_positive)]
+    clip: f64,
+    /// PPO epochs per update (the first is one full-batch step).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    epochs: u64,
+    /// Minibatches of the later epochs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    minibatches: u64,
+    /// Weight of the value loss.
+    #[arg(long, default_value_t = 0.15, value_parser = parse_nonnegative)]
+    value_coef: f64,
+    /// Entropy weight at the first update, annealed linearly to `--entropy-end`.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_nonnegative)]
+    entropy_start: f64,
+    #[arg(long, default_value_t = 0.001, value_parser = parse_nonnegative)]
+    entropy_end: f64,
+    /// Weight of the pathwise loss (HPO).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_nonnegative)]
+    pathwise_coef: f64,
+    /// Gradient-norm clip of each parameter group.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_positive)]
+    max_grad_norm: f64,
+    /// Stop an update's later epochs when the approximate KL divergence exceeds this (0: never).
+    #[arg(long, default_value_t = 0.015, value_parser = parse_nonnegative)]
+    target_kl: f64,
+    /// Steps left out of the losses at each end of the horizon (default: the model's `warmup`).
+    #[arg(long)]
+    buffer_periods: Option<u64>,
+    /// Adam's epsilon.
+    #[arg(long, default_value_t = 1e-5, value_parser = parse_positive)]
+    adam_eps: f64,
+    /// Feed the networks raw features instead of running-normalised ones.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Size of the first actions on a half-line (default: the mean size of the noise).
+    #[arg(long, value_parser = parse_positive)]
+    action_scale: Option<f64>,
+    /// Which kernels run the model.
+    #[arg(long, value_enum, default_value_t = Backend::Jit)]
+    backend: Backend,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    overrides: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug)]
+struct Hidden(Vec<usize>);
+
+fn parse_hidden(text: &str) -> Result<Hidden, String> {
+    let sizes: Result<Vec<usize>, _> = text.split(',').map(|p| p.trim().parse::<usize>()).collect();
+    match sizes {
+        Ok(s) if !s.is_empty() && s.iter().all(|n| (1..=65536).contains(n)) => Ok(Hidden(s)),
+        _ => Err(format!("expected layer sizes such as `512,512` (each 1 to 65536), found `{text}`")),
+    }
+}
+
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number, found `{text}`")),
+    }
+}
+
+fn parse_nonnegative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a number >= 0, found `{text}`")),
+    }
+}
+
+fn parse_unit(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number in [0, 1], found `{text}`")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgoChoice {
+    /// Hybrid Policy Optimization: pathwise + score-function gradients with the cross term.
+    Hpo,
+    /// HPO without the cross term (decentralised).
+    HpoNocross,
+    /// PPO with Gaussian continuous actions, no gradient through the simulator.
+    Ppo,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum EvalPolicy {
+    Best,
+    Final,
+    Random,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,6 +391,9 @@ fn run(cli: Cli) -> u8 {
         }
         Command::Compile { file, emit, overrides } => compile(&file, emit, overrides),
         Command::Bench { file, batch, seconds, overrides } => bench(&file, batch as usize, seconds, overrides),
+        Command::Train(args) => train(*args),
+        Command::Eval { run, policy, scenarios } => eval(&run, policy, scenarios),
+        Command::Instance { file, seed, json: _, overrides } => instance(&file, seed, overrides),
         Command::Gradcheck { file, backend, points, seed, tolerance, overrides } => {
             gradcheck(&file, backend, points, seed, tolerance, overrides)
         }
@@ -521,6 +697,299 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
         println!("  (no hand-written reference for this model: only inventory and switched_lqr have one)");
     }
     0
+}
+
+/// Prints a located run-time error of a model and returns exit code 1.
+fn run_error(name: &str, source: &str, e: hmdp::sim::RunError) -> u8 {
+    let d = hmdp::diagnostics::Diagnostic::error("run", e.message, e.span, "while evaluating this");
+    eprint!("{}", diagnostics::render(&[d], name, source, false));
+    1
+}
+
+fn train(args: TrainArgs) -> u8 {
+    use hmdp::train::{Algo, Config, TrainError, run};
+    let (module, source) = match compile_module(&args.file, &Options { overrides: args.overrides.clone() }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let name = args.file.display().to_string();
+    let algo = match args.algo {
+        AlgoChoice::Hpo => Algo::Hpo,
+        AlgoChoice::HpoNocross => Algo::HpoNoCross,
+        AlgoChoice::Ppo => Algo::Ppo,
+    };
+    let mut cfg = Config::defaults(algo, &module);
+    cfg.updates = args.updates as usize;
+    cfg.batch = args.batch as usize;
+    if let Some(lr) = args.lr {
+        cfg.lr = lr;
+    }
+    cfg.hidden = args.hidden.0.clone();
+    cfg.seed = args.seed;
+    cfg.instance_seed = args.instance_seed;
+    cfg.scenarios = args.scenarios as usize;
+    if let Some(g) = args.gamma {
+        cfg.gamma = g;
+    }
+    cfg.lambda = args.lambda;
+    cfg.clip = args.clip;
+    cfg.epochs = args.epochs as usize;
+    cfg.minibatches = args.minibatches as usize;
+    cfg.value_coef = args.value_coef;
+    cfg.entropy_start = args.entropy_start;
+    cfg.entropy_end = args.entropy_end;
+    cfg.pathwise_coef = args.pathwise_coef;
+    cfg.max_grad_norm = args.max_grad_norm;
+    cfg.target_kl = args.target_kl;
+    if let Some(b) = args.buffer_periods {
+        cfg.buffer_periods = b as usize;
+    }
+    cfg.adam_eps = args.adam_eps;
+    cfg.normalize = !args.no_normalize;
+    cfg.action_scale = args.action_scale;
+    if cfg.batch > cfg.scenarios {
+        eprintln!("error: --batch {} is larger than the training set (--scenarios {})", cfg.batch, cfg.scenarios);
+        return 2;
+    }
+    let folder = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}-s{}", module.name, algo.name(), args.seed)));
+    if folder.exists() && !args.force && !args.resume {
+        eprintln!(
+            "error: the run folder {} exists; pass --force to replace its files, --resume to continue it, or --out to choose another",
+            folder.display()
+        );
+        return 2;
+    }
+    if args.resume {
+        eprintln!("error: --resume is not supported yet; pass --out to start a new run or --force to replace this one");
+        return 2;
+    }
+    let interp = hmdp::backend::Interp { module: &module };
+    let jit;
+    let backend: &dyn hmdp::backend::Backend = match args.backend {
+        Backend::Interp => &interp,
+        Backend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+            Ok(compiled) => {
+                jit = compiled;
+                &jit
+            }
+            Err(e) => {
+                eprintln!("error: internal error: {e}; please report this with the model");
+                return 3;
+            }
+        },
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C kills the process at once.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let inputs = run::RunInputs {
+        module: &module,
+        backend,
+        source: &source,
+        overrides: &args.overrides,
+        command: std::env::args().collect(),
+        folder: folder.clone(),
+        stop,
+        progress: !args.quiet,
+    };
+    println!(
+        "train {name}: {} on backend {}, {} updates of {} scenarios, seed {}, run folder {}",
+        algo.name(),
+        backend.name(),
+        cfg.updates,
+        cfg.batch,
+        cfg.seed,
+        folder.display()
+    );
+    let outcome = match run::train(inputs, cfg) {
+        Ok(outcome) => outcome,
+        Err(TrainError::Run(e)) => return run_error(&name, &source, e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    println!(
+        "{} {} updates in {:.1} s ({:.1} s in updates, {:.1} ms per update); best dev cost {:.4} at update {}",
+        if outcome.interrupted { "stopped after" } else { "done:" },
+        outcome.updates,
+        outcome.seconds,
+        outcome.seconds_in_updates,
+        1e3 * outcome.seconds_in_updates / outcome.updates.max(1) as f64,
+        outcome.best_dev,
+        outcome.best_update
+    );
+    println!("run folder: {} (evaluate with `hmdpc eval {}`)", folder.display(), folder.display());
+    match outcome.error {
+        Some(TrainError::Run(e)) => run_error(&name, &source, e),
+        Some(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+        None => 0,
+    }
+}
+
+fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
+    use hmdp::train::{run, scenarios::Scenarios};
+    let read = |file: &str| std::fs::read(folder.join(file)).map_err(|e| (file.to_string(), describe_io(&e)));
+    let (source, run_json) = match (read("model.hmdp"), read("run.json")) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err((f, e)), _) | (_, Err((f, e))) => {
+            eprintln!("error: {} is not a run folder: cannot read {f}: {e}", folder.display());
+            return 2;
+        }
+    };
+    let run_json: serde_json::Value = match serde_json::from_slice(&run_json) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {}/run.json is not valid JSON: {e}", folder.display());
+            return 1;
+        }
+    };
+    let overrides: Vec<(String, f64)> = run_json
+        .pointer("/config/set")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_f64()?))).collect())
+        .unwrap_or_default();
+    let model_path = folder.join("model.hmdp");
+    let (module, source_text) = match compile_module(&model_path, &Options { overrides }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let _ = source;
+    let (mut cfg, _) = match run::read_config(&run_json, &module) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}/run.json: {e}", folder.display());
+            return 1;
+        }
+    };
+    if let Some(n) = scenarios {
+        cfg.scenarios = n as usize;
+    }
+    let name = model_path.display().to_string();
+    let instance = match hmdp::sim::instance(&module, cfg.instance_seed) {
+        Ok(i) => i,
+        Err(e) => return run_error(&name, &source_text, e),
+    };
+    let (label, per_scenario, term_names) = if policy == EvalPolicy::Random {
+        let summary = match hmdp::sim::simulate_per_scenario(
+            &module,
+            &instance,
+            &hmdp::sim::RandomPolicy,
+            cfg.seed,
+            hmdp::sim::ScenarioSet::Test,
+            cfg.scenarios,
+        ) {
+            Ok(s) => s,
+            Err(e) => return run_error(&name, &source_text, e),
+        };
+        ("random policy".to_string(), summary, module.costs().map(|(_, b)| b.name.clone()).collect::<Vec<_>>())
+    } else {
+        let file = if policy == EvalPolicy::Best { "best.ckpt" } else { "final.ckpt" };
+        let bytes = match std::fs::read(folder.join(file)) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {}", folder.join(file).display(), describe_io(&e));
+                return 1;
+            }
+        };
+        let (nets, spec) = match run::load_nets(&module, &cfg, &bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {}: {e}", folder.join(file).display());
+                return 1;
+            }
+        };
+        let jit = match hmdp::backend::jit::Jit::compile(&module) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("error: internal error: {e}; please report this with the model");
+                return 3;
+            }
+        };
+        let test = match Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, cfg.scenarios) {
+            Ok(t) => t,
+            Err(e) => return run_error(&name, &source_text, e),
+        };
+        let ctx = hmdp::train::rollout::Context { module: &module, spec: &spec, backend: &jit, instance: &instance };
+        let evaluation = match hmdp::train::evaluate(&ctx, &nets, &test) {
+            Ok(e) => e,
+            Err(hmdp::train::TrainError::Run(e)) => return run_error(&name, &source_text, e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        let names = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
+        (format!("{} checkpoint", file.trim_end_matches(".ckpt")), evaluation.per_scenario, names)
+    };
+    let scale_unit = hmdp::sim::report_unit(&module);
+    println!(
+        "eval {}: {label}, {} test scenarios (seed {}, instance seed {})",
+        folder.display(),
+        per_scenario.len(),
+        cfg.seed,
+        cfg.instance_seed
+    );
+    println!("cost {scale_unit} (mean ± 95% confidence interval):");
+    let width = term_names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+    for (k, term) in term_names.iter().enumerate() {
+        let values: Vec<f64> = per_scenario.iter().map(|r| r[k]).collect();
+        let e = hmdp::sim::Estimate::of(&values);
+        println!("  {term:<width$}  {:>12.4} ± {:.4}", e.mean, e.half_width);
+    }
+    let totals: Vec<f64> = per_scenario.iter().map(|r| r.iter().sum()).collect();
+    let e = hmdp::sim::Estimate::of(&totals);
+    println!("  {:<width$}  {:>12.4} ± {:.4}", "total", e.mean, e.half_width);
+    0
+}
+
+fn instance(path: &Path, seed: u64, overrides: Vec<(String, f64)>) -> u8 {
+    let (module, source) = match compile_module(path, &Options { overrides }) {
+        Ok(compiled) => compiled,
+        Err(code) => return code,
+    };
+    let name = path.display().to_string();
+    let instance = match hmdp::sim::instance(&module, seed) {
+        Ok(i) => i,
+        Err(e) => return run_error(&name, &source, e),
+    };
+    let mut params = serde_json::Map::new();
+    for (id, b) in module.buffers.iter().enumerate() {
+        if b.kind != hmdp::ir::BufferKind::Param {
+            continue;
+        }
+        let dims: Vec<usize> = b.dims.iter().map(|&d| module.sets[d].len()).collect();
+        let values = &instance.values[id];
+        params.insert(b.name.clone(), nest(values, &dims));
+    }
+    let sets: serde_json::Map<String, serde_json::Value> =
+        module.sets.iter().map(|s| (s.name.clone(), serde_json::json!([s.lo, s.hi]))).collect();
+    let out = serde_json::json!({ "model": module.name, "seed": seed, "sets": sets, "params": params });
+    println!("{out:#}");
+    0
+}
+
+/// A row-major array as nested JSON arrays, one level per dimension.
+fn nest(values: &[f64], dims: &[usize]) -> serde_json::Value {
+    match dims.split_first() {
+        None => values.first().copied().map_or(serde_json::Value::Null, serde_json::Value::from),
+        Some((&n, rest)) => {
+            let stride: usize = rest.iter().product();
+            serde_json::Value::Array((0..n).map(|i| nest(&values[i * stride..(i + 1) * stride], rest)).collect())
+        }
+    }
 }
 
 fn simulate(

@@ -261,6 +261,35 @@ pub fn report_scale(module: &Module) -> f64 {
     periods * module.report.per_size.iter().map(|(_, v)| *v as f64).product::<f64>()
 }
 
+/// What one unit of reported figures is, e.g. "per period per items".
+pub fn report_unit(module: &Module) -> String {
+    let mut unit = String::new();
+    if module.report.per_period {
+        unit.push_str("per period");
+    }
+    for (name, _) in &module.report.per_size {
+        unit.push_str(&format!("{}per {name}", if unit.is_empty() { "" } else { " " }));
+    }
+    if unit.is_empty() { "total over the horizon".into() } else { unit }
+}
+
+/// Runs `scenarios` scenarios of a set in parallel; per scenario, each cost term's reported
+/// figure (summed from `warmup` on and scaled as the model's `report` says).
+pub fn simulate_per_scenario(
+    module: &Module,
+    instance: &Buffers,
+    policy: &dyn Policy,
+    seed: u64,
+    set: ScenarioSet,
+    scenarios: usize,
+) -> Result<Vec<Vec<f64>>, RunError> {
+    let scale = report_scale(module);
+    (0..scenarios as u64)
+        .into_par_iter()
+        .map(|i| rollout(module, instance, policy, seed, set, i).map(|c| c.iter().map(|v| v / scale).collect()))
+        .collect()
+}
+
 /// Runs `scenarios` scenarios of a set in parallel and summarises their reported costs.
 pub fn simulate(
     module: &Module,
@@ -270,30 +299,16 @@ pub fn simulate(
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Summary, RunError> {
-    let per_scenario: Vec<Vec<f64>> = (0..scenarios as u64)
-        .into_par_iter()
-        .map(|i| rollout(module, instance, policy, seed, set, i))
-        .collect::<Result<_, _>>()?;
-    let scale = report_scale(module);
+    let per_scenario = simulate_per_scenario(module, instance, policy, seed, set, scenarios)?;
     let names: Vec<String> = module.costs().map(|(_, b)| b.name.clone()).collect();
     let terms = names
         .iter()
         .enumerate()
         .map(|(k, name)| {
-            let values: Vec<f64> = per_scenario.iter().map(|c| c[k] / scale).collect();
+            let values: Vec<f64> = per_scenario.iter().map(|c| c[k]).collect();
             (name.clone(), Estimate::of(&values))
         })
         .collect();
-    let totals: Vec<f64> = per_scenario.iter().map(|c| c.iter().sum::<f64>() / scale).collect();
-    let mut unit = String::new();
-    if module.report.per_period {
-        unit.push_str("per period");
-    }
-    for (name, _) in &module.report.per_size {
-        unit.push_str(&format!("{}per {name}", if unit.is_empty() { "" } else { " " }));
-    }
-    if unit.is_empty() {
-        unit = "total over the horizon".into();
-    }
-    Ok(Summary { terms, total: Estimate::of(&totals), scenarios, unit })
+    let totals: Vec<f64> = per_scenario.iter().map(|c| c.iter().sum::<f64>()).collect();
+    Ok(Summary { terms, total: Estimate::of(&totals), scenarios, unit: report_unit(module) })
 }

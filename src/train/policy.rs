@@ -1,0 +1,91 @@
+//! The policy: a discrete network (one softmax per discrete action element, zero-initialised so
+//! it starts uniform), a continuous network (one raw output per continuous action element and
+//! regime, squashed into the action's bounds), a value network, and the running normalisation of
+//! the features they read.
+
+use rand::rngs::ChaCha8Rng;
+
+use super::spec::Spec;
+use crate::nn::Mlp;
+
+/// Running mean and variance of each feature (Welford), frozen within an update.
+#[derive(Clone, Debug)]
+pub struct Normalizer {
+    pub enabled: bool,
+    pub count: f64,
+    pub mean: Vec<f64>,
+    pub m2: Vec<f64>,
+}
+
+impl Normalizer {
+    pub fn new(features: usize, enabled: bool) -> Normalizer {
+        Normalizer { enabled, count: 0.0, mean: vec![0.0; features], m2: vec![0.0; features] }
+    }
+
+    /// The divisor of each feature: its standard deviation, or 1 while unknown or constant.
+    pub fn scale(&self) -> Vec<f64> {
+        if !self.enabled || self.count < 2.0 {
+            return vec![1.0; self.mean.len()];
+        }
+        self.m2.iter().map(|m| (m / (self.count - 1.0)).sqrt()).map(|s| if s > 1e-8 { s } else { 1.0 }).collect()
+    }
+
+    pub fn center(&self) -> Vec<f64> {
+        if !self.enabled || self.count < 2.0 { vec![0.0; self.mean.len()] } else { self.mean.clone() }
+    }
+
+    /// Adds rows of raw features.
+    pub fn update(&mut self, rows: &[f64], features: usize) {
+        if !self.enabled || features == 0 {
+            return;
+        }
+        for row in rows.chunks_exact(features) {
+            self.count += 1.0;
+            for (k, &x) in row.iter().enumerate() {
+                let delta = x - self.mean[k];
+                self.mean[k] += delta / self.count;
+                self.m2[k] += delta * (x - self.mean[k]);
+            }
+        }
+    }
+}
+
+/// Everything that is learned.
+#[derive(Clone)]
+pub struct Nets {
+    pub discrete: Mlp,
+    pub continuous: Mlp,
+    pub value: Mlp,
+    /// PPO's state-independent log standard deviation, one per continuous output.
+    pub log_std: Vec<f32>,
+    pub normalizer: Normalizer,
+}
+
+impl Nets {
+    pub fn new(spec: &Spec, hidden: &[usize], normalize: bool, rng: &mut ChaCha8Rng) -> Nets {
+        let sizes = |out: usize| {
+            let mut s = vec![spec.features.max(1)];
+            s.extend_from_slice(hidden);
+            s.push(out.max(1));
+            s
+        };
+        Nets {
+            // Zero head: every label equally likely at first.
+            discrete: Mlp::new(&sizes(spec.logits), 0.0, rng),
+            continuous: Mlp::new(&sizes(spec.outputs), 0.01, rng),
+            value: Mlp::new(&sizes(1), 1.0, rng),
+            log_std: vec![0.0; spec.outputs],
+            normalizer: Normalizer::new(spec.features, normalize),
+        }
+    }
+}
+
+/// `log softmax(logits)` of one categorical.
+pub fn log_softmax(logits: &[f32], out: &mut [f64]) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    for (o, &x) in out.iter_mut().zip(logits) {
+        *o = x as f64 - log_sum;
+    }
+}

@@ -1,0 +1,269 @@
+//! Batched rollouts of the policy through the compiled kernels, recording what the updates need.
+//!
+//! One step of a rollout follows the two-phase protocol of `sim::decide`: noise from the
+//! scenario set, the `bounds` kernel, the features, the discrete choice, the `regimes` kernel,
+//! the continuous actions (squashed into the bounds or the chosen piece's bounds; 0 outside their
+//! regime), then the `step` kernel. A recording rollout keeps, per step, the batch as the step
+//! saw it (for the VJP), the continuous network's tape (for backpropagation through time), the
+//! chosen labels and their log-probabilities.
+
+use rand::rngs::ChaCha8Rng;
+
+use super::TrainError;
+use super::policy::{Nets, log_softmax};
+use super::scenarios::Scenarios;
+use super::spec::{RegimeSource, Spec, squash};
+use crate::backend::{self, Backend, Batch, Kernel};
+use crate::ir::Module;
+use crate::nn::Tape;
+use crate::sim::{Buffers, eval::unit};
+
+/// How actions are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// HPO training: discrete labels sampled, continuous actions deterministic.
+    Sample,
+    /// PPO training: discrete labels sampled, raw continuous outputs drawn from a Gaussian.
+    Gaussian,
+    /// Evaluation: the most likely label, deterministic continuous actions.
+    Greedy,
+}
+
+/// What the compiled model runs on: the module, its kernels and the instance.
+pub struct Context<'a> {
+    pub module: &'a Module,
+    pub spec: &'a Spec,
+    pub backend: &'a dyn Backend,
+    pub instance: &'a Buffers,
+}
+
+/// One continuous action element's raw output as used in a step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Used {
+    /// The output of the continuous network it came from, if the element acts.
+    pub output: Option<u32>,
+    /// d(action)/d(raw output).
+    pub slope: f64,
+    /// The raw value squashed (the network's output, or PPO's Gaussian draw).
+    pub raw: f32,
+}
+
+pub struct Step {
+    /// The batch after the step: inputs as the step read them, outputs as it wrote them.
+    pub batch: Option<Batch>,
+    /// Normalised features, rows × features.
+    pub features: Vec<f32>,
+    pub tape: Option<Tape>,
+    /// Chosen label per row and discrete element.
+    pub chosen: Vec<u32>,
+    /// Log-probability of the chosen actions per row (discrete; plus Gaussian for PPO).
+    pub log_prob: Vec<f64>,
+    /// Per row and continuous element.
+    pub used: Vec<Used>,
+    /// Per row and cost term.
+    pub costs: Vec<f64>,
+}
+
+pub struct Trajectory {
+    pub rows: usize,
+    pub steps: Vec<Step>,
+    /// Features after the last step, for the value bootstrap.
+    pub final_features: Vec<f32>,
+    /// Raw (unnormalised) features of every step, for the running normalisation.
+    pub raw_features: Vec<f64>,
+}
+
+impl Trajectory {
+    /// Per row and cost term: the sum over steps from `from` on.
+    pub fn totals(&self, terms: usize, from: usize) -> Vec<f64> {
+        let mut totals = vec![0.0; self.rows * terms];
+        for step in self.steps.iter().skip(from) {
+            for (t, c) in totals.iter_mut().zip(&step.costs) {
+                *t += c;
+            }
+        }
+        totals
+    }
+}
+
+fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], raw: &mut Vec<f64>) -> Vec<f32> {
+    let f = ctx.spec.features;
+    let mut out = vec![0.0f32; batch.size * f];
+    for b in 0..batch.size {
+        let mut k = 0;
+        for &(id, len) in &ctx.spec.observe {
+            for (j, &v) in batch.get(id, b).iter().enumerate().take(len) {
+                raw.push(v);
+                out[b * f + k + j] = ((v - center[k + j]) / scale[k + j]) as f32;
+            }
+            k += len;
+        }
+    }
+    out
+}
+
+/// Runs the policy on scenarios `indices` of a set for the whole horizon.
+pub fn rollout(
+    ctx: &Context,
+    nets: &Nets,
+    scenarios: &Scenarios,
+    indices: &[usize],
+    mode: Mode,
+    record: bool,
+    rng: &mut ChaCha8Rng,
+) -> Result<Trajectory, TrainError> {
+    let (module, spec) = (ctx.module, ctx.spec);
+    let rows = indices.len();
+    let mut batch = Batch::new(module, ctx.instance, rows);
+    for (id, values) in &scenarios.init {
+        let len = batch.lens[*id];
+        for (b, &s) in indices.iter().enumerate() {
+            batch.get_mut(*id, b).copy_from_slice(&values[s * len..(s + 1) * len]);
+        }
+    }
+    let center = nets.normalizer.center();
+    let scale = nets.normalizer.scale();
+    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+    let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+    let terms = spec.costs.len();
+    let mut steps = Vec::with_capacity(module.horizon as usize);
+    let mut raw_features = Vec::new();
+    for t in 0..module.horizon as usize {
+        for (id, values) in &scenarios.noise[t] {
+            let len = batch.lens[*id];
+            for (b, &s) in indices.iter().enumerate() {
+                batch.get_mut(*id, b).copy_from_slice(&values[s * len..(s + 1) * len]);
+            }
+        }
+        backend::run(ctx.backend, Kernel::Bounds, &mut batch).map_err(TrainError::Run)?;
+        let x = features(ctx, &batch, &center, &scale, &mut raw_features);
+
+        // Discrete phase.
+        let mut chosen = vec![0u32; rows * discrete_len];
+        let mut log_prob = vec![0.0f64; rows];
+        if spec.logits > 0 {
+            let mut tape = Tape::default();
+            let logits = nets.discrete.forward(&x, rows, &mut tape).to_vec();
+            let mut lp = Vec::new();
+            for b in 0..rows {
+                let mut e = 0;
+                for head in &spec.discrete {
+                    lp.resize(head.labels, 0.0);
+                    for k in 0..head.len {
+                        let start = b * spec.logits + head.offset + k * head.labels;
+                        log_softmax(&logits[start..start + head.labels], &mut lp);
+                        let label = match mode {
+                            Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
+                            Mode::Sample | Mode::Gaussian => {
+                                let mut u = unit(rng);
+                                let mut pick = head.labels - 1;
+                                for (l, &p) in lp.iter().enumerate() {
+                                    u -= p.exp();
+                                    if u < 0.0 {
+                                        pick = l;
+                                        break;
+                                    }
+                                }
+                                pick
+                            }
+                        };
+                        chosen[b * discrete_len + e] = label as u32;
+                        log_prob[b] += lp[label];
+                        batch.get_mut(head.buffer, b)[k] = label as f64;
+                        e += 1;
+                    }
+                }
+            }
+        }
+        backend::run(ctx.backend, Kernel::Regimes, &mut batch).map_err(TrainError::Run)?;
+
+        // Continuous phase.
+        let mut used = vec![Used::default(); rows * continuous_len];
+        let mut tape = Tape::default();
+        if spec.outputs > 0 {
+            let z = nets.continuous.forward(&x, rows, &mut tape).to_vec();
+            for b in 0..rows {
+                let mut e = 0;
+                for head in &spec.continuous {
+                    for k in 0..head.len {
+                        let active = head.mask.is_none_or(|m| batch.get(m, b)[k] != 0.0);
+                        let value = if active {
+                            let regime = match head.regime {
+                                RegimeSource::None => 0,
+                                RegimeSource::Shared { buffer, .. } => batch.get(buffer, b)[0] as usize,
+                                RegimeSource::Elementwise { buffer, .. } => batch.get(buffer, b)[k] as usize,
+                            };
+                            let output = head.offset + k * head.regime.labels() + regime;
+                            let mean = z[b * spec.outputs + output];
+                            let raw = match mode {
+                                Mode::Gaussian => {
+                                    let sigma = nets.log_std[output].clamp(-20.0, 2.0).exp();
+                                    let eps = standard_normal(rng);
+                                    let draw = mean + sigma * eps as f32;
+                                    log_prob[b] += -0.5 * eps * eps
+                                        - nets.log_std[output].clamp(-20.0, 2.0) as f64
+                                        - 0.5 * (2.0 * std::f64::consts::PI).ln();
+                                    draw
+                                }
+                                Mode::Sample | Mode::Greedy => mean,
+                            };
+                            let lo = head.lower.map_or(f64::NEG_INFINITY, |l| batch.get(l, b)[k]);
+                            let hi = head.upper.map_or(f64::INFINITY, |h| batch.get(h, b)[k]);
+                            if lo > hi {
+                                return Err(TrainError::EmptyBounds {
+                                    action: module.buffers[head.buffer].name.clone(),
+                                    element: k,
+                                    step: t,
+                                    lo,
+                                    hi,
+                                });
+                            }
+                            let (v, slope) = squash(raw as f64, lo, hi, head.scale);
+                            used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
+                            v
+                        } else {
+                            0.0
+                        };
+                        batch.get_mut(head.buffer, b)[k] = value;
+                        e += 1;
+                    }
+                }
+            }
+        }
+
+        backend::run(ctx.backend, Kernel::Step, &mut batch).map_err(TrainError::Run)?;
+        let mut costs = vec![0.0; rows * terms];
+        for b in 0..rows {
+            for (j, &id) in spec.costs.iter().enumerate() {
+                let c = batch.get(id, b)[0];
+                if !c.is_finite() {
+                    return Err(TrainError::NotFinite { term: module.buffers[id].name.clone(), step: t, value: c });
+                }
+                costs[b * terms + j] = c;
+            }
+        }
+        steps.push(Step {
+            batch: record.then(|| batch.clone()),
+            features: x,
+            tape: record.then_some(tape),
+            chosen,
+            log_prob,
+            used,
+            costs,
+        });
+        for &(next, state) in &spec.next {
+            let (n, s) = (batch.values[next].clone(), &mut batch.values[state]);
+            s.copy_from_slice(&n);
+        }
+    }
+    let mut ignored = Vec::new();
+    let final_features = features(ctx, &batch, &center, &scale, &mut ignored);
+    Ok(Trajectory { rows, steps, final_features, raw_features })
+}
+
+/// A standard normal draw (Box–Muller on the policy's stream).
+pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1 = 1.0 - unit(rng);
+    let u2 = unit(rng);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}

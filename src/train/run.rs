@@ -1,0 +1,479 @@
+//! A training run on disk: the loop that trains, evaluates on the dev set and keeps the best
+//! parameters, and the run folder it writes.
+//!
+//! A run folder holds `model.hmdp` (the source trained on) with `model.hash`, `run.json` (the
+//! exact command, the settings and seeds, crate versions), `best.ckpt` and `final.ckpt`,
+//! `curve.csv` (update, wall time, train cost, dev cost per term) and `curve.svg`. Every file is
+//! written to a temporary name and renamed into place, so a crash or a kill leaves each file
+//! either as it was or complete; a checkpoint is never half written.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+use super::policy::Nets;
+use super::rollout::{Context, Mode, rollout};
+use super::scenarios::Scenarios;
+use super::update::{Optimizers, update};
+use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_scale};
+use crate::backend::Backend;
+use crate::ir::Module;
+use crate::sim::{self, Buffers, ScenarioSet};
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"HMDPCKPT";
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// A 64-bit FNV-1a hash, printed in hex: identifies a model's source in a run folder.
+pub fn hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The networks and normalisation as bytes: a magic, a JSON header, then the arrays.
+pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::Value) -> Vec<u8> {
+    let header = serde_json::json!({
+        "update": update,
+        "discrete": nets.discrete.params.len(),
+        "continuous": nets.continuous.params.len(),
+        "value": nets.value.params.len(),
+        "log_std": nets.log_std.len(),
+        "features": nets.normalizer.mean.len(),
+        "normalize": nets.normalizer.enabled,
+        "count": nets.normalizer.count,
+        "run": header_extra,
+    })
+    .to_string();
+    let mut out = Vec::new();
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for array in [&nets.discrete.params, &nets.continuous.params, &nets.value.params, &nets.log_std] {
+        for v in array.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    for array in [&nets.normalizer.mean, &nets.normalizer.m2] {
+        for v in array {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Reads a checkpoint into networks of the right shapes.
+pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String> {
+    let bad = |what: &str| format!("not a valid checkpoint: {what}");
+    if bytes.len() < 16 || &bytes[..8] != CHECKPOINT_MAGIC {
+        return Err(bad("it does not start with the checkpoint marker"));
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[8..16]);
+    let header_len = u64::from_le_bytes(len8) as usize;
+    let header_end = 16usize.checked_add(header_len).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[16..header_end]).map_err(|e| bad(&format!("header: {e}")))?;
+    let size = |key: &str| header.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let expect = [
+        ("discrete", nets.discrete.params.len()),
+        ("continuous", nets.continuous.params.len()),
+        ("value", nets.value.params.len()),
+        ("log_std", nets.log_std.len()),
+        ("features", nets.normalizer.mean.len()),
+    ];
+    for (key, n) in expect {
+        if size(key) != Some(n) {
+            return Err(bad(&format!("`{key}` has {:?} values, the model needs {n}", size(key))));
+        }
+    }
+    let mut at = header_end;
+    let mut take = |n: usize, width: usize| -> Result<&[u8], String> {
+        let end = at.checked_add(n * width).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+        let slice = &bytes[at..end];
+        at = end;
+        Ok(slice)
+    };
+    for array in [&mut nets.discrete.params, &mut nets.continuous.params, &mut nets.value.params, &mut nets.log_std] {
+        let raw = take(array.len(), 4)?;
+        for (v, chunk) in array.iter_mut().zip(raw.chunks_exact(4)) {
+            *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+    }
+    for array in [&mut nets.normalizer.mean, &mut nets.normalizer.m2] {
+        let raw = take(array.len(), 8)?;
+        for (v, chunk) in array.iter_mut().zip(raw.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *v = f64::from_le_bytes(b);
+        }
+    }
+    nets.normalizer.enabled = header.get("normalize").and_then(|v| v.as_bool()).unwrap_or(true);
+    nets.normalizer.count = header.get("count").and_then(|v| v.as_f64()).unwrap_or(0.0);
+    Ok(size("update").unwrap_or(0))
+}
+
+/// Versions of the crates that decide a run's numbers, read from the lock file built in.
+pub fn crate_versions() -> serde_json::Value {
+    let lock = include_str!("../../Cargo.lock");
+    let wanted = ["rand", "rand_distr", "chacha20", "cranelift-codegen", "matrixmultiply", "rayon"];
+    let mut map = serde_json::Map::new();
+    map.insert("hmdp".into(), env!("CARGO_PKG_VERSION").into());
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_string());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), &name)
+            && wanted.contains(&n.as_str())
+        {
+            map.insert(n.clone(), v.trim_matches('"').into());
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+/// The settings of a run as JSON, enough to rebuild its networks and sets.
+pub fn config_json(cfg: &Config, overrides: &[(String, f64)]) -> serde_json::Value {
+    serde_json::json!({
+        "algo": cfg.algo.name(),
+        "updates": cfg.updates,
+        "batch": cfg.batch,
+        "lr": cfg.lr,
+        "hidden": cfg.hidden,
+        "gamma": cfg.gamma,
+        "lambda": cfg.lambda,
+        "clip": cfg.clip,
+        "epochs": cfg.epochs,
+        "minibatches": cfg.minibatches,
+        "value_coef": cfg.value_coef,
+        "entropy_start": cfg.entropy_start,
+        "entropy_end": cfg.entropy_end,
+        "pathwise_coef": cfg.pathwise_coef,
+        "max_grad_norm": cfg.max_grad_norm,
+        "target_kl": cfg.target_kl,
+        "buffer_periods": cfg.buffer_periods,
+        "adam_eps": cfg.adam_eps,
+        "normalize": cfg.normalize,
+        "scenarios": cfg.scenarios,
+        "seed": cfg.seed,
+        "instance_seed": cfg.instance_seed,
+        "action_scale": cfg.action_scale,
+        "set": overrides.iter().map(|(n, v)| serde_json::json!([n, v])).collect::<Vec<_>>(),
+    })
+}
+
+/// One row of the learning curve.
+#[derive(Clone, Debug)]
+pub struct CurveRow {
+    pub update: usize,
+    pub seconds: f64,
+    pub train: f64,
+    pub dev_terms: Vec<f64>,
+}
+
+fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
+    let mut out = String::from("update,seconds,train_cost");
+    for n in names {
+        out.push_str(&format!(",dev_{n}"));
+    }
+    out.push_str(",dev_total\n");
+    for r in rows {
+        out.push_str(&format!("{},{:.3},{:.6}", r.update, r.seconds, r.train));
+        for t in &r.dev_terms {
+            out.push_str(&format!(",{t:.6}"));
+        }
+        out.push_str(&format!(",{:.6}\n", r.dev_terms.iter().sum::<f64>()));
+    }
+    out
+}
+
+/// The learning curve as an SVG line plot: train cost and dev total against updates.
+pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
+    let (w, h, pad) = (640.0, 400.0, 60.0);
+    let points: Vec<(f64, f64, f64)> =
+        rows.iter().map(|r| (r.update as f64, r.train, r.dev_terms.iter().sum::<f64>())).collect();
+    let finite = points.iter().flat_map(|p| [p.1, p.2]).filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 1.0, lo + 1.0) };
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let x = |u: f64| pad + (w - 2.0 * pad) * u / max_x;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * (v - lo) / (hi - lo);
+    let line = |pick: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        points
+            .iter()
+            .filter(|p| pick(p).is_finite())
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(pick(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{pad}\" y=\"24\" font-size=\"14\">{}</text>\n\
+         <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <text x=\"{r}\" y=\"{lb}\" text-anchor=\"end\">updates ({max_x})</text>\n\
+         <text x=\"4\" y=\"{t}\">{hi:.4}</text><text x=\"4\" y=\"{b}\">{lo:.4}</text>\n",
+        title.replace('&', "&amp;").replace('<', "&lt;"),
+        b = h - pad,
+        r = w - pad,
+        lb = h - pad + 30.0,
+        t = pad + 4.0,
+    );
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#999\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+        line(&|p| p.1)
+    ));
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n",
+        line(&|p| p.2)
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#999\">train (rollout)</text><text x=\"{}\" y=\"{}\" fill=\"#c33\">dev (greedy)</text>\n</svg>\n",
+        w - 250.0,
+        pad - 10.0,
+        w - 140.0,
+        pad - 10.0
+    ));
+    svg
+}
+
+/// What a finished (or stopped) run reports.
+pub struct Outcome {
+    pub updates: usize,
+    pub best_update: usize,
+    pub best_dev: f64,
+    pub seconds: f64,
+    pub seconds_in_updates: f64,
+    pub interrupted: bool,
+    pub error: Option<TrainError>,
+}
+
+/// Everything `train` needs besides the settings.
+pub struct RunInputs<'a> {
+    pub module: &'a Module,
+    pub backend: &'a dyn Backend,
+    pub source: &'a str,
+    pub overrides: &'a [(String, f64)],
+    pub command: Vec<String>,
+    pub folder: PathBuf,
+    pub stop: Arc<AtomicBool>,
+    pub progress: bool,
+}
+
+/// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
+/// returned inside the outcome after the best checkpoint and the curve are safely written.
+pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainError> {
+    let io = |e: std::io::Error| TrainError::Internal(format!("cannot write the run folder: {e}"));
+    let module = inputs.module;
+    let instance: Buffers = sim::instance(module, cfg.instance_seed).map_err(TrainError::Run)?;
+    let spec0 = super::spec::Spec::of(module);
+    if spec0.logits == 0 && spec0.outputs == 0 {
+        return Err(TrainError::NoActions);
+    }
+    let started = Instant::now();
+    let train_set =
+        Scenarios::draw(module, &instance, cfg.seed, ScenarioSet::Train, cfg.scenarios).map_err(TrainError::Run)?;
+    let dev_set =
+        Scenarios::draw(module, &instance, cfg.seed, ScenarioSet::Dev, cfg.scenarios).map_err(TrainError::Run)?;
+    let scale = *cfg.action_scale.get_or_insert_with(|| train_set.noise_scale());
+    let spec = spec_with_scale(module, scale);
+    let ctx = Context { module, spec: &spec, backend: inputs.backend, instance: &instance };
+
+    let folder = &inputs.folder;
+    std::fs::create_dir_all(folder).map_err(io)?;
+    write_atomic(&folder.join("model.hmdp"), inputs.source.as_bytes()).map_err(io)?;
+    write_atomic(&folder.join("model.hash"), format!("{}\n", hash(inputs.source.as_bytes())).as_bytes()).map_err(io)?;
+    let run_json = serde_json::json!({
+        "command": inputs.command,
+        "model": module.name,
+        "model_hash": hash(inputs.source.as_bytes()),
+        "backend": inputs.backend.name(),
+        "config": config_json(&cfg, inputs.overrides),
+        "versions": crate_versions(),
+    });
+    write_atomic(&folder.join("run.json"), format!("{run_json:#}\n").as_bytes()).map_err(io)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
+    let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
+    let mut opt = Optimizers::new(&nets, &cfg);
+    let names: Vec<String> = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
+    let terms = names.len();
+    let per_epoch = (train_set.count / cfg.batch.max(1)).max(1);
+    let scale_report = sim::report_scale(module);
+    let header = config_json(&cfg, inputs.overrides);
+
+    let mut curve: Vec<CurveRow> = Vec::new();
+    let mut order: Vec<usize> = (0..train_set.count).collect();
+    let mut running_train = f64::NAN;
+    let mut in_updates = 0.0;
+    let mut error = None;
+    let mut done = 0;
+    let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
+    let mut last_print = Instant::now();
+    let save = |nets: &Nets, name: &str, update: usize| {
+        write_atomic(&folder.join(name), &encode_checkpoint(nets, update, header.clone())).map_err(io)
+    };
+    let evaluate_dev = |nets: &Nets| -> Result<Evaluation, TrainError> { evaluate(&ctx, nets, &dev_set) };
+
+    // The policy before any update is the first point of the curve and the first best.
+    let first = evaluate_dev(&nets)?;
+    curve.push(CurveRow {
+        update: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        train: f64::NAN,
+        dev_terms: first.terms.clone(),
+    });
+    let mut best = (first.total(), 0usize);
+    save(&nets, "best.ckpt", 0)?;
+
+    for u in 0..cfg.updates {
+        if inputs.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let position = u % per_epoch;
+        if position == 0 {
+            for i in (1..order.len()).rev() {
+                let j = (crate::sim::eval::unit(&mut rng) * (i + 1) as f64) as usize;
+                order.swap(i, j.min(i));
+            }
+        }
+        let indices = &order[position * cfg.batch..((position + 1) * cfg.batch).min(order.len())];
+        let entropy =
+            cfg.entropy_start + (cfg.entropy_end - cfg.entropy_start) * (u as f64 / (cfg.updates.max(2) - 1) as f64);
+        let t0 = Instant::now();
+        let step = (|| -> Result<f64, TrainError> {
+            let mut policy_rng = sim::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
+            let traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
+            update(&ctx, &mut nets, &mut opt, &traj, &cfg, entropy, &mut rng)?;
+            nets.normalizer.update(&traj.raw_features, spec.features);
+            let totals = traj.totals(terms, module.warmup as usize);
+            Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
+        })();
+        in_updates += t0.elapsed().as_secs_f64();
+        match step {
+            Ok(cost) => {
+                running_train = if running_train.is_nan() { cost } else { 0.9 * running_train + 0.1 * cost };
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+        done = u + 1;
+        if done % per_epoch == 0 || done == cfg.updates {
+            match evaluate_dev(&nets) {
+                Ok(dev) => {
+                    curve.push(CurveRow {
+                        update: done,
+                        seconds: started.elapsed().as_secs_f64(),
+                        train: running_train,
+                        dev_terms: dev.terms.clone(),
+                    });
+                    if dev.total() < best.0 {
+                        best = (dev.total(), done);
+                        save(&nets, "best.ckpt", done)?;
+                    }
+                    write_atomic(&folder.join("curve.csv"), curve_csv(&names, &curve).as_bytes()).map_err(io)?;
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if inputs.progress && (last_print.elapsed().as_secs_f64() > 0.5 || done == cfg.updates) {
+            last_print = Instant::now();
+            let rate = done as f64 / in_updates.max(1e-9);
+            let dev = curve.last().map_or(f64::NAN, |r| r.dev_terms.iter().sum::<f64>());
+            let width = 24;
+            let filled = width * done / cfg.updates.max(1);
+            let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
+            let line = format!(
+                "[{bar}] {done}/{} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}",
+                cfg.updates
+            );
+            if std::io::stderr().is_terminal() {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+    if inputs.progress && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    save(&nets, "final.ckpt", done)?;
+    write_atomic(&folder.join("curve.csv"), curve_csv(&names, &curve).as_bytes()).map_err(io)?;
+    let title = format!("{} — {} (dev cost, {})", module.name, cfg.algo.name(), sim::report_unit(module));
+    write_atomic(&folder.join("curve.svg"), curve_svg(&title, &curve).as_bytes()).map_err(io)?;
+    let (best_dev, best_update) = best;
+    Ok(Outcome {
+        updates: done,
+        best_update,
+        best_dev,
+        seconds: started.elapsed().as_secs_f64(),
+        seconds_in_updates: in_updates,
+        interrupted: inputs.stop.load(Ordering::Relaxed),
+        error,
+    })
+}
+
+/// The settings a run folder was trained with.
+pub fn read_config(run: &serde_json::Value, module: &Module) -> Result<(Config, Vec<(String, f64)>), String> {
+    let c = run.get("config").ok_or("run.json has no `config`")?;
+    let algo = match c.get("algo").and_then(|v| v.as_str()) {
+        Some("hpo") => Algo::Hpo,
+        Some("hpo-nocross") => Algo::HpoNoCross,
+        Some("ppo") => Algo::Ppo,
+        other => return Err(format!("unknown algorithm {other:?} in run.json")),
+    };
+    let mut cfg = Config::defaults(algo, module);
+    let num = |k: &str| c.get(k).and_then(|v| v.as_f64());
+    let int = |k: &str| c.get(k).and_then(|v| v.as_u64());
+    cfg.hidden = c
+        .get("hidden")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+        .ok_or("run.json has no `hidden`")?;
+    cfg.normalize = c.get("normalize").and_then(|v| v.as_bool()).unwrap_or(true);
+    cfg.scenarios = int("scenarios").ok_or("run.json has no `scenarios`")? as usize;
+    cfg.seed = int("seed").ok_or("run.json has no `seed`")?;
+    cfg.instance_seed = int("instance_seed").ok_or("run.json has no `instance_seed`")?;
+    cfg.action_scale = num("action_scale");
+    let overrides = c
+        .get("set")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_f64()?))).collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    Ok((cfg, overrides))
+}
+
+/// Networks shaped for a module and settings, parameters from a checkpoint.
+pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, super::spec::Spec), String> {
+    let spec = spec_with_scale(module, cfg.action_scale.unwrap_or(1.0));
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
+    decode_checkpoint(bytes, &mut nets)?;
+    Ok((nets, spec))
+}

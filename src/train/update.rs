@@ -1,0 +1,461 @@
+//! One policy update from one rollout: HPO's mixed gradient, its decentralised variant, and PPO.
+//!
+//! All three share the PPO machinery of the reference implementation (`hpo-paper.md` §1.3):
+//! rewards `−cost` scaled by their standard deviation, GAE advantages against a value network,
+//! a clipped score-function loss for the discrete heads with an entropy bonus, a value loss, and
+//! `epochs` passes where the first is one full-batch step and the rest are `minibatches` shuffled
+//! steps, stopped early when the approximate KL divergence exceeds `target_kl`. Only the samples
+//! of the central slice `[b, T − b)` enter the losses.
+//!
+//! HPO adds, in the first (full-batch) step only, the pathwise gradient of the scaled cost of the
+//! slice, with the discrete choices held fixed: backpropagation through time, in which each
+//! step's VJP kernel gives the adjoints of its states and continuous actions, the continuous
+//! network's backward pass turns the latter into parameter gradients and gradients on its
+//! features, and those flow back into the states observed. The cross term is the discrete
+//! network's gradient on its features in that same step, added into the same backward pass:
+//! how the continuous actions change later discrete choices. `hpo-nocross` leaves it out.
+
+use rand::rngs::ChaCha8Rng;
+
+use super::policy::{Nets, log_softmax};
+use super::rollout::{Context, Trajectory};
+use super::{Config, TrainError};
+use crate::backend::{self, Kernel};
+use crate::ir::BufferKind;
+use crate::nn::{Adam, Mlp, Tape, clip_grad_norm};
+use crate::sim::eval::unit;
+
+/// One Adam optimiser per parameter group, each clipped on its own.
+pub struct Optimizers {
+    pub discrete: Adam,
+    pub continuous: Adam,
+    pub value: Adam,
+    pub log_std: Adam,
+}
+
+impl Optimizers {
+    pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
+        let adam = |n: usize| Adam::new(n, cfg.lr as f32, cfg.adam_eps as f32);
+        Optimizers {
+            discrete: adam(nets.discrete.params.len()),
+            continuous: adam(nets.continuous.params.len()),
+            value: adam(nets.value.params.len()),
+            log_std: adam(nets.log_std.len()),
+        }
+    }
+}
+
+/// What an update did, for the progress line and the learning curve.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub steps: usize,
+    pub approx_kl: f64,
+    pub clip_fraction: f64,
+    pub entropy: f64,
+}
+
+/// The learning samples of a rollout's central slice.
+struct Samples {
+    features: Vec<f32>,
+    chosen: Vec<u32>,
+    log_prob_old: Vec<f64>,
+    advantages: Vec<f64>,
+    returns: Vec<f64>,
+    /// PPO: (output, raw draw) per sample and continuous element.
+    draws: Vec<(Option<u32>, f32)>,
+    /// The (step, row) each sample came from.
+    origin: Vec<(usize, usize)>,
+}
+
+fn slice(cfg: &Config, horizon: usize) -> std::ops::Range<usize> {
+    let b = cfg.buffer_periods.min(horizon / 2);
+    if horizon > 2 * b { b..horizon - b } else { 0..horizon }
+}
+
+fn std_dev(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 }
+}
+
+fn forward_all(net: &Mlp, features: &[f32], rows: usize) -> (Vec<f32>, Tape) {
+    let mut tape = Tape::default();
+    let out = net.forward(features, rows, &mut tape).to_vec();
+    (out, tape)
+}
+
+/// Rewards, values, GAE; the samples of the slice; the reward scale.
+fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config) -> (Samples, f64) {
+    let (horizon, rows, f) = (traj.steps.len(), traj.rows, ctx.spec.features);
+    let terms = ctx.spec.costs.len();
+    let rewards: Vec<f64> =
+        traj.steps.iter().flat_map(|s| s.costs.chunks(terms.max(1)).map(|c| -c.iter().sum::<f64>())).collect();
+    let scale = std_dev(&rewards);
+    let mut all = Vec::with_capacity((horizon + 1) * rows * f);
+    for s in &traj.steps {
+        all.extend_from_slice(&s.features);
+    }
+    all.extend_from_slice(&traj.final_features);
+    let (values, _) = forward_all(&nets.value, &all, (horizon + 1) * rows);
+    let value = |t: usize, b: usize| values[t * rows + b] as f64;
+    let mut advantages = vec![0.0; horizon * rows];
+    for b in 0..rows {
+        let mut gae = 0.0;
+        for t in (0..horizon).rev() {
+            let delta = rewards[t * rows + b] / scale + cfg.gamma * value(t + 1, b) - value(t, b);
+            gae = delta + cfg.gamma * cfg.lambda * gae;
+            advantages[t * rows + b] = gae;
+        }
+    }
+    let range = slice(cfg, horizon);
+    let discrete_len: usize = ctx.spec.discrete.iter().map(|d| d.len).sum();
+    let continuous_len: usize = ctx.spec.continuous.iter().map(|c| c.len).sum();
+    let mut s = Samples {
+        features: Vec::new(),
+        chosen: Vec::new(),
+        log_prob_old: Vec::new(),
+        advantages: Vec::new(),
+        returns: Vec::new(),
+        draws: Vec::new(),
+        origin: Vec::new(),
+    };
+    for t in range {
+        let step = &traj.steps[t];
+        for b in 0..rows {
+            s.features.extend_from_slice(&step.features[b * f..(b + 1) * f]);
+            s.chosen.extend_from_slice(&step.chosen[b * discrete_len..(b + 1) * discrete_len]);
+            s.log_prob_old.push(step.log_prob[b]);
+            let a = advantages[t * rows + b];
+            s.advantages.push(a);
+            s.returns.push(a + value(t, b));
+            s.draws.extend(step.used[b * continuous_len..(b + 1) * continuous_len].iter().map(|u| (u.output, u.raw)));
+            s.origin.push((t, b));
+        }
+    }
+    (s, scale)
+}
+
+/// The gradients of one PPO-style step on the samples `which`.
+struct Losses {
+    discrete: Vec<f32>,
+    continuous: Vec<f32>,
+    value: Vec<f32>,
+    log_std: Vec<f32>,
+    /// d loss / d features of each sample in `which` (the cross term), when asked for.
+    features: Option<Vec<f32>>,
+    approx_kl: f64,
+    clip_fraction: f64,
+    entropy: f64,
+}
+
+/// Clipped surrogate, entropy and value losses on the samples `which`, differentiated.
+fn ppo_losses(
+    ctx: &Context,
+    nets: &Nets,
+    s: &Samples,
+    which: &[usize],
+    cfg: &Config,
+    entropy_coef: f64,
+    gaussian: bool,
+    want_features: bool,
+) -> Losses {
+    let spec = ctx.spec;
+    let f = spec.features;
+    let n = which.len();
+    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+    let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+    let x: Vec<f32> = which.iter().flat_map(|&i| s.features[i * f..(i + 1) * f].iter().copied()).collect();
+
+    let (logits, dtape) = forward_all(&nets.discrete, &x, n);
+    let (means, ctape) =
+        if gaussian && spec.outputs > 0 { forward_all(&nets.continuous, &x, n) } else { (Vec::new(), Tape::default()) };
+
+    // New log-probabilities and entropies.
+    let mut log_prob = vec![0.0f64; n];
+    let mut entropy = vec![0.0f64; n];
+    let mut lp = Vec::new();
+    let mut probs_of = vec![0.0f64; n * spec.logits];
+    for (r, &i) in which.iter().enumerate() {
+        let mut e = 0;
+        for head in &spec.discrete {
+            lp.resize(head.labels, 0.0);
+            for k in 0..head.len {
+                let start = r * spec.logits + head.offset + k * head.labels;
+                log_softmax(&logits[start..start + head.labels], &mut lp);
+                let label = s.chosen[i * discrete_len + e] as usize;
+                log_prob[r] += lp[label];
+                for (l, &v) in lp.iter().enumerate() {
+                    let p = v.exp();
+                    probs_of[start + l] = p;
+                    if p > 0.0 {
+                        entropy[r] -= p * v;
+                    }
+                }
+                e += 1;
+            }
+        }
+        if gaussian {
+            for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
+                if let Some(o) = output {
+                    let o = o as usize;
+                    let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
+                    let z = (raw as f64 - means[r * spec.outputs + o] as f64) / log_std.exp();
+                    log_prob[r] += -0.5 * z * z - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
+                }
+            }
+        }
+    }
+
+    // Advantages normalised over these samples.
+    let adv: Vec<f64> = which.iter().map(|&i| s.advantages[i]).collect();
+    let mean = adv.iter().sum::<f64>() / n as f64;
+    let sd = (adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    let adv: Vec<f64> = adv.iter().map(|a| (a - mean) / (sd + 1e-8)).collect();
+
+    let mut dlogits = vec![0.0f32; n * spec.logits];
+    let mut dmeans = vec![0.0f32; n * spec.outputs];
+    let mut dlog_std = vec![0.0f32; spec.outputs];
+    let (mut approx_kl, mut clipped) = (0.0, 0usize);
+    for (r, &i) in which.iter().enumerate() {
+        let diff = (log_prob[r] - s.log_prob_old[i]).clamp(-20.0, 20.0);
+        approx_kl += s.log_prob_old[i] - log_prob[r];
+        let ratio = diff.exp();
+        let outside = (adv[r] > 0.0 && ratio > 1.0 + cfg.clip) || (adv[r] < 0.0 && ratio < 1.0 - cfg.clip);
+        if outside {
+            clipped += 1;
+        }
+        // d(−min(ρA, clip(ρ)A))/d log π.
+        let dlp = if outside { 0.0 } else { -adv[r] * ratio / n as f64 };
+        let mut e = 0;
+        for head in &spec.discrete {
+            for k in 0..head.len {
+                let start = r * spec.logits + head.offset + k * head.labels;
+                let label = s.chosen[i * discrete_len + e] as usize;
+                let h: f64 =
+                    (0..head.labels).map(|l| probs_of[start + l]).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
+                for l in 0..head.labels {
+                    let p = probs_of[start + l];
+                    let onehot = if l == label { 1.0 } else { 0.0 };
+                    // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
+                    let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
+                    dlogits[start + l] = (dlp * (onehot - p) - entropy_coef * dh / n as f64) as f32;
+                }
+                e += 1;
+            }
+        }
+        if gaussian {
+            for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
+                if let Some(o) = output {
+                    let o = o as usize;
+                    let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
+                    let sigma = log_std.exp();
+                    let z = (raw as f64 - means[r * spec.outputs + o] as f64) / sigma;
+                    dmeans[r * spec.outputs + o] += (dlp * z / sigma) as f32;
+                    if (-20.0..=2.0).contains(&(nets.log_std[o] as f64)) {
+                        dlog_std[o] += (dlp * (z * z - 1.0)) as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    let mut discrete = vec![0.0f32; nets.discrete.params.len()];
+    let mut dx = want_features.then(|| vec![0.0f32; n * f]);
+    if spec.logits > 0 {
+        nets.discrete.backward(&dtape, &dlogits, &mut discrete, dx.as_deref_mut());
+    }
+    let mut continuous = vec![0.0f32; nets.continuous.params.len()];
+    if gaussian && spec.outputs > 0 {
+        nets.continuous.backward(&ctape, &dmeans, &mut continuous, None);
+    }
+    let (values, vtape) = forward_all(&nets.value, &x, n);
+    let dv: Vec<f32> = which
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| (cfg.value_coef * (values[r] as f64 - s.returns[i]) / n as f64) as f32)
+        .collect();
+    let mut value = vec![0.0f32; nets.value.params.len()];
+    nets.value.backward(&vtape, &dv, &mut value, None);
+    Losses {
+        discrete,
+        continuous,
+        value,
+        log_std: dlog_std,
+        features: dx,
+        approx_kl: approx_kl / n as f64,
+        clip_fraction: clipped as f64 / n as f64,
+        entropy: entropy.iter().sum::<f64>() / n as f64,
+    }
+}
+
+/// Backpropagation through time of the pathwise loss `coef · mean(slice cost) / scale`, plus the
+/// feature gradients `cross` (per slice sample) injected at their steps. Returns the continuous
+/// network's gradient.
+fn pathwise(
+    ctx: &Context,
+    nets: &Nets,
+    traj: &Trajectory,
+    cfg: &Config,
+    scale: f64,
+    cross: Option<(&[f32], &[(usize, usize)])>,
+) -> Result<Vec<f32>, TrainError> {
+    let (module, spec) = (ctx.module, ctx.spec);
+    let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
+    let range = slice(cfg, horizon);
+    let weight = cfg.pathwise_coef / (scale * (range.len() * rows) as f64);
+    let feature_scale = nets.normalizer.scale();
+    let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+    // The cross-term feature gradients by step.
+    let mut injected: Vec<Vec<f32>> = vec![Vec::new(); horizon];
+    if let Some((dx, origin)) = cross {
+        for (sample, &(t, b)) in origin.iter().enumerate() {
+            let row = &mut injected[t];
+            if row.is_empty() {
+                row.resize(rows * f, 0.0);
+            }
+            for k in 0..f {
+                row[b * f + k] += dx[sample * f + k];
+            }
+        }
+    }
+    let adjoint_of = |of: usize| module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of });
+    // The adjoint of every state after the current step, per state buffer.
+    let states: Vec<usize> = spec.next.iter().map(|&(_, s)| s).collect();
+    let mut state_bar: Vec<Vec<f64>> = states.iter().map(|&s| vec![0.0; rows * module.len(s)]).collect();
+    let mut grad = vec![0.0f32; nets.continuous.params.len()];
+    for t in (0..horizon).rev() {
+        let step = &traj.steps[t];
+        let Some(snapshot) = &step.batch else {
+            return Err(TrainError::Internal("a rollout without snapshots".into()));
+        };
+        let mut batch = snapshot.clone();
+        for (k, &(next, _)) in spec.next.iter().enumerate() {
+            if let Some(a) = adjoint_of(next) {
+                batch.values[a].copy_from_slice(&state_bar[k]);
+            }
+        }
+        let w = if range.contains(&t) { weight } else { 0.0 };
+        for &c in &spec.costs {
+            if let Some(a) = adjoint_of(c) {
+                batch.values[a].fill(w);
+            }
+        }
+        backend::run(ctx.backend, Kernel::Vjp, &mut batch).map_err(TrainError::Run)?;
+
+        // Continuous actions → raw outputs → the continuous network.
+        let mut dx = vec![0.0f32; rows * f];
+        if spec.outputs > 0 {
+            let mut dz = vec![0.0f32; rows * spec.outputs];
+            for b in 0..rows {
+                let mut e = 0;
+                for head in &spec.continuous {
+                    let adjoint = adjoint_of(head.buffer);
+                    for k in 0..head.len {
+                        let used = step.used[b * continuous_len + e];
+                        if let (Some(o), Some(a)) = (used.output, adjoint) {
+                            dz[b * spec.outputs + o as usize] += (batch.get(a, b)[k] * used.slope) as f32;
+                        }
+                        e += 1;
+                    }
+                }
+            }
+            let tape = step.tape.as_ref().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
+            nets.continuous.backward(tape, &dz, &mut grad, Some(&mut dx));
+        }
+        if !injected[t].is_empty() {
+            for (d, c) in dx.iter_mut().zip(&injected[t]) {
+                *d += c;
+            }
+        }
+        // Features → observed states, then the state adjoints before this step.
+        for (k, &s) in states.iter().enumerate() {
+            let len = module.len(s);
+            let bar = &mut state_bar[k];
+            match adjoint_of(s) {
+                Some(a) => bar.copy_from_slice(&batch.values[a]),
+                None => bar.fill(0.0),
+            }
+            let mut offset = 0;
+            for &(id, n) in &spec.observe {
+                if id == s {
+                    for b in 0..rows {
+                        for j in 0..n.min(len) {
+                            bar[b * len + j] += dx[b * f + offset + j] as f64 / feature_scale[offset + j];
+                        }
+                    }
+                }
+                offset += n;
+            }
+        }
+    }
+    Ok(grad)
+}
+
+fn apply(adam: &mut Adam, params: &mut [f32], grad: &mut [f32], cfg: &Config) {
+    clip_grad_norm(grad, cfg.max_grad_norm as f32);
+    adam.step(params, grad);
+}
+
+/// One update from one rollout. `pathwise_on` selects HPO (with `cross`) over PPO.
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    ctx: &Context,
+    nets: &mut Nets,
+    opt: &mut Optimizers,
+    traj: &Trajectory,
+    cfg: &Config,
+    entropy_coef: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<Stats, TrainError> {
+    let gaussian = cfg.algo == super::Algo::Ppo;
+    let cross = cfg.algo == super::Algo::Hpo;
+    let (s, scale) = samples(ctx, nets, traj, cfg);
+    let n = s.origin.len();
+    let mut stats = Stats::default();
+    let all: Vec<usize> = (0..n).collect();
+    for epoch in 0..cfg.epochs {
+        let batches: Vec<Vec<usize>> = if epoch == 0 {
+            vec![all.clone()]
+        } else {
+            let mut order = all.clone();
+            for i in (1..n).rev() {
+                let j = (unit(rng) * (i + 1) as f64) as usize;
+                order.swap(i, j.min(i));
+            }
+            let per = n.div_ceil(cfg.minibatches.max(1));
+            order.chunks(per.max(1)).map(<[usize]>::to_vec).collect()
+        };
+        for which in batches {
+            let first = epoch == 0;
+            let mut l = ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross);
+            if !first && l.approx_kl > cfg.target_kl && cfg.target_kl > 0.0 {
+                return Ok(stats);
+            }
+            stats.steps += 1;
+            stats.approx_kl = l.approx_kl;
+            if first {
+                stats.clip_fraction = l.clip_fraction;
+                stats.entropy = l.entropy;
+            }
+            if first && !gaussian {
+                let cross_term = l.features.as_deref().map(|dx| (dx, s.origin.as_slice()));
+                l.continuous = pathwise(ctx, nets, traj, cfg, scale, cross_term)?;
+            }
+            for g in [&l.discrete, &l.continuous, &l.value, &l.log_std] {
+                if g.iter().any(|v| !v.is_finite()) {
+                    return Err(TrainError::NotFiniteGradient);
+                }
+            }
+            apply(&mut opt.discrete, &mut nets.discrete.params, &mut l.discrete, cfg);
+            apply(&mut opt.value, &mut nets.value.params, &mut l.value, cfg);
+            if gaussian || first {
+                apply(&mut opt.continuous, &mut nets.continuous.params, &mut l.continuous, cfg);
+            }
+            if gaussian {
+                apply(&mut opt.log_std, &mut nets.log_std, &mut l.log_std, cfg);
+            }
+        }
+    }
+    Ok(stats)
+}
