@@ -20,13 +20,16 @@ use crate::sim::{Buffers, eval::unit};
 
 /// How actions are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum Mode<'a> {
     /// HPO training: discrete labels sampled, continuous actions deterministic.
     Sample,
     /// PPO training: discrete labels sampled, raw continuous outputs drawn from a Gaussian.
     Gaussian,
     /// Evaluation: the most likely label, deterministic continuous actions.
     Greedy,
+    /// Given labels (per step, row and discrete element), deterministic continuous actions: for
+    /// computing expectations exactly by enumerating the discrete paths.
+    Forced(&'a [u32]),
 }
 
 /// What the compiled model runs on: the module, its kernels and the instance.
@@ -108,7 +111,7 @@ pub fn rollout(
     nets: &Nets,
     scenarios: &Scenarios,
     indices: &[usize],
-    mode: Mode,
+    mode: Mode<'_>,
     record: bool,
     rng: &mut ChaCha8Rng,
 ) -> Result<Trajectory, TrainError> {
@@ -154,6 +157,10 @@ pub fn rollout(
                         log_softmax(&logits[start..start + head.labels], &mut lp);
                         let label = match mode {
                             Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
+                            Mode::Forced(labels) => {
+                                let at = (t * rows + b) * discrete_len + e;
+                                (labels.get(at).copied().unwrap_or(0) as usize).min(head.labels - 1)
+                            }
                             Mode::Sample | Mode::Gaussian => {
                                 let mut u = unit(rng);
                                 let mut pick = head.labels - 1;
@@ -205,7 +212,7 @@ pub fn rollout(
                                         - 0.5 * (2.0 * std::f64::consts::PI).ln();
                                     draw
                                 }
-                                Mode::Sample | Mode::Greedy => mean,
+                                Mode::Sample | Mode::Greedy | Mode::Forced(_) => mean,
                             };
                             let lo = head.lower.map_or(f64::NEG_INFINITY, |l| batch.get(l, b)[k]);
                             let hi = head.upper.map_or(f64::INFINITY, |h| batch.get(h, b)[k]);

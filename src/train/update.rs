@@ -289,21 +289,18 @@ fn ppo_losses(
     }
 }
 
-/// Backpropagation through time of the pathwise loss `coef · mean(slice cost) / scale`, plus the
-/// feature gradients `cross` (per slice sample) injected at their steps. Returns the continuous
-/// network's gradient.
-fn pathwise(
+/// Backpropagation through time of `Σ_t weight(t) · Σ_rows cost(t)` with the discrete labels
+/// held fixed, plus the feature gradients `cross` (per sample, with the (step, row) it belongs
+/// to) injected at their steps. Returns the continuous network's gradient.
+pub fn pathwise(
     ctx: &Context,
     nets: &Nets,
     traj: &Trajectory,
-    cfg: &Config,
-    scale: f64,
+    weight: &dyn Fn(usize) -> f64,
     cross: Option<(&[f32], &[(usize, usize)])>,
 ) -> Result<Vec<f32>, TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
     let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
-    let range = slice(cfg, horizon);
-    let weight = cfg.pathwise_coef / (scale * (range.len() * rows) as f64);
     let feature_scale = nets.normalizer.scale();
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     // The cross-term feature gradients by step.
@@ -335,7 +332,7 @@ fn pathwise(
                 batch.values[a].copy_from_slice(&state_bar[k]);
             }
         }
-        let w = if range.contains(&t) { weight } else { 0.0 };
+        let w = weight(t);
         for &c in &spec.costs {
             if let Some(a) = adjoint_of(c) {
                 batch.values[a].fill(w);
@@ -440,7 +437,10 @@ pub fn update(
             }
             if first && !gaussian {
                 let cross_term = l.features.as_deref().map(|dx| (dx, s.origin.as_slice()));
-                l.continuous = pathwise(ctx, nets, traj, cfg, scale, cross_term)?;
+                let range = slice(cfg, traj.steps.len());
+                let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
+                let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
+                l.continuous = pathwise(ctx, nets, traj, &weight, cross_term)?;
             }
             for g in [&l.discrete, &l.continuous, &l.value, &l.log_std] {
                 if g.iter().any(|v| !v.is_finite()) {
@@ -458,4 +458,66 @@ pub fn update(
         }
     }
     Ok(stats)
+}
+
+/// The plain mixed-gradient estimate of `∇ E[Σ_t cost_t]` from one rollout, averaged over its
+/// rows: the pathwise gradient with the labels held fixed, plus the score function
+/// `Σ_t C_{≥t} ∇ log π(k_t | s_t)` with no baseline, and with `cross` its part through the states
+/// (how earlier continuous actions move later discrete choices). No scaling, clipping or
+/// baseline: this is the estimator whose unbiasedness the tests check; `update` is built on it.
+/// Returns the gradients of the discrete and continuous networks.
+pub fn mixed_gradient(
+    ctx: &Context,
+    nets: &Nets,
+    traj: &Trajectory,
+    cross: bool,
+) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+    let spec = ctx.spec;
+    let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
+    let terms = spec.costs.len().max(1);
+    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+    // Cost to go per (step, row).
+    let mut to_go = vec![0.0f64; horizon * rows];
+    for b in 0..rows {
+        let mut acc = 0.0;
+        for t in (0..horizon).rev() {
+            acc += traj.steps[t].costs[b * terms..(b + 1) * terms].iter().sum::<f64>();
+            to_go[t * rows + b] = acc;
+        }
+    }
+    let mut features = Vec::with_capacity(horizon * rows * f);
+    let mut origin = Vec::with_capacity(horizon * rows);
+    for (t, step) in traj.steps.iter().enumerate() {
+        features.extend_from_slice(&step.features);
+        origin.extend((0..rows).map(|b| (t, b)));
+    }
+    let n = horizon * rows;
+    let mut discrete = vec![0.0f32; nets.discrete.params.len()];
+    let mut dx = vec![0.0f32; n * f];
+    if spec.logits > 0 {
+        let (logits, tape) = forward_all(&nets.discrete, &features, n);
+        let mut dlogits = vec![0.0f32; n * spec.logits];
+        let mut lp = Vec::new();
+        for (r, &(t, b)) in origin.iter().enumerate() {
+            let coef = to_go[t * rows + b] / rows as f64;
+            let mut e = 0;
+            for head in &spec.discrete {
+                lp.resize(head.labels, 0.0);
+                for k in 0..head.len {
+                    let start = r * spec.logits + head.offset + k * head.labels;
+                    log_softmax(&logits[start..start + head.labels], &mut lp);
+                    let label = traj.steps[t].chosen[b * discrete_len + e] as usize;
+                    for l in 0..head.labels {
+                        let onehot = if l == label { 1.0 } else { 0.0 };
+                        dlogits[start + l] = (coef * (onehot - lp[l].exp())) as f32;
+                    }
+                    e += 1;
+                }
+            }
+        }
+        nets.discrete.backward(&tape, &dlogits, &mut discrete, Some(&mut dx));
+    }
+    let weight = |_: usize| 1.0 / rows as f64;
+    let continuous = pathwise(ctx, nets, traj, &weight, cross.then_some((dx.as_slice(), origin.as_slice())))?;
+    Ok((discrete, continuous))
 }
