@@ -952,6 +952,24 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
     let totals: Vec<f64> = per_scenario.iter().map(|r| r.iter().sum()).collect();
     let e = hmdp::sim::Estimate::of(&totals);
     println!("  {:<width$}  {:>12.4} ± {:.4}", "total", e.mean, e.half_width);
+    // Where the exact optimum is known, the gap to it on the same scenarios.
+    if let Ok(jit) = hmdp::backend::jit::Jit::compile(&module)
+        && let Some(riccati) = hmdp::train::riccati::of_module(&module, &instance, &jit)
+        && let Ok(test) = Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, per_scenario.len())
+        && let Some((_, x0)) = test.init.first()
+    {
+        let n = riccati.n;
+        let optimum: Vec<f64> = x0.chunks(n).map(|x| riccati.cost(x) / hmdp::sim::report_scale(&module)).collect();
+        let best = optimum.iter().sum::<f64>() / optimum.len().max(1) as f64;
+        let gaps: Vec<f64> = totals.iter().zip(&optimum).map(|(t, o)| t - o).collect();
+        let gap = hmdp::sim::Estimate::of(&gaps);
+        println!(
+            "  optimum (finite-horizon Riccati, same scenarios): {best:.4}; gap {:+.4} ± {:.4} ({:+.2}%)",
+            gap.mean,
+            gap.half_width,
+            100.0 * gap.mean / best
+        );
+    }
     0
 }
 

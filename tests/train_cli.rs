@@ -146,3 +146,60 @@ fn instance_prints_the_drawn_parameters_as_json() {
     assert_eq!(a[0].as_array().map(Vec::len), Some(3));
     assert_eq!(json.pointer("/seed").and_then(|v| v.as_u64()), Some(4));
 }
+
+/// The Riccati feedback simulated by the compiled model costs exactly `x₀ᵀP₀x₀`: the optimum
+/// `eval` prints is the optimum of this model.
+#[test]
+fn the_riccati_policy_attains_the_printed_optimum() {
+    use hmdp::backend::{self, Batch, Kernel};
+    let module = common::compile_file(&common::root().join("models/switched_lqr.hmdp"), &[("n", 5.0), ("modes", 1.0)]);
+    let jit = hmdp::backend::jit::Jit::compile(&module).expect("jit");
+    let instance = hmdp::sim::instance(&module, 2).expect("instance");
+    let riccati = hmdp::train::riccati::of_module(&module, &instance, &jit).expect("recognised as LQR");
+    let x = module.buffers.iter().position(|b| b.name == "x").expect("x");
+    let u = module.buffers.iter().position(|b| b.name == "u").expect("u");
+    let next = module.buffers.iter().position(|b| b.name == "x'").expect("x'");
+    let cost = module.costs().next().expect("cost").0;
+    let mut batch = Batch::new(&module, &instance, 1);
+    let x0 = [1.0, -2.0, 0.5, 3.0, -1.5];
+    batch.get_mut(x, 0).copy_from_slice(&x0);
+    let mut total = 0.0;
+    for k in &riccati.gains {
+        let state = batch.get(x, 0).to_vec();
+        let control: Vec<f64> = (0..5).map(|i| -(0..5).map(|j| k[i * 5 + j] * state[j]).sum::<f64>()).collect();
+        batch.get_mut(u, 0).copy_from_slice(&control);
+        backend::run(&jit, Kernel::Step, &mut batch).expect("step");
+        total += batch.get(cost, 0)[0];
+        let n = batch.get(next, 0).to_vec();
+        batch.get_mut(x, 0).copy_from_slice(&n);
+    }
+    let optimum = riccati.cost(&x0);
+    assert!((total - optimum).abs() <= 1e-9 * optimum, "simulated {total}, Riccati {optimum}");
+    // Not LQR: no optimum is claimed.
+    let inventory = common::compile_file(&common::root().join("models/inventory.hmdp"), &[]);
+    let jit = hmdp::backend::jit::Jit::compile(&inventory).expect("jit");
+    let instance = hmdp::sim::instance(&inventory, 0).expect("instance");
+    assert!(hmdp::train::riccati::of_module(&inventory, &instance, &jit).is_none());
+}
+
+/// Training outcome on a problem with a known optimum: HPO on a 3-dimensional one-mode LQR gets
+/// within 3% of the Riccati optimum on the test scenarios.
+#[test]
+fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
+    let out = scratch("riccati");
+    let run = hmdpc(&[
+        "train", "models/switched_lqr.hmdp", "--set", "n=3", "--set", "modes=1", "--out", s(&out), "--hidden",
+        "32,32", "--scenarios", "256", "--batch", "64", "--updates", "400", "--quiet",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    let eval = hmdpc(&["eval", s(&out)]);
+    let stdout = text(&eval.stdout);
+    let gap = stdout
+        .split("gap ")
+        .nth(1)
+        .and_then(|rest| rest.split('(').nth(1))
+        .and_then(|p| p.split('%').next())
+        .and_then(|p| p.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no optimality gap printed: {stdout}"));
+    assert!(gap < 3.0, "gap {gap}% above 3%: {stdout}");
+}

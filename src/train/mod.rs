@@ -8,6 +8,7 @@
 //! and the best parameters so far are kept. [`run`] writes all of it to a run folder.
 
 pub mod policy;
+pub mod riccati;
 pub mod rollout;
 pub mod run;
 pub mod scenarios;

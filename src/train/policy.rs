@@ -8,14 +8,21 @@ use rand::rngs::ChaCha8Rng;
 use super::spec::Spec;
 use crate::nn::Mlp;
 
-/// Running mean and variance of each feature (Welford), frozen within an update.
+/// Mean and variance of each feature, tracking the recent rollouts (an exponential moving
+/// average over updates, so that the huge states of a first, bad policy are forgotten once the
+/// policy improves); frozen within an update.
 #[derive(Clone, Debug)]
 pub struct Normalizer {
     pub enabled: bool,
+    /// Rollouts seen (0: no statistics yet).
     pub count: f64,
     pub mean: Vec<f64>,
+    /// The variance of each feature (stored as `m2` in checkpoints).
     pub m2: Vec<f64>,
 }
+
+/// Weight of the newest rollout in the moving statistics.
+const TRACKING: f64 = 0.1;
 
 impl Normalizer {
     pub fn new(features: usize, enabled: bool) -> Normalizer {
@@ -24,29 +31,30 @@ impl Normalizer {
 
     /// The divisor of each feature: its standard deviation, or 1 while unknown or constant.
     pub fn scale(&self) -> Vec<f64> {
-        if !self.enabled || self.count < 2.0 {
+        if !self.enabled || self.count == 0.0 {
             return vec![1.0; self.mean.len()];
         }
-        self.m2.iter().map(|m| (m / (self.count - 1.0)).sqrt()).map(|s| if s > 1e-8 { s } else { 1.0 }).collect()
+        self.m2.iter().map(|v| v.sqrt()).map(|s| if s > 1e-8 { s } else { 1.0 }).collect()
     }
 
     pub fn center(&self) -> Vec<f64> {
-        if !self.enabled || self.count < 2.0 { vec![0.0; self.mean.len()] } else { self.mean.clone() }
+        if !self.enabled || self.count == 0.0 { vec![0.0; self.mean.len()] } else { self.mean.clone() }
     }
 
-    /// Adds rows of raw features.
+    /// Moves the statistics towards those of these rows of raw features.
     pub fn update(&mut self, rows: &[f64], features: usize) {
-        if !self.enabled || features == 0 {
+        if !self.enabled || features == 0 || rows.len() < features {
             return;
         }
-        for row in rows.chunks_exact(features) {
-            self.count += 1.0;
-            for (k, &x) in row.iter().enumerate() {
-                let delta = x - self.mean[k];
-                self.mean[k] += delta / self.count;
-                self.m2[k] += delta * (x - self.mean[k]);
-            }
+        let n = (rows.len() / features) as f64;
+        let alpha = if self.count == 0.0 { 1.0 } else { TRACKING };
+        for k in 0..features {
+            let mean = rows.iter().skip(k).step_by(features).sum::<f64>() / n;
+            let var = rows.iter().skip(k).step_by(features).map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            self.mean[k] += alpha * (mean - self.mean[k]);
+            self.m2[k] += alpha * (var - self.m2[k]);
         }
+        self.count += 1.0;
     }
 }
 
