@@ -24,6 +24,9 @@
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
+#[path = "../../benches/reference.rs"]
+pub mod reference;
+
 use rayon::prelude::*;
 
 use crate::ir::{BufferKind, Module, Program};
