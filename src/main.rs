@@ -668,7 +668,7 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
     if threads > 1 {
         measured.push(measure(&jit, &work, 1, budget));
     }
-    let reference: Option<Box<dyn hmdp::backend::Backend>> = None; // MERGE: reference::for_module
+    let reference = hmdp::backend::reference::for_module(&module);
     if let Some(reference) = &reference {
         measured.push(measure(reference.as_ref(), &work, threads, budget));
     }

@@ -25,6 +25,8 @@
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
 pub mod jit;
+#[path = "../../benches/reference.rs"]
+pub mod reference;
 
 use rayon::prelude::*;
 
