@@ -7,6 +7,7 @@ pub mod backend;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
+pub mod nn;
 pub mod passes;
 pub mod sim;
 pub mod syntax;

@@ -1,0 +1,9 @@
+//! The neural networks the trainer fits: multilayer perceptrons with a hand-written backward
+//! pass, their optimiser, and the probability heads that turn network outputs into actions.
+//!
+//! Start from [`gemm::gemm`]: every matrix product in this module goes through it.
+
+pub mod gemm;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
