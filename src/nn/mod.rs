@@ -8,3 +8,4 @@ pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod mlp;
+pub mod optim;
