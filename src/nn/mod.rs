@@ -7,5 +7,6 @@ pub mod gemm;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod heads;
 pub mod mlp;
 pub mod optim;
