@@ -8,6 +8,7 @@
 //! with `W_l` stored `fan_in × fan_out` row-major, so a batch is a row-major `rows × width`
 //! matrix and the backward products are transposed views of the same buffers.
 
+use super::aligned::AlignedVec;
 use super::gemm::{MatMut, MatRef, gemm};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -19,13 +20,15 @@ pub const HIDDEN_GAIN: f32 = std::f32::consts::SQRT_2;
 /// Layer sizes, from the input width to the output width, and the parameters.
 ///
 /// `params` holds, layer after layer, the weights (`fan_in × fan_out`, row-major) and then the
-/// bias (`fan_out`), so Adam and gradient clipping act on one slice.
+/// bias (`fan_out`), so Adam and gradient clipping act on one slice. It starts on a cache line,
+/// and so does every weight matrix and row when the widths are multiples of 16 (as 512 and
+/// 252 + 512 are), which the GEMM reads fastest ([`super::aligned`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mlp {
     sizes: Vec<usize>,
     /// Where each layer's weights start in `params`; one more entry marks the end.
     offsets: Vec<usize>,
-    params: Vec<f32>,
+    params: AlignedVec,
 }
 
 /// The activations of one forward pass, kept for the backward pass, and the backward pass's
@@ -34,10 +37,10 @@ pub struct Mlp {
 pub struct Tape {
     rows: usize,
     /// `acts[0]` is the input, `acts[l + 1]` the output of layer `l` after its activation.
-    acts: Vec<Vec<f32>>,
+    acts: Vec<AlignedVec>,
     /// The gradient on the current layer's output, and on its input.
-    delta: Vec<f32>,
-    delta_in: Vec<f32>,
+    delta: AlignedVec,
+    delta_in: AlignedVec,
 }
 
 impl Tape {
@@ -52,7 +55,7 @@ impl Tape {
 
     /// The outputs of the last forward pass, `rows × outputs` row-major (empty before any).
     pub fn output(&self) -> &[f32] {
-        self.acts.last().map_or(&[], |v| v.as_slice())
+        self.acts.last().map_or(&[], |v| &v[..])
     }
 }
 
@@ -83,7 +86,7 @@ impl Mlp {
             let end = offsets[offsets.len() - 1] + pair[0] * pair[1] + pair[1];
             offsets.push(end);
         }
-        let params = vec![0.0; offsets[offsets.len() - 1]];
+        let params = AlignedVec::zeros(offsets[offsets.len() - 1]);
         Mlp { sizes: sizes.to_vec(), offsets, params }
     }
 
@@ -113,6 +116,11 @@ impl Mlp {
         &mut self.params
     }
 
+    /// A zero gradient laid out like the parameters, aligned like them for the GEMM.
+    pub fn zero_grad(&self) -> AlignedVec {
+        AlignedVec::zeros(self.params.len())
+    }
+
     /// The weights of layer `l`, `fan_in × fan_out` row-major.
     pub fn weights(&self, l: usize) -> &[f32] {
         &self.params[self.offsets[l]..self.offsets[l] + self.sizes[l] * self.sizes[l + 1]]
@@ -135,14 +143,14 @@ impl Mlp {
         assert_eq!(x.len(), rows * self.inputs(), "forward: {rows} rows of {} inputs expected", self.inputs());
         let layers = self.layers();
         tape.rows = rows;
-        tape.acts.resize_with(layers + 1, Vec::new);
-        tape.acts[0].clear();
-        tape.acts[0].extend_from_slice(x);
+        tape.acts.resize_with(layers + 1, AlignedVec::default);
+        tape.acts[0].resize(x.len());
+        tape.acts[0].copy_from_slice(x);
         for l in 0..layers {
             let (fan_in, fan_out) = (self.sizes[l], self.sizes[l + 1]);
             let (done, rest) = tape.acts.split_at_mut(l + 1);
             let out = &mut rest[0];
-            out.resize(rows * fan_out, 0.0);
+            out.resize(rows * fan_out);
             // The bias goes in first and the product is added to it: one pass over the output.
             let bias = self.bias(l);
             for row in out.chunks_exact_mut(fan_out) {
@@ -184,8 +192,8 @@ impl Mlp {
             assert_eq!(dx.len(), rows * self.inputs(), "backward: dx must hold rows × inputs values");
         }
         let Tape { acts, delta, delta_in, .. } = tape;
-        delta.clear();
-        delta.extend_from_slice(dy);
+        delta.resize(dy.len());
+        delta.copy_from_slice(dy);
         let mut dx = dx;
         for l in (0..layers).rev() {
             let (fan_in, fan_out) = (self.sizes[l], self.sizes[l + 1]);
@@ -201,9 +209,9 @@ impl Mlp {
             let w_t = MatRef::row_major(self.weights(l), fan_in, fan_out).t();
             if l > 0 {
                 // δ_in = (δ · Wᵀ) ⊙ tanh'(pre-activation), and tanh' = 1 − h².
-                delta_in.resize(rows * fan_in, 0.0);
+                delta_in.resize(rows * fan_in);
                 gemm(1.0, d_out, w_t, 0.0, MatMut::row_major(delta_in, rows, fan_in));
-                for (d, h) in delta_in.iter_mut().zip(&acts[l]) {
+                for (d, h) in delta_in.iter_mut().zip(acts[l].iter()) {
                     *d *= 1.0 - h * h;
                 }
                 std::mem::swap(delta, delta_in);

@@ -3,6 +3,7 @@
 //!
 //! Start from [`gemm::gemm`]: every matrix product in this module goes through it.
 
+pub mod aligned;
 pub mod gemm;
 
 #[cfg(target_arch = "x86_64")]
