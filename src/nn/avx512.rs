@@ -11,10 +11,14 @@
 //! `B[p, j..j+48]` and broadcasts the eight values `A[i..i+8, p]`, which is 24 FMAs for 11 loads.
 //! Around it, `k` is split into blocks of `KC` and `A` and `B` are copied ("packed") into the
 //! order the microkernel reads them, so its loads are sequential whatever the strides of the
-//! operands were; a transposed operand therefore costs a repack, not a slower kernel. When `C`
-//! has few rows, packing `B` would cost as much as the product, so `B` is read in place if its
-//! rows are contiguous.
+//! operands were; a transposed operand therefore costs a repack, not a slower kernel.
+//!
+//! Two shortcuts serve batches of few rows, where a packed element of `B` would be used too few
+//! times to repay its copy: `B` is read in place when its rows are contiguous (the forward
+//! `X·W`), and `dY·Wᵀ`, whose `B` would need a full transpose, is computed as dot products of
+//! rows ([`dot_tiles`]). Every threshold below was chosen by `examples/gemm_bench.rs`.
 
+use super::aligned::AlignedVec;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -23,16 +27,19 @@ const MR: usize = 8;
 /// Tile columns, as 16-lane vectors: 8 × 3 = 24 accumulators + 3 vectors of `B` fit in 32 zmm.
 const NV: usize = 3;
 const NR: usize = 16 * NV;
-/// Steps along `k` per packed block: a packed `A` panel (8 KiB) stays in L1 while the kernel
-/// streams the `B` block from L2.
+/// Most steps along `k` per block (blocks are evened out, see [`even_block`]). 128, 192 and 256
+/// measured the same; 256 keeps the trainer's depths, 252 and 512, in one or two whole blocks.
 const KC: usize = 256;
-/// Rows of `A` packed at once (`MC × KC` floats = 192 KiB, inside the 1.25 MiB L2).
+/// Most rows of `A` packed at once (`MC × KC` floats = 192 KiB, inside the 1.25 MiB L2).
 const MC: usize = 192;
 /// Columns of `B` packed at once (`KC × NC` floats = 1 MiB); the trainer's `n` is at most 512.
 const NC: usize = 1024;
-/// Up to this many rows of `C`, `B` is read in place when its rows are contiguous: each packed
-/// element of `B` would be used only `m` times, too few to repay the copy.
-const DIRECT_B_MAX_ROWS: usize = 32;
+/// Up to this many rows of `C`, `B` is read in place when its rows are contiguous, because each
+/// packed element would be used too few times to repay the copy. Measured at `m × 512 × 512`:
+/// 16 rows 130 GFLOP/s in place against 80 packed, 128 rows 145 against 128, and 960 rows even.
+/// Not for large `m`: rows of `B` 2 KiB apart map to few L1 sets, so a panel read in place does
+/// not stay in L1 across many tiles of `A`.
+const DIRECT_B_MAX_ROWS: usize = 192;
 
 /// An operand as the kernel reads it: element `(i, j)` at `ptr + i·row_stride + j·col_stride`.
 #[derive(Clone, Copy)]
@@ -74,29 +81,24 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// A cache line, so packed panels start on a line and every vector load touches one line.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([f32; 16]);
-
 /// Packing buffers, kept per thread so that a product allocates only the first time a thread
-/// meets a larger shape.
+/// meets a larger shape. Aligned, so packed panels start on a cache line and every vector load
+/// touches one line.
 #[derive(Default)]
 struct Scratch {
-    a: Vec<Line>,
-    b: Vec<Line>,
+    a: AlignedVec,
+    b: AlignedVec,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-fn grow(buf: &mut Vec<Line>, floats: usize) -> *mut f32 {
-    let lines = floats.div_ceil(16);
-    if buf.len() < lines {
-        buf.resize(lines, Line([0.0; 16]));
+fn grow(buf: &mut AlignedVec, floats: usize) -> *mut f32 {
+    if buf.len() < floats {
+        buf.resize(floats);
     }
-    buf.as_mut_ptr().cast()
+    buf.as_mut_ptr()
 }
 
 /// `C ← α·A·B + β·C` for an `m×k` `A` and a `k×n` `B`; with `β = 0`, `C` is not read.
@@ -111,6 +113,11 @@ pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: Operand, 
     if k == 0 || alpha == 0.0 {
         // SAFETY: as for this function.
         unsafe { scale(m, n, beta, c) };
+        return;
+    }
+    if a.col_stride == 1 && b.row_stride == 1 && m <= DOT_MAX_ROWS && k >= DOT_MIN_DEPTH {
+        // SAFETY: as for this function.
+        unsafe { dot_tiles(m, k, n, alpha, a, b, beta, c) };
         return;
     }
     SCRATCH.with(|scratch| {
@@ -162,21 +169,26 @@ unsafe fn blocked(
     scratch: &mut Scratch,
 ) {
     let direct_b = b.col_stride == 1 && m <= DIRECT_B_MAX_ROWS;
-    let a_pack = grow(&mut scratch.a, MC.min(m).next_multiple_of(MR) * KC.min(k));
-    let b_pack = if direct_b { std::ptr::null_mut() } else { grow(&mut scratch.b, KC.min(k) * NC.min(n).next_multiple_of(16)) };
+    // Blocks of even size: 252 steps make one block of 252, not one of 256 and ... of 0; 960
+    // rows make five of 192.
+    let kc_max = even_block(k, KC, 1);
+    let mc_max = even_block(m, MC, MR);
+    let a_pack = grow(&mut scratch.a, mc_max * kc_max);
+    let b_pack = if direct_b { std::ptr::null_mut() } else { grow(&mut scratch.b, kc_max * NC.min(n).next_multiple_of(16)) };
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
             let beta = if pc == 0 { beta } else { 1.0 };
             if !direct_b {
                 // SAFETY: (pc, jc) is in B, and the pack holds kc × nc rounded up to 16.
                 unsafe { pack_b(kc, nc, b.at(pc, jc), b_pack) };
             }
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
                 // SAFETY: (ic, pc) is in A, and the pack holds mc rounded up to MR × kc.
                 unsafe { pack_a(mc, kc, a.at(ic, pc), a_pack) };
+                // Each panel of B stays in L1 while the panels of A stream past it from L2.
                 for jr in (0..nc).step_by(NR) {
                     let cols = NR.min(nc - jr);
                     let vectors = cols.div_ceil(16);
@@ -189,7 +201,6 @@ unsafe fn blocked(
                         (unsafe { b_pack.add(jr * kc) }.cast_const(), 16 * vectors)
                     };
                     for ir in (0..mc).step_by(MR) {
-                        let rows = MR.min(mc - ir);
                         let tile = Tile {
                             kc,
                             // SAFETY: panel ir / MR of the pack.
@@ -198,7 +209,7 @@ unsafe fn blocked(
                             b_step,
                             // SAFETY: (ic + ir, jc + jr) is in C.
                             c: unsafe { c.at(ic + ir, jc + jr) },
-                            rows,
+                            rows: MR.min(mc - ir),
                             cols,
                             alpha,
                             beta,
@@ -216,6 +227,12 @@ unsafe fn blocked(
             }
         }
     }
+}
+
+/// The size of the blocks that cut `total` into as few pieces of at most `max` as possible,
+/// evenly, rounded up to a multiple of `unit`.
+fn even_block(total: usize, max: usize, unit: usize) -> usize {
+    total.div_ceil(total.div_ceil(max)).next_multiple_of(unit)
 }
 
 /// One `rows × cols` tile of `C` (at most `MR × 16·V`) over `kc` steps along `k`.
@@ -236,9 +253,13 @@ struct Tile {
 impl Tile {
     /// The microkernel, `V` vectors wide.
     ///
+    /// Kept out of line: inlined into the blocked loops, LLVM once chose to write all 24
+    /// accumulators to the stack on every step, which cost two thirds of the speed.
+    ///
     /// # Safety
     /// AVX-512F; `a` holds `kc·MR` floats, `b` holds `kc` steps of `cols` floats, and the tile of
     /// `C` is inside its allocation.
+    #[inline(never)]
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const V: usize>(&self) {
         let tail = self.cols - 16 * (V - 1);
@@ -267,7 +288,7 @@ impl Tile {
             }
         }
         // SAFETY: the tile of C is inside its allocation.
-        unsafe { self.store::<V>(&acc, tail_mask) };
+        unsafe { self.store::<V>(acc, tail_mask) };
     }
 
     /// `C ← α·acc + β·C` on the tile.
@@ -275,7 +296,7 @@ impl Tile {
     /// # Safety
     /// As for [`Tile::run`].
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const V: usize>(&self, acc: &[[__m512; V]; MR], tail_mask: __mmask16) {
+    unsafe fn store<const V: usize>(&self, acc: [[__m512; V]; MR], tail_mask: __mmask16) {
         let alpha = _mm512_set1_ps(self.alpha);
         let beta = _mm512_set1_ps(self.beta);
         if self.c.col_stride == 1 {
@@ -312,6 +333,103 @@ impl Tile {
             }
         }
     }
+}
+
+/// Up to this many rows of `C`, a product whose `B` is a transposed row-major matrix goes to
+/// [`dot_tiles`] (measured at 16 × 512 × 512: 88 GFLOP/s there against 74 packed; at 128 rows
+/// packing wins, 126 against 70).
+const DOT_MAX_ROWS: usize = 32;
+/// Below this depth the dot-product path's final reductions would cost more than its products.
+const DOT_MIN_DEPTH: usize = 64;
+
+/// `C ← α·A·B + β·C` when `A`'s rows and `B`'s columns are both contiguous along `k` (the input
+/// gradient `dY·Wᵀ` of a layer), by dot products in 4 × 4 tiles, reading both operands in place.
+///
+/// The packed path would have to transpose all of `B` first, which for few rows of `C` costs
+/// as much as the product itself. Here each of the 16 accumulators holds 16 partial sums of one
+/// element of `C`, and one transposing reduction per tile sums them.
+///
+/// # Safety
+/// As for [`gemm`], with `m, n, k > 0`, `a.col_stride == 1` and `b.row_stride == 1`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_tiles(m: usize, k: usize, n: usize, alpha: f32, a: Operand, b: Operand, beta: f32, c: Output) {
+    // B's four columns stay in L1 while all rows of A pass by.
+    for j0 in (0..n).step_by(4) {
+        let cols = 4.min(n - j0);
+        // Missing columns and rows of an edge tile repeat the last one and are not stored.
+        let b_cols: [*const f32; 4] = std::array::from_fn(|j| {
+            // SAFETY: (0, j0 + min(j, cols − 1)) is in B.
+            unsafe { b.at(0, j0 + j.min(cols - 1)).ptr }
+        });
+        for i0 in (0..m).step_by(4) {
+            let rows = 4.min(m - i0);
+            let a_rows: [*const f32; 4] = std::array::from_fn(|i| {
+                // SAFETY: (i0 + min(i, rows − 1), 0) is in A.
+                unsafe { a.at(i0 + i.min(rows - 1), 0).ptr }
+            });
+            // SAFETY: every pointer starts a run of k floats.
+            let sums = unsafe { dot4x4(k, a_rows, b_cols) };
+            for (i, row) in sums.iter().enumerate().take(rows) {
+                for (j, &sum) in row.iter().enumerate().take(cols) {
+                    // SAFETY: (i0 + i, j0 + j) is in C.
+                    unsafe {
+                        let p = c.at(i0 + i, j0 + j).ptr;
+                        let old = if beta == 0.0 { 0.0 } else { beta * *p };
+                        *p = alpha * sum + old;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 16 dot products `a_rows[i] · b_cols[j]` over `k` floats each.
+///
+/// # Safety
+/// AVX-512F; each pointer starts `k` readable floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4x4(k: usize, a_rows: [*const f32; 4], b_cols: [*const f32; 4]) -> [[f32; 4]; 4] {
+    // acc[4j + i] accumulates row i times column j, so that the reduction below leaves row i's
+    // four sums in 128-bit lane i.
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut p = 0;
+    while p < k {
+        let mask: __mmask16 = if k - p >= 16 { 0xffff } else { (1u16 << (k - p)) - 1 };
+        // SAFETY: lanes p.. p + 16 masked to k; masked lanes are not read.
+        let av: [__m512; 4] = std::array::from_fn(|i| unsafe { _mm512_maskz_loadu_ps(mask, a_rows[i].add(p)) });
+        for (j, &col) in b_cols.iter().enumerate() {
+            // SAFETY: as above.
+            let bv = unsafe { _mm512_maskz_loadu_ps(mask, col.add(p)) };
+            for (i, &av) in av.iter().enumerate() {
+                acc[4 * j + i] = _mm512_fmadd_ps(av, bv, acc[4 * j + i]);
+            }
+        }
+        p += 16;
+    }
+    // Sum each vector's 16 lanes while interleaving: 16 vectors → 8 holding 8 partial sums of two
+    // products each → 4 holding 4 partials of four → 2 → 1 holding all 16 sums.
+    let mut w = [_mm512_setzero_ps(); 8];
+    for (r, w) in w.iter_mut().enumerate() {
+        let (x, y) = (acc[2 * r], acc[2 * r + 1]);
+        *w = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y));
+    }
+    let mut x = [_mm512_setzero_ps(); 4];
+    for (r, x) in x.iter_mut().enumerate() {
+        let (u, v) = (w[2 * r], w[2 * r + 1]);
+        *x = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(u, v), _mm512_shuffle_f32x4::<0b11_01_11_01>(u, v));
+    }
+    let pd = _mm512_castps_pd;
+    let mut y = [_mm512_setzero_ps(); 2];
+    for (r, y) in y.iter_mut().enumerate() {
+        let (u, v) = (pd(x[2 * r]), pd(x[2 * r + 1]));
+        *y = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(u, v)), _mm512_castpd_ps(_mm512_unpackhi_pd(u, v)));
+    }
+    let z = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(y[0], y[1]), _mm512_shuffle_ps::<0xdd>(y[0], y[1]));
+    let mut lanes = [0.0f32; 16];
+    // SAFETY: 16 floats.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), z) };
+    std::array::from_fn(|i| std::array::from_fn(|j| lanes[4 * i + j]))
 }
 
 /// Packs an `mc × kc` block of `A` into panels of `MR` rows: panel `q` holds, for each `p`, the
