@@ -955,7 +955,8 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
     // Where the exact optimum is known, the gap to it on the same scenarios.
     if let Ok(jit) = hmdp::backend::jit::Jit::compile(&module)
         && let Some(riccati) = hmdp::train::riccati::of_module(&module, &instance, &jit)
-        && let Ok(test) = Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, per_scenario.len())
+        && let Ok(test) =
+            Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, per_scenario.len())
         && let Some((_, x0)) = test.init.first()
     {
         let n = riccati.n;

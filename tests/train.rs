@@ -38,9 +38,11 @@ fn setup(source: &str, overrides: &[(&str, f64)]) -> Setup {
 fn random_nets(spec: &Spec, seed: u64, size: f32) -> Nets {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut nets = Nets::new(spec, &[6], false, &mut rng);
-    for p in nets.discrete.params.iter_mut().chain(nets.continuous.params.iter_mut()) {
-        let z: f64 = StandardNormal.sample(&mut rng);
-        *p = size * z as f32;
+    for net in [&mut nets.discrete, &mut nets.continuous] {
+        for p in net.params_mut() {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            *p = size * z as f32;
+        }
     }
     nets
 }
@@ -103,9 +105,9 @@ fn finite_differences(s: &Setup, nets: &Nets, set: &Scenarios) -> (Vec<f64>, Vec
         let mut plus = nets.clone();
         let mut minus = nets.clone();
         let (p, m) = if which == 0 {
-            (&mut plus.discrete.params[k], &mut minus.discrete.params[k])
+            (&mut plus.discrete.params_mut()[k], &mut minus.discrete.params_mut()[k])
         } else {
-            (&mut plus.continuous.params[k], &mut minus.continuous.params[k])
+            (&mut plus.continuous.params_mut()[k], &mut minus.continuous.params_mut()[k])
         };
         let (hp, hm) = (*p + h, *m - h);
         let width = (hp - hm) as f64;
@@ -113,8 +115,8 @@ fn finite_differences(s: &Setup, nets: &Nets, set: &Scenarios) -> (Vec<f64>, Vec
         *m = hm;
         (exact_objective(s, &plus, set) - exact_objective(s, &minus, set)) / width
     };
-    let d = (0..nets.discrete.params.len()).map(|k| fd(0, k)).collect();
-    let c = (0..nets.continuous.params.len()).map(|k| fd(1, k)).collect();
+    let d = (0..nets.discrete.params().len()).map(|k| fd(0, k)).collect();
+    let c = (0..nets.continuous.params().len()).map(|k| fd(1, k)).collect();
     (d, c)
 }
 
@@ -129,13 +131,13 @@ fn estimator(
 ) -> [(Vec<f64>, Vec<f64>); 2] {
     let ctx = Context { module: &s.module, spec: &s.spec, backend: &s.jit, instance: &s.instance };
     let mut sums: [(Vec<f64>, Vec<f64>); 2] = [
-        (vec![0.0; nets.discrete.params.len()], vec![0.0; nets.discrete.params.len()]),
-        (vec![0.0; nets.continuous.params.len()], vec![0.0; nets.continuous.params.len()]),
+        (vec![0.0; nets.discrete.params().len()], vec![0.0; nets.discrete.params().len()]),
+        (vec![0.0; nets.continuous.params().len()], vec![0.0; nets.continuous.params().len()]),
     ];
     for g in 0..groups {
         let mut rng = ChaCha8Rng::seed_from_u64(1000 + g as u64);
-        let traj = rollout(&ctx, nets, set, &vec![0; rows], Mode::Sample, true, &mut rng).expect("rollout");
-        let (d, c) = mixed_gradient(&ctx, nets, &traj, cross).expect("gradient");
+        let mut traj = rollout(&ctx, nets, set, &vec![0; rows], Mode::Sample, true, &mut rng).expect("rollout");
+        let (d, c) = mixed_gradient(&ctx, nets, &mut traj, cross).expect("gradient");
         for (k, v) in d.iter().enumerate() {
             sums[0].0[k] += *v as f64;
             sums[0].1[k] += (*v as f64).powi(2);
@@ -237,17 +239,17 @@ fn pathwise_gradient_through_time_matches_finite_differences() {
             let total: f64 = traj.steps.iter().flat_map(|st| st.costs.iter()).sum::<f64>() / 3.0;
             (total, traj)
         };
-        let (_, traj) = cost(&nets);
+        let (_, mut traj) = cost(&nets);
         let weight = |_: usize| 1.0 / 3.0;
-        let grad = pathwise(&ctx, &nets, &traj, &weight, None).expect("pathwise");
+        let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
         let mut worst = 0.0f64;
         let mut largest = 0.0f64;
-        for k in 0..nets.continuous.params.len() {
+        for k in 0..nets.continuous.params().len() {
             let h = 1e-3f32;
             let (mut plus, mut minus) = (nets.clone(), nets.clone());
-            plus.continuous.params[k] += h;
-            minus.continuous.params[k] -= h;
-            let width = (plus.continuous.params[k] - minus.continuous.params[k]) as f64;
+            plus.continuous.params_mut()[k] += h;
+            minus.continuous.params_mut()[k] -= h;
+            let width = (plus.continuous.params()[k] - minus.continuous.params()[k]) as f64;
             let fd = (cost(&plus).0 - cost(&minus).0) / width;
             let error = (fd - grad[k] as f64).abs() / fd.abs().max(grad[k].abs() as f64).max(1.0);
             worst = worst.max(error);

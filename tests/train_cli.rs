@@ -188,8 +188,23 @@ fn the_riccati_policy_attains_the_printed_optimum() {
 fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
     let out = scratch("riccati");
     let run = hmdpc(&[
-        "train", "models/switched_lqr.hmdp", "--set", "n=3", "--set", "modes=1", "--out", s(&out), "--hidden",
-        "32,32", "--scenarios", "256", "--batch", "64", "--updates", "400", "--quiet",
+        "train",
+        "models/switched_lqr.hmdp",
+        "--set",
+        "n=3",
+        "--set",
+        "modes=1",
+        "--out",
+        s(&out),
+        "--hidden",
+        "32,32",
+        "--scenarios",
+        "256",
+        "--batch",
+        "64",
+        "--updates",
+        "400",
+        "--quiet",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
     let eval = hmdpc(&["eval", s(&out)]);

@@ -6,7 +6,7 @@
 use rand::rngs::ChaCha8Rng;
 
 use super::spec::Spec;
-use crate::nn::Mlp;
+use crate::nn::mlp::Mlp;
 
 /// Mean and variance of each feature, tracking the recent rollouts (an exponential moving
 /// average over updates, so that the huge states of a first, bad policy are forgotten once the

@@ -15,7 +15,7 @@ use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash};
 use crate::backend::{self, Backend, Batch, Kernel};
 use crate::ir::Module;
-use crate::nn::Tape;
+use crate::nn::mlp::Tape;
 use crate::sim::{Buffers, eval::unit};
 
 /// How actions are chosen.

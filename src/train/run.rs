@@ -53,9 +53,9 @@ pub fn hash(bytes: &[u8]) -> String {
 pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::Value) -> Vec<u8> {
     let header = serde_json::json!({
         "update": update,
-        "discrete": nets.discrete.params.len(),
-        "continuous": nets.continuous.params.len(),
-        "value": nets.value.params.len(),
+        "discrete": nets.discrete.params().len(),
+        "continuous": nets.continuous.params().len(),
+        "value": nets.value.params().len(),
         "log_std": nets.log_std.len(),
         "features": nets.normalizer.mean.len(),
         "normalize": nets.normalizer.enabled,
@@ -67,7 +67,7 @@ pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::V
     out.extend_from_slice(CHECKPOINT_MAGIC);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for array in [&nets.discrete.params, &nets.continuous.params, &nets.value.params, &nets.log_std] {
+    for array in [nets.discrete.params(), nets.continuous.params(), nets.value.params(), &nets.log_std] {
         for v in array.iter() {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -94,9 +94,9 @@ pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String>
         serde_json::from_slice(&bytes[16..header_end]).map_err(|e| bad(&format!("header: {e}")))?;
     let size = |key: &str| header.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
     let expect = [
-        ("discrete", nets.discrete.params.len()),
-        ("continuous", nets.continuous.params.len()),
-        ("value", nets.value.params.len()),
+        ("discrete", nets.discrete.params().len()),
+        ("continuous", nets.continuous.params().len()),
+        ("value", nets.value.params().len()),
         ("log_std", nets.log_std.len()),
         ("features", nets.normalizer.mean.len()),
     ];
@@ -112,7 +112,8 @@ pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String>
         at = end;
         Ok(slice)
     };
-    for array in [&mut nets.discrete.params, &mut nets.continuous.params, &mut nets.value.params, &mut nets.log_std] {
+    for array in [nets.discrete.params_mut(), nets.continuous.params_mut(), nets.value.params_mut(), &mut nets.log_std]
+    {
         let raw = take(array.len(), 4)?;
         for (v, chunk) in array.iter_mut().zip(raw.chunks_exact(4)) {
             *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -362,8 +363,8 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         let t0 = Instant::now();
         let step = (|| -> Result<f64, TrainError> {
             let mut policy_rng = sim::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
-            let traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
-            update(&ctx, &mut nets, &mut opt, &traj, &cfg, entropy, &mut rng)?;
+            let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
+            update(&ctx, &mut nets, &mut opt, &mut traj, &cfg, entropy, &mut rng)?;
             nets.normalizer.update(&traj.raw_features, spec.features);
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)

@@ -22,7 +22,8 @@ use super::rollout::{Context, Trajectory};
 use super::{Config, TrainError};
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
-use crate::nn::{Adam, Mlp, Tape, clip_grad_norm};
+use crate::nn::mlp::{Mlp, Tape};
+use crate::nn::optim::{Adam, clip_grad_norm};
 use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
@@ -35,11 +36,15 @@ pub struct Optimizers {
 
 impl Optimizers {
     pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
-        let adam = |n: usize| Adam::new(n, cfg.lr as f32, cfg.adam_eps as f32);
+        let adam = |n: usize| {
+            let mut a = Adam::new(n, cfg.lr as f32);
+            a.eps = cfg.adam_eps as f32;
+            a
+        };
         Optimizers {
-            discrete: adam(nets.discrete.params.len()),
-            continuous: adam(nets.continuous.params.len()),
-            value: adam(nets.value.params.len()),
+            discrete: adam(nets.discrete.params().len()),
+            continuous: adam(nets.continuous.params().len()),
+            value: adam(nets.value.params().len()),
             log_std: adam(nets.log_std.len()),
         }
     }
@@ -167,8 +172,8 @@ fn ppo_losses(
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     let x: Vec<f32> = which.iter().flat_map(|&i| s.features[i * f..(i + 1) * f].iter().copied()).collect();
 
-    let (logits, dtape) = forward_all(&nets.discrete, &x, n);
-    let (means, ctape) =
+    let (logits, mut dtape) = forward_all(&nets.discrete, &x, n);
+    let (means, mut ctape) =
         if gaussian && spec.outputs > 0 { forward_all(&nets.continuous, &x, n) } else { (Vec::new(), Tape::default()) };
 
     // New log-probabilities and entropies.
@@ -260,23 +265,23 @@ fn ppo_losses(
         }
     }
 
-    let mut discrete = vec![0.0f32; nets.discrete.params.len()];
+    let mut discrete = vec![0.0f32; nets.discrete.params().len()];
     let mut dx = want_features.then(|| vec![0.0f32; n * f]);
     if spec.logits > 0 {
-        nets.discrete.backward(&dtape, &dlogits, &mut discrete, dx.as_deref_mut());
+        nets.discrete.backward(&mut dtape, &dlogits, &mut discrete, dx.as_deref_mut());
     }
-    let mut continuous = vec![0.0f32; nets.continuous.params.len()];
+    let mut continuous = vec![0.0f32; nets.continuous.params().len()];
     if gaussian && spec.outputs > 0 {
-        nets.continuous.backward(&ctape, &dmeans, &mut continuous, None);
+        nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
     }
-    let (values, vtape) = forward_all(&nets.value, &x, n);
+    let (values, mut vtape) = forward_all(&nets.value, &x, n);
     let dv: Vec<f32> = which
         .iter()
         .enumerate()
         .map(|(r, &i)| (cfg.value_coef * (values[r] as f64 - s.returns[i]) / n as f64) as f32)
         .collect();
-    let mut value = vec![0.0f32; nets.value.params.len()];
-    nets.value.backward(&vtape, &dv, &mut value, None);
+    let mut value = vec![0.0f32; nets.value.params().len()];
+    nets.value.backward(&mut vtape, &dv, &mut value, None);
     Losses {
         discrete,
         continuous,
@@ -295,7 +300,7 @@ fn ppo_losses(
 pub fn pathwise(
     ctx: &Context,
     nets: &Nets,
-    traj: &Trajectory,
+    traj: &mut Trajectory,
     weight: &dyn Fn(usize) -> f64,
     cross: Option<(&[f32], &[(usize, usize)])>,
 ) -> Result<Vec<f32>, TrainError> {
@@ -320,9 +325,9 @@ pub fn pathwise(
     // The adjoint of every state after the current step, per state buffer.
     let states: Vec<usize> = spec.next.iter().map(|&(_, s)| s).collect();
     let mut state_bar: Vec<Vec<f64>> = states.iter().map(|&s| vec![0.0; rows * module.len(s)]).collect();
-    let mut grad = vec![0.0f32; nets.continuous.params.len()];
+    let mut grad = vec![0.0f32; nets.continuous.params().len()];
     for t in (0..horizon).rev() {
-        let step = &traj.steps[t];
+        let step = &mut traj.steps[t];
         let Some(snapshot) = &step.batch else {
             return Err(TrainError::Internal("a rollout without snapshots".into()));
         };
@@ -357,7 +362,7 @@ pub fn pathwise(
                     }
                 }
             }
-            let tape = step.tape.as_ref().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
+            let tape = step.tape.as_mut().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
             nets.continuous.backward(tape, &dz, &mut grad, Some(&mut dx));
         }
         if !injected[t].is_empty() {
@@ -400,7 +405,7 @@ pub fn update(
     ctx: &Context,
     nets: &mut Nets,
     opt: &mut Optimizers,
-    traj: &Trajectory,
+    traj: &mut Trajectory,
     cfg: &Config,
     entropy_coef: f64,
     rng: &mut ChaCha8Rng,
@@ -447,10 +452,10 @@ pub fn update(
                     return Err(TrainError::NotFiniteGradient);
                 }
             }
-            apply(&mut opt.discrete, &mut nets.discrete.params, &mut l.discrete, cfg);
-            apply(&mut opt.value, &mut nets.value.params, &mut l.value, cfg);
+            apply(&mut opt.discrete, nets.discrete.params_mut(), &mut l.discrete, cfg);
+            apply(&mut opt.value, nets.value.params_mut(), &mut l.value, cfg);
             if gaussian || first {
-                apply(&mut opt.continuous, &mut nets.continuous.params, &mut l.continuous, cfg);
+                apply(&mut opt.continuous, nets.continuous.params_mut(), &mut l.continuous, cfg);
             }
             if gaussian {
                 apply(&mut opt.log_std, &mut nets.log_std, &mut l.log_std, cfg);
@@ -469,7 +474,7 @@ pub fn update(
 pub fn mixed_gradient(
     ctx: &Context,
     nets: &Nets,
-    traj: &Trajectory,
+    traj: &mut Trajectory,
     cross: bool,
 ) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
     let spec = ctx.spec;
@@ -492,10 +497,10 @@ pub fn mixed_gradient(
         origin.extend((0..rows).map(|b| (t, b)));
     }
     let n = horizon * rows;
-    let mut discrete = vec![0.0f32; nets.discrete.params.len()];
+    let mut discrete = vec![0.0f32; nets.discrete.params().len()];
     let mut dx = vec![0.0f32; n * f];
     if spec.logits > 0 {
-        let (logits, tape) = forward_all(&nets.discrete, &features, n);
+        let (logits, mut tape) = forward_all(&nets.discrete, &features, n);
         let mut dlogits = vec![0.0f32; n * spec.logits];
         let mut lp = Vec::new();
         for (r, &(t, b)) in origin.iter().enumerate() {
@@ -515,7 +520,7 @@ pub fn mixed_gradient(
                 }
             }
         }
-        nets.discrete.backward(&tape, &dlogits, &mut discrete, Some(&mut dx));
+        nets.discrete.backward(&mut tape, &dlogits, &mut discrete, Some(&mut dx));
     }
     let weight = |_: usize| 1.0 / rows as f64;
     let continuous = pathwise(ctx, nets, traj, &weight, cross.then_some((dx.as_slice(), origin.as_slice())))?;

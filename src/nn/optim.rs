@@ -1,0 +1,108 @@
+//! Adam and gradient-norm clipping over flat parameter slices.
+//!
+//! The trainer keeps one [`Adam`] per network and, before each step, clips that network's
+//! gradient with [`clip_grad_norm`] (the HPO reference clips per parameter group at norm 5,
+//! `hpo-paper.md` §3.3). Both follow PyTorch's definitions, so hyper-parameters carry over.
+
+/// Adam with bias correction (Kingma & Ba), as `torch.optim.Adam` and `optax.adam` define it:
+/// `p ← p − lr · m̂ / (√v̂ + eps)`.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// 1e-5 by default, the HPO reference's value (PyTorch's default is 1e-8).
+    pub eps: f32,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    steps: u32,
+}
+
+impl Adam {
+    /// An optimiser for `len` parameters with β = (0.9, 0.999) and eps = 1e-5.
+    pub fn new(len: usize, lr: f32) -> Adam {
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-5, m: vec![0.0; len], v: vec![0.0; len], steps: 0 }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// One step of `params` against `grad` (the gradient of the loss to minimise).
+    ///
+    /// Panics if the slices are not as long as the optimiser's state.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+        assert!(
+            params.len() == self.m.len() && grad.len() == self.m.len(),
+            "Adam over {} parameters was given {} parameters and {} gradients",
+            self.m.len(),
+            params.len(),
+            grad.len()
+        );
+        self.steps = self.steps.saturating_add(1);
+        let t = self.steps as i32;
+        // The corrections are computed in f64: 1 − 0.999ᵗ loses digits in f32 for small t.
+        let correction1 = 1.0 - (self.beta1 as f64).powi(t);
+        let correction2 = 1.0 - (self.beta2 as f64).powi(t);
+        let step_size = (self.lr as f64 / correction1) as f32;
+        let inv_sqrt_correction2 = (1.0 / correction2.sqrt()) as f32;
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p -= step_size * *m / (v.sqrt() * inv_sqrt_correction2 + eps);
+        }
+    }
+}
+
+/// Scales `grad` so that its Euclidean norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does, and returns the norm before clipping.
+///
+/// A non-finite norm is returned as it is and the gradient is left alone, so the caller can
+/// tell a diverged step from a large one.
+pub fn clip_grad_norm(grad: &mut [f32], max_norm: f32) -> f32 {
+    let norm = grad.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt() as f32;
+    // PyTorch's 1e-6 keeps the clipped norm just under max_norm.
+    let coef = max_norm / (norm + 1e-6);
+    if norm.is_finite() && coef < 1.0 {
+        for g in grad.iter_mut() {
+            *g *= coef;
+        }
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adam_takes_the_hand_computed_steps() {
+        // lr 0.1, β (0.9, 0.999), eps 1e-5, from p = (1, −2).
+        // Step 1, g = (0.5, −1): m = (0.05, −0.1), v = (2.5e-4, 1e-3), m̂ = g, √v̂ = |g|, so
+        //   p = (1 − 0.1·0.5/0.50001, −2 + 0.1·1/1.00001) = (0.90000200, −1.90000100).
+        // Step 2, g = (0.1, 0.2): m = (0.055, −0.07), v = (2.5975e-4, 1.039e-3),
+        //   m̂ = m/0.19, v̂ = v/0.001999, p −= 0.1·m̂/(√v̂ + 1e-5) = (0.81970013, −1.84889910).
+        let mut adam = Adam::new(2, 0.1);
+        let mut p = [1.0f32, -2.0];
+        adam.step(&mut p, &[0.5, -1.0]);
+        assert!((p[0] - 0.900_002).abs() < 1e-6 && (p[1] + 1.900_001).abs() < 1e-6, "after step 1: {p:?}");
+        adam.step(&mut p, &[0.1, 0.2]);
+        assert!((p[0] - 0.819_700_13).abs() < 1e-6 && (p[1] + 1.848_899_1).abs() < 1e-6, "after step 2: {p:?}");
+        assert_eq!(adam.steps(), 2);
+    }
+
+    #[test]
+    fn clipping_scales_down_only_gradients_over_the_limit() {
+        let mut g = [3.0f32, 4.0];
+        assert_eq!(clip_grad_norm(&mut g, 1.0), 5.0);
+        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+        let mut small = [0.3f32, 0.4];
+        assert!((clip_grad_norm(&mut small, 1.0) - 0.5).abs() < 1e-7);
+        assert_eq!(small, [0.3, 0.4]);
+        let mut diverged = [f32::NAN, 1.0];
+        assert!(clip_grad_norm(&mut diverged, 1.0).is_nan());
+        assert_eq!(diverged[1], 1.0);
+    }
+}
