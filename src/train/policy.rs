@@ -8,21 +8,20 @@ use rand::rngs::ChaCha8Rng;
 use super::spec::Spec;
 use crate::nn::mlp::Mlp;
 
-/// Mean and variance of each feature, tracking the recent rollouts (an exponential moving
-/// average over updates, so that the huge states of a first, bad policy are forgotten once the
-/// policy improves); frozen within an update.
+/// The centre and scale of each feature, fixed before training from the train set's initial
+/// observations, so that the function the networks learn never shifts under them. A feature
+/// that does not vary at the start (an inventory that starts empty, a parameter) is scaled by the
+/// model's typical size instead (the mean |noise|), so that what it later grows to stays in the
+/// range where `tanh` is not saturated.
 #[derive(Clone, Debug)]
 pub struct Normalizer {
     pub enabled: bool,
-    /// Rollouts seen (0: no statistics yet).
+    /// 0 before the statistics are set.
     pub count: f64,
     pub mean: Vec<f64>,
     /// The variance of each feature (stored as `m2` in checkpoints).
     pub m2: Vec<f64>,
 }
-
-/// Weight of the newest rollout in the moving statistics.
-const TRACKING: f64 = 0.1;
 
 impl Normalizer {
     pub fn new(features: usize, enabled: bool) -> Normalizer {
@@ -41,20 +40,19 @@ impl Normalizer {
         if !self.enabled || self.count == 0.0 { vec![0.0; self.mean.len()] } else { self.mean.clone() }
     }
 
-    /// Moves the statistics towards those of these rows of raw features.
-    pub fn update(&mut self, rows: &[f64], features: usize) {
+    /// Sets the statistics from rows of raw features; `typical` scales features that do not vary.
+    pub fn fit(&mut self, rows: &[f64], features: usize, typical: f64) {
         if !self.enabled || features == 0 || rows.len() < features {
             return;
         }
         let n = (rows.len() / features) as f64;
-        let alpha = if self.count == 0.0 { 1.0 } else { TRACKING };
         for k in 0..features {
             let mean = rows.iter().skip(k).step_by(features).sum::<f64>() / n;
             let var = rows.iter().skip(k).step_by(features).map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-            self.mean[k] += alpha * (mean - self.mean[k]);
-            self.m2[k] += alpha * (var - self.m2[k]);
+            self.mean[k] = mean;
+            self.m2[k] = if var > 1e-12 * mean.abs().max(1.0).powi(2) { var } else { typical * typical };
         }
-        self.count += 1.0;
+        self.count = n;
     }
 }
 

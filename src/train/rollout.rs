@@ -72,8 +72,6 @@ pub struct Trajectory {
     pub steps: Vec<Step>,
     /// Features after the last step, for the value bootstrap.
     pub final_features: Vec<f32>,
-    /// Raw (unnormalised) features of every step, for the running normalisation.
-    pub raw_features: Vec<f64>,
 }
 
 impl Trajectory {
@@ -89,20 +87,37 @@ impl Trajectory {
     }
 }
 
-fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], raw: &mut Vec<f64>) -> Vec<f32> {
+fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], mut raw: Option<&mut Vec<f64>>) -> Vec<f32> {
     let f = ctx.spec.features;
     let mut out = vec![0.0f32; batch.size * f];
     for b in 0..batch.size {
         let mut k = 0;
         for &(id, len) in &ctx.spec.observe {
             for (j, &v) in batch.get(id, b).iter().enumerate().take(len) {
-                raw.push(v);
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw.push(v);
+                }
                 out[b * f + k + j] = ((v - center[k + j]) / scale[k + j]) as f32;
             }
             k += len;
         }
     }
     out
+}
+
+/// The raw features every scenario of a set shows at its first step (states from `init`, the
+/// first step's noise, bounds), rows × features.
+pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, crate::sim::RunError> {
+    let mut batch = Batch::new(ctx.module, ctx.instance, set.count);
+    for (id, values) in set.init.iter().chain(set.noise.first().into_iter().flatten()) {
+        batch.values[*id].copy_from_slice(values);
+    }
+    backend::run(ctx.backend, Kernel::Bounds, &mut batch)?;
+    let features = ctx.spec.features;
+    let (center, scale) = (vec![0.0; features], vec![1.0; features]);
+    let mut raw = Vec::with_capacity(set.count * features);
+    self::features(ctx, &batch, &center, &scale, Some(&mut raw));
+    Ok(raw)
 }
 
 /// Runs the policy on scenarios `indices` of a set for the whole horizon.
@@ -130,7 +145,6 @@ pub fn rollout(
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     let terms = spec.costs.len();
     let mut steps = Vec::with_capacity(module.horizon as usize);
-    let mut raw_features = Vec::new();
     for t in 0..module.horizon as usize {
         for (id, values) in &scenarios.noise[t] {
             let len = batch.lens[*id];
@@ -139,7 +153,7 @@ pub fn rollout(
             }
         }
         backend::run(ctx.backend, Kernel::Bounds, &mut batch).map_err(TrainError::Run)?;
-        let x = features(ctx, &batch, &center, &scale, &mut raw_features);
+        let x = features(ctx, &batch, &center, &scale, None);
 
         // Discrete phase.
         let mut chosen = vec![0u32; rows * discrete_len];
@@ -263,9 +277,8 @@ pub fn rollout(
             s.copy_from_slice(&n);
         }
     }
-    let mut ignored = Vec::new();
-    let final_features = features(ctx, &batch, &center, &scale, &mut ignored);
-    Ok(Trajectory { rows, steps, final_features, raw_features })
+    let final_features = features(ctx, &batch, &center, &scale, None);
+    Ok(Trajectory { rows, steps, final_features })
 }
 
 /// A standard normal draw (Box–Muller on the policy's stream).

@@ -316,6 +316,8 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
     let mut opt = Optimizers::new(&nets, &cfg);
+    let start = super::rollout::initial_features(&ctx, &train_set).map_err(TrainError::Run)?;
+    nets.normalizer.fit(&start, spec.features, scale);
     let names: Vec<String> = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
     let terms = names.len();
     let per_epoch = (train_set.count / cfg.batch.max(1)).max(1);
@@ -365,7 +367,6 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             let mut policy_rng = sim::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
             let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
             update(&ctx, &mut nets, &mut opt, &mut traj, &cfg, entropy, &mut rng)?;
-            nets.normalizer.update(&traj.raw_features, spec.features);
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
         })();
