@@ -1,7 +1,9 @@
 //! hmdp: a compiler for hybrid discrete–continuous Markov decision processes.
 //!
 //! Stages, each a module, data flowing one way: [`syntax`] (text → AST) → [`check`] (AST →
-//! checked model or diagnostics). See `ARCHITECTURE.md` for the map.
+//! checked model or diagnostics) → [`ir`] (lowering, validation) → [`passes`] (reformulation,
+//! smoothness, reverse-mode AD) → [`backend`] (kernels over batches: interpreter, Cranelift JIT)
+//! → [`sim`] (scenarios, rollouts) → [`train`] (HPO and PPO on [`nn`]). See `ARCHITECTURE.md`.
 
 pub mod backend;
 pub mod bench;

@@ -373,14 +373,30 @@ fn main() -> ExitCode {
     };
     // The front end recurses over expressions (bounded by the parser's depth limit); a large
     // stack keeps that bound far from the edge on every platform.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.payload().downcast_ref::<String>().is_some_and(|m| is_broken_pipe(m)) {
+            default_hook(info);
+        }
+    }));
     let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(move || run(cli));
     match worker.map(|w| w.join()) {
         Ok(Ok(code)) => ExitCode::from(code),
+        // Output piped into a program that stopped reading (`hmdpc ... | head`): stop quietly,
+        // as Unix tools do.
+        Ok(Err(payload)) if payload.downcast_ref::<String>().is_some_and(|m| is_broken_pipe(m)) => {
+            ExitCode::from(141)
+        }
         _ => {
             eprintln!("error: hmdpc failed unexpectedly; please report this with the model that caused it");
             ExitCode::from(3)
         }
     }
+}
+
+/// Whether a panic is `println!` failing because the reader of our output went away.
+fn is_broken_pipe(message: &str) -> bool {
+    message.contains("failed printing to stdout") && message.contains("Broken pipe")
 }
 
 fn run(cli: Cli) -> u8 {
@@ -762,8 +778,8 @@ fn train(args: TrainArgs) -> u8 {
         );
         return 2;
     }
-    if args.resume {
-        eprintln!("error: --resume is not supported yet; pass --out to start a new run or --force to replace this one");
+    if args.resume && !folder.join("final.ckpt").exists() && !folder.join("best.ckpt").exists() {
+        eprintln!("error: --resume: {} holds no checkpoint to continue from", folder.display());
         return 2;
     }
     let interp = hmdp::backend::Interp { module: &module };
@@ -800,6 +816,7 @@ fn train(args: TrainArgs) -> u8 {
         folder: folder.clone(),
         stop,
         progress: !args.quiet,
+        resume: args.resume,
     };
     println!(
         "train {name}: {} on backend {}, {} updates of {} scenarios, seed {}, run folder {}",
@@ -820,7 +837,13 @@ fn train(args: TrainArgs) -> u8 {
     };
     println!(
         "{} {} updates in {:.1} s ({:.1} s in updates, {:.1} ms per update); best dev cost {:.4} at update {}",
-        if outcome.interrupted { "stopped after" } else { "done:" },
+        if outcome.error.is_some() {
+            "stopped by an error after"
+        } else if outcome.interrupted {
+            "stopped after"
+        } else {
+            "done:"
+        },
         outcome.updates,
         outcome.seconds,
         outcome.seconds_in_updates,
@@ -861,12 +884,19 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_f64()?))).collect())
         .unwrap_or_default();
+    let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
+    if recorded.trim() != hmdp::train::run::hash(&source) {
+        eprintln!(
+            "error: {}/model.hmdp does not match its model.hash: the model was changed after training, so its checkpoints may not fit it",
+            folder.display()
+        );
+        return 1;
+    }
     let model_path = folder.join("model.hmdp");
     let (module, source_text) = match compile_module(&model_path, &Options { overrides }) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
-    let _ = source;
     let (mut cfg, _) = match run::read_config(&run_json, &module) {
         Ok(c) => c,
         Err(e) => {

@@ -11,7 +11,7 @@
 //! batch, its step and VJP outputs with the interpreter's: they should agree to rounding.
 //!
 //! The error of an element is `max(0, |ad − fd| − noise) / max(1, |ad|, |fd|)`, where `noise`
-//! bounds the rounding error of the difference quotient (`8 ε max|f| / h`), so that a model
+//! bounds the rounding error of the difference quotient (`16 ε max|f| / h`), so that a model
 //! with large costs is not failed for rounding it cannot avoid.
 
 use rand::rngs::ChaCha8Rng;

@@ -121,10 +121,10 @@ impl std::fmt::Display for TrainError {
         match self {
             TrainError::Run(e) => write!(f, "{}", e.message),
             TrainError::NotFinite { term, step, value } => {
-                write!(f, "cost `{term}` is {value} at step {step}; training stopped (the best checkpoint is kept)")
+                write!(f, "cost `{term}` is {value} at step {step}; training stopped (checkpoints written so far are kept)")
             }
             TrainError::NotFiniteGradient => {
-                write!(f, "a gradient is NaN or infinite; training stopped (the best checkpoint is kept)")
+                write!(f, "a gradient is NaN or infinite; training stopped (checkpoints written so far are kept)")
             }
             TrainError::EmptyBounds { action, element, step, lo, hi } => {
                 write!(f, "the bounds of `{action}` (element {element}) are empty at step {step}: {lo} > {hi}")
@@ -167,11 +167,14 @@ pub fn evaluate(ctx: &Context, nets: &Nets, set: &Scenarios) -> Result<Evaluatio
     Ok(Evaluation { terms, per_scenario })
 }
 
-/// The spec of a module with the half-line action scale set.
+/// The spec of a module with the scale of its half-line actions set (actions on an interval or
+/// the whole line are not scaled).
 pub fn spec_with_scale(module: &crate::ir::Module, scale: f64) -> Spec {
     let mut spec = Spec::of(module);
     for head in &mut spec.continuous {
-        head.scale = scale;
+        if head.lower.is_some() != head.upper.is_some() {
+            head.scale = scale;
+        }
     }
     spec
 }

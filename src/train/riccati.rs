@@ -101,7 +101,13 @@ pub fn of_module(module: &Module, instance: &Buffers, kernels: &dyn Backend) -> 
     let (a, b) = (find("A", BufferKind::Param)?, find("B", BufferKind::Param)?);
     let (x, u) = (find("x", BufferKind::State)?, find("u", BufferKind::Continuous)?);
     let n = module.len(x);
-    if module.len(u) != n || module.len(a) != n * n || module.len(b) != n || module.costs().count() != 1 {
+    if module.len(u) != n
+        || module.len(a) != n * n
+        || module.len(b) != n
+        || module.costs().count() != 1
+        || module.warmup != 0
+        || module.discount != 1.0
+    {
         return None;
     }
     let mut bm = vec![0.0; n * n];

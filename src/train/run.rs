@@ -181,6 +181,11 @@ pub fn config_json(cfg: &Config, overrides: &[(String, f64)]) -> serde_json::Val
     })
 }
 
+fn total(row: &CurveRow) -> f64 {
+    let t: f64 = row.dev_terms.iter().sum();
+    if t.is_nan() { f64::INFINITY } else { t }
+}
+
 /// One row of the learning curve.
 #[derive(Clone, Debug)]
 pub struct CurveRow {
@@ -278,6 +283,25 @@ pub struct RunInputs<'a> {
     pub folder: PathBuf,
     pub stop: Arc<AtomicBool>,
     pub progress: bool,
+    /// Continue the run in `folder` from its final (else best) checkpoint: the networks and
+    /// their normalisation, the update count and the learning curve carry over; Adam's moments
+    /// and the order of the train set start afresh.
+    pub resume: bool,
+}
+
+/// Reads the rows of a `curve.csv` written by [`train`].
+fn read_curve(text: &str) -> Vec<CurveRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<f64> = line.split(',').map(|c| c.parse::<f64>().unwrap_or(f64::NAN)).collect();
+            let (&update, rest) = cols.split_first()?;
+            let (&seconds, rest) = rest.split_first()?;
+            let (&train, rest) = rest.split_first()?;
+            let (_total, terms) = rest.split_last()?;
+            Some(CurveRow { update: update as usize, seconds, train, dev_terms: terms.to_vec() })
+        })
+        .collect()
 }
 
 /// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
@@ -300,6 +324,21 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let ctx = Context { module, spec: &spec, backend: inputs.backend, instance: &instance };
 
     let folder = &inputs.folder;
+    let mut resumed: Option<(Vec<u8>, Vec<CurveRow>)> = None;
+    if inputs.resume {
+        let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
+        if recorded.trim() != hash(inputs.source.as_bytes()) {
+            return Err(TrainError::Internal(format!(
+                "--resume: the model differs from the one {} was trained on (model.hash)",
+                folder.display()
+            )));
+        }
+        let bytes = std::fs::read(folder.join("final.ckpt"))
+            .or_else(|_| std::fs::read(folder.join("best.ckpt")))
+            .map_err(|e| TrainError::Internal(format!("--resume: cannot read a checkpoint: {e}")))?;
+        let curve = read_curve(&std::fs::read_to_string(folder.join("curve.csv")).unwrap_or_default());
+        resumed = Some((bytes, curve));
+    }
     std::fs::create_dir_all(folder).map_err(io)?;
     write_atomic(&folder.join("model.hmdp"), inputs.source.as_bytes()).map_err(io)?;
     write_atomic(&folder.join("model.hash"), format!("{}\n", hash(inputs.source.as_bytes())).as_bytes()).map_err(io)?;
@@ -316,20 +355,29 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
     let mut opt = Optimizers::new(&nets, &cfg);
-    let start = super::rollout::initial_features(&ctx, &train_set).map_err(TrainError::Run)?;
-    nets.normalizer.fit(&start, spec.features, scale);
+    let mut first_update = 0;
+    let mut curve: Vec<CurveRow> = Vec::new();
+    match &resumed {
+        Some((bytes, rows)) => {
+            first_update = decode_checkpoint(bytes, &mut nets)
+                .map_err(|e| TrainError::Internal(format!("--resume: {e} (were the settings changed?)")))?;
+            curve = rows.clone();
+        }
+        None => {
+            let start = super::rollout::initial_features(&ctx, &train_set).map_err(TrainError::Run)?;
+            nets.normalizer.fit(&start, spec.features, scale);
+        }
+    }
     let names: Vec<String> = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
     let terms = names.len();
     let per_epoch = (train_set.count / cfg.batch.max(1)).max(1);
     let scale_report = sim::report_scale(module);
     let header = config_json(&cfg, inputs.overrides);
 
-    let mut curve: Vec<CurveRow> = Vec::new();
     let mut order: Vec<usize> = (0..train_set.count).collect();
     let mut running_train = f64::NAN;
     let mut in_updates = 0.0;
     let mut error = None;
-    let mut done = 0;
     let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
     let mut last_print = Instant::now();
     let save = |nets: &Nets, name: &str, update: usize| {
@@ -337,18 +385,26 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     };
     let evaluate_dev = |nets: &Nets| -> Result<Evaluation, TrainError> { evaluate(&ctx, nets, &dev_set) };
 
-    // The policy before any update is the first point of the curve and the first best.
-    let first = evaluate_dev(&nets)?;
-    curve.push(CurveRow {
-        update: 0,
-        seconds: started.elapsed().as_secs_f64(),
-        train: f64::NAN,
-        dev_terms: first.terms.clone(),
-    });
-    let mut best = (first.total(), 0usize);
-    save(&nets, "best.ckpt", 0)?;
+    // The policy before any update is the first point of the curve and the first best; a
+    // resumed run's best is the best of its curve so far.
+    let mut best = match curve.iter().min_by(|a, b| total(a).total_cmp(&total(b))) {
+        Some(row) if resumed.is_some() => (total(row), row.update),
+        _ => {
+            let first = evaluate_dev(&nets)?;
+            curve.push(CurveRow {
+                update: first_update,
+                seconds: started.elapsed().as_secs_f64(),
+                train: f64::NAN,
+                dev_terms: first.terms.clone(),
+            });
+            save(&nets, "best.ckpt", first_update)?;
+            (first.total(), first_update)
+        }
+    };
+    let mut done = first_update;
+    let offset = curve.last().map_or(0.0, |r| r.seconds);
 
-    for u in 0..cfg.updates {
+    for u in first_update..first_update + cfg.updates {
         if inputs.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -381,12 +437,13 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             }
         }
         done = u + 1;
-        if done % per_epoch == 0 || done == cfg.updates {
+        let last = first_update + cfg.updates;
+        if done % per_epoch == 0 || done == last {
             match evaluate_dev(&nets) {
                 Ok(dev) => {
                     curve.push(CurveRow {
                         update: done,
-                        seconds: started.elapsed().as_secs_f64(),
+                        seconds: offset + started.elapsed().as_secs_f64(),
                         train: running_train,
                         dev_terms: dev.terms.clone(),
                     });
@@ -402,16 +459,15 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
                 }
             }
         }
-        if inputs.progress && (last_print.elapsed().as_secs_f64() > 0.5 || done == cfg.updates) {
+        if inputs.progress && (last_print.elapsed().as_secs_f64() > 0.5 || done == last) {
             last_print = Instant::now();
-            let rate = done as f64 / in_updates.max(1e-9);
+            let rate = (done - first_update) as f64 / in_updates.max(1e-9);
             let dev = curve.last().map_or(f64::NAN, |r| r.dev_terms.iter().sum::<f64>());
             let width = 24;
-            let filled = width * done / cfg.updates.max(1);
+            let filled = width * (done - first_update) / cfg.updates.max(1);
             let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
             let line = format!(
-                "[{bar}] {done}/{} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}",
-                cfg.updates
+                "[{bar}] {done}/{last} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}"
             );
             if std::io::stderr().is_terminal() {
                 eprint!("\r{line}");
@@ -429,7 +485,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     write_atomic(&folder.join("curve.svg"), curve_svg(&title, &curve).as_bytes()).map_err(io)?;
     let (best_dev, best_update) = best;
     Ok(Outcome {
-        updates: done,
+        updates: done - first_update,
         best_update,
         best_dev,
         seconds: started.elapsed().as_secs_f64(),

@@ -49,7 +49,8 @@ pub struct ContinuousHead {
     pub mask: Option<BufferId>,
     /// The first raw output of this action in the continuous network's output.
     pub offset: usize,
-    /// Multiplies a softplus on a half-line, so that the first actions have a sensible size.
+    /// Multiplies a softplus on a half-line, so that the first actions have a sensible size
+    /// (1 for actions on an interval or the whole line).
     pub scale: f64,
 }
 
@@ -151,7 +152,7 @@ pub fn squash(z: f64, lo: f64, hi: f64, scale: f64) -> (f64, f64) {
         }
         (true, false) => (lo + scale * softplus(z), scale * sigmoid(z)),
         (false, true) => (hi - scale * softplus(-z), scale * sigmoid(-z)),
-        (false, false) => (scale * z, scale),
+        (false, false) => (z, 1.0),
     }
 }
 
