@@ -7,10 +7,10 @@
 //! gradient `Xᵀ·dY` (accumulated, β = 1), all with row-major buffers and transposes as views.
 
 use hmdp::nn::aligned::AlignedVec;
+use hmdp::nn::gemm::{Kernel, MatMut, MatRef, gemm_with};
 use hmdp::nn::mlp::{Mlp, Tape};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
-use hmdp::nn::gemm::{Kernel, MatMut, MatRef, gemm_with};
 use std::time::{Duration, Instant};
 
 /// Length of one timing; short, so that a timing often falls between two preemptions.
@@ -56,7 +56,7 @@ fn cpu_seconds() -> Option<f64> {
     let mut time = Timespec { seconds: 0, nanoseconds: 0 };
     // SAFETY: glibc's clock_gettime writes one timespec through a valid pointer.
     let status = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    (status == 0).then(|| time.seconds as f64 + time.nanoseconds as f64 * 1e-9)
+    (status == 0).then_some(time.seconds as f64 + time.nanoseconds as f64 * 1e-9)
 }
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
@@ -78,7 +78,8 @@ fn seconds(f: impl FnOnce()) -> f64 {
 fn gflops(kernel: Kernel, form: Form, shape: (usize, usize, usize), runs: usize) -> (f64, f64) {
     let (m, k, n) = shape;
     // Cache-line aligned, as the network's parameters and tapes are.
-    let values = |len: usize, prime: usize| -> Vec<f32> { (0..len).map(|i| ((i * prime) % 1000) as f32 * 1e-3 - 0.5).collect() };
+    let values =
+        |len: usize, prime: usize| -> Vec<f32> { (0..len).map(|i| ((i * prime) % 1000) as f32 * 1e-3 - 0.5).collect() };
     let a = AlignedVec::from_slice(&values(m * k, 7919));
     let b = AlignedVec::from_slice(&values(k * n, 104_729));
     let mut c = AlignedVec::zeros(m * n);

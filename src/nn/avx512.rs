@@ -106,6 +106,7 @@ fn grow(buf: &mut AlignedVec, floats: usize) -> *mut f32 {
 /// # Safety
 /// AVX-512F must be available, every element `(i, j)` of the three operands must be inside its
 /// allocation, and `C` must not overlap `A` or `B`.
+#[allow(clippy::too_many_arguments)] // the BLAS argument list
 pub(super) unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: Operand, b: Operand, beta: f32, c: Output) {
     if m == 0 || n == 0 {
         return;
@@ -174,7 +175,8 @@ unsafe fn blocked(
     let kc_max = even_block(k, KC, 1);
     let mc_max = even_block(m, MC, MR);
     let a_pack = grow(&mut scratch.a, mc_max * kc_max);
-    let b_pack = if direct_b { std::ptr::null_mut() } else { grow(&mut scratch.b, kc_max * NC.min(n).next_multiple_of(16)) };
+    let b_pack =
+        if direct_b { std::ptr::null_mut() } else { grow(&mut scratch.b, kc_max * NC.min(n).next_multiple_of(16)) };
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(kc_max) {
@@ -289,7 +291,11 @@ impl Tile {
             for (v, bv) in bv.iter_mut().enumerate() {
                 // SAFETY: inside this step's `cols` values of B; masked lanes are not read.
                 *bv = unsafe {
-                    if v + 1 == V { _mm512_maskz_loadu_ps(tail_mask, b.add(16 * v)) } else { _mm512_loadu_ps(b.add(16 * v)) }
+                    if v + 1 == V {
+                        _mm512_maskz_loadu_ps(tail_mask, b.add(16 * v))
+                    } else {
+                        _mm512_loadu_ps(b.add(16 * v))
+                    }
                 };
             }
             for (i, row) in acc.iter_mut().enumerate() {
@@ -493,7 +499,15 @@ unsafe fn pack_a(mc: usize, kc: usize, a: Operand, dst: *mut f32) {
 /// # Safety
 /// As for [`pack_a`].
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a_scalar(i_start: usize, i_end: usize, p_start: usize, p_end: usize, kc: usize, a: Operand, dst: *mut f32) {
+unsafe fn pack_a_scalar(
+    i_start: usize,
+    i_end: usize,
+    p_start: usize,
+    p_end: usize,
+    kc: usize,
+    a: Operand,
+    dst: *mut f32,
+) {
     let mut i0 = i_start;
     while i0 < i_end {
         let rows = MR.min(i_end - i0);

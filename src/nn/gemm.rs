@@ -307,7 +307,8 @@ mod tests {
         for i in 0..a.rows() {
             for j in 0..b.cols() {
                 let dot: f64 = (0..a.cols()).map(|p| a.at(i, p) as f64 * b.at(p, j) as f64).sum();
-                let old = if beta == 0.0 { 0.0 } else { beta as f64 * c.data[i * c.row_stride + j * c.col_stride] as f64 };
+                let old =
+                    if beta == 0.0 { 0.0 } else { beta as f64 * c.data[i * c.row_stride + j * c.col_stride] as f64 };
                 out[i * b.cols() + j] = alpha as f64 * dot + old;
             }
         }
@@ -389,10 +390,24 @@ mod tests {
     fn an_empty_inner_dimension_scales_c() {
         for kernel in Kernel::ALL {
             let mut c = vec![f32::NAN, f32::NAN];
-            gemm_with(kernel, 1.0, MatRef::row_major(&[], 2, 0), MatRef::row_major(&[], 0, 1), 0.0, MatMut::row_major(&mut c, 2, 1));
+            gemm_with(
+                kernel,
+                1.0,
+                MatRef::row_major(&[], 2, 0),
+                MatRef::row_major(&[], 0, 1),
+                0.0,
+                MatMut::row_major(&mut c, 2, 1),
+            );
             assert_eq!(c, [0.0, 0.0], "{kernel:?}");
             let mut c = vec![1.0, 2.0];
-            gemm_with(kernel, 1.0, MatRef::row_major(&[], 2, 0), MatRef::row_major(&[], 0, 1), 3.0, MatMut::row_major(&mut c, 2, 1));
+            gemm_with(
+                kernel,
+                1.0,
+                MatRef::row_major(&[], 2, 0),
+                MatRef::row_major(&[], 0, 1),
+                3.0,
+                MatMut::row_major(&mut c, 2, 1),
+            );
             assert_eq!(c, [3.0, 6.0], "{kernel:?}");
         }
     }
@@ -425,6 +440,12 @@ mod tests {
     #[should_panic(expected = "shapes disagree")]
     fn mismatched_shapes_are_refused() {
         let mut c = [0.0; 4];
-        gemm(1.0, MatRef::row_major(&[0.0; 6], 2, 3), MatRef::row_major(&[0.0; 4], 2, 2), 0.0, MatMut::row_major(&mut c, 2, 2));
+        gemm(
+            1.0,
+            MatRef::row_major(&[0.0; 6], 2, 3),
+            MatRef::row_major(&[0.0; 4], 2, 2),
+            0.0,
+            MatMut::row_major(&mut c, 2, 2),
+        );
     }
 }

@@ -123,7 +123,14 @@ pub fn gaussian_log_prob(z: &[f32], mean: &[f32], log_std: &[f32]) -> f64 {
 /// `∂/∂mean = (z − mean)/σ²` and `∂/∂log σ = ((z − mean)/σ)² − 1`.
 ///
 /// Panics if the slices differ in length.
-pub fn gaussian_log_prob_grad(z: &[f32], mean: &[f32], log_std: &[f32], scale: f32, dmean: &mut [f32], dlog_std: &mut [f32]) {
+pub fn gaussian_log_prob_grad(
+    z: &[f32],
+    mean: &[f32],
+    log_std: &[f32],
+    scale: f32,
+    dmean: &mut [f32],
+    dlog_std: &mut [f32],
+) {
     let n = z.len();
     assert!(
         mean.len() == n && log_std.len() == n && dmean.len() == n && dlog_std.len() == n,
@@ -226,7 +233,8 @@ mod tests {
     #[test]
     fn sampling_inverts_the_cumulative_distribution() {
         let lp: Vec<f32> = [0.2f32, 0.5, 0.3].iter().map(|p| p.ln()).collect();
-        let picks: Vec<usize> = [0.0, 0.19, 0.21, 0.69, 0.71, 0.999_999_9].iter().map(|&u| categorical_sample(&lp, u)).collect();
+        let picks: Vec<usize> =
+            [0.0, 0.19, 0.21, 0.69, 0.71, 0.999_999_9].iter().map(|&u| categorical_sample(&lp, u)).collect();
         assert_eq!(picks, [0, 0, 1, 1, 2, 2]);
         let masked = log_probs(&[f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]);
         assert!([0.0, 0.5, 0.999_999].iter().all(|&u| categorical_sample(&masked, u) == 1));
@@ -284,7 +292,8 @@ mod tests {
             .map(f64::ln)
             .sum();
         assert_close(gaussian_log_prob(&Z, &MEAN, &LOG_STD), want, 1e-6, "log density");
-        let entropy: f64 = LOG_STD.iter().map(|&s| 0.5 * (2.0 * std::f64::consts::PI * std::f64::consts::E).ln() + s as f64).sum();
+        let entropy: f64 =
+            LOG_STD.iter().map(|&s| 0.5 * (2.0 * std::f64::consts::PI * std::f64::consts::E).ln() + s as f64).sum();
         assert_close(gaussian_entropy(&LOG_STD), entropy, 1e-12, "entropy");
         let mut z = [0.0; 3];
         gaussian_sample(&MEAN, &LOG_STD, &[1.0, 0.0, -2.0], &mut z);

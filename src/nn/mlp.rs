@@ -80,7 +80,10 @@ impl Mlp {
     ///
     /// Panics unless there are at least two sizes and all are positive.
     pub fn zeros(sizes: &[usize]) -> Mlp {
-        assert!(sizes.len() >= 2 && sizes.iter().all(|&s| s > 0), "an MLP needs two or more positive sizes, got {sizes:?}");
+        assert!(
+            sizes.len() >= 2 && sizes.iter().all(|&s| s > 0),
+            "an MLP needs two or more positive sizes, got {sizes:?}"
+        );
         let mut offsets = vec![0];
         for pair in sizes.windows(2) {
             let end = offsets[offsets.len() - 1] + pair[0] * pair[1] + pair[1];
@@ -200,7 +203,13 @@ impl Mlp {
             let (weight_grad, bias_grad) = grad[self.offsets[l]..self.offsets[l + 1]].split_at_mut(fan_in * fan_out);
             let d_out = MatRef::row_major(delta, rows, fan_out);
             // dW += h_lᵀ · δ
-            gemm(1.0, MatRef::row_major(&acts[l], rows, fan_in).t(), d_out, 1.0, MatMut::row_major(weight_grad, fan_in, fan_out));
+            gemm(
+                1.0,
+                MatRef::row_major(&acts[l], rows, fan_in).t(),
+                d_out,
+                1.0,
+                MatMut::row_major(weight_grad, fan_in, fan_out),
+            );
             for row in delta.chunks_exact(fan_out) {
                 for (g, d) in bias_grad.iter_mut().zip(row) {
                     *g += d;
@@ -229,8 +238,7 @@ impl Mlp {
 /// columns orthogonal to rounding error.
 fn orthogonal<R: Rng + ?Sized>(fan_in: usize, fan_out: usize, gain: f32, rng: &mut R) -> Vec<f32> {
     let (tall, wide) = (fan_in.max(fan_out), fan_in.min(fan_out));
-    let mut q: Vec<Vec<f64>> =
-        (0..wide).map(|_| (0..tall).map(|_| StandardNormal.sample(rng)).collect()).collect();
+    let mut q: Vec<Vec<f64>> = (0..wide).map(|_| (0..tall).map(|_| StandardNormal.sample(rng)).collect()).collect();
     for j in 0..wide {
         let (done, rest) = q.split_at_mut(j);
         let col = &mut rest[0];
@@ -457,11 +465,9 @@ mod tests {
             let gain = if l == 2 { 0.01 } else { HIDDEN_GAIN } as f64;
             let w = mlp.weights(l);
             // Gram matrix of the shorter side: columns if fan_in ≥ fan_out, rows otherwise.
-            let (n, len, at): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if fan_in >= fan_out {
-                (fan_out, fan_in, Box::new(|v, e| w[e * fan_out + v] as f64))
-            } else {
-                (fan_in, fan_out, Box::new(|v, e| w[v * fan_out + e] as f64))
-            };
+            let by_columns = fan_in >= fan_out;
+            let (n, len) = if by_columns { (fan_out, fan_in) } else { (fan_in, fan_out) };
+            let at = |v: usize, e: usize| if by_columns { w[e * fan_out + v] } else { w[v * fan_out + e] } as f64;
             for a in 0..n {
                 for b in 0..n {
                     let dot: f64 = (0..len).map(|e| at(a, e) * at(b, e)).sum();
