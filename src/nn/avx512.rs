@@ -1,8 +1,9 @@
 //! Our AVX-512 SGEMM: packed, cache-blocked, with an 8×48 register-blocked FMA microkernel.
 //!
-//! Why it exists: `matrixmultiply` stops at AVX2 and reaches about 60 GFLOP/s on one core here,
-//! a third of what the core can do; the trainer's update is mostly GEMMs of a few fixed shapes
-//! (16–960 rows × 512 × 512), so those shapes are what this kernel is tuned for. Call it only
+//! Why it exists: `matrixmultiply` reaches about 60 GFLOP/s on one core here, a third of what
+//! the core can do (its AVX-512 tile of 16 × 16 issues 16 broadcasts and a load per 16 FMAs, so
+//! the load ports, not the FMA units, set its pace), and the trainer's update is mostly GEMMs of
+//! a few fixed shapes (16–960 rows × 512 × 512), which are what this kernel is tuned for. Call it only
 //! through [`super::gemm`], which checks shapes and bounds and falls back to `matrixmultiply` on
 //! CPUs without AVX-512F.
 //!
@@ -170,8 +171,8 @@ unsafe fn blocked(
     scratch: &mut Scratch,
 ) {
     let direct_b = b.col_stride == 1 && m <= DIRECT_B_MAX_ROWS;
-    // Blocks of even size: 252 steps make one block of 252, not one of 256 and ... of 0; 960
-    // rows make five of 192.
+    // Blocks of even size: 300 steps make two blocks of 150 rather than 256 and a sliver of 44,
+    // which would load and store every tile of C again for a few steps.
     let kc_max = even_block(k, KC, 1);
     let mc_max = even_block(m, MC, MR);
     let a_pack = grow(&mut scratch.a, mc_max * kc_max);
@@ -190,7 +191,7 @@ unsafe fn blocked(
                 let mc = mc_max.min(m - ic);
                 // SAFETY: (ic, pc) is in A, and the pack holds mc rounded up to MR × kc.
                 unsafe { pack_a(mc, kc, a.at(ic, pc), a_pack) };
-                // Each panel of B stays in L1 while the panels of A stream past it from L2.
+                // Each panel of B serves every tile of this block of A before the next is read.
                 for jr in (0..nc).step_by(NR) {
                     let cols = NR.min(nc - jr);
                     let vectors = cols.div_ceil(16);
