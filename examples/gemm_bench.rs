@@ -8,6 +8,9 @@
 
 use hmdp::nn::aligned::AlignedVec;
 use hmdp::nn::gemm::{Kernel, MatMut, MatRef, gemm_with};
+use hmdp::nn::mlp::{Mlp, Tape};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
 use std::time::{Duration, Instant};
 
 /// Length of one timing; short, so that a timing often falls between two preemptions.
@@ -53,7 +56,7 @@ fn cpu_seconds() -> Option<f64> {
     let mut time = Timespec { seconds: 0, nanoseconds: 0 };
     // SAFETY: glibc's clock_gettime writes one timespec through a valid pointer.
     let status = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    (status == 0).then(|| time.seconds as f64 + time.nanoseconds as f64 * 1e-9)
+    (status == 0).then_some(time.seconds as f64 + time.nanoseconds as f64 * 1e-9)
 }
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
@@ -103,6 +106,35 @@ fn gflops(kernel: Kernel, form: Form, shape: (usize, usize, usize), runs: usize)
     (rates[rates.len() / 2], rates[rates.len() - 1])
 }
 
+/// Median and best GFLOP/s of one forward and backward pass (with the input gradient) of a
+/// network with these sizes on `rows` rows, with the preferred kernel; the FLOPs are the GEMMs'.
+fn mlp_gflops(sizes: &[usize], rows: usize, runs: usize) -> (f64, f64) {
+    let mlp = Mlp::new(sizes, 0.01, &mut ChaCha8Rng::seed_from_u64(1));
+    let x: Vec<f32> = (0..rows * sizes[0]).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+    let dy = vec![0.01f32; rows * mlp.outputs()];
+    let (mut tape, mut grad, mut dx) = (Tape::new(), mlp.zero_grad(), vec![0.0f32; x.len()]);
+    let weights: usize = sizes.windows(2).map(|w| w[0] * w[1]).sum();
+    let flop = 6.0 * (rows * weights) as f64;
+    let mut pass = || {
+        mlp.forward(&x, rows, &mut tape);
+        mlp.backward(&mut tape, &dy, &mut grad, Some(&mut dx));
+    };
+    let start = Instant::now();
+    let mut reps = 0usize;
+    while start.elapsed() < Duration::from_millis(WINDOW_MS) {
+        pass();
+        reps += 1;
+    }
+    let mut rates: Vec<f64> = (0..runs)
+        .map(|_| {
+            let time = seconds(|| (0..reps).for_each(|_| pass()));
+            flop * reps as f64 / time / 1e9
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    (rates[rates.len() / 2], rates[rates.len() - 1])
+}
+
 fn main() {
     let runs = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(31);
     let jrp_inputs = 5 * 50 + 2;
@@ -134,5 +166,12 @@ fn main() {
             print!("{:>16.1} /{:>5.0}", median, best);
         }
         println!();
+    }
+    println!();
+    let sizes = [jrp_inputs, 512, 512, 100];
+    println!("Mlp {sizes:?}, forward + backward with dx, preferred kernel ({}):", Kernel::preferred().name());
+    for rows in [16, 128, 960] {
+        let (median, best) = mlp_gflops(&sizes, rows, runs);
+        println!("  {rows:>4} rows: {median:6.1} GFLOP/s median, {best:4.0} best");
     }
 }

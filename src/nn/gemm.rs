@@ -8,6 +8,7 @@
 //! runs one work item per core with rayon, and a GEMM that spawned threads of its own would
 //! oversubscribe the two cores (`rust-notes.md` §3.1).
 
+#[cfg(target_arch = "x86_64")]
 use super::avx512;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
@@ -73,6 +74,14 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
+    /// Rows `..at` and `at..` as two views. Panics if `at > rows`.
+    pub fn split_rows(self, at: usize) -> (MatRef<'a>, MatRef<'a>) {
+        assert!(at <= self.rows, "cannot split {} rows at {at}", self.rows);
+        let start = if at < self.rows { at * self.row_stride } else { self.data.len() };
+        let bottom = MatRef { data: &self.data[start..], rows: self.rows - at, ..self };
+        (MatRef { rows: at, ..self }, bottom)
+    }
+
     /// Element `(i, j)`; panics outside the view.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         assert!(i < self.rows && j < self.cols, "({i}, {j}) is outside a {}x{} view", self.rows, self.cols);
@@ -114,6 +123,24 @@ impl<'a> MatMut<'a> {
     pub fn cols(&self) -> usize {
         self.cols
     }
+
+    /// Rows `..at` and `at..` as two views that can be written at the same time, or the view
+    /// back if its rows interleave in the buffer (a column stride as large as the row stride).
+    /// Panics if `at > rows`.
+    pub fn split_rows(self, at: usize) -> Result<(MatMut<'a>, MatMut<'a>), MatMut<'a>> {
+        assert!(at <= self.rows, "cannot split {} rows at {at}", self.rows);
+        let row_span = self.cols.saturating_sub(1) * self.col_stride;
+        if self.rows > 1 && self.cols > 0 && row_span >= self.row_stride {
+            return Err(self);
+        }
+        let MatMut { data, rows, cols, row_stride, col_stride } = self;
+        let start = if at < rows { at * row_stride } else { data.len() };
+        let (top, bottom) = data.split_at_mut(start);
+        Ok((
+            MatMut { data: top, rows: at, cols, row_stride, col_stride },
+            MatMut { data: bottom, rows: rows - at, cols, row_stride, col_stride },
+        ))
+    }
 }
 
 /// Which implementation computes a product.
@@ -132,7 +159,7 @@ impl Kernel {
     pub fn is_available(self) -> bool {
         match self {
             Kernel::Matrixmultiply => true,
-            Kernel::Avx512 => avx512::available(),
+            Kernel::Avx512 => avx512_available(),
         }
     }
 
@@ -149,12 +176,44 @@ impl Kernel {
     }
 }
 
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// `C ← α·A·B + β·C` with the preferred kernel.
 ///
 /// With `β = 0` the old contents of `C` are never read, so `C` may hold anything, NaN included.
 /// Panics if the shapes disagree (`A` is `m×k`, `B` is `k×n`, `C` is `m×n`).
 pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     gemm_with(Kernel::preferred(), alpha, a, b, beta, c);
+}
+
+/// [`gemm`] with the rows of `A` and `C` halved (at multiples of 8 rows) into rayon tasks until
+/// a part has fewer than `2·min_rows` rows.
+///
+/// For a large product on a thread pool with nothing else to do; the trainer normally runs one
+/// work item per core and calls [`gemm`] in each. A `C` whose rows interleave in memory is not
+/// split.
+pub fn gemm_parallel(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut, min_rows: usize) {
+    let rows = c.rows;
+    // Halves are cut at multiples of 8 rows, the kernel's tile height.
+    let half = (rows / 2).next_multiple_of(8);
+    if rows < 2 * min_rows.max(1) || half >= rows || a.rows != rows {
+        return gemm(alpha, a, b, beta, c);
+    }
+    match c.split_rows(half) {
+        Ok((c_top, c_bottom)) => {
+            let (a_top, a_bottom) = a.split_rows(half);
+            rayon::join(
+                || gemm_parallel(alpha, a_top, b, beta, c_top, min_rows),
+                || gemm_parallel(alpha, a_bottom, b, beta, c_bottom, min_rows),
+            );
+        }
+        Err(c) => gemm(alpha, a, b, beta, c),
+    }
 }
 
 /// [`gemm`] with a chosen kernel, for benchmarks and for tests that compare the two.
@@ -173,6 +232,7 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c:
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && avx512::available() {
         // SAFETY: AVX-512F is present, and the views' constructors checked that every element
         // they address lies inside its slice; `c` is borrowed mutably, so nothing aliases it.
@@ -350,6 +410,24 @@ mod tests {
             );
             assert_eq!(c, [3.0, 6.0], "{kernel:?}");
         }
+    }
+
+    #[test]
+    fn the_parallel_split_computes_the_same_product() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (m, k, n) = (301, 70, 45);
+        let (a, _, _) = matrix(m, k, Layout::RowMajor, &mut rng);
+        let (b, _, _) = matrix(k, n, Layout::RowMajor, &mut rng);
+        let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let mut serial = vec![0.0; m * n];
+        gemm(1.0, a, b, 0.0, MatMut::row_major(&mut serial, m, n));
+        let mut parallel = vec![f32::NAN; m * n];
+        gemm_parallel(1.0, a, b, 0.0, MatMut::row_major(&mut parallel, m, n), 16);
+        for (s, p) in serial.iter().zip(&parallel) {
+            assert!((s - p).abs() <= 1e-5 * (1.0 + s.abs()), "{s} vs {p}");
+        }
+        let interleaved = MatMut::new(&mut parallel, 2, 2, 1, 1);
+        assert!(interleaved.split_rows(1).is_err(), "rows sharing elements must not be split");
     }
 
     #[test]

@@ -465,11 +465,9 @@ mod tests {
             let gain = if l == 2 { 0.01 } else { HIDDEN_GAIN } as f64;
             let w = mlp.weights(l);
             // Gram matrix of the shorter side: columns if fan_in ≥ fan_out, rows otherwise.
-            let (n, len, at): (usize, usize, Box<dyn Fn(usize, usize) -> f64>) = if fan_in >= fan_out {
-                (fan_out, fan_in, Box::new(|v, e| w[e * fan_out + v] as f64))
-            } else {
-                (fan_in, fan_out, Box::new(|v, e| w[v * fan_out + e] as f64))
-            };
+            let by_columns = fan_in >= fan_out;
+            let (n, len) = if by_columns { (fan_out, fan_in) } else { (fan_in, fan_out) };
+            let at = |v: usize, e: usize| if by_columns { w[e * fan_out + v] } else { w[v * fan_out + e] } as f64;
             for a in 0..n {
                 for b in 0..n {
                     let dot: f64 = (0..len).map(|e| at(a, e) * at(b, e)).sum();
