@@ -24,6 +24,8 @@
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
+pub mod rust;
+
 use rayon::prelude::*;
 
 use crate::ir::{BufferKind, Module, Program};
