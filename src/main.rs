@@ -62,9 +62,13 @@ enum Command {
         /// Model file (`.hmdp`).
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// What to print: the smoothness `report`, or the textual `ir` (with its VJP).
+        /// What to print: the smoothness `report`, or the textual `ir` (with its VJP); or write the
+        /// Enzyme backend's Rust crate (`rust`, with `-o DIR`).
         #[arg(long, value_enum, default_value_t = Emit::Report)]
         emit: Emit,
+        /// The folder `--emit rust` writes the crate into.
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: Option<PathBuf>,
         /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
@@ -99,12 +103,16 @@ enum Emit {
     Report,
     /// The IR in its textual form.
     Ir,
+    /// A Rust crate whose step's VJP comes from rustc's autodiff (Enzyme), into `-o DIR`.
+    Rust,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     /// The IR interpreter, the reference.
     Interp,
+    /// Kernels compiled from Rust with rustc's autodiff (Enzyme); built once per model and cached.
+    Enzyme,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,9 +194,9 @@ fn run(cli: Cli) -> u8 {
         Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, overrides } => {
             simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
         }
-        Command::Compile { file, emit, overrides } => compile(&file, emit, overrides),
-        Command::Gradcheck { file, backend: Backend::Interp, points, seed, tolerance, overrides } => {
-            gradcheck(&file, points, seed, tolerance, overrides)
+        Command::Compile { file, emit, output, overrides } => compile(&file, emit, output.as_deref(), overrides),
+        Command::Gradcheck { file, backend, points, seed, tolerance, overrides } => {
+            gradcheck(&file, backend, points, seed, tolerance, overrides)
         }
     }
 }
@@ -317,12 +325,24 @@ fn compile_with_rewrites(
     Ok((module, std::fs::read_to_string(path).unwrap_or_default(), rewrites))
 }
 
-fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
+fn compile(path: &Path, emit: Emit, output: Option<&Path>, overrides: Vec<(String, f64)>) -> u8 {
+    match (emit, output) {
+        (Emit::Rust, None) => {
+            eprintln!("error: --emit rust writes a crate: give its folder with -o DIR");
+            return 2;
+        }
+        (Emit::Report | Emit::Ir, Some(_)) => {
+            eprintln!("error: -o is for --emit rust; the report and the IR are printed");
+            return 2;
+        }
+        _ => {}
+    }
     let (module, source, rewrites) = match compile_with_rewrites(path, &Options { overrides }) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
     match emit {
+        Emit::Rust => return write_crate(path, &module, &source, output.unwrap_or(Path::new("."))),
         Emit::Ir => print!("{}", hmdp::ir::text::print(&module)),
         Emit::Report => {
             let analysis = hmdp::passes::smoothness::analyze(&module);
@@ -333,7 +353,84 @@ fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
     0
 }
 
-fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec<(String, f64)>) -> u8 {
+/// `--emit rust -o DIR`: writes the crate, into a new or empty folder or over a crate hmdpc wrote.
+fn write_crate(path: &Path, module: &hmdp::ir::Module, source: &str, dir: &Path) -> u8 {
+    use hmdp::backend::{enzyme, rust};
+    let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let toolchain = enzyme::toolchain_from_env();
+    let krate = rust::emit(module, &rust::Origin { file: &file, source, toolchain: &toolchain });
+    let is_empty = std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none());
+    let ours = std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains(rust::MARKER));
+    if dir.exists() && !dir.is_dir() {
+        eprintln!("error: {} is not a folder", dir.display());
+        return 2;
+    }
+    if !is_empty && !ours {
+        eprintln!(
+            "error: {} is not empty and holds no crate written by hmdpc; give a new or empty folder",
+            dir.display()
+        );
+        return 2;
+    }
+    for (name, text) in &krate.files {
+        let target = dir.join(name);
+        let written =
+            target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, text));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {}", target.display(), describe_io(&e));
+            return 2;
+        }
+    }
+    println!(
+        "wrote the crate {} to {}: its step is src/lib.rs; build it with `cargo build --release` there",
+        krate.package,
+        dir.display()
+    );
+    0
+}
+
+/// Builds (once per model version, then cached) and loads the Enzyme kernels of a model; says so
+/// on stderr when it builds. `Err` holds the exit code: 2 for a missing toolchain or cache
+/// folder, 3 when the compiler fails on the emitted crate.
+fn load_enzyme<'m>(
+    module: &'m hmdp::ir::Module,
+    path: &Path,
+    source: &str,
+) -> Result<hmdp::backend::enzyme::Enzyme<'m>, u8> {
+    use hmdp::backend::enzyme::{self, Error};
+    let code = |e: &Error| if matches!(e, Error::Build { .. } | Error::Load { .. }) { 3 } else { 2 };
+    let report = |e: Error| {
+        eprintln!("error: {e}");
+        code(&e)
+    };
+    let settings = enzyme::Settings::from_env().map_err(report)?;
+    let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let prepared = enzyme::prepare(module, &file, source, &settings).map_err(report)?;
+    let started = std::time::Instant::now();
+    let building = !prepared.is_cached();
+    if building {
+        eprintln!(
+            "building the Enzyme kernels of {} with {} (once per version of the model; cached in {})",
+            path.display(),
+            settings.toolchain,
+            prepared.entry().display()
+        );
+    }
+    let backend = prepared.load().map_err(report)?;
+    if building {
+        eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(backend)
+}
+
+fn gradcheck(
+    path: &Path,
+    backend: Backend,
+    points: u64,
+    seed: u64,
+    tolerance: f64,
+    overrides: Vec<(String, f64)>,
+) -> u8 {
     let (module, source) = match compile_module(path, &Options { overrides }) {
         Ok(compiled) => compiled,
         Err(code) => return code,
@@ -348,11 +445,23 @@ fn gradcheck(path: &Path, points: u64, seed: u64, tolerance: f64, overrides: Vec
         Ok(instance) => instance,
         Err(e) => return fail(e),
     };
-    let report = match hmdp::sim::gradcheck::check(&module, &instance, seed, points as usize) {
+    let interp = hmdp::backend::Interp { module: &module };
+    let enzyme = match backend {
+        Backend::Interp => None,
+        Backend::Enzyme => match load_enzyme(&module, path, &source) {
+            Ok(enzyme) => Some(enzyme),
+            Err(code) => return code,
+        },
+    };
+    let chosen: &dyn hmdp::backend::Backend = match &enzyme {
+        Some(enzyme) => enzyme,
+        None => &interp,
+    };
+    let report = match hmdp::sim::gradcheck::check_backend(chosen, &module, &instance, seed, points as usize) {
         Ok(report) => report,
         Err(e) => return fail(e),
     };
-    println!("gradcheck {name}: backend interp against central finite differences, {points} random points");
+    println!("gradcheck {name}: backend {} against central finite differences, {points} random points", chosen.name());
     println!("  {:<16} {:>8} {:>9}  {:>14}", "input", "checked", "at kinks", "max rel. error");
     for input in &report.inputs {
         println!("  {:<16} {:>8} {:>9}  {:>14.3e}", input.name, input.checked, input.at_kinks, input.max_error);
