@@ -113,6 +113,8 @@ enum Backend {
     Interp,
     /// Kernels compiled from Rust with rustc's autodiff (Enzyme); built once per model and cached.
     Enzyme,
+    /// Every backend against each other and against finite differences.
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -448,15 +450,44 @@ fn gradcheck(
     let interp = hmdp::backend::Interp { module: &module };
     let enzyme = match backend {
         Backend::Interp => None,
-        Backend::Enzyme => match load_enzyme(&module, path, &source) {
+        Backend::Enzyme | Backend::All => match load_enzyme(&module, path, &source) {
             Ok(enzyme) => Some(enzyme),
             Err(code) => return code,
         },
     };
     let chosen: &dyn hmdp::backend::Backend = match &enzyme {
-        Some(enzyme) => enzyme,
-        None => &interp,
+        Some(enzyme) if matches!(backend, Backend::Enzyme) => enzyme,
+        _ => &interp,
     };
+    if let Backend::All = backend {
+        // The backends `--backend all` compares; a new backend is one more line here.
+        let mut all: Vec<&dyn hmdp::backend::Backend> = vec![&interp];
+        all.extend(enzyme.as_ref().map(|e| e as &dyn hmdp::backend::Backend));
+        let table = match hmdp::backend::compare::compare(&module, &instance, &all, points as usize, seed, tolerance) {
+            Ok(table) => table,
+            Err(e) => return fail(e),
+        };
+        print!("{}", table.render(&name));
+        let failures = table.failures();
+        for pair in &failures {
+            let worst = pair.forward.iter().chain([&pair.vjp]).filter(|d| d.max_error > tolerance);
+            for d in worst {
+                if let Some((buffer, point, element, left, right)) = &d.worst {
+                    eprintln!(
+                        "error: {} and {} differ at `{buffer}` (element {element} at point {point}): {left:e} and {right:e}",
+                        pair.left, pair.right
+                    );
+                }
+            }
+        }
+        let worst = table.max_error();
+        if !failures.is_empty() {
+            eprintln!("error: largest relative difference {worst:.3e} is above the tolerance {tolerance:e}");
+            return 1;
+        }
+        println!("ok: largest relative difference {worst:.3e} (tolerance {tolerance:e})");
+        return 0;
+    }
     let report = match hmdp::sim::gradcheck::check_backend(chosen, &module, &instance, seed, points as usize) {
         Ok(report) => report,
         Err(e) => return fail(e),

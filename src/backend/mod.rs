@@ -9,6 +9,8 @@
 //! - [`enzyme::Enzyme`]: the Rust crate [`rust`] emits, whose VJP rustc's autodiff (Enzyme)
 //!   generates, built once per model and cached.
 //!
+//! [`compare`] runs several backends on the same batch and tells how far apart they are.
+//!
 //! # Layout
 //!
 //! A [`Batch`] holds one `Vec<f64>` per buffer of the module. A parameter is shared by every
@@ -27,6 +29,7 @@
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
+pub mod compare;
 pub mod enzyme;
 pub mod rust;
 
