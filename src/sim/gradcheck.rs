@@ -205,9 +205,12 @@ pub fn against_differences(module: &Module, vjp: &Batch, differences: &[Vec<Vec<
                 };
                 let ad = adjoint.map_or(0.0, |a| vjp.get(a, point)[k]);
                 report.checked += 1;
-                let error = ((ad - fd).abs() - noise).max(0.0) / ad.abs().max(fd.abs()).max(1.0);
-                // A NaN derivative is as wrong as can be.
-                let error = if error.is_nan() { f64::INFINITY } else { error };
+                // A NaN derivative is as wrong as can be (`max` would hide it).
+                let error = if ad.is_nan() || fd.is_nan() {
+                    f64::INFINITY
+                } else {
+                    ((ad - fd).abs() - noise).max(0.0) / ad.abs().max(fd.abs()).max(1.0)
+                };
                 if error > report.max_error || report.worst.is_none() {
                     report.max_error = report.max_error.max(error);
                     report.worst = Some((point, k, ad, fd));
