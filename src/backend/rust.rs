@@ -712,7 +712,12 @@ impl<'m> Emitter<'m> {
         let line = self.line_starts.partition_point(|&s| s <= span.start);
         let start = *self.line_starts.get(line.checked_sub(1)?)?;
         let text = self.origin.source.get(start..)?.lines().next()?;
-        let text: String = text.trim().chars().filter(|c| !c.is_control()).take(100).collect();
+        let text: Vec<char> = text.trim().chars().filter(|c| !c.is_control()).collect();
+        let text: String = if text.len() > 100 {
+            text[..96].iter().chain(&[' ', '.', '.', '.']).collect()
+        } else {
+            text.into_iter().collect()
+        };
         Some((line, text))
     }
 
