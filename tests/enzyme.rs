@@ -96,6 +96,12 @@ fn every_model_agrees_with_the_interpreter_and_finite_differences() {
             );
             let mut problems = Vec::new();
             let name = path.display();
+            // The emitted crate compiles without a warning (the build log stays in the cache).
+            let log = enzyme.library().with_file_name("build.log");
+            let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            if log.contains("--> src/lib.rs") {
+                problems.push(format!("{name}: the emitted crate has warnings:\n{log}"));
+            }
             for pair in &table.pairs {
                 let fd = pair.right == compare::FINITE_DIFFERENCES;
                 // The step is the same f64 arithmetic in the same order: bit for bit.

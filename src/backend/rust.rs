@@ -217,6 +217,7 @@ const RESERVED: &[&str] = &[
     "shared",
     "own",
     "own_mut",
+    "LENS",
     "bounds",
     "regimes",
     "step",
@@ -674,7 +675,7 @@ impl<'m> Emitter<'m> {
             for (s, comment) in &signature {
                 lines.line(&format!("{s:<width$} // {comment}"));
             }
-            lines.depth -= 1;
+            lines.depth = lines.depth.saturating_sub(1);
             lines.open(") {");
         }
         let mut scope = Scope::default();
@@ -833,7 +834,7 @@ impl<'m> Emitter<'m> {
                 if otherwise.is_empty() {
                     lines.close("}");
                 } else {
-                    lines.depth -= 1;
+                    lines.depth = lines.depth.saturating_sub(1);
                     lines.open("} else {");
                     for s in otherwise {
                         self.stmt(s, scope, lines);
@@ -1189,21 +1190,14 @@ impl<'m> Emitter<'m> {
              \n\
              #[unsafe(no_mangle)]\n\
              pub extern \"C\" fn {BUFFER_LEN_SYMBOL}(id: u64) -> u64 {{\n    LENS.get(id as usize).copied().unwrap_or(u64::MAX)\n}}\n\
-             \n\
-             /// Buffer `id`, shared by every scenario.\n\
-             unsafe fn shared<'a>(bases: *const *mut f64, id: usize) -> &'a [f64] {{\n    unsafe {{ std::slice::from_raw_parts(*bases.add(id), LENS[id] as usize) }}\n}}\n\
-             \n\
-             /// Scenario `b`'s copy of buffer `id`.\n\
-             unsafe fn own<'a>(bases: *const *mut f64, id: usize, b: usize) -> &'a [f64] {{\n    let len = LENS[id] as usize;\n    unsafe {{ std::slice::from_raw_parts((*bases.add(id)).add(b * len), len) }}\n}}\n\
-             \n\
-             /// Scenario `b`'s copy of buffer `id`, to write.\n\
-             unsafe fn own_mut<'a>(bases: *const *mut f64, id: usize, b: usize) -> &'a mut [f64] {{\n    let len = LENS[id] as usize;\n    unsafe {{ std::slice::from_raw_parts_mut((*bases.add(id)).add(b * len), len) }}\n}}\n",
+",
             count = lens.len(),
             lens = lens.join(", "),
         );
         for l in text.lines() {
             lines.line(l);
         }
+        let header_len = lines.text.len();
         let slice = |p: &Param| -> String {
             let id = p.buffer;
             let shared = module.buffers.get(id).is_some_and(|b| is_shared(b.kind));
@@ -1238,7 +1232,17 @@ impl<'m> Emitter<'m> {
             lines.line("");
             self.vjp_entry(&mut lines, params, *faults, &slice);
         }
-        lines.text
+        // The accessors the entry points use (a model without parameters uses no `shared`).
+        let (head, entries) = lines.text.split_at(header_len);
+        let mut out = head.to_string();
+        for (name, text) in ACCESSORS {
+            if entries.contains(&format!("{name}(")) {
+                out.push('\n');
+                out.push_str(text);
+            }
+        }
+        out.push_str(entries);
+        out
     }
 
     fn entry_head(&self, lines: &mut Lines, symbol: &str) {
@@ -1357,6 +1361,30 @@ impl<'m> Emitter<'m> {
         lines.close("}");
     }
 }
+
+/// The functions the entry points use to slice a batch, by name.
+const ACCESSORS: [(&str, &str); 3] = [
+    (
+        "shared",
+        "/// Buffer `id`, shared by every scenario.\n\
+         unsafe fn shared<'a>(bases: *const *mut f64, id: usize) -> &'a [f64] {\n    \
+         unsafe { std::slice::from_raw_parts(*bases.add(id), LENS[id] as usize) }\n}\n",
+    ),
+    (
+        "own",
+        "/// Scenario `b`'s copy of buffer `id`.\n\
+         unsafe fn own<'a>(bases: *const *mut f64, id: usize, b: usize) -> &'a [f64] {\n    \
+         let len = LENS[id] as usize;\n    \
+         unsafe { std::slice::from_raw_parts((*bases.add(id)).add(b * len), len) }\n}\n",
+    ),
+    (
+        "own_mut",
+        "/// Scenario `b`'s copy of buffer `id`, to write.\n\
+         unsafe fn own_mut<'a>(bases: *const *mut f64, id: usize, b: usize) -> &'a mut [f64] {\n    \
+         let len = LENS[id] as usize;\n    \
+         unsafe { std::slice::from_raw_parts_mut((*bases.add(id)).add(b * len), len) }\n}\n",
+    ),
+];
 
 /// A statically known position: a constant, or a loop variable plus a shift.
 #[derive(Clone, Copy, Debug)]
