@@ -1423,3 +1423,53 @@ fn first_store(stmt: &Stmt) -> Option<Handle<Expr>> {
         Stmt::If { then, otherwise, .. } => then.iter().chain(otherwise).find_map(first_store),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_of(ir: &str) -> String {
+        let module = crate::ir::text::parse(ir).expect("parses");
+        crate::ir::validate(&module).expect("valid");
+        let krate = emit(&module, &Origin { file: "m.hmdp", source: "", toolchain: "t" });
+        let lib = krate.file("src/lib.rs").expect("lib.rs");
+        let start = lib.find("pub fn step(").expect("step");
+        lib[start..].split("\n}\n").next().expect("body").to_string()
+    }
+
+    #[test]
+    fn names_become_identifiers() {
+        assert_eq!(identifier("onhand'"), "onhand_next");
+        assert_eq!(identifier("q.lo"), "q_lo");
+        assert_eq!(identifier("onhand'.adj"), "onhand_next_adj");
+        assert_eq!(identifier("type"), "type_");
+        assert_eq!(identifier("max"), "max_");
+        assert_eq!(identifier("1st"), "_1st");
+    }
+
+    #[test]
+    fn numbers_read_back_exactly() {
+        for v in [1.0, 0.1, -0.5, 1e300, 5e-324, -0.0, 640.0] {
+            let text = number(v).text;
+            assert_eq!(text.parse::<f64>().map(f64::to_bits), Ok(v.to_bits()), "{text}");
+        }
+        assert_eq!(number(f64::INFINITY).text, "f64::INFINITY");
+        assert_eq!(number(-2.0).prec, Prec::Unary);
+    }
+
+    #[test]
+    fn parentheses_keep_the_trees_grouping() {
+        let step = step_of(
+            "module prec\nhorizon 1\nset I = 1..3\nstate x[I]: real\ncontinuous u: real\nnext x'[I]: real of x\n\
+             cost c: real\ninit {\n    for v2 in I {\n        store x[v2] = 0.0\n    }\n}\nstep {\n    for v0 in I {\n        store x'[v0] = ((x[v0] - (u - x[v0])) * (u * (u * 2.0)))\n    }\n\
+             \x20   store c = ((neg(neg(u)) + ((neg(u) ^ 2.0) + exp(2.0))) + sum(v1 in I) (v1 < 2.0))\n}\n",
+        );
+        // Subtraction and multiplication are not reassociated; a set starting at 1 is shifted.
+        assert!(step.contains("x_next[i] = (x[i] - (u[0] - x[i])) * (u[0] * (u[0] * 2.0));"), "{step}");
+        assert!(step.contains("-(-u[0])"), "{step}");
+        assert!(step.contains("(-u[0]).powf(2.0)"), "{step}");
+        assert!(step.contains("2.0_f64.exp()"), "{step}");
+        // `i as f64 < x` would not parse: the cast is parenthesised.
+        assert!(step.contains("f64::from(((i + 1) as f64) < 2.0)"), "{step}");
+    }
+}
