@@ -226,7 +226,9 @@ pub fn prepare<'m>(module: &'m Module, file: &str, source: &str, settings: &Sett
     }
     let model: String = krate.lib_name.trim_start_matches("hmdp_").chars().take(40).collect();
     let key = format!("{model}-{}", hash.hex());
-    Ok(Prepared { module, krate, toolchain, root: settings.cache.join("enzyme"), key })
+    // Absolute, because cargo runs in the crate's folder and would read a relative path from there.
+    let root = std::path::absolute(settings.cache.join("enzyme")).unwrap_or_else(|_| settings.cache.join("enzyme"));
+    Ok(Prepared { module, krate, toolchain, root, key })
 }
 
 impl<'m> Prepared<'m> {
