@@ -62,9 +62,13 @@ enum Command {
         /// Model file (`.hmdp`).
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// What to print: the smoothness `report`, or the textual `ir` (with its VJP).
+        /// What to print: the smoothness `report`, or the textual `ir` (with its VJP); or write the
+        /// Enzyme backend's Rust crate (`rust`, with `-o DIR`).
         #[arg(long, value_enum, default_value_t = Emit::Report)]
         emit: Emit,
+        /// The folder `--emit rust` writes the crate into.
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: Option<PathBuf>,
         /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
@@ -223,8 +227,8 @@ struct TrainArgs {
     #[arg(long, value_parser = parse_positive)]
     action_scale: Option<f64>,
     /// Which kernels run the model.
-    #[arg(long, value_enum, default_value_t = Backend::Jit)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = TrainBackend::Jit)]
+    backend: TrainBackend,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -275,6 +279,16 @@ enum AlgoChoice {
     Ppo,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TrainBackend {
+    /// The IR interpreter (slow; for checking).
+    Interp,
+    /// Kernels compiled by Cranelift at run time.
+    Jit,
+    /// Kernels compiled from Rust with rustc's autodiff (Enzyme); built once per model and cached.
+    Enzyme,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum EvalPolicy {
     Best,
@@ -290,6 +304,8 @@ enum Emit {
     Ir,
     /// The Cranelift IR of the JIT's kernels (bounds, regimes, step, vjp).
     Clif,
+    /// A Rust crate whose step's VJP comes from rustc's autodiff (Enzyme), into `-o DIR`.
+    Rust,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -298,6 +314,10 @@ enum Backend {
     Interp,
     /// Kernels compiled by Cranelift at run time.
     Jit,
+    /// Kernels compiled from Rust with rustc's autodiff (Enzyme); built once per model and cached.
+    Enzyme,
+    /// Every backend against each other and against finite differences.
+    All,
 }
 
 /// How closely a compiled backend must reproduce the interpreter: to rounding.
@@ -384,9 +404,7 @@ fn main() -> ExitCode {
         Ok(Ok(code)) => ExitCode::from(code),
         // Output piped into a program that stopped reading (`hmdpc ... | head`): stop quietly,
         // as Unix tools do.
-        Ok(Err(payload)) if payload.downcast_ref::<String>().is_some_and(|m| is_broken_pipe(m)) => {
-            ExitCode::from(141)
-        }
+        Ok(Err(payload)) if payload.downcast_ref::<String>().is_some_and(|m| is_broken_pipe(m)) => ExitCode::from(141),
         _ => {
             eprintln!("error: hmdpc failed unexpectedly; please report this with the model that caused it");
             ExitCode::from(3)
@@ -405,7 +423,7 @@ fn run(cli: Cli) -> u8 {
         Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, overrides } => {
             simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
         }
-        Command::Compile { file, emit, overrides } => compile(&file, emit, overrides),
+        Command::Compile { file, emit, output, overrides } => compile(&file, emit, output.as_deref(), overrides),
         Command::Bench { file, batch, seconds, overrides } => bench(&file, batch as usize, seconds, overrides),
         Command::Train(args) => train(*args),
         Command::Eval { run, policy, scenarios } => eval(&run, policy, scenarios),
@@ -540,12 +558,24 @@ fn compile_with_rewrites(
     Ok((module, std::fs::read_to_string(path).unwrap_or_default(), rewrites))
 }
 
-fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
+fn compile(path: &Path, emit: Emit, output: Option<&Path>, overrides: Vec<(String, f64)>) -> u8 {
+    match (emit, output) {
+        (Emit::Rust, None) => {
+            eprintln!("error: --emit rust writes a crate: give its folder with -o DIR");
+            return 2;
+        }
+        (Emit::Report | Emit::Ir, Some(_)) => {
+            eprintln!("error: -o is for --emit rust; the report and the IR are printed");
+            return 2;
+        }
+        _ => {}
+    }
     let (module, source, rewrites) = match compile_with_rewrites(path, &Options { overrides }) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
     match emit {
+        Emit::Rust => return write_crate(path, &module, &source, output.unwrap_or(Path::new("."))),
         Emit::Ir => print!("{}", hmdp::ir::text::print(&module)),
         Emit::Clif => match hmdp::backend::jit::Jit::clif(&module) {
             Ok(text) => print!("{text}"),
@@ -561,6 +591,76 @@ fn compile(path: &Path, emit: Emit, overrides: Vec<(String, f64)>) -> u8 {
         }
     }
     0
+}
+
+/// `--emit rust -o DIR`: writes the crate, into a new or empty folder or over a crate hmdpc wrote.
+fn write_crate(path: &Path, module: &hmdp::ir::Module, source: &str, dir: &Path) -> u8 {
+    use hmdp::backend::{enzyme, rust};
+    let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let toolchain = enzyme::toolchain_from_env();
+    let krate = rust::emit(module, &rust::Origin { file: &file, source, toolchain: &toolchain });
+    let is_empty = std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none());
+    let ours = std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains(rust::MARKER));
+    if dir.exists() && !dir.is_dir() {
+        eprintln!("error: {} is not a folder", dir.display());
+        return 2;
+    }
+    if !is_empty && !ours {
+        eprintln!(
+            "error: {} is not empty and holds no crate written by hmdpc; give a new or empty folder",
+            dir.display()
+        );
+        return 2;
+    }
+    for (name, text) in &krate.files {
+        let target = dir.join(name);
+        let written =
+            target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, text));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {}", target.display(), describe_io(&e));
+            return 2;
+        }
+    }
+    println!(
+        "wrote the crate {} to {}: its step is src/lib.rs; build it with `cargo build --release` there",
+        krate.package,
+        dir.display()
+    );
+    0
+}
+
+/// Builds (once per model version, then cached) and loads the Enzyme kernels of a model; says so
+/// on stderr when it builds. `Err` holds the exit code: 2 for a missing toolchain or cache
+/// folder, 3 when the compiler fails on the emitted crate.
+fn load_enzyme<'m>(
+    module: &'m hmdp::ir::Module,
+    path: &Path,
+    source: &str,
+) -> Result<hmdp::backend::enzyme::Enzyme<'m>, u8> {
+    use hmdp::backend::enzyme::{self, Error};
+    let code = |e: &Error| if matches!(e, Error::Build { .. } | Error::Load { .. }) { 3 } else { 2 };
+    let report = |e: Error| {
+        eprintln!("error: {e}");
+        code(&e)
+    };
+    let settings = enzyme::Settings::from_env().map_err(report)?;
+    let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let prepared = enzyme::prepare(module, &file, source, &settings).map_err(report)?;
+    let started = std::time::Instant::now();
+    let building = !prepared.is_cached();
+    if building {
+        eprintln!(
+            "building the Enzyme kernels of {} with {} (once per version of the model; cached in {})",
+            path.display(),
+            settings.toolchain,
+            prepared.entry().display()
+        );
+    }
+    let backend = prepared.load().map_err(report)?;
+    if building {
+        eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(backend)
 }
 
 fn gradcheck(
@@ -586,37 +686,65 @@ fn gradcheck(
         Err(e) => return fail(e),
     };
     let interp = hmdp::backend::Interp { module: &module };
-    let jit;
-    let kernels: &dyn hmdp::backend::Backend = match backend {
-        Backend::Interp => &interp,
-        Backend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
-            Ok(compiled) => {
-                jit = compiled;
-                &jit
-            }
+    let jit = match backend {
+        Backend::Jit | Backend::All => match hmdp::backend::jit::Jit::compile(&module) {
+            Ok(compiled) => Some(compiled),
             Err(e) => {
                 eprintln!("error: internal error: {e}; please report this with the model");
                 return 3;
             }
         },
+        Backend::Interp | Backend::Enzyme => None,
     };
-    let report = match hmdp::sim::gradcheck::check(&module, &instance, seed, points as usize, kernels) {
+    let enzyme = match backend {
+        Backend::Enzyme | Backend::All => match load_enzyme(&module, path, &source) {
+            Ok(enzyme) => Some(enzyme),
+            Err(code) => return code,
+        },
+        Backend::Interp | Backend::Jit => None,
+    };
+    if !matches!(backend, Backend::Interp) {
+        // A compiled backend is compared with the interpreter (to rounding) and, like it, with
+        // finite differences; a new backend is one more line here.
+        let mut all: Vec<&dyn hmdp::backend::Backend> = vec![&interp];
+        all.extend(jit.as_ref().map(|j| j as &dyn hmdp::backend::Backend));
+        all.extend(enzyme.as_ref().map(|e| e as &dyn hmdp::backend::Backend));
+        let compared =
+            hmdp::backend::compare::compare(&module, &instance, &all, points as usize, seed, tolerance, AGREEMENT);
+        let table = match compared {
+            Ok(table) => table,
+            Err(e) => return fail(e),
+        };
+        print!("{}", table.render(&name));
+        let failures = table.failures();
+        for pair in &failures {
+            let limit = table.limit(pair);
+            for d in pair.forward.iter().chain([&pair.vjp]).filter(|d| d.max_error > limit) {
+                if let Some((buffer, point, element, left, right)) = &d.worst {
+                    eprintln!(
+                        "error: {} and {} differ at `{buffer}` (element {element} at point {point}): {left:e} and {right:e}",
+                        pair.left, pair.right
+                    );
+                }
+            }
+        }
+        let worst = table.max_error();
+        if !failures.is_empty() {
+            eprintln!(
+                "error: a difference is above its tolerance ({AGREEMENT:e} between backends, {tolerance:e} against finite differences)"
+            );
+            return 1;
+        }
+        println!(
+            "ok: largest relative difference {worst:.3e} (tolerance {AGREEMENT:e} between backends, {tolerance:e} against finite differences)"
+        );
+        return 0;
+    }
+    let report = match hmdp::sim::gradcheck::check_backend(&interp, &module, &instance, seed, points as usize) {
         Ok(report) => report,
         Err(e) => return fail(e),
     };
-    let backend = kernels.name();
-    let mut failed = false;
-    if backend != "interp" {
-        println!("gradcheck {name}: backend {backend} against the interpreter, {points} random points as one batch");
-        for (what, error) in [("step", report.forward_vs_interp), ("vjp", report.vjp_vs_interp)] {
-            println!("  {what:<5} outputs: largest difference {error:.3e} (tolerance {AGREEMENT:e})");
-            if error > AGREEMENT {
-                eprintln!("error: the {backend} backend's {what} differs from the interpreter's by {error:.3e}");
-                failed = true;
-            }
-        }
-    }
-    println!("gradcheck {name}: backend {backend} against central finite differences, {points} random points");
+    println!("gradcheck {name}: backend interp against central finite differences, {points} random points");
     println!("  {:<16} {:>8} {:>9}  {:>14}", "input", "checked", "at kinks", "max rel. error");
     for input in &report.inputs {
         println!("  {:<16} {:>8} {:>9}  {:>14.3e}", input.name, input.checked, input.at_kinks, input.max_error);
@@ -632,9 +760,6 @@ fn gradcheck(
             );
         }
         eprintln!("error: largest relative error {worst:.3e} is above the tolerance {tolerance:e}");
-        return 1;
-    }
-    if failed {
         return 1;
     }
     println!("ok: largest relative error {worst:.3e} (tolerance {tolerance:e})");
@@ -684,6 +809,11 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
     if threads > 1 {
         measured.push(measure(&jit, &work, 1, budget));
     }
+    // The Enzyme kernels, when the toolchain can build them (it says why not otherwise).
+    let enzyme = load_enzyme(&module, path, &source).ok();
+    if let Some(enzyme) = &enzyme {
+        measured.push(measure(enzyme, &work, threads, budget));
+    }
     let reference = hmdp::backend::reference::for_module(&module);
     if let Some(reference) = &reference {
         measured.push(measure(reference.as_ref(), &work, threads, budget));
@@ -706,6 +836,8 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
     };
     ratio(find("jit", threads), find("interp", threads), "jit / interp");
     ratio(find("jit", threads), find("reference", threads), "jit / reference (hand-written Rust)");
+    ratio(find("enzyme", threads), find("reference", threads), "enzyme / reference (hand-written Rust)");
+    ratio(find("jit", threads), find("enzyme", threads), "jit / enzyme");
     if threads > 1 {
         ratio(find("jit", threads), find("jit", 1), &format!("jit {threads} threads / 1 thread"));
     }
@@ -783,10 +915,10 @@ fn train(args: TrainArgs) -> u8 {
         return 2;
     }
     let interp = hmdp::backend::Interp { module: &module };
-    let jit;
+    let (jit, enzyme);
     let backend: &dyn hmdp::backend::Backend = match args.backend {
-        Backend::Interp => &interp,
-        Backend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+        TrainBackend::Interp => &interp,
+        TrainBackend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
             Ok(compiled) => {
                 jit = compiled;
                 &jit
@@ -795,6 +927,13 @@ fn train(args: TrainArgs) -> u8 {
                 eprintln!("error: internal error: {e}; please report this with the model");
                 return 3;
             }
+        },
+        TrainBackend::Enzyme => match load_enzyme(&module, &args.file, &source) {
+            Ok(loaded) => {
+                enzyme = loaded;
+                &enzyme
+            }
+            Err(code) => return code,
         },
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

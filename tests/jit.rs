@@ -4,9 +4,9 @@
 
 mod common;
 
-use hmdp::backend::{self, Batch, Interp, Kernel, jit::Jit};
+use hmdp::backend::{self, Batch, Interp, Kernel, compare, jit::Jit};
 use hmdp::ir::{Expr, Module};
-use hmdp::sim::{self, gradcheck};
+use hmdp::sim;
 
 fn every_model() -> Vec<(std::path::PathBuf, Vec<(&'static str, f64)>)> {
     let mut all: Vec<_> = common::models().into_iter().map(|p| (p, vec![])).collect();
@@ -24,16 +24,12 @@ fn jit_agrees_with_the_interpreter_and_finite_differences_on_every_model() {
         let module = common::compile_file(&path, &overrides);
         let jit = Jit::compile(&module).expect("compiles");
         let instance = sim::instance(&module, 3).expect("instance");
-        let report = gradcheck::check(&module, &instance, 3, 12, &jit).expect("runs");
+        let interp = Interp { module: &module };
+        let table = compare::compare(&module, &instance, &[&interp, &jit], 12, 3, 1e-6, 1e-12).expect("runs");
         let name = path.display();
-        assert!(
-            report.forward_vs_interp <= 1e-12,
-            "{name} {overrides:?}: step differs by {}",
-            report.forward_vs_interp
-        );
-        assert!(report.vjp_vs_interp <= 1e-12, "{name} {overrides:?}: vjp differs by {}", report.vjp_vs_interp);
-        assert!(report.max_error() <= 1e-6, "{name} {overrides:?}: {:?}", report.inputs);
-        assert!(report.inputs.iter().map(|i| i.checked).sum::<usize>() > 0, "{name}: nothing checked");
+        assert!(table.failures().is_empty(), "{name} {overrides:?}: {}", table.render("model"));
+        let jit_vs_fd = table.pairs.iter().find(|p| p.left == "jit" && p.right == compare::FINITE_DIFFERENCES);
+        assert!(jit_vs_fd.and_then(|p| p.checked).is_some_and(|(checked, _)| checked > 0), "{name}: nothing checked");
     }
 }
 
@@ -179,7 +175,10 @@ fn a_kernel_that_computes_something_else_is_caught() {
     wrong.exprs = arena;
     let jit = Jit::compile(&wrong).expect("compiles");
     let instance = sim::instance(&module, 0).expect("instance");
-    let report = gradcheck::check(&module, &instance, 0, 4, &jit).expect("runs");
-    assert!(report.forward_vs_interp > 1e-12, "a changed cost went unnoticed");
-    assert!(report.vjp_vs_interp > 1e-12, "a changed gradient went unnoticed");
+    let interp = Interp { module: &module };
+    let table = compare::compare(&module, &instance, &[&interp, &jit], 4, 0, 1e-6, 1e-12).expect("runs");
+    let pair = table.pairs.iter().find(|p| p.right == "jit").expect("interp vs jit");
+    assert!(pair.forward.as_ref().is_some_and(|d| d.max_error > 1e-12), "a changed cost went unnoticed");
+    assert!(pair.vjp.max_error > 1e-12, "a changed gradient went unnoticed");
+    assert!(!table.failures().is_empty());
 }

@@ -5,7 +5,11 @@
 //! so the trainer, `simulate`, `gradcheck` and `bench` can swap them:
 //!
 //! - [`Interp`]: the IR interpreter, one scenario at a time; the oracle;
-//! - [`jit::Jit`]: Cranelift-compiled kernels that loop over the batch in generated code.
+//! - [`jit::Jit`]: Cranelift-compiled kernels that loop over the batch in generated code;
+//! - [`enzyme::Enzyme`]: the Rust crate [`rust`] emits, whose VJP rustc's autodiff (Enzyme)
+//!   generates, built once per model and cached.
+//!
+//! [`compare`] runs several backends on the same batch and tells how far apart they are.
 //!
 //! # Layout
 //!
@@ -19,14 +23,18 @@
 //!
 //! [`Kernel::Vjp`] reads the adjoints of next states and costs, and *overwrites* the adjoints of
 //! states, continuous actions and lets: a backend zeroes them before accumulating, so the caller
-//! never has to. The other kernels write exactly what their IR program writes.
+//! never has to. What the adjoints of lets hold afterwards differs between backends (they are
+//! scratch). The other kernels write exactly what their IR program writes.
 //!
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
+pub mod compare;
+pub mod enzyme;
 pub mod jit;
 #[path = "../../benches/reference.rs"]
 pub mod reference;
+pub mod rust;
 
 use rayon::prelude::*;
 

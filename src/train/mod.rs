@@ -121,7 +121,10 @@ impl std::fmt::Display for TrainError {
         match self {
             TrainError::Run(e) => write!(f, "{}", e.message),
             TrainError::NotFinite { term, step, value } => {
-                write!(f, "cost `{term}` is {value} at step {step}; training stopped (checkpoints written so far are kept)")
+                write!(
+                    f,
+                    "cost `{term}` is {value} at step {step}; training stopped (checkpoints written so far are kept)"
+                )
             }
             TrainError::NotFiniteGradient => {
                 write!(f, "a gradient is NaN or infinite; training stopped (checkpoints written so far are kept)")

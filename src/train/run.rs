@@ -466,9 +466,8 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             let width = 24;
             let filled = width * (done - first_update) / cfg.updates.max(1);
             let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
-            let line = format!(
-                "[{bar}] {done}/{last} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}"
-            );
+            let line =
+                format!("[{bar}] {done}/{last} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}");
             if std::io::stderr().is_terminal() {
                 eprint!("\r{line}");
             } else {
