@@ -101,7 +101,7 @@ fn exact_objective(s: &Setup, nets: &Nets, set: &Scenarios) -> f64 {
 /// Central finite differences of the exact objective in every network parameter.
 fn finite_differences(s: &Setup, nets: &Nets, set: &Scenarios) -> (Vec<f64>, Vec<f64>) {
     let h = 1e-3f32;
-    let mut fd = |which: usize, k: usize| {
+    let fd = |which: usize, k: usize| {
         let mut plus = nets.clone();
         let mut minus = nets.clone();
         let (p, m) = if which == 0 {
@@ -244,14 +244,14 @@ fn pathwise_gradient_through_time_matches_finite_differences() {
         let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
         let mut worst = 0.0f64;
         let mut largest = 0.0f64;
-        for k in 0..nets.continuous.params().len() {
+        for (k, &ad) in grad.iter().enumerate() {
             let h = 1e-3f32;
             let (mut plus, mut minus) = (nets.clone(), nets.clone());
             plus.continuous.params_mut()[k] += h;
             minus.continuous.params_mut()[k] -= h;
             let width = (plus.continuous.params()[k] - minus.continuous.params()[k]) as f64;
             let fd = (cost(&plus).0 - cost(&minus).0) / width;
-            let error = (fd - grad[k] as f64).abs() / fd.abs().max(grad[k].abs() as f64).max(1.0);
+            let error = (fd - ad as f64).abs() / fd.abs().max(ad.abs() as f64).max(1.0);
             worst = worst.max(error);
             largest = largest.max(fd.abs());
         }

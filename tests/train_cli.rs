@@ -80,7 +80,7 @@ fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
         let mut args = vec!["train", "models/switched_lqr.hmdp", "--out", s(&out)];
         args.extend(SMALL);
         args.push("100000");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
             .args(&args)
             .current_dir(common::root())
             .stdout(Stdio::piped())

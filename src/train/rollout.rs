@@ -145,8 +145,8 @@ pub fn rollout(
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     let terms = spec.costs.len();
     let mut steps = Vec::with_capacity(module.horizon as usize);
-    for t in 0..module.horizon as usize {
-        for (id, values) in &scenarios.noise[t] {
+    for (t, noise) in scenarios.noise.iter().enumerate().take(module.horizon as usize) {
+        for (id, values) in noise {
             let len = batch.lens[*id];
             for (b, &s) in indices.iter().enumerate() {
                 batch.get_mut(*id, b).copy_from_slice(&values[s * len..(s + 1) * len]);

@@ -115,16 +115,14 @@ pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String>
     for array in [nets.discrete.params_mut(), nets.continuous.params_mut(), nets.value.params_mut(), &mut nets.log_std]
     {
         let raw = take(array.len(), 4)?;
-        for (v, chunk) in array.iter_mut().zip(raw.chunks_exact(4)) {
-            *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        for (v, chunk) in array.iter_mut().zip(raw.as_chunks::<4>().0) {
+            *v = f32::from_le_bytes(*chunk);
         }
     }
     for array in [&mut nets.normalizer.mean, &mut nets.normalizer.m2] {
         let raw = take(array.len(), 8)?;
-        for (v, chunk) in array.iter_mut().zip(raw.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *v = f64::from_le_bytes(b);
+        for (v, chunk) in array.iter_mut().zip(raw.as_chunks::<8>().0) {
+            *v = f64::from_le_bytes(*chunk);
         }
     }
     nets.normalizer.enabled = header.get("normalize").and_then(|v| v.as_bool()).unwrap_or(true);

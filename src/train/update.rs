@@ -155,6 +155,7 @@ struct Losses {
 }
 
 /// Clipped surrogate, entropy and value losses on the samples `which`, differentiated.
+#[allow(clippy::too_many_arguments)]
 fn ppo_losses(
     ctx: &Context,
     nets: &Nets,
@@ -294,6 +295,10 @@ fn ppo_losses(
     }
 }
 
+/// Feature gradients to inject into backpropagation through time, one row per sample, with the
+/// (step, row) each sample belongs to.
+pub type CrossTerm<'a> = (&'a [f32], &'a [(usize, usize)]);
+
 /// Backpropagation through time of `Σ_t weight(t) · Σ_rows cost(t)` with the discrete labels
 /// held fixed, plus the feature gradients `cross` (per sample, with the (step, row) it belongs
 /// to) injected at their steps. Returns the continuous network's gradient.
@@ -302,7 +307,7 @@ pub fn pathwise(
     nets: &Nets,
     traj: &mut Trajectory,
     weight: &dyn Fn(usize) -> f64,
-    cross: Option<(&[f32], &[(usize, usize)])>,
+    cross: Option<CrossTerm<'_>>,
 ) -> Result<Vec<f32>, TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
     let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
