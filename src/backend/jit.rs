@@ -212,7 +212,7 @@ fn build(module: &Module, keep_text: bool) -> Result<Built, JitError> {
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let imports = Imports { jit: &mut jit, ids: &hosts, refs: HashMap::new() };
-            emit_kernel(module, kernel.program(module), &mut b, imports, pointer)?;
+            emit_kernel(module, kernel.program(module), &mut b, imports, pointer, kernel == Kernel::Vjp)?;
             b.seal_all_blocks();
             b.finalize(jit.target_config());
         }
@@ -255,6 +255,7 @@ fn emit_kernel(
     b: &mut FunctionBuilder<'_>,
     hosts: Imports<'_>,
     pointer: clif::Type,
+    vjp: bool,
 ) -> Result<(), JitError> {
     let entry = b.create_block();
     let header = b.create_block();
@@ -302,6 +303,8 @@ fn emit_kernel(
         vars: HashMap::new(),
         error,
         known: vec![HashMap::new()],
+        canonical: value_numbers(module),
+        vjp,
         reads: HashMap::new(),
         constants: HashMap::new(),
     };
@@ -366,6 +369,23 @@ fn buffers_used(module: &Module, stmts: &[Stmt]) -> Vec<BufferId> {
     out.iter().enumerate().filter(|(_, used)| **used).map(|(id, _)| id).collect()
 }
 
+/// Value numbering of the arena: expressions are pushed after their operands, so one pass that
+/// rewrites each node's operands to their canonical handles finds every repeated computation.
+fn value_numbers(module: &Module) -> Vec<Handle<Expr>> {
+    let mut canonical: Vec<Handle<Expr>> = Vec::with_capacity(module.exprs.len());
+    let mut seen: HashMap<String, Handle<Expr>> = HashMap::new();
+    for (h, e) in module.exprs.iter() {
+        let mut e = e.clone();
+        for c in e.children_mut() {
+            *c = canonical.get(c.index()).copied().unwrap_or(*c);
+        }
+        // Random draws are never the same draw twice.
+        let key = if matches!(e, Expr::Sample { .. }) { format!("{h:?}") } else { format!("{e:?}") };
+        canonical.push(*seen.entry(key).or_insert(h));
+    }
+    canonical
+}
+
 struct Emitter<'a, 'b, 'c> {
     module: &'a Module,
     b: &'a mut FunctionBuilder<'b>,
@@ -375,10 +395,16 @@ struct Emitter<'a, 'b, 'c> {
     /// Bound loop and reduction variables: the Cranelift variable holding the element, and its set.
     vars: HashMap<Var, (Variable, SetId)>,
     error: clif::Block,
+    /// Whether this is the `vjp` kernel.
+    vjp: bool,
     /// Values already computed, by expression, one map per enclosing scope (a loop body, a
     /// branch): a value computed in a scope may be reused anywhere inside it, because the scope's
     /// first block dominates the rest of it. An entry is dropped when a buffer it read is written.
     known: Vec<HashMap<Handle<Expr>, clif::Value>>,
+    /// For each expression, the first expression of the arena that computes the same thing
+    /// (same operation on the same operands): the key of `known`, so that a subexpression the
+    /// differentiation pass wrote twice is computed once.
+    canonical: Vec<Handle<Expr>>,
     /// The buffers each expression reads.
     reads: HashMap<Handle<Expr>, Vec<BufferId>>,
     /// The value of each expression that reads no buffer and no variable.
@@ -386,6 +412,12 @@ struct Emitter<'a, 'b, 'c> {
 }
 
 impl Emitter<'_, '_, '_> {
+    /// Whether the `vjp` kernel leaves a buffer's store out: next states and costs, which the
+    /// derivative never reads.
+    fn skips(&self, buffer: BufferId) -> bool {
+        matches!(self.module.buffers[buffer].kind, crate::ir::BufferKind::Next { .. } | crate::ir::BufferKind::Cost)
+    }
+
     /// Runs `emit` in a new scope of known values.
     fn scoped<T>(&mut self, emit: impl FnOnce(&mut Self) -> Result<T, JitError>) -> Result<T, JitError> {
         self.known.push(HashMap::new());
@@ -395,7 +427,8 @@ impl Emitter<'_, '_, '_> {
     }
 
     fn lookup(&self, h: Handle<Expr>) -> Option<clif::Value> {
-        self.known.iter().rev().find_map(|scope| scope.get(&h).copied())
+        let key = self.canonical.get(h.index()).copied().unwrap_or(h);
+        self.known.iter().rev().find_map(|scope| scope.get(&key).copied())
     }
 
     fn buffers_read(&mut self, h: Handle<Expr>) -> &[BufferId] {
@@ -490,6 +523,9 @@ impl Emitter<'_, '_, '_> {
                 }
                 Ok(())
             }),
+            // The VJP recomputes the step only for the lets the derivative reads; the next states
+            // and costs it would store again are left as the step wrote them.
+            Stmt::Store { buffer, .. } if self.vjp && self.skips(*buffer) => Ok(()),
             Stmt::Store { buffer, index, value } => {
                 let v = self.expr(*value)?;
                 let mut positions = Vec::with_capacity(index.len());
@@ -739,8 +775,10 @@ impl Emitter<'_, '_, '_> {
         let v = self.compute(h)?;
         if !matches!(self.module.exprs[h], Expr::Const(_) | Expr::Var(_)) {
             self.buffers_read(h);
+            let key = self.canonical.get(h.index()).copied().unwrap_or(h);
+            self.buffers_read(key);
             if let Some(scope) = self.known.last_mut() {
-                scope.insert(h, v);
+                scope.insert(key, v);
             }
         }
         Ok(v)

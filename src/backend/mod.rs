@@ -24,7 +24,9 @@
 //! [`Kernel::Vjp`] reads the adjoints of next states and costs, and *overwrites* the adjoints of
 //! states, continuous actions and lets: a backend zeroes them before accumulating, so the caller
 //! never has to. What the adjoints of lets hold afterwards differs between backends (they are
-//! scratch). The other kernels write exactly what their IR program writes.
+//! scratch), and so do the next states and costs: a backend may store them again or leave them
+//! as they were (the JIT leaves them, since the derivative never reads them). The other kernels
+//! write exactly what their IR program writes.
 //!
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
