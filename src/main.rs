@@ -53,6 +53,9 @@ enum Command {
         /// Which fixed scenario set to draw from.
         #[arg(long = "scenario-set", value_enum, default_value_t = SetChoice::Test)]
         scenario_set: SetChoice,
+        /// Which kernels run the model's per-period programs (the numbers are the same).
+        #[arg(long, value_enum, default_value_t = TrainBackend::Interp)]
+        backend: TrainBackend,
         /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
         overrides: Vec<(String, f64)>,
@@ -420,8 +423,8 @@ fn is_broken_pipe(message: &str) -> bool {
 fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Check { files, overrides, message_format } => check_files(&files, overrides, message_format),
-        Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, overrides } => {
-            simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, overrides)
+        Command::Simulate { file, policy, scenarios, seed, instance_seed, scenario_set, backend, overrides } => {
+            simulate(&file, policy, scenarios, seed, instance_seed, scenario_set, backend, overrides)
         }
         Command::Compile { file, emit, output, overrides } => compile(&file, emit, output.as_deref(), overrides),
         Command::Bench { file, batch, seconds, overrides } => bench(&file, batch as usize, seconds, overrides),
@@ -1187,6 +1190,7 @@ fn simulate(
     seed: u64,
     instance_seed: u64,
     set: SetChoice,
+    backend: TrainBackend,
     overrides: Vec<(String, f64)>,
 ) -> u8 {
     let (module, source) = match compile_module(path, &Options { overrides }) {
@@ -1211,9 +1215,35 @@ fn simulate(
     let policy_name = match policy {
         PolicyChoice::Random => "random",
     };
-    let summary = match hmdp::sim::simulate(&module, &instance, &hmdp::sim::RandomPolicy, seed, set, scenarios as usize)
-    {
-        Ok(summary) => summary,
+    let (jit, enzyme);
+    let kernels: Option<&dyn hmdp::backend::Backend> = match backend {
+        TrainBackend::Interp => None,
+        TrainBackend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+            Ok(compiled) => {
+                jit = compiled;
+                Some(&jit)
+            }
+            Err(e) => {
+                eprintln!("error: internal error: {e}; please report this with the model");
+                return 3;
+            }
+        },
+        TrainBackend::Enzyme => match load_enzyme(&module, path, &source) {
+            Ok(loaded) => {
+                enzyme = loaded;
+                Some(&enzyme)
+            }
+            Err(code) => return code,
+        },
+    };
+    let n = scenarios as usize;
+    let policy_impl = hmdp::sim::RandomPolicy;
+    let per_scenario = match kernels {
+        None => hmdp::sim::simulate_per_scenario(&module, &instance, &policy_impl, seed, set, n),
+        Some(k) => hmdp::sim::simulate_batched(&module, &instance, k, &policy_impl, seed, set, n),
+    };
+    let summary = match per_scenario {
+        Ok(p) => hmdp::sim::summarise(&module, &p, n),
         Err(e) => return report(e),
     };
     println!(

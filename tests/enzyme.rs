@@ -584,3 +584,20 @@ fn emit_rust_writes_a_crate_and_never_overwrites_other_files() {
     assert_eq!(missing.status.code(), Some(2));
     assert_eq!(text(&missing.stderr), "error: --emit rust writes a crate: give its folder with -o DIR\n");
 }
+
+#[test]
+fn simulate_gives_the_same_figures_on_every_backend() {
+    let cache = shared_cache();
+    let env = [(enzyme::CACHE_ENV, cache.as_path())];
+    for model in ["models/bulk_discount.hmdp", "models/machine_modes.hmdp", "models/switched_lqr.hmdp"] {
+        let run = |backend: &str| {
+            let out = hmdpc(&["simulate", model, "--scenarios", "40", "--seed", "3", "--backend", backend], &env);
+            assert_eq!(out.status.code(), Some(0), "{model} {backend}: {}", text(&out.stderr));
+            text(&out.stdout)
+        };
+        let interp = run("interp");
+        assert!(interp.contains("total"), "{interp}");
+        assert_eq!(run("jit"), interp, "{model}");
+        assert_eq!(run("enzyme"), interp, "{model}");
+    }
+}

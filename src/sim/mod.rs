@@ -290,6 +290,94 @@ pub fn simulate_per_scenario(
         .collect()
 }
 
+/// [`simulate_per_scenario`] with the per-step programs run by a backend's kernels on batches of
+/// scenarios. The policy still decides scenario by scenario, on the same random streams, so the
+/// numbers are those of the interpreter (bit for bit with a backend that agrees with it).
+pub fn simulate_batched(
+    module: &Module,
+    instance: &Buffers,
+    backend: &dyn crate::backend::Backend,
+    policy: &dyn Policy,
+    seed: u64,
+    set: ScenarioSet,
+    scenarios: usize,
+) -> Result<Vec<Vec<f64>>, RunError> {
+    use crate::backend::{self, Batch, Kernel};
+    let scale = report_scale(module);
+    let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
+    let next: Vec<(usize, usize)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, b)| match b.kind {
+            BufferKind::Next { of } => Some((id, of)),
+            _ => None,
+        })
+        .collect();
+    let masks: Vec<(usize, usize)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, b)| match b.kind {
+            BufferKind::Regime { action } => Some((id, action)),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(scenarios);
+    for start in (0..scenarios).step_by(1024) {
+        let indices: Vec<usize> = (start..(start + 1024).min(scenarios)).collect();
+        let mut batch = Batch::new(module, instance, indices.len());
+        let mut worlds: Vec<ChaCha8Rng> = indices.iter().map(|&i| scenario_stream(seed, set, i as u64)).collect();
+        let mut owns: Vec<ChaCha8Rng> = indices.iter().map(|&i| policy_stream(seed, set, i as u64)).collect();
+        let mut totals = vec![vec![0.0; costs.len()]; indices.len()];
+        // Initial states, then every step: noise (interpreted, it draws), the decision, the step.
+        let per_scenario = |batch: &mut Batch, work: &mut dyn FnMut(usize, &mut Buffers) -> Result<(), RunError>| {
+            for b in 0..batch.size {
+                let mut buffers = batch.scenario(b);
+                work(b, &mut buffers)?;
+                batch.set_scenario(b, &buffers);
+            }
+            Ok::<(), RunError>(())
+        };
+        per_scenario(&mut batch, &mut |b, buffers| {
+            Machine::new(module, buffers, Some(&mut worlds[b])).run(&module.init)
+        })?;
+        for t in 0..module.horizon {
+            per_scenario(&mut batch, &mut |b, buffers| {
+                Machine::new(module, buffers, Some(&mut worlds[b])).run(&module.noise)
+            })?;
+            backend::run(backend, Kernel::Bounds, &mut batch)?;
+            per_scenario(&mut batch, &mut |b, buffers| policy.discrete(module, buffers, &mut owns[b]))?;
+            backend::run(backend, Kernel::Regimes, &mut batch)?;
+            per_scenario(&mut batch, &mut |b, buffers| {
+                policy.continuous(module, buffers, &mut owns[b])?;
+                for &(mask, action) in &masks {
+                    for k in 0..buffers.values[action].len() {
+                        if buffers.values[mask][k] == 0.0 {
+                            buffers.values[action][k] = 0.0;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            backend::run(backend, Kernel::Step, &mut batch)?;
+            if t >= module.warmup {
+                for (b, total) in totals.iter_mut().enumerate() {
+                    for (sum, &id) in total.iter_mut().zip(&costs) {
+                        *sum += batch.get(id, b)[0];
+                    }
+                }
+            }
+            for &(n, state) in &next {
+                let values = batch.values[n].clone();
+                batch.values[state].copy_from_slice(&values);
+            }
+        }
+        out.extend(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>()));
+    }
+    Ok(out)
+}
+
 /// Runs `scenarios` scenarios of a set in parallel and summarises their reported costs.
 pub fn simulate(
     module: &Module,
@@ -300,6 +388,11 @@ pub fn simulate(
     scenarios: usize,
 ) -> Result<Summary, RunError> {
     let per_scenario = simulate_per_scenario(module, instance, policy, seed, set, scenarios)?;
+    Ok(summarise(module, &per_scenario, scenarios))
+}
+
+/// Each cost term's and the total's mean with its confidence interval.
+pub fn summarise(module: &Module, per_scenario: &[Vec<f64>], scenarios: usize) -> Summary {
     let names: Vec<String> = module.costs().map(|(_, b)| b.name.clone()).collect();
     let terms = names
         .iter()
@@ -310,5 +403,5 @@ pub fn simulate(
         })
         .collect();
     let totals: Vec<f64> = per_scenario.iter().map(|c| c.iter().sum::<f64>()).collect();
-    Ok(Summary { terms, total: Estimate::of(&totals), scenarios, unit: report_unit(module) })
+    Summary { terms, total: Estimate::of(&totals), scenarios, unit: report_unit(module) }
 }
