@@ -1183,6 +1183,7 @@ fn nest(values: &[f64], dims: &[usize]) -> serde_json::Value {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn simulate(
     path: &Path,
     policy: PolicyChoice,
