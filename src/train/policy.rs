@@ -42,7 +42,7 @@ impl Normalizer {
 
     /// Sets the statistics from rows of raw features; `typical` scales features that do not vary.
     pub fn fit(&mut self, rows: &[f64], features: usize, typical: f64) {
-        if !self.enabled || features == 0 || rows.len() < features {
+        if !self.enabled || features == 0 || features != self.mean.len() || rows.len() < features {
             return;
         }
         let n = (rows.len() / features) as f64;

@@ -217,9 +217,13 @@ pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
     let finite = points.iter().flat_map(|p| [p.1, p.2]).filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 1.0, lo + 1.0) };
+    // A first, poor policy can cost a thousand times more than a trained one: a logarithmic
+    // axis keeps the end of the curve visible.
+    let log = lo > 0.0 && hi / lo > 20.0;
+    let scale = |v: f64| if log { v.ln() } else { v };
     let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
     let x = |u: f64| pad + (w - 2.0 * pad) * u / max_x;
-    let y = |v: f64| h - pad - (h - 2.0 * pad) * (v - lo) / (hi - lo);
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * (scale(v) - scale(lo)) / (scale(hi) - scale(lo));
     let line = |pick: &dyn Fn(&(f64, f64, f64)) -> f64| {
         points
             .iter()
@@ -234,9 +238,10 @@ pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
          <text x=\"{pad}\" y=\"24\" font-size=\"14\">{}</text>\n\
          <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
          <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <text x=\"{r}\" y=\"{lb}\" text-anchor=\"end\">updates ({max_x})</text>\n\
+         <text x=\"{r}\" y=\"{lb}\" text-anchor=\"end\">updates ({max_x}){}</text>\n\
          <text x=\"4\" y=\"{t}\">{hi:.4}</text><text x=\"4\" y=\"{b}\">{lo:.4}</text>\n",
         title.replace('&', "&amp;").replace('<', "&lt;"),
+        if log { "; cost on a log scale" } else { "" },
         b = h - pad,
         r = w - pad,
         lb = h - pad + 30.0,
@@ -531,4 +536,61 @@ pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, s
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
     decode_checkpoint(bytes, &mut nets)?;
     Ok((nets, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(update: usize, dev: f64) -> CurveRow {
+        CurveRow { update, seconds: update as f64, train: dev * 1.1, dev_terms: vec![dev] }
+    }
+
+    #[test]
+    fn curves_spanning_orders_of_magnitude_are_drawn_on_a_log_scale() {
+        let wide = curve_svg("lqr", &[row(0, 13000.0), row(8, 500.0), row(16, 37.0)]);
+        assert!(wide.contains("log scale"), "{wide}");
+        let narrow = curve_svg("lqr", &[row(0, 40.0), row(8, 38.0), row(16, 37.0)]);
+        assert!(!narrow.contains("log scale"));
+        // The last point sits at the bottom either way, and every point is inside the plot.
+        for svg in [&wide, &narrow] {
+            assert!(svg.contains("340.0"), "{svg}");
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_damaged_one_is_refused() {
+        use rand::SeedableRng;
+        let module = crate::ir::Module {
+            name: "m".into(),
+            sets: vec![],
+            buffers: vec![],
+            exprs: Default::default(),
+            instance: Default::default(),
+            init: Default::default(),
+            noise: Default::default(),
+            bounds: Default::default(),
+            regimes: Default::default(),
+            step: Default::default(),
+            vjp: Default::default(),
+            observe: vec![],
+            horizon: 1,
+            warmup: 0,
+            discount: 1.0,
+            report: crate::ir::Report { per_period: false, per_size: vec![] },
+        };
+        let mut spec = super::super::spec::Spec::of(&module);
+        spec.features = 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut nets = Nets::new(&spec, &[4], true, &mut rng);
+        nets.normalizer.fit(&[1.0, 2.0, 4.0], 1, 1.0);
+        let bytes = encode_checkpoint(&nets, 7, serde_json::json!({}));
+        let mut back = Nets::new(&spec, &[4], true, &mut ChaCha8Rng::seed_from_u64(2));
+        assert_eq!(decode_checkpoint(&bytes, &mut back), Ok(7));
+        assert_eq!(back.continuous.params(), nets.continuous.params());
+        assert_eq!(back.normalizer.mean, nets.normalizer.mean);
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back).is_err());
+        assert!(decode_checkpoint(b"not a checkpoint", &mut back).is_err());
+    }
 }
