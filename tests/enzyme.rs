@@ -601,3 +601,45 @@ fn simulate_gives_the_same_figures_on_every_backend() {
         assert_eq!(run("enzyme"), interp, "{model}");
     }
 }
+
+/// Training on the Enzyme kernels follows the JIT's run exactly: same dev costs at every
+/// evaluation, because both backends compute the same step and the same gradient.
+#[test]
+fn training_on_enzyme_matches_training_on_the_jit() {
+    let cache = shared_cache();
+    let env = [(enzyme::CACHE_ENV, cache.as_path())];
+    let curve = |backend: &str| {
+        let out = fresh_folder(&format!("train-{backend}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let path = out.to_str().expect("utf-8").to_string();
+        let args = [
+            "train",
+            "models/switched_lqr.hmdp",
+            "--set",
+            "n=3",
+            "--backend",
+            backend,
+            "--batch",
+            "32",
+            "--scenarios",
+            "64",
+            "--hidden",
+            "16,16",
+            "--updates",
+            "8",
+            "--quiet",
+            "--out",
+            &path,
+        ];
+        let run = hmdpc(&args, &env);
+        assert_eq!(run.status.code(), Some(0), "{backend}: {}", text(&run.stderr));
+        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
+        // Every column but the wall time.
+        text.lines()
+            .map(|l| l.split(',').enumerate().filter(|(k, _)| *k != 1).map(|(_, c)| c).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
+    let jit = curve("jit");
+    assert_eq!(jit.len(), 1 + 1 + 4, "{jit:?}");
+    assert_eq!(curve("enzyme"), jit);
+}
