@@ -690,12 +690,9 @@ fn gradcheck(
     };
     let interp = hmdp::backend::Interp { module: &module };
     let jit = match backend {
-        Backend::Jit | Backend::All => match hmdp::backend::jit::Jit::compile(&module) {
+        Backend::Jit | Backend::All => match compile_jit(&module) {
             Ok(compiled) => Some(compiled),
-            Err(e) => {
-                eprintln!("error: internal error: {e}; please report this with the model");
-                return 3;
-            }
+            Err(code) => return code,
         },
         Backend::Interp | Backend::Enzyme => None,
     };
@@ -782,12 +779,9 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
         1u8
     };
     let started = std::time::Instant::now();
-    let jit = match hmdp::backend::jit::Jit::compile(&module) {
+    let jit = match compile_jit(&module) {
         Ok(jit) => jit,
-        Err(e) => {
-            eprintln!("error: internal error: {e}; please report this with the model");
-            return 3;
-        }
+        Err(code) => return code,
     };
     let compile_time = started.elapsed();
     let instance = match hmdp::sim::instance(&module, 0) {
@@ -848,6 +842,14 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
         println!("  (no hand-written reference for this model: only inventory and switched_lqr have one)");
     }
     0
+}
+
+/// The model's JIT kernels; `Err` holds exit code 3 after saying so (a JIT failure is our bug).
+fn compile_jit(module: &hmdp::ir::Module) -> Result<hmdp::backend::jit::Jit, u8> {
+    hmdp::backend::jit::Jit::compile(module).map_err(|e| {
+        eprintln!("error: internal error: {e}; please report this with the model");
+        3
+    })
 }
 
 /// Prints a located run-time error of a model and returns exit code 1.
@@ -921,15 +923,12 @@ fn train(args: TrainArgs) -> u8 {
     let (jit, enzyme);
     let backend: &dyn hmdp::backend::Backend = match args.backend {
         TrainBackend::Interp => &interp,
-        TrainBackend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+        TrainBackend::Jit => match compile_jit(&module) {
             Ok(compiled) => {
                 jit = compiled;
                 &jit
             }
-            Err(e) => {
-                eprintln!("error: internal error: {e}; please report this with the model");
-                return 3;
-            }
+            Err(code) => return code,
         },
         TrainBackend::Enzyme => match load_enzyme(&module, &args.file, &source) {
             Ok(loaded) => {
@@ -1054,6 +1053,11 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
         Ok(i) => i,
         Err(e) => return run_error(&name, &source_text, e),
     };
+    let jit = match compile_jit(&module) {
+        Ok(jit) => jit,
+        Err(code) => return code,
+    };
+    let mut test_set = None;
     let (label, per_scenario, term_names) = if policy == EvalPolicy::Random {
         let summary = match hmdp::sim::simulate_per_scenario(
             &module,
@@ -1083,19 +1087,14 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
                 return 1;
             }
         };
-        let jit = match hmdp::backend::jit::Jit::compile(&module) {
-            Ok(j) => j,
-            Err(e) => {
-                eprintln!("error: internal error: {e}; please report this with the model");
-                return 3;
-            }
-        };
         let test = match Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, cfg.scenarios) {
             Ok(t) => t,
             Err(e) => return run_error(&name, &source_text, e),
         };
+        test_set = Some(test);
+        let Some(test) = &test_set else { return 3 };
         let ctx = hmdp::train::rollout::Context { module: &module, spec: &spec, backend: &jit, instance: &instance };
-        let evaluation = match hmdp::train::evaluate(&ctx, &nets, &test) {
+        let evaluation = match hmdp::train::evaluate(&ctx, &nets, test) {
             Ok(e) => e,
             Err(hmdp::train::TrainError::Run(e)) => return run_error(&name, &source_text, e),
             Err(e) => {
@@ -1125,10 +1124,10 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
     let e = hmdp::sim::Estimate::of(&totals);
     println!("  {:<width$}  {:>12.4} ± {:.4}", "total", e.mean, e.half_width);
     // Where the exact optimum is known, the gap to it on the same scenarios.
-    if let Ok(jit) = hmdp::backend::jit::Jit::compile(&module)
-        && let Some(riccati) = hmdp::train::riccati::of_module(&module, &instance, &jit)
-        && let Ok(test) =
-            Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, per_scenario.len())
+    if let Some(riccati) = hmdp::train::riccati::of_module(&module, &instance, &jit)
+        && let Some(test) = test_set.or_else(|| {
+            Scenarios::draw(&module, &instance, cfg.seed, hmdp::sim::ScenarioSet::Test, per_scenario.len()).ok()
+        })
         && let Some((_, x0)) = test.init.first()
     {
         let n = riccati.n;
@@ -1219,15 +1218,12 @@ fn simulate(
     let (jit, enzyme);
     let kernels: Option<&dyn hmdp::backend::Backend> = match backend {
         TrainBackend::Interp => None,
-        TrainBackend::Jit => match hmdp::backend::jit::Jit::compile(&module) {
+        TrainBackend::Jit => match compile_jit(&module) {
             Ok(compiled) => {
                 jit = compiled;
                 Some(&jit)
             }
-            Err(e) => {
-                eprintln!("error: internal error: {e}; please report this with the model");
-                return 3;
-            }
+            Err(code) => return code,
         },
         TrainBackend::Enzyme => match load_enzyme(&module, path, &source) {
             Ok(loaded) => {

@@ -506,6 +506,18 @@ impl Module {
         next
     }
 
+    /// Each next-state buffer with the state it replaces: `(next, state)`.
+    pub fn next_states(&self) -> Vec<(BufferId, BufferId)> {
+        self.buffers
+            .iter()
+            .enumerate()
+            .filter_map(|(id, b)| match b.kind {
+                BufferKind::Next { of } => Some((id, of)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The cost buffers, in the order of the model's `cost` statements.
     pub fn costs(&self) -> impl Iterator<Item = (BufferId, &Buffer)> {
         self.buffers_of(|k| matches!(k, BufferKind::Cost))

@@ -122,6 +122,12 @@ pub fn decide(
     policy.discrete(module, buffers, rng)?;
     Machine::new(module, buffers, None).run(&module.regimes)?;
     policy.continuous(module, buffers, rng)?;
+    mask_inactive(module, buffers);
+    Ok(())
+}
+
+/// Sets every continuous action outside its regime (its `Regime` mask is 0) to 0.
+pub fn mask_inactive(module: &Module, buffers: &mut Buffers) {
     for (mask, b) in module.buffers.iter().enumerate() {
         if let BufferKind::Regime { action } = b.kind {
             for k in 0..buffers.values[action].len() {
@@ -131,7 +137,6 @@ pub fn decide(
             }
         }
     }
-    Ok(())
 }
 
 /// Uniformly random actions: each discrete action picks a label uniformly; a continuous action
@@ -194,15 +199,7 @@ pub fn rollout(
     let mut own = policy_stream(seed, set, index);
     Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
     let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
-    let next: Vec<(usize, usize)> = module
-        .buffers
-        .iter()
-        .enumerate()
-        .filter_map(|(id, b)| match b.kind {
-            BufferKind::Next { of } => Some((id, of)),
-            _ => None,
-        })
-        .collect();
+    let next = module.next_states();
     let mut totals = vec![0.0; costs.len()];
     for t in 0..module.horizon {
         Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
@@ -305,24 +302,7 @@ pub fn simulate_batched(
     use crate::backend::{self, Batch, Kernel};
     let scale = report_scale(module);
     let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
-    let next: Vec<(usize, usize)> = module
-        .buffers
-        .iter()
-        .enumerate()
-        .filter_map(|(id, b)| match b.kind {
-            BufferKind::Next { of } => Some((id, of)),
-            _ => None,
-        })
-        .collect();
-    let masks: Vec<(usize, usize)> = module
-        .buffers
-        .iter()
-        .enumerate()
-        .filter_map(|(id, b)| match b.kind {
-            BufferKind::Regime { action } => Some((id, action)),
-            _ => None,
-        })
-        .collect();
+    let next = module.next_states();
     let mut out = Vec::with_capacity(scenarios);
     for start in (0..scenarios).step_by(1024) {
         let indices: Vec<usize> = (start..(start + 1024).min(scenarios)).collect();
@@ -351,13 +331,7 @@ pub fn simulate_batched(
             backend::run(backend, Kernel::Regimes, &mut batch)?;
             per_scenario(&mut batch, &mut |b, buffers| {
                 policy.continuous(module, buffers, &mut owns[b])?;
-                for &(mask, action) in &masks {
-                    for k in 0..buffers.values[action].len() {
-                        if buffers.values[mask][k] == 0.0 {
-                            buffers.values[action][k] = 0.0;
-                        }
-                    }
-                }
+                mask_inactive(module, buffers);
                 Ok(())
             })?;
             backend::run(backend, Kernel::Step, &mut batch)?;

@@ -126,15 +126,7 @@ impl Spec {
             outputs += len * regime.labels();
         }
         let costs = module.costs().map(|(id, _)| id).collect();
-        let next = module
-            .buffers
-            .iter()
-            .enumerate()
-            .filter_map(|(id, b)| match b.kind {
-                BufferKind::Next { of } => Some((id, of)),
-                _ => None,
-            })
-            .collect();
+        let next = module.next_states();
         let noise = module.buffers_of(|k| *k == BufferKind::Noise).map(|(id, _)| id).collect();
         Spec { observe, features, discrete, logits, continuous, outputs, costs, next, noise }
     }
