@@ -197,3 +197,62 @@ fn a_kernel_that_computes_something_else_is_caught() {
     assert!(pair.vjp.max_error > 1e-12, "a changed gradient went unnoticed");
     assert!(!table.failures().is_empty());
 }
+
+/// The lockstep copy of a kernel runs several scenarios side by side. Here the lanes disagree on
+/// branches whose other side indexes out of range (so the pass must fall back to the scalar copy
+/// and, in the VJP, zero what it accumulated before redoing it), on branches that both sides run
+/// masked, and on a short-circuit `and`; and batch sizes leave a tail of every length.
+#[test]
+fn lanes_that_disagree_give_the_scalar_results() {
+    let source = "
+model lanes
+set I = 0..3
+state x[I] ~ uniform(-3, 3)
+action u[I]: real
+step {
+  x'[i] = if x[i] > 0 then u[floor(x[i])] * x[i] else exp(u[i]) - x[i]
+  cost c = sum(i in I) (if u[i] > 0 and x[floor(abs(x[i]))] > 0 then x[i]^2 else u[i]^2)
+  cost d = sum(i in I) max(x[i] * u[i], 0)
+}
+horizon 3
+";
+    let module = common::compile_text(source, &common::root(), &[]);
+    let jit = Jit::compile(&module).expect("compiles");
+    let instance = sim::instance(&module, 0).expect("instance");
+    let id = |name: &str| module.buffers.iter().position(|b| b.name == name).expect("buffer");
+    for size in [1, 4, 7, 13, 66] {
+        let mut batch = Batch::new(&module, &instance, size);
+        // Negative `x` only in every third pass of four scenarios: those passes fall back to the
+        // scalar copy, and the others run in lockstep with lanes that disagree on the signs of `u`
+        // and on `u`'s piece.
+        for s in 0..size {
+            for (i, v) in batch.get_mut(id("x"), s).iter_mut().enumerate() {
+                let negative = (s / 4) % 3 == 1 && i == s % 3;
+                *v = if negative { -1.5 - i as f64 * 0.5 } else { 0.25 + ((s + i) % 11) as f64 * 0.25 };
+            }
+            for (i, v) in batch.get_mut(id("u.piece"), s).iter_mut().enumerate() {
+                *v = ((s + i) % 2) as f64;
+            }
+            for (i, v) in batch.get_mut(id("u"), s).iter_mut().enumerate() {
+                *v = ((s * 5 + i * 3) % 9) as f64 * 0.5 - 2.0;
+            }
+            for (k, v) in batch.get_mut(id("x'.adj"), s).iter_mut().enumerate() {
+                *v = 1.0 + k as f64 * 0.25;
+            }
+            for name in ["c.adj", "d.adj"] {
+                batch.get_mut(id(name), s)[0] = 0.75;
+            }
+        }
+        for kernel in [Kernel::Step, Kernel::Vjp] {
+            let (mut a, mut b) = (batch.clone(), batch.clone());
+            backend::run(&jit, kernel, &mut a).expect("jit");
+            backend::run(&Interp { module: &module }, kernel, &mut b).expect("interp");
+            for (id, (p, q)) in a.values.iter().zip(&b.values).enumerate() {
+                if defined(&module, kernel, id) {
+                    let same = p.iter().zip(q).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "batch {size}, {}: `{}` differs", kernel.name(), module.buffers[id].name);
+                }
+            }
+        }
+    }
+}

@@ -3,10 +3,10 @@
 //!
 //! A kernel has the signature `extern "C" fn(bases: *const *mut f64, start: i64, end: i64) -> i64`:
 //! `bases` holds one pointer per buffer of the module, in the batch layout (parameters shared,
-//! every other buffer scenario-major). The generated code loops over the scenarios itself; for
-//! each one it runs the program as scalar `f64` code, loops staying loops, so the size of the
-//! generated code does not depend on the model's sizes. It returns 0, or 1 when an index fell
-//! outside its set; the host then re-runs the interpreter on the same scenarios to report the
+//! every other buffer scenario-major). The generated code loops over the scenarios itself, four
+//! at a time in lockstep and the rest one at a time (see `emit_kernel`), loops staying loops, so
+//! the size of the generated code does not depend on the model's sizes. It returns 0, or 1 when
+//! an index fell outside its set; the host then re-runs the interpreter on the same scenarios to report the
 //! error with its place in the model (the kernels never write an input, so the re-run sees the
 //! same inputs).
 //!
@@ -248,7 +248,20 @@ struct Imports<'j> {
     refs: HashMap<&'static str, clif::FuncRef>,
 }
 
+/// Scenarios one pass of the lockstep body runs: each value of the program that depends on the
+/// scenario is computed once per lane, side by side, so the chains of floating-point work of
+/// different scenarios overlap in the CPU instead of each waiting on the one before.
+const LANES: usize = 4;
+
 /// Builds one kernel: the loop over scenarios around the program's statements.
+///
+/// While at least [`LANES`] scenarios remain, the loop runs them through a lockstep copy of the
+/// program; the rest run one at a time through a scalar copy. Each lane performs exactly the
+/// operations the scalar copy would, in the same order, so the results are the same. When the
+/// lanes disagree on a branch, or an index is out of range in any lane, the lockstep pass stops
+/// and its scenarios run again through the scalar copy: that copy redoes every store with the same
+/// values (a kernel never writes its inputs) and reports the error if there is one. The buffers the
+/// pass accumulated into are zeroed again first, as the host zeroed them before the call.
 fn emit_kernel(
     module: &Module,
     program: &crate::ir::Program,
@@ -259,7 +272,8 @@ fn emit_kernel(
 ) -> Result<(), JitError> {
     let entry = b.create_block();
     let header = b.create_block();
-    let body = b.create_block();
+    let single = b.create_block();
+    let scalar = b.create_block();
     let exit = b.create_block();
     let error = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -269,53 +283,79 @@ fn emit_kernel(
 
     // Every buffer's base pointer, loaded once.
     let used = buffers_used(module, &program.body);
+    let written = buffers_written(&program.body);
     let mut table_entries = vec![None; module.buffers.len()];
     for &id in &used {
-        let p = b.ins().load(pointer, MemFlagsData::trusted(), table, (id * 8) as i32);
+        let p = b.ins().load(pointer, invariant(), table, (id * 8) as i32);
         table_entries[id] = Some(p);
     }
     let scenario = b.declare_var(types::I64);
+    let stop = b.declare_var(types::I64);
     b.def_var(scenario, start);
     b.ins().jump(header, &[]);
 
-    b.switch_to_block(header);
-    let s = b.use_var(scenario);
-    let more = b.ins().icmp(IntCC::SignedLessThan, s, end);
-    b.ins().brif(more, body, &[], exit, &[]);
+    // Lockstep is sound only when re-running a pass's scenarios redoes all of its work: no store
+    // into a buffer the scenarios share, and no accumulation into a buffer the host did not zero.
+    let lockstep = written.iter().all(|&(id, accumulated)| {
+        !is_shared(module.buffers[id].kind)
+            && (!accumulated || (vjp && is_accumulated(module, module.buffers[id].kind)))
+    });
+    let context = Context { module, written: &written, vjp };
 
-    b.switch_to_block(body);
+    b.switch_to_block(header);
+    let mut hosts = hosts;
+    if lockstep {
+        let (lock, bail) = (b.create_block(), b.create_block());
+        let s = b.use_var(scenario);
+        let last = b.ins().iadd_imm_s(s, LANES as i64);
+        let room = b.ins().icmp(IntCC::SignedLessThanOrEqual, last, end);
+        b.ins().brif(room, lock, &[], single, &[]);
+
+        b.switch_to_block(lock);
+        let s = b.use_var(scenario);
+        let bases = scenario_bases(module, b, &table_entries, s, LANES);
+        let mut emitter = Emitter::new(context, b, hosts, bases, bail, LANES);
+        emitter.stmts(&program.body)?;
+        hosts = emitter.hosts;
+        let s = b.use_var(scenario);
+        let next = b.ins().iadd_imm_s(s, LANES as i64);
+        b.def_var(scenario, next);
+        b.ins().jump(header, &[]);
+
+        b.switch_to_block(bail);
+        let s = b.use_var(scenario);
+        for &(id, accumulated) in &written {
+            if let (true, Some(base)) = (accumulated, table_entries[id]) {
+                zero_scenarios(b, base, s, module.len(id));
+            }
+        }
+        let last = b.ins().iadd_imm_s(s, LANES as i64);
+        b.def_var(stop, last);
+        b.ins().jump(scalar, &[]);
+    } else {
+        b.ins().jump(single, &[]);
+    }
+
+    // One scenario, if any remain.
+    b.switch_to_block(single);
     let s = b.use_var(scenario);
-    let mut bases = vec![None; module.buffers.len()];
-    for &id in &used {
-        let Some(p) = table_entries[id] else { continue };
-        bases[id] = Some(if is_shared(module.buffers[id].kind) {
-            p
-        } else {
-            let bytes = b.ins().imul_imm_s(s, (module.len(id) * 8) as i64);
-            b.ins().iadd(p, bytes)
-        });
-    }
-    let mut emitter = Emitter {
-        module,
-        b,
-        hosts,
-        bases,
-        vars: HashMap::new(),
-        error,
-        known: vec![HashMap::new()],
-        canonical: value_numbers(module),
-        vjp,
-        reads: HashMap::new(),
-        constants: HashMap::new(),
-    };
-    for stmt in &program.body {
-        emitter.stmt(stmt)?;
-    }
-    let b = emitter.b;
+    let last = b.ins().iadd_imm_s(s, 1);
+    b.def_var(stop, last);
+    let more = b.ins().icmp(IntCC::SignedLessThan, s, end);
+    b.ins().brif(more, scalar, &[], exit, &[]);
+
+    // Scenarios `scenario..stop`, one at a time.
+    b.switch_to_block(scalar);
+    let s = b.use_var(scenario);
+    let bases = scenario_bases(module, b, &table_entries, s, 1);
+    let mut emitter = Emitter::new(context, b, hosts, bases, error, 1);
+    emitter.stmts(&program.body)?;
     let s = b.use_var(scenario);
     let next = b.ins().iadd_imm_s(s, 1);
     b.def_var(scenario, next);
-    b.ins().jump(header, &[]);
+    let until = b.use_var(stop);
+    let more = b.ins().icmp(IntCC::SignedLessThan, next, until);
+    b.ins().brif(more, scalar, &[], header, &[]);
 
     b.switch_to_block(exit);
     let zero = b.ins().iconst(types::I64, 0);
@@ -325,6 +365,84 @@ fn emit_kernel(
     let one = b.ins().iconst(types::I64, 1);
     b.ins().return_(&[one]);
     Ok(())
+}
+
+/// Flags of a load from memory no kernel writes while it runs, at an address valid wherever the
+/// code computing it is: Cranelift may then hoist it out of loops and share it.
+fn invariant() -> MemFlagsData {
+    MemFlagsData::trusted().with_readonly().with_can_move()
+}
+
+/// Each used buffer's base address for `lanes` scenarios from `s` on: one address for a shared
+/// buffer, one per lane for the others.
+fn scenario_bases(
+    module: &Module,
+    b: &mut FunctionBuilder<'_>,
+    table_entries: &[Option<clif::Value>],
+    s: clif::Value,
+    lanes: usize,
+) -> Vec<Option<Lanes>> {
+    let mut bases = vec![None; module.buffers.len()];
+    for (id, entry) in table_entries.iter().enumerate() {
+        let Some(p) = *entry else { continue };
+        bases[id] = Some(if is_shared(module.buffers[id].kind) {
+            vec![p]
+        } else {
+            let bytes = (module.len(id) * 8) as i64;
+            let first = b.ins().imul_imm_s(s, bytes);
+            let first = b.ins().iadd(p, first);
+            (0..lanes).map(|k| if k == 0 { first } else { b.ins().iadd_imm_s(first, k as i64 * bytes) }).collect()
+        });
+    }
+    bases
+}
+
+/// Stores `+0.0` into the `LANES` scenarios from `s` on of a buffer of `len` elements each.
+fn zero_scenarios(b: &mut FunctionBuilder<'_>, base: clif::Value, s: clif::Value, len: usize) {
+    let bytes = (len * 8) as i64;
+    let first = b.ins().imul_imm_s(s, bytes);
+    let first = b.ins().iadd(base, first);
+    let last = b.ins().iadd_imm_s(first, LANES as i64 * bytes);
+    let (header, body, after) = (b.create_block(), b.create_block(), b.create_block());
+    let at = b.append_block_param(header, types::I64);
+    b.ins().jump(header, &[BlockArg::Value(first)]);
+    b.switch_to_block(header);
+    let more = b.ins().icmp(IntCC::UnsignedLessThan, at, last);
+    b.ins().brif(more, body, &[], after, &[]);
+    b.switch_to_block(body);
+    let zero = b.ins().f64const(0.0);
+    b.ins().store(MemFlagsData::trusted(), zero, at, 0);
+    let next = b.ins().iadd_imm_s(at, 8);
+    b.ins().jump(header, &[BlockArg::Value(next)]);
+    b.switch_to_block(after);
+}
+
+/// The buffers a program stores or accumulates into, each once, with whether it accumulates.
+fn buffers_written(stmts: &[Stmt]) -> Vec<(BufferId, bool)> {
+    fn walk(stmts: &[Stmt], out: &mut Vec<(BufferId, bool)>) {
+        for s in stmts {
+            let (buffer, accumulated) = match s {
+                Stmt::For { body, .. } => {
+                    walk(body, out);
+                    continue;
+                }
+                Stmt::If { then, otherwise, .. } => {
+                    walk(then, out);
+                    walk(otherwise, out);
+                    continue;
+                }
+                Stmt::Store { buffer, .. } => (*buffer, false),
+                Stmt::Accumulate { buffer, .. } => (*buffer, true),
+            };
+            match out.iter_mut().find(|(b, _)| *b == buffer) {
+                Some(entry) => entry.1 |= accumulated,
+                None => out.push((buffer, accumulated)),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(stmts, &mut out);
+    out
 }
 
 /// The buffers a program reads or writes.
@@ -386,21 +504,48 @@ fn value_numbers(module: &Module) -> Vec<Handle<Expr>> {
     canonical
 }
 
+/// A value of the program in each lane of a pass: one value when it is the same in every lane
+/// (it reads nothing that differs between scenarios), else one per lane.
+type Lanes = Vec<clif::Value>;
+
+/// Lane `k` of a value.
+fn lane(v: &Lanes, k: usize) -> clif::Value {
+    if v.len() == 1 { v[0] } else { v[k] }
+}
+
+/// What every copy of a kernel's program shares.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    module: &'a Module,
+    /// The buffers the program writes (see [`buffers_written`]).
+    written: &'a [(BufferId, bool)],
+    /// Whether this is the `vjp` kernel.
+    vjp: bool,
+}
+
 struct Emitter<'a, 'b, 'c> {
     module: &'a Module,
+    written: &'a [(BufferId, bool)],
     b: &'a mut FunctionBuilder<'b>,
     hosts: Imports<'c>,
-    /// The base address of each used buffer for the current scenario.
-    bases: Vec<Option<clif::Value>>,
+    /// Scenarios run side by side: [`LANES`] in the lockstep copy, 1 in the scalar one.
+    lanes: usize,
+    /// The base address of each used buffer for the current scenarios.
+    bases: Vec<Option<Lanes>>,
     /// Bound loop and reduction variables: the Cranelift variable holding the element, and its set.
     vars: HashMap<Var, (Variable, SetId)>,
+    /// Where an index out of range goes: the error exit, or the scalar re-run of a lockstep pass
+    /// (which also takes lanes that disagree on a branch).
     error: clif::Block,
     /// Whether this is the `vjp` kernel.
     vjp: bool,
+    /// Inside a branch whose condition differs between lanes: which lanes take it. Both sides of
+    /// such a branch run, each storing only in its own lanes.
+    mask: Option<Lanes>,
     /// Values already computed, by expression, one map per enclosing scope (a loop body, a
     /// branch): a value computed in a scope may be reused anywhere inside it, because the scope's
     /// first block dominates the rest of it. An entry is dropped when a buffer it read is written.
-    known: Vec<HashMap<Handle<Expr>, clif::Value>>,
+    known: Vec<HashMap<Handle<Expr>, Lanes>>,
     /// For each expression, the first expression of the arena that computes the same thing
     /// (same operation on the same operands): the key of `known`, so that a subexpression the
     /// differentiation pass wrote twice is computed once.
@@ -409,9 +554,47 @@ struct Emitter<'a, 'b, 'c> {
     reads: HashMap<Handle<Expr>, Vec<BufferId>>,
     /// The value of each expression that reads no buffer and no variable.
     constants: HashMap<Handle<Expr>, Option<f64>>,
+    /// Whether each expression's value can differ between scenarios.
+    varying: HashMap<Handle<Expr>, bool>,
+}
+
+impl<'a, 'b, 'c> Emitter<'a, 'b, 'c> {
+    fn new(
+        context: Context<'a>,
+        b: &'a mut FunctionBuilder<'b>,
+        hosts: Imports<'c>,
+        bases: Vec<Option<Lanes>>,
+        error: clif::Block,
+        lanes: usize,
+    ) -> Self {
+        Emitter {
+            module: context.module,
+            written: context.written,
+            b,
+            hosts,
+            lanes,
+            bases,
+            vars: HashMap::new(),
+            error,
+            vjp: context.vjp,
+            mask: None,
+            known: vec![HashMap::new()],
+            canonical: value_numbers(context.module),
+            reads: HashMap::new(),
+            constants: HashMap::new(),
+            varying: HashMap::new(),
+        }
+    }
 }
 
 impl Emitter<'_, '_, '_> {
+    fn stmts(&mut self, stmts: &[Stmt]) -> Result<(), JitError> {
+        for s in stmts {
+            self.stmt(s)?;
+        }
+        Ok(())
+    }
+
     /// Whether the `vjp` kernel leaves a buffer's store out: next states and costs, which the
     /// derivative never reads.
     fn skips(&self, buffer: BufferId) -> bool {
@@ -426,9 +609,9 @@ impl Emitter<'_, '_, '_> {
         result
     }
 
-    fn lookup(&self, h: Handle<Expr>) -> Option<clif::Value> {
+    fn lookup(&self, h: Handle<Expr>) -> Option<Lanes> {
         let key = self.canonical.get(h.index()).copied().unwrap_or(h);
-        self.known.iter().rev().find_map(|scope| scope.get(&key).copied())
+        self.known.iter().rev().find_map(|scope| scope.get(&key).cloned())
     }
 
     fn buffers_read(&mut self, h: Handle<Expr>) -> &[BufferId] {
@@ -455,6 +638,57 @@ impl Emitter<'_, '_, '_> {
         for scope in &mut self.known {
             scope.retain(|h, _| reads.get(h).is_some_and(|r| !r.contains(&buffer)));
         }
+    }
+
+    /// Whether an expression's value can differ between scenarios: it loads from a buffer that is
+    /// not shared, or at an index that can differ.
+    fn is_varying(&mut self, h: Handle<Expr>) -> bool {
+        if let Some(&v) = self.varying.get(&h) {
+            return v;
+        }
+        let own = match &self.module.exprs[h] {
+            Expr::Load { buffer, .. } => !is_shared(self.module.buffers[*buffer].kind),
+            Expr::Sample { .. } => true,
+            _ => false,
+        };
+        let v = own || self.module.exprs[h].children().into_iter().any(|c| self.is_varying(c));
+        self.varying.insert(h, v);
+        v
+    }
+
+    /// The number of values an expression has in this copy: one, or one per lane.
+    fn width(&mut self, h: Handle<Expr>) -> usize {
+        if self.lanes > 1 && self.is_varying(h) { self.lanes } else { 1 }
+    }
+
+    /// `v` with `width` values.
+    fn widen(v: &Lanes, width: usize) -> Lanes {
+        if v.len() == width { v.clone() } else { (0..width).map(|k| lane(v, k)).collect() }
+    }
+
+    /// `f` applied lane by lane: one value when every argument has one, else one per lane.
+    fn map(
+        &mut self,
+        args: &[&Lanes],
+        mut f: impl FnMut(&mut Self, &[clif::Value]) -> Result<clif::Value, JitError>,
+    ) -> Result<Lanes, JitError> {
+        let width = args.iter().map(|a| a.len()).max().unwrap_or(1);
+        (0..width)
+            .map(|k| {
+                let xs: Vec<clif::Value> = args.iter().map(|a| lane(a, k)).collect();
+                f(self, &xs)
+            })
+            .collect()
+    }
+
+    /// Whether `v` is nonzero, per lane.
+    fn nonzero(&mut self, v: &Lanes) -> Lanes {
+        v.iter()
+            .map(|&x| {
+                let zero = self.b.ins().f64const(0.0);
+                self.b.ins().fcmp(FloatCC::NotEqual, x, zero)
+            })
+            .collect()
     }
 
     /// The value of an expression built from constants alone, folded as the interpreter computes it.
@@ -517,12 +751,7 @@ impl Emitter<'_, '_, '_> {
 
     fn stmt(&mut self, stmt: &Stmt) -> Result<(), JitError> {
         match stmt {
-            Stmt::For { var, set, body } => self.for_each(*var, *set, |e| {
-                for s in body {
-                    e.stmt(s)?;
-                }
-                Ok(())
-            }),
+            Stmt::For { var, set, body } => self.for_each(*var, *set, |e| e.stmts(body)),
             // The VJP recomputes the step only for the lets the derivative reads; the next states
             // and costs it would store again are left as the step wrote them.
             Stmt::Store { buffer, .. } if self.vjp && self.skips(*buffer) => Ok(()),
@@ -533,25 +762,27 @@ impl Emitter<'_, '_, '_> {
                     let dim = self.module.buffers[*buffer].dims[k];
                     positions.push(self.var_position(*var, dim)?);
                 }
-                let address = self.address(*buffer, &positions)?;
+                let addresses = self.address(*buffer, &positions)?;
                 self.written(*buffer);
-                self.b.ins().store(MemFlagsData::trusted(), v, address, 0);
+                for (k, &address) in addresses.iter().enumerate() {
+                    let new = lane(&v, k);
+                    let new = self.unless_masked(k, new, address);
+                    self.b.ins().store(MemFlagsData::trusted(), new, address, 0);
+                }
                 Ok(())
             }
             Stmt::If { cond, then, otherwise } => {
                 let c = self.expr(*cond)?;
+                if c.len() > 1 {
+                    return self.masked_if(&c, then, otherwise);
+                }
                 let zero = self.b.ins().f64const(0.0);
-                let taken = self.b.ins().fcmp(FloatCC::NotEqual, c, zero);
+                let taken = self.b.ins().fcmp(FloatCC::NotEqual, c[0], zero);
                 let (yes, no, after) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
                 self.b.ins().brif(taken, yes, &[], no, &[]);
                 for (block, stmts) in [(yes, then), (no, otherwise)] {
                     self.b.switch_to_block(block);
-                    self.scoped(|e| {
-                        for s in stmts {
-                            e.stmt(s)?;
-                        }
-                        Ok(())
-                    })?;
+                    self.scoped(|e| e.stmts(stmts))?;
                     self.b.ins().jump(after, &[]);
                 }
                 self.b.switch_to_block(after);
@@ -560,13 +791,64 @@ impl Emitter<'_, '_, '_> {
             Stmt::Accumulate { buffer, index, value } => {
                 let v = self.expr(*value)?;
                 let positions = self.positions(*buffer, index)?;
-                let address = self.address(*buffer, &positions)?;
+                let addresses = self.address(*buffer, &positions)?;
                 self.written(*buffer);
-                let old = self.b.ins().load(types::F64, MemFlagsData::trusted(), address, 0);
-                let sum = self.b.ins().fadd(old, v);
-                self.b.ins().store(MemFlagsData::trusted(), sum, address, 0);
+                for (k, &address) in addresses.iter().enumerate() {
+                    let old = self.b.ins().load(types::F64, MemFlagsData::trusted(), address, 0);
+                    let mut sum = self.b.ins().fadd(old, lane(&v, k));
+                    if let Some(mask) = &self.mask {
+                        sum = self.b.ins().select(mask[k], sum, old);
+                    }
+                    self.b.ins().store(MemFlagsData::trusted(), sum, address, 0);
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// `if cond { then } else { otherwise }` when the lanes may disagree on `cond`: each side
+    /// runs for the lanes that take it (skipped when none does), storing only in those lanes.
+    fn masked_if(&mut self, cond: &Lanes, then: &[Stmt], otherwise: &[Stmt]) -> Result<(), JitError> {
+        let zero = self.b.ins().f64const(0.0);
+        for (stmts, cc) in [(then, FloatCC::NotEqual), (otherwise, FloatCC::Equal)] {
+            if stmts.is_empty() {
+                continue;
+            }
+            let mut mask = Vec::with_capacity(cond.len());
+            for (k, &c) in cond.iter().enumerate() {
+                let takes = self.b.ins().fcmp(cc, c, zero);
+                mask.push(match &self.mask {
+                    Some(outer) => self.b.ins().band(outer[k], takes),
+                    None => takes,
+                });
+            }
+            let mut any = mask[0];
+            for &m in &mask[1..] {
+                any = self.b.ins().bor(any, m);
+            }
+            let (run, after) = (self.b.create_block(), self.b.create_block());
+            self.b.ins().brif(any, run, &[], after, &[]);
+            self.b.switch_to_block(run);
+            let outer = self.mask.replace(mask);
+            let done = self.scoped(|e| e.stmts(stmts));
+            self.mask = outer;
+            done?;
+            self.b.ins().jump(after, &[]);
+            self.b.switch_to_block(after);
+        }
+        Ok(())
+    }
+
+    /// What lane `k` stores at `address`: `new`, or the value already there when the lane is
+    /// masked off.
+    fn unless_masked(&mut self, k: usize, new: clif::Value, address: clif::Value) -> clif::Value {
+        match &self.mask {
+            Some(mask) => {
+                let m = mask[k];
+                let old = self.b.ins().load(types::F64, MemFlagsData::trusted(), address, 0);
+                self.b.ins().select(m, new, old)
+            }
+            None => new,
         }
     }
 
@@ -577,26 +859,35 @@ impl Emitter<'_, '_, '_> {
         self.b.switch_to_block(cont);
     }
 
+    /// Branches to the error exit unless `ok` in every lane.
+    fn require_all(&mut self, ok: &Lanes) {
+        let mut all = ok[0];
+        for &o in &ok[1..] {
+            all = self.b.ins().band(all, o);
+        }
+        self.require(all);
+    }
+
     /// The position (element minus the set's first element) of a loop variable in `dim`.
-    fn var_position(&mut self, var: Var, dim: SetId) -> Result<clif::Value, JitError> {
+    fn var_position(&mut self, var: Var, dim: SetId) -> Result<Lanes, JitError> {
         let &(v, set) = self.vars.get(&var).ok_or_else(|| fail(format!("unbound variable {var:?}")))?;
         let x = self.b.use_var(v);
         if set == dim {
-            return Ok(self.b.ins().iadd_imm_s(x, -self.module.sets[dim].lo));
+            return Ok(vec![self.b.ins().iadd_imm_s(x, -self.module.sets[dim].lo)]);
         }
-        self.checked_position(x, dim)
+        self.checked_position(&vec![x], dim)
     }
 
-    /// The position of element `x` (an i64) in `dim`, with a range check.
-    fn checked_position(&mut self, x: clif::Value, dim: SetId) -> Result<clif::Value, JitError> {
-        let set = &self.module.sets[dim];
-        let position = self.b.ins().iadd_imm_s(x, -set.lo);
-        let ok = self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, position, set.len() as i64);
-        self.require(ok);
+    /// The position of element `x` (an i64 per lane) in `dim`, with a range check.
+    fn checked_position(&mut self, x: &Lanes, dim: SetId) -> Result<Lanes, JitError> {
+        let (lo, len) = (self.module.sets[dim].lo, self.module.sets[dim].len() as i64);
+        let position: Lanes = x.iter().map(|&x| self.b.ins().iadd_imm_s(x, -lo)).collect();
+        let ok: Lanes = position.iter().map(|&p| self.b.ins().icmp_imm_u(IntCC::UnsignedLessThan, p, len)).collect();
+        self.require_all(&ok);
         Ok(position)
     }
 
-    fn positions(&mut self, buffer: BufferId, index: &[Handle<Expr>]) -> Result<Vec<clif::Value>, JitError> {
+    fn positions(&mut self, buffer: BufferId, index: &[Handle<Expr>]) -> Result<Vec<Lanes>, JitError> {
         let mut positions = Vec::with_capacity(index.len());
         for (k, i) in index.iter().enumerate() {
             let dim = self.module.buffers[buffer].dims[k];
@@ -606,20 +897,25 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// The position of an index expression in `dim`, checked unless it is a variable of `dim`.
-    fn index_position(&mut self, index: Handle<Expr>, dim: SetId) -> Result<clif::Value, JitError> {
+    fn index_position(&mut self, index: Handle<Expr>, dim: SetId) -> Result<Lanes, JitError> {
         if let Expr::Var(var) = self.module.exprs[index] {
             return self.var_position(var, dim);
         }
         if let Some(x) = self.integer(index)? {
-            return self.checked_position(x, dim);
+            return self.checked_position(&vec![x], dim);
         }
         // A computed index: it must be a whole number.
         let value = self.expr(index)?;
-        let x = self.b.ins().fcvt_to_sint_sat(types::I64, value);
-        let back = self.b.ins().fcvt_from_sint(types::F64, x);
-        let whole = self.b.ins().fcmp(FloatCC::Equal, back, value);
-        self.require(whole);
-        self.checked_position(x, dim)
+        let mut xs = Vec::with_capacity(value.len());
+        let mut whole = Vec::with_capacity(value.len());
+        for &v in &value {
+            let x = self.b.ins().fcvt_to_sint_sat(types::I64, v);
+            let back = self.b.ins().fcvt_from_sint(types::F64, x);
+            whole.push(self.b.ins().fcmp(FloatCC::Equal, back, v));
+            xs.push(x);
+        }
+        self.require_all(&whole);
+        self.checked_position(&xs, dim)
     }
 
     /// An index expression built from variables, whole constants, `+`, `-` and `*`, as an i64.
@@ -659,26 +955,28 @@ impl Emitter<'_, '_, '_> {
         }
     }
 
-    /// The address of an element from its positions, row-major.
-    fn address(&mut self, buffer: BufferId, positions: &[clif::Value]) -> Result<clif::Value, JitError> {
-        let base = self.bases[buffer].ok_or_else(|| fail(format!("buffer {buffer} has no base")))?;
+    /// The address of an element from its positions, row-major: one per lane, or one when the
+    /// buffer is shared and the positions are the same in every lane.
+    fn address(&mut self, buffer: BufferId, positions: &[Lanes]) -> Result<Lanes, JitError> {
+        let base = self.bases[buffer].clone().ok_or_else(|| fail(format!("buffer {buffer} has no base")))?;
         let dims = &self.module.buffers[buffer].dims;
-        let mut offset: Option<clif::Value> = None;
-        for (k, &p) in positions.iter().enumerate() {
+        let mut offset: Option<Lanes> = None;
+        for (k, p) in positions.iter().enumerate() {
             let stride: usize = dims[k + 1..].iter().map(|d| self.module.sets[*d].len()).product();
-            let term = if stride == 1 { p } else { self.b.ins().imul_imm_s(p, stride as i64) };
+            let term: Lanes =
+                p.iter().map(|&p| if stride == 1 { p } else { self.b.ins().imul_imm_s(p, stride as i64) }).collect();
             offset = Some(match offset {
-                Some(o) => self.b.ins().iadd(o, term),
+                Some(o) => self.map(&[&o, &term], |e, x| Ok(e.b.ins().iadd(x[0], x[1])))?,
                 None => term,
             });
         }
-        Ok(match offset {
-            Some(o) => {
-                let bytes = self.b.ins().ishl_imm_s(o, 3);
-                self.b.ins().iadd(base, bytes)
-            }
-            None => base,
-        })
+        match offset {
+            Some(o) => self.map(&[&base, &o], |e, x| {
+                let bytes = e.b.ins().ishl_imm_s(x[1], 3);
+                Ok(e.b.ins().iadd(x[0], bytes))
+            }),
+            None => Ok(base),
+        }
     }
 
     fn call(&mut self, name: &'static str, args: &[clif::Value]) -> Result<clif::Value, JitError> {
@@ -710,6 +1008,14 @@ impl Emitter<'_, '_, '_> {
         self.b.ins().select(pick_b, b, a)
     }
 
+    /// Whether a load needs no index check: every index is a loop variable of its own dimension.
+    fn unchecked(&self, buffer: BufferId, index: &[Handle<Expr>]) -> bool {
+        index.iter().enumerate().all(|(k, i)| match self.module.exprs[*i] {
+            Expr::Var(var) => self.vars.get(&var).is_some_and(|(_, set)| *set == self.module.buffers[buffer].dims[k]),
+            _ => false,
+        })
+    }
+
     /// Whether an expression is cheap and safe to evaluate even when its value is not used: no
     /// calls, no checked indices, no loops, and small.
     fn speculable(&self, h: Handle<Expr>, budget: &mut u32) -> bool {
@@ -719,12 +1025,7 @@ impl Emitter<'_, '_, '_> {
         *budget -= 1;
         match &self.module.exprs[h] {
             Expr::Const(_) | Expr::Var(_) => true,
-            Expr::Load { buffer, index } => index.iter().enumerate().all(|(k, i)| match self.module.exprs[*i] {
-                Expr::Var(var) => {
-                    self.vars.get(&var).is_some_and(|(_, set)| *set == self.module.buffers[*buffer].dims[k])
-                }
-                _ => false,
-            }),
+            Expr::Load { buffer, index } => self.unchecked(*buffer, index),
             Expr::Unary { op, arg } => {
                 matches!(
                     op,
@@ -743,34 +1044,47 @@ impl Emitter<'_, '_, '_> {
         }
     }
 
-    /// `if cond != 0 then then() else otherwise()`, as a branch.
+    /// `if cond != 0 then then() else otherwise()`, as a branch taken when every lane agrees.
     fn branch(
         &mut self,
-        cond: clif::Value,
+        h: Handle<Expr>,
+        cond: &Lanes,
         then: Handle<Expr>,
         otherwise: Handle<Expr>,
-    ) -> Result<clif::Value, JitError> {
+    ) -> Result<Lanes, JitError> {
+        if cond.len() > 1 {
+            // Lanes may disagree: both arms, then each lane picks its own.
+            let t = self.scoped(|e| e.expr(then))?;
+            let o = self.scoped(|e| e.expr(otherwise))?;
+            return self.map(&[cond, &t, &o], |e, x| {
+                let zero = e.b.ins().f64const(0.0);
+                let taken = e.b.ins().fcmp(FloatCC::NotEqual, x[0], zero);
+                Ok(e.b.ins().select(taken, x[1], x[2]))
+            });
+        }
         let zero = self.b.ins().f64const(0.0);
-        let taken = self.b.ins().fcmp(FloatCC::NotEqual, cond, zero);
+        let taken = self.b.ins().fcmp(FloatCC::NotEqual, cond[0], zero);
+        let width = self.width(h);
         let (yes, no, after) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
-        let result = self.b.append_block_param(after, types::F64);
+        let result: Lanes = (0..width).map(|_| self.b.append_block_param(after, types::F64)).collect();
         self.b.ins().brif(taken, yes, &[], no, &[]);
-        for (block, h) in [(yes, then), (no, otherwise)] {
+        for (block, arm) in [(yes, then), (no, otherwise)] {
             self.b.switch_to_block(block);
-            let v = self.scoped(|e| e.expr(h))?;
-            self.b.ins().jump(after, &[BlockArg::Value(v)]);
+            let v = self.scoped(|e| e.expr(arm))?;
+            let args: Vec<BlockArg> = Self::widen(&v, width).into_iter().map(BlockArg::Value).collect();
+            self.b.ins().jump(after, &args);
         }
         self.b.switch_to_block(after);
         Ok(result)
     }
 
     /// The value of an expression: reused when already known in this scope, else computed.
-    fn expr(&mut self, h: Handle<Expr>) -> Result<clif::Value, JitError> {
+    fn expr(&mut self, h: Handle<Expr>) -> Result<Lanes, JitError> {
         if let Some(v) = self.lookup(h) {
             return Ok(v);
         }
         if let Some(c) = self.constant(h) {
-            return Ok(self.b.ins().f64const(c));
+            return Ok(vec![self.b.ins().f64const(c)]);
         }
         let v = self.compute(h)?;
         if !matches!(self.module.exprs[h], Expr::Const(_) | Expr::Var(_)) {
@@ -778,29 +1092,33 @@ impl Emitter<'_, '_, '_> {
             let key = self.canonical.get(h.index()).copied().unwrap_or(h);
             self.buffers_read(key);
             if let Some(scope) = self.known.last_mut() {
-                scope.insert(key, v);
+                scope.insert(key, v.clone());
             }
         }
         Ok(v)
     }
 
-    fn compute(&mut self, h: Handle<Expr>) -> Result<clif::Value, JitError> {
+    fn compute(&mut self, h: Handle<Expr>) -> Result<Lanes, JitError> {
         let module = self.module;
         Ok(match &module.exprs[h] {
-            Expr::Const(c) => self.b.ins().f64const(*c),
+            Expr::Const(c) => vec![self.b.ins().f64const(*c)],
             Expr::Var(var) => {
                 let &(v, _) = self.vars.get(var).ok_or_else(|| fail(format!("unbound variable {var:?}")))?;
                 let x = self.b.use_var(v);
-                self.b.ins().fcvt_from_sint(types::F64, x)
+                vec![self.b.ins().fcvt_from_sint(types::F64, x)]
             }
             Expr::Load { buffer, index } => {
                 let positions = self.positions(*buffer, index)?;
-                let address = self.address(*buffer, &positions)?;
-                self.b.ins().load(types::F64, MemFlagsData::trusted(), address, 0)
+                let addresses = self.address(*buffer, &positions)?;
+                // A buffer this program never writes is constant while it runs; at an index that
+                // needs no check, its load may move anywhere its address is known.
+                let still = !self.written.iter().any(|(b, _)| b == buffer) && self.unchecked(*buffer, index);
+                let flags = if still { invariant() } else { MemFlagsData::trusted() };
+                addresses.iter().map(|&a| self.b.ins().load(types::F64, flags, a, 0)).collect()
             }
             Expr::Unary { op, arg } => {
                 let x = self.expr(*arg)?;
-                self.unary(*op, x)?
+                self.map(&[&x], |e, x| e.unary(*op, x[0]))?
             }
             Expr::Binary { op: op @ (BinaryOp::And | BinaryOp::Or), lhs, rhs } => {
                 // Short-circuit, as the interpreter does: `rhs` may index out of range otherwise.
@@ -808,32 +1126,31 @@ impl Emitter<'_, '_, '_> {
                 let mut budget = 16;
                 if self.speculable(*rhs, &mut budget) {
                     let c = self.expr(*rhs)?;
-                    let zero = self.b.ins().f64const(0.0);
-                    let a_true = self.b.ins().fcmp(FloatCC::NotEqual, a, zero);
-                    let c_true = self.b.ins().fcmp(FloatCC::NotEqual, c, zero);
-                    let both = if *op == BinaryOp::And {
-                        self.b.ins().band(a_true, c_true)
-                    } else {
-                        self.b.ins().bor(a_true, c_true)
-                    };
-                    self.truth(both)
+                    self.map(&[&a, &c], |e, x| e.binary(*op, x[0], x[1]))?
+                } else if a.len() > 1 {
+                    // Lanes may disagree on `lhs`: `rhs` in every lane (a lane whose `rhs` fails
+                    // an index check sends the pass to the scalar re-run, which short-circuits).
+                    let c = self.scoped(|e| e.expr(*rhs))?;
+                    self.map(&[&a, &c], |e, x| e.binary(*op, x[0], x[1]))?
                 } else {
                     let zero = self.b.ins().f64const(0.0);
-                    let a_true = self.b.ins().fcmp(FloatCC::NotEqual, a, zero);
+                    let a_true = self.b.ins().fcmp(FloatCC::NotEqual, a[0], zero);
+                    let width = self.width(h);
                     let (more, after) = (self.b.create_block(), self.b.create_block());
-                    let result = self.b.append_block_param(after, types::F64);
+                    let result: Lanes = (0..width).map(|_| self.b.append_block_param(after, types::F64)).collect();
                     let settled = self.b.ins().f64const(if *op == BinaryOp::And { 0.0 } else { 1.0 });
+                    let settled = vec![BlockArg::Value(settled); width];
                     if *op == BinaryOp::And {
-                        self.b.ins().brif(a_true, more, &[], after, &[BlockArg::Value(settled)]);
+                        self.b.ins().brif(a_true, more, &[], after, &settled);
                     } else {
-                        self.b.ins().brif(a_true, after, &[BlockArg::Value(settled)], more, &[]);
+                        self.b.ins().brif(a_true, after, &settled, more, &[]);
                     }
                     self.b.switch_to_block(more);
                     let c = self.scoped(|e| e.expr(*rhs))?;
-                    let zero = self.b.ins().f64const(0.0);
-                    let c_true = self.b.ins().fcmp(FloatCC::NotEqual, c, zero);
-                    let t = self.truth(c_true);
-                    self.b.ins().jump(after, &[BlockArg::Value(t)]);
+                    let c_true = self.nonzero(&c);
+                    let t: Lanes = c_true.iter().map(|&c| self.truth(c)).collect();
+                    let args: Vec<BlockArg> = Self::widen(&t, width).into_iter().map(BlockArg::Value).collect();
+                    self.b.ins().jump(after, &args);
                     self.b.switch_to_block(after);
                     result
                 }
@@ -842,12 +1159,12 @@ impl Emitter<'_, '_, '_> {
                 let a = self.expr(*lhs)?;
                 if *op == BinaryOp::Pow
                     && let Some(k) = self.constant(*rhs)
-                    && let Some(v) = self.small_power(a, k)
+                    && matches!(k, 1.0 | 2.0)
                 {
-                    return Ok(v);
+                    return self.map(&[&a], |e, x| Ok(e.small_power(x[0], k)));
                 }
                 let c = self.expr(*rhs)?;
-                self.binary(*op, a, c)?
+                self.map(&[&a, &c], |e, x| e.binary(*op, x[0], x[1]))?
             }
             Expr::Select { cond, then, otherwise } => {
                 let c = self.expr(*cond)?;
@@ -855,11 +1172,13 @@ impl Emitter<'_, '_, '_> {
                 if self.speculable(*then, &mut budget) && self.speculable(*otherwise, &mut budget) {
                     let t = self.expr(*then)?;
                     let o = self.expr(*otherwise)?;
-                    let zero = self.b.ins().f64const(0.0);
-                    let taken = self.b.ins().fcmp(FloatCC::NotEqual, c, zero);
-                    self.b.ins().select(taken, t, o)
+                    self.map(&[&c, &t, &o], |e, x| {
+                        let zero = e.b.ins().f64const(0.0);
+                        let taken = e.b.ins().fcmp(FloatCC::NotEqual, x[0], zero);
+                        Ok(e.b.ins().select(taken, x[1], x[2]))
+                    })?
                 } else {
-                    self.branch(c, *then, *otherwise)?
+                    self.branch(h, &c, *then, *otherwise)?
                 }
             }
             Expr::Reduce { op, var, set, body } => self.reduce(*op, *var, *set, *body)?,
@@ -869,12 +1188,8 @@ impl Emitter<'_, '_, '_> {
 
     /// `x^1` and `x^2` without a call: `powf` returns `x` and the correctly rounded `x * x` for
     /// them (to within its own rounding for the square).
-    fn small_power(&mut self, x: clif::Value, k: f64) -> Option<clif::Value> {
-        match k {
-            1.0 => Some(x),
-            2.0 => Some(self.b.ins().fmul(x, x)),
-            _ => None,
-        }
+    fn small_power(&mut self, x: clif::Value, k: f64) -> clif::Value {
+        if k == 1.0 { x } else { self.b.ins().fmul(x, x) }
     }
 
     fn unary(&mut self, op: UnaryOp, x: clif::Value) -> Result<clif::Value, JitError> {
@@ -946,51 +1261,57 @@ impl Emitter<'_, '_, '_> {
         })
     }
 
-    fn reduce(&mut self, op: ReduceOp, var: Var, set: SetId, body: Handle<Expr>) -> Result<clif::Value, JitError> {
-        let acc = self.b.declare_var(types::F64);
-        let chosen = self.b.declare_var(types::F64);
+    fn reduce(&mut self, op: ReduceOp, var: Var, set: SetId, body: Handle<Expr>) -> Result<Lanes, JitError> {
+        let width = self.width(body);
+        let acc: Vec<Variable> = (0..width).map(|_| self.b.declare_var(types::F64)).collect();
+        let chosen: Vec<Variable> = (0..width).map(|_| self.b.declare_var(types::F64)).collect();
         let initial = match op {
             ReduceOp::Sum => 0.0,
             ReduceOp::Prod => 1.0,
             ReduceOp::Max | ReduceOp::ArgMax => f64::NEG_INFINITY,
             ReduceOp::Min | ReduceOp::ArgMin => f64::INFINITY,
         };
-        let init = self.b.ins().f64const(initial);
-        self.b.def_var(acc, init);
-        let first = self.b.ins().f64const(self.module.sets[set].lo as f64);
-        self.b.def_var(chosen, first);
+        for k in 0..width {
+            let init = self.b.ins().f64const(initial);
+            self.b.def_var(acc[k], init);
+            let first = self.b.ins().f64const(self.module.sets[set].lo as f64);
+            self.b.def_var(chosen[k], first);
+        }
         self.for_each(var, set, |e| {
             let v = e.expr(body)?;
-            let a = e.b.use_var(acc);
-            match op {
-                ReduceOp::Sum => {
-                    let s = e.b.ins().fadd(a, v);
-                    e.b.def_var(acc, s);
-                }
-                ReduceOp::Prod => {
-                    let s = e.b.ins().fmul(a, v);
-                    e.b.def_var(acc, s);
-                }
-                ReduceOp::Max | ReduceOp::Min => {
-                    let s = e.rust_extreme(a, v, op == ReduceOp::Min);
-                    e.b.def_var(acc, s);
-                }
-                ReduceOp::ArgMax | ReduceOp::ArgMin => {
-                    // Strict comparisons keep the first extreme on ties.
-                    let cc = if op == ReduceOp::ArgMax { FloatCC::GreaterThan } else { FloatCC::LessThan };
-                    let better = e.b.ins().fcmp(cc, v, a);
-                    let s = e.b.ins().select(better, v, a);
-                    e.b.def_var(acc, s);
-                    let &(element, _) = e.vars.get(&var).ok_or_else(|| fail("unbound reduction variable"))?;
-                    let x = e.b.use_var(element);
-                    let x = e.b.ins().fcvt_from_sint(types::F64, x);
-                    let c = e.b.use_var(chosen);
-                    let pick = e.b.ins().select(better, x, c);
-                    e.b.def_var(chosen, pick);
+            for k in 0..width {
+                let (v, a) = (lane(&v, k), e.b.use_var(acc[k]));
+                match op {
+                    ReduceOp::Sum => {
+                        let s = e.b.ins().fadd(a, v);
+                        e.b.def_var(acc[k], s);
+                    }
+                    ReduceOp::Prod => {
+                        let s = e.b.ins().fmul(a, v);
+                        e.b.def_var(acc[k], s);
+                    }
+                    ReduceOp::Max | ReduceOp::Min => {
+                        let s = e.rust_extreme(a, v, op == ReduceOp::Min);
+                        e.b.def_var(acc[k], s);
+                    }
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                        // Strict comparisons keep the first extreme on ties.
+                        let cc = if op == ReduceOp::ArgMax { FloatCC::GreaterThan } else { FloatCC::LessThan };
+                        let better = e.b.ins().fcmp(cc, v, a);
+                        let s = e.b.ins().select(better, v, a);
+                        e.b.def_var(acc[k], s);
+                        let &(element, _) = e.vars.get(&var).ok_or_else(|| fail("unbound reduction variable"))?;
+                        let x = e.b.use_var(element);
+                        let x = e.b.ins().fcvt_from_sint(types::F64, x);
+                        let c = e.b.use_var(chosen[k]);
+                        let pick = e.b.ins().select(better, x, c);
+                        e.b.def_var(chosen[k], pick);
+                    }
                 }
             }
             Ok(())
         })?;
-        Ok(if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { self.b.use_var(chosen) } else { self.b.use_var(acc) })
+        let result = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { &chosen } else { &acc };
+        Ok(result.iter().map(|&v| self.b.use_var(v)).collect())
     }
 }
