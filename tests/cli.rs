@@ -97,7 +97,7 @@ fn usage_errors_exit_2() {
 fn set_overrides_sizes() {
     let out = hmdpc(&["check", "--set", "items=50", "models/inventory.hmdp"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("(150 values)"), "50 items × 3 state slots: {}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("(100 values)"), "50 items × 2 state slots: {}", text(&out.stdout));
 
     let zero = hmdpc(&["check", "--set", "items=0", "models/inventory.hmdp"]);
     assert_eq!(zero.status.code(), Some(1));

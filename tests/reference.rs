@@ -215,8 +215,8 @@ fn switched_lqr_step_and_vjp_agree_with_the_interpreter() {
 #[test]
 fn sizes_other_than_the_defaults_agree_too() {
     check_inventory(&[("items", 50.0)]);
-    check_inventory(&[("items", 3.0), ("lead", 1.0)]);
-    check_inventory(&[("items", 7.0), ("lead", 4.0)]);
+    check_inventory(&[("items", 3.0), ("lead", 2.0)]);
+    check_inventory(&[("items", 7.0), ("lead", 5.0)]);
     check_switched_lqr(&[("n", 48.0)]);
     check_switched_lqr(&[("n", 5.0), ("modes", 3.0)]);
 }
