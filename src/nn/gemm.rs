@@ -82,6 +82,12 @@ impl<'a> MatRef<'a> {
         (MatRef { rows: at, ..self }, bottom)
     }
 
+    /// Columns `..at` and `at..` as two views. Panics if `at > cols`.
+    pub fn split_cols(self, at: usize) -> (MatRef<'a>, MatRef<'a>) {
+        let (left, right) = self.t().split_rows(at);
+        (left.t(), right.t())
+    }
+
     /// Element `(i, j)`; panics outside the view.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         assert!(i < self.rows && j < self.cols, "({i}, {j}) is outside a {}x{} view", self.rows, self.cols);
@@ -201,7 +207,10 @@ pub fn gemm_parallel(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut, min
     let rows = c.rows;
     // Halves are cut at multiples of 8 rows, the kernel's tile height.
     let half = (rows / 2).next_multiple_of(8);
-    if rows < 2 * min_rows.max(1) || half >= rows || a.rows != rows {
+    if rows < 2 * min_rows.max(1) && a.rows == rows && b.rows == a.cols {
+        return gemm_split_columns(alpha, a, b, beta, c);
+    }
+    if half >= rows || a.rows != rows {
         return gemm(alpha, a, b, beta, c);
     }
     match c.split_rows(half) {
@@ -215,6 +224,45 @@ pub fn gemm_parallel(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut, min
         Err(c) => gemm(alpha, a, b, beta, c),
     }
 }
+
+/// Columns of `C` below which a product of few rows is not split: each half must still be wide
+/// enough to fill the kernel's tiles.
+const SPLIT_MIN_COLS: usize = 256;
+/// Multiply-adds below which a product is not split: a rayon task costs a few microseconds.
+const SPLIT_MIN_WORK: usize = 1 << 20;
+
+/// [`gemm`] for a product with too few rows to halve, such as one step of a rollout (16 rows
+/// against a 512 × 512 layer): the columns of `B` and `C` are halved instead, and each half is
+/// computed in place by its own task. Each element is computed exactly as without the split.
+fn gemm_split_columns(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    // At a multiple of 16 columns, the kernel's vector width.
+    let half = (n / 2).next_multiple_of(16);
+    // The halves write disjoint elements only if no two elements of `C` share an address.
+    let distinct = (c.col_stride >= 1 && c.row_stride >= n * c.col_stride)
+        || (c.row_stride >= 1 && c.col_stride >= m * c.row_stride);
+    let kernel = Kernel::preferred();
+    if n < SPLIT_MIN_COLS || half >= n || m.saturating_mul(k).saturating_mul(n) < SPLIT_MIN_WORK || !distinct {
+        return gemm_with(kernel, alpha, a, b, beta, c);
+    }
+    let (b_left, b_right) = b.split_cols(half);
+    let (rs, cs) = (c.row_stride, c.col_stride);
+    let left = Raw(c.data.as_mut_ptr());
+    // SAFETY: column `half` of `C` is inside its slice (half < n), so the offset stays in it.
+    let right = Raw(unsafe { c.data.as_mut_ptr().add(half * cs) });
+    // SAFETY: the views' constructors checked that every element of `A`, `B` and `C` lies inside
+    // its slice; the two calls write the disjoint column ranges `..half` and `half..` of `C`
+    // (`distinct`), which `c`'s exclusive borrow keeps from everyone else until both return.
+    rayon::join(
+        || unsafe { raw_gemm(kernel, m, k, half, alpha, a, b_left, beta, { left }.0, rs, cs) },
+        || unsafe { raw_gemm(kernel, m, k, n - half, alpha, a, b_right, beta, { right }.0, rs, cs) },
+    );
+}
+
+/// A pointer into `C` handed to another thread; see [`gemm_split_columns`].
+struct Raw(*mut f32);
+// SAFETY: only used for the disjoint halves of one exclusively borrowed output.
+unsafe impl Send for Raw {}
 
 /// [`gemm`] with a chosen kernel, for benchmarks and for tests that compare the two.
 pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
@@ -232,10 +280,33 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c:
     if m == 0 || n == 0 {
         return;
     }
+    // SAFETY: the views' constructors checked that every element they address lies inside its
+    // slice, and `c` is borrowed mutably, so nothing aliases it.
+    unsafe { raw_gemm(kernel, m, k, n, alpha, a, b, beta, c.data.as_mut_ptr(), c.row_stride, c.col_stride) }
+}
+
+/// `C ← α·A·B + β·C` on an `m × n` output at `c` with strides `(rs, cs)`.
+///
+/// # Safety
+/// Every element `(i, j)`, `i < m`, `j < n`, of the output lies in one allocation that nothing
+/// else reads or writes during the call, and the views `a` and `b` cover `m × k` and `k × n`.
+#[allow(clippy::too_many_arguments)] // the BLAS argument list
+unsafe fn raw_gemm(
+    kernel: Kernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: *mut f32,
+    rs: usize,
+    cs: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && avx512::available() {
-        // SAFETY: AVX-512F is present, and the views' constructors checked that every element
-        // they address lies inside its slice; `c` is borrowed mutably, so nothing aliases it.
+        // SAFETY: AVX-512F is present; the rest is this function's contract.
         unsafe {
             avx512::gemm(
                 m,
@@ -245,7 +316,7 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c:
                 avx512::Operand { ptr: a.data.as_ptr(), row_stride: a.row_stride, col_stride: a.col_stride },
                 avx512::Operand { ptr: b.data.as_ptr(), row_stride: b.row_stride, col_stride: b.col_stride },
                 beta,
-                avx512::Output { ptr: c.data.as_mut_ptr(), row_stride: c.row_stride, col_stride: c.col_stride },
+                avx512::Output { ptr: c, row_stride: rs, col_stride: cs },
             );
         }
         return;
@@ -253,8 +324,8 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c:
     // A stride along a dimension of length 1 is never used to step, but matrixmultiply takes
     // isize; every stride that is used fits, because `(len − 1)·stride` lies inside a slice.
     let s = |len: usize, stride: usize| if len <= 1 { 0 } else { stride as isize };
-    // SAFETY: as above; matrixmultiply is built without its `threading` feature, so this runs on
-    // the calling thread only.
+    // SAFETY: this function's contract; matrixmultiply is built without its `threading`
+    // feature, so this runs on the calling thread only.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -268,9 +339,9 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c:
             s(k, b.row_stride),
             s(n, b.col_stride),
             beta,
-            c.data.as_mut_ptr(),
-            s(m, c.row_stride),
-            s(n, c.col_stride),
+            c,
+            s(m, rs),
+            s(n, cs),
         );
     }
 }
@@ -428,6 +499,26 @@ mod tests {
         }
         let interleaved = MatMut::new(&mut parallel, 2, 2, 1, 1);
         assert!(interleaved.split_rows(1).is_err(), "rows sharing elements must not be split");
+    }
+
+    /// A product of few rows is split by columns instead, and gives exactly the serial result,
+    /// with `β = 1` and `B` read as a transpose (the rollout's `dY·Wᵀ`).
+    #[test]
+    fn the_column_split_computes_the_same_product() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for (m, k, n, transposed) in [(16, 250, 512, false), (16, 512, 250, true), (5, 700, 301, false)] {
+            let (a, _, _) = matrix(m, k, Layout::RowMajor, &mut rng);
+            let (w, _, _) =
+                matrix(if transposed { n } else { k }, if transposed { k } else { n }, Layout::RowMajor, &mut rng);
+            let a = MatRef::row_major(&a, m, k);
+            let b = if transposed { MatRef::row_major(&w, n, k).t() } else { MatRef::row_major(&w, k, n) };
+            let (start, _, _) = matrix(m, n, Layout::RowMajor, &mut rng);
+            let mut serial = start.clone();
+            gemm(0.5, a, b, 1.0, MatMut::row_major(&mut serial, m, n));
+            let mut split = start.clone();
+            gemm_parallel(0.5, a, b, 1.0, MatMut::row_major(&mut split, m, n), 64);
+            assert_eq!(serial, split, "{m}x{k}x{n}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! gradient with [`clip_grad_norm`] (the HPO reference clips per parameter group at norm 5,
 //! `hpo-paper.md` §3.3). Both follow PyTorch's definitions, so hyper-parameters carry over.
 
+use rayon::prelude::*;
+
 /// Adam with bias correction (Kingma & Ba), as `torch.optim.Adam` and `optax.adam` define it:
 /// `p ← p − lr · m̂ / (√v̂ + eps)`.
 #[derive(Clone, Debug)]
@@ -48,11 +50,19 @@ impl Adam {
         let step_size = (self.lr as f64 / correction1) as f32;
         let inv_sqrt_correction2 = (1.0 / correction2.sqrt()) as f32;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p -= step_size * *m / (v.sqrt() * inv_sqrt_correction2 + eps);
-        }
+        // Element by element, so the result does not depend on how the chunks are shared out.
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(self.m.par_chunks_mut(CHUNK))
+            .zip(self.v.par_chunks_mut(CHUNK))
+            .for_each(|(((params, grad), m), v)| {
+                for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p -= step_size * *m / (v.sqrt() * inv_sqrt_correction2 + eps);
+                }
+            });
     }
 }
 
@@ -62,15 +72,33 @@ impl Adam {
 /// A non-finite norm is returned as it is and the gradient is left alone, so the caller can
 /// tell a diverged step from a large one.
 pub fn clip_grad_norm(grad: &mut [f32], max_norm: f32) -> f32 {
-    let norm = grad.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt() as f32;
+    // Partial sums per chunk, added in chunk order: the same norm on any number of threads.
+    let partial: Vec<f64> = grad.par_chunks(CHUNK).map(sum_of_squares).collect();
+    let norm = partial.iter().sum::<f64>().sqrt() as f32;
     // PyTorch's 1e-6 keeps the clipped norm just under max_norm.
     let coef = max_norm / (norm + 1e-6);
     if norm.is_finite() && coef < 1.0 {
-        for g in grad.iter_mut() {
-            *g *= coef;
-        }
+        grad.par_chunks_mut(CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|g| *g *= coef));
     }
     norm
+}
+
+/// Elements per parallel task: large enough that the task costs more than handing it out.
+const CHUNK: usize = 1 << 14;
+
+/// `Σ g²` in f64, over 8 interleaved accumulators so the adds do not wait on each other.
+fn sum_of_squares(chunk: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (eights, rest) = chunk.as_chunks::<8>();
+    for eight in eights {
+        for (a, &g) in acc.iter_mut().zip(eight) {
+            *a += g as f64 * g as f64;
+        }
+    }
+    for (a, &g) in acc.iter_mut().zip(rest) {
+        *a += g as f64 * g as f64;
+    }
+    acc.iter().sum()
 }
 
 #[cfg(test)]

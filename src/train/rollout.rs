@@ -155,12 +155,18 @@ pub fn rollout(
         backend::run(ctx.backend, Kernel::Bounds, &mut batch).map_err(TrainError::Run)?;
         let x = features(ctx, &batch, &center, &scale, None);
 
+        // Both networks read only the features, so they run side by side; the continuous
+        // outputs wait until the labels and regimes are known.
+        let mut tape = Tape::default();
+        let (logits, z) = rayon::join(
+            || (spec.logits > 0).then(|| nets.discrete.forward(&x, rows, &mut Tape::default()).to_vec()),
+            || (spec.outputs > 0).then(|| nets.continuous.forward(&x, rows, &mut tape).to_vec()),
+        );
+
         // Discrete phase.
         let mut chosen = vec![0u32; rows * discrete_len];
         let mut log_prob = vec![0.0f64; rows];
-        if spec.logits > 0 {
-            let mut tape = Tape::default();
-            let logits = nets.discrete.forward(&x, rows, &mut tape).to_vec();
+        if let Some(logits) = logits {
             let mut lp = Vec::new();
             for b in 0..rows {
                 let mut e = 0;
@@ -200,9 +206,7 @@ pub fn rollout(
 
         // Continuous phase.
         let mut used = vec![Used::default(); rows * continuous_len];
-        let mut tape = Tape::default();
-        if spec.outputs > 0 {
-            let z = nets.continuous.forward(&x, rows, &mut tape).to_vec();
+        if let Some(z) = z {
             for b in 0..rows {
                 let mut e = 0;
                 for head in &spec.continuous {

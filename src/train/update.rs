@@ -173,116 +173,127 @@ fn ppo_losses(
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     let x: Vec<f32> = which.iter().flat_map(|&i| s.features[i * f..(i + 1) * f].iter().copied()).collect();
 
-    let (logits, mut dtape) = forward_all(&nets.discrete, &x, n);
-    let (means, mut ctape) =
-        if gaussian && spec.outputs > 0 { forward_all(&nets.continuous, &x, n) } else { (Vec::new(), Tape::default()) };
+    // The value network's loss shares only the inputs with the policy's: the two run side by side.
+    let policy = || {
+        let (logits, mut dtape) = forward_all(&nets.discrete, &x, n);
+        let (means, mut ctape) = if gaussian && spec.outputs > 0 {
+            forward_all(&nets.continuous, &x, n)
+        } else {
+            (Vec::new(), Tape::default())
+        };
 
-    // New log-probabilities and entropies.
-    let mut log_prob = vec![0.0f64; n];
-    let mut entropy = vec![0.0f64; n];
-    let mut lp = Vec::new();
-    let mut probs_of = vec![0.0f64; n * spec.logits];
-    for (r, &i) in which.iter().enumerate() {
-        let mut e = 0;
-        for head in &spec.discrete {
-            lp.resize(head.labels, 0.0);
-            for k in 0..head.len {
-                let start = r * spec.logits + head.offset + k * head.labels;
-                log_softmax(&logits[start..start + head.labels], &mut lp);
-                let label = s.chosen[i * discrete_len + e] as usize;
-                log_prob[r] += lp[label];
-                for (l, &v) in lp.iter().enumerate() {
-                    let p = v.exp();
-                    probs_of[start + l] = p;
-                    if p > 0.0 {
-                        entropy[r] -= p * v;
+        // New log-probabilities and entropies.
+        let mut log_prob = vec![0.0f64; n];
+        let mut entropy = vec![0.0f64; n];
+        let mut lp = Vec::new();
+        let mut probs_of = vec![0.0f64; n * spec.logits];
+        for (r, &i) in which.iter().enumerate() {
+            let mut e = 0;
+            for head in &spec.discrete {
+                lp.resize(head.labels, 0.0);
+                for k in 0..head.len {
+                    let start = r * spec.logits + head.offset + k * head.labels;
+                    log_softmax(&logits[start..start + head.labels], &mut lp);
+                    let label = s.chosen[i * discrete_len + e] as usize;
+                    log_prob[r] += lp[label];
+                    for (l, &v) in lp.iter().enumerate() {
+                        let p = v.exp();
+                        probs_of[start + l] = p;
+                        if p > 0.0 {
+                            entropy[r] -= p * v;
+                        }
                     }
-                }
-                e += 1;
-            }
-        }
-        if gaussian {
-            for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
-                if let Some(o) = output {
-                    let o = o as usize;
-                    let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
-                    let z = (raw as f64 - means[r * spec.outputs + o] as f64) / log_std.exp();
-                    log_prob[r] += -0.5 * z * z - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
+                    e += 1;
                 }
             }
-        }
-    }
-
-    // Advantages normalised over these samples.
-    let adv: Vec<f64> = which.iter().map(|&i| s.advantages[i]).collect();
-    let mean = adv.iter().sum::<f64>() / n as f64;
-    let sd = (adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
-    let adv: Vec<f64> = adv.iter().map(|a| (a - mean) / (sd + 1e-8)).collect();
-
-    let mut dlogits = vec![0.0f32; n * spec.logits];
-    let mut dmeans = vec![0.0f32; n * spec.outputs];
-    let mut dlog_std = vec![0.0f32; spec.outputs];
-    let (mut approx_kl, mut clipped) = (0.0, 0usize);
-    for (r, &i) in which.iter().enumerate() {
-        let diff = (log_prob[r] - s.log_prob_old[i]).clamp(-20.0, 20.0);
-        approx_kl += s.log_prob_old[i] - log_prob[r];
-        let ratio = diff.exp();
-        let outside = (adv[r] > 0.0 && ratio > 1.0 + cfg.clip) || (adv[r] < 0.0 && ratio < 1.0 - cfg.clip);
-        if outside {
-            clipped += 1;
-        }
-        // d(−min(ρA, clip(ρ)A))/d log π.
-        let dlp = if outside { 0.0 } else { -adv[r] * ratio / n as f64 };
-        let mut e = 0;
-        for head in &spec.discrete {
-            for k in 0..head.len {
-                let start = r * spec.logits + head.offset + k * head.labels;
-                let label = s.chosen[i * discrete_len + e] as usize;
-                let h: f64 =
-                    (0..head.labels).map(|l| probs_of[start + l]).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
-                for l in 0..head.labels {
-                    let p = probs_of[start + l];
-                    let onehot = if l == label { 1.0 } else { 0.0 };
-                    // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
-                    let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
-                    dlogits[start + l] = (dlp * (onehot - p) - entropy_coef * dh / n as f64) as f32;
-                }
-                e += 1;
-            }
-        }
-        if gaussian {
-            for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
-                if let Some(o) = output {
-                    let o = o as usize;
-                    let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
-                    let sigma = log_std.exp();
-                    let z = (raw as f64 - means[r * spec.outputs + o] as f64) / sigma;
-                    dmeans[r * spec.outputs + o] += (dlp * z / sigma) as f32;
-                    if (-20.0..=2.0).contains(&(nets.log_std[o] as f64)) {
-                        dlog_std[o] += (dlp * (z * z - 1.0)) as f32;
+            if gaussian {
+                for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
+                    if let Some(o) = output {
+                        let o = o as usize;
+                        let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
+                        let z = (raw as f64 - means[r * spec.outputs + o] as f64) / log_std.exp();
+                        log_prob[r] += -0.5 * z * z - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
                     }
                 }
             }
         }
-    }
 
-    let mut discrete = vec![0.0f32; nets.discrete.params().len()];
-    let mut dx = want_features.then(|| vec![0.0f32; n * f]);
-    if spec.logits > 0 {
-        nets.discrete.backward(&mut dtape, &dlogits, &mut discrete, dx.as_deref_mut());
-    }
-    let mut continuous = vec![0.0f32; nets.continuous.params().len()];
-    if gaussian && spec.outputs > 0 {
-        nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
-    }
-    let (values, mut vtape) = forward_all(&nets.value, &x, n);
-    let dv: Vec<f32> = which
-        .iter()
-        .enumerate()
-        .map(|(r, &i)| (cfg.value_coef * (values[r] as f64 - s.returns[i]) / n as f64) as f32)
-        .collect();
-    let mut value = vec![0.0f32; nets.value.params().len()];
-    nets.value.backward(&mut vtape, &dv, &mut value, None);
+        // Advantages normalised over these samples.
+        let adv: Vec<f64> = which.iter().map(|&i| s.advantages[i]).collect();
+        let mean = adv.iter().sum::<f64>() / n as f64;
+        let sd = (adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        let adv: Vec<f64> = adv.iter().map(|a| (a - mean) / (sd + 1e-8)).collect();
+
+        let mut dlogits = vec![0.0f32; n * spec.logits];
+        let mut dmeans = vec![0.0f32; n * spec.outputs];
+        let mut dlog_std = vec![0.0f32; spec.outputs];
+        let (mut approx_kl, mut clipped) = (0.0, 0usize);
+        for (r, &i) in which.iter().enumerate() {
+            let diff = (log_prob[r] - s.log_prob_old[i]).clamp(-20.0, 20.0);
+            approx_kl += s.log_prob_old[i] - log_prob[r];
+            let ratio = diff.exp();
+            let outside = (adv[r] > 0.0 && ratio > 1.0 + cfg.clip) || (adv[r] < 0.0 && ratio < 1.0 - cfg.clip);
+            if outside {
+                clipped += 1;
+            }
+            // d(−min(ρA, clip(ρ)A))/d log π.
+            let dlp = if outside { 0.0 } else { -adv[r] * ratio / n as f64 };
+            let mut e = 0;
+            for head in &spec.discrete {
+                for k in 0..head.len {
+                    let start = r * spec.logits + head.offset + k * head.labels;
+                    let label = s.chosen[i * discrete_len + e] as usize;
+                    let h: f64 =
+                        (0..head.labels).map(|l| probs_of[start + l]).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
+                    for l in 0..head.labels {
+                        let p = probs_of[start + l];
+                        let onehot = if l == label { 1.0 } else { 0.0 };
+                        // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
+                        let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
+                        dlogits[start + l] = (dlp * (onehot - p) - entropy_coef * dh / n as f64) as f32;
+                    }
+                    e += 1;
+                }
+            }
+            if gaussian {
+                for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
+                    if let Some(o) = output {
+                        let o = o as usize;
+                        let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
+                        let sigma = log_std.exp();
+                        let z = (raw as f64 - means[r * spec.outputs + o] as f64) / sigma;
+                        dmeans[r * spec.outputs + o] += (dlp * z / sigma) as f32;
+                        if (-20.0..=2.0).contains(&(nets.log_std[o] as f64)) {
+                            dlog_std[o] += (dlp * (z * z - 1.0)) as f32;
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut discrete = vec![0.0f32; nets.discrete.params().len()];
+        let mut dx = want_features.then(|| vec![0.0f32; n * f]);
+        if spec.logits > 0 {
+            nets.discrete.backward(&mut dtape, &dlogits, &mut discrete, dx.as_deref_mut());
+        }
+        let mut continuous = vec![0.0f32; nets.continuous.params().len()];
+        if gaussian && spec.outputs > 0 {
+            nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
+        }
+        (discrete, continuous, dlog_std, dx, approx_kl, clipped, entropy)
+    };
+    let value = || {
+        let (values, mut vtape) = forward_all(&nets.value, &x, n);
+        let dv: Vec<f32> = which
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| (cfg.value_coef * (values[r] as f64 - s.returns[i]) / n as f64) as f32)
+            .collect();
+        let mut value = vec![0.0f32; nets.value.params().len()];
+        nets.value.backward(&mut vtape, &dv, &mut value, None);
+        value
+    };
+    let ((discrete, continuous, dlog_std, dx, approx_kl, clipped, entropy), value) = rayon::join(policy, value);
     Losses {
         discrete,
         continuous,
