@@ -85,7 +85,7 @@ enum Command {
         /// Scenarios per batch.
         #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         batch: u64,
-        /// Seconds spent on each measurement (the median repetition is reported).
+        /// Seconds spent on each row, over its rounds (the median is reported).
         #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
         seconds: f64,
         /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
@@ -766,6 +766,9 @@ fn gradcheck(
     0
 }
 
+/// Rounds of `hmdpc bench`: each row is measured once per round.
+const BENCH_ROUNDS: usize = 3;
+
 fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>) -> u8 {
     use hmdp::bench::{Row, measure, measure_interpreter, random_batch};
     let (module, source) = match compile_module(path, &Options { overrides: overrides.clone() }) {
@@ -800,27 +803,41 @@ fn bench(path: &Path, batch: usize, seconds: f64, overrides: Vec<(String, f64)>)
         if sizes.is_empty() { String::new() } else { format!(" ({})", sizes.join(", ")) },
         compile_time.as_secs_f64() * 1e3
     );
-    let mut rows: Vec<Row> = Vec::new();
-    let mut measured = vec![measure_interpreter(&module, &work, threads, budget)];
-    measured.push(measure(&jit, &work, threads, budget));
-    if threads > 1 {
-        measured.push(measure(&jit, &work, 1, budget));
-    }
     // The Enzyme kernels, when the toolchain can build them (it says why not otherwise).
     let enzyme = load_enzyme(&module, path, &source).ok();
-    if let Some(enzyme) = &enzyme {
-        measured.push(measure(enzyme, &work, threads, budget));
-    }
     let reference = hmdp::backend::reference::for_module(&module);
-    if let Some(reference) = &reference {
-        measured.push(measure(reference.as_ref(), &work, threads, budget));
-    }
-    for row in measured {
-        match row {
-            Ok(row) => rows.push(row),
+    // Every row is measured in each of a few rounds, one after another, and keeps its median
+    // over the rounds: a machine that slows down for a while slows every row, not just one.
+    let per_round = budget / BENCH_ROUNDS as u32;
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..BENCH_ROUNDS {
+        let mut measured = vec![measure_interpreter(&module, &work, threads, per_round)];
+        measured.push(measure(&jit, &work, threads, per_round));
+        if threads > 1 {
+            measured.push(measure(&jit, &work, 1, per_round));
+        }
+        if let Some(enzyme) = &enzyme {
+            measured.push(measure(enzyme, &work, threads, per_round));
+        }
+        if let Some(reference) = &reference {
+            measured.push(measure(reference.as_ref(), &work, threads, per_round));
+        }
+        match measured.into_iter().collect::<Result<Vec<Row>, _>>() {
+            Ok(round) => rounds.push(round),
             Err(e) => return fail(e),
         }
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<Row> = (0..rounds[0].len())
+        .map(|k| Row {
+            forward: median(rounds.iter().map(|r| r[k].forward).collect()),
+            forward_vjp: median(rounds.iter().map(|r| r[k].forward_vjp).collect()),
+            ..rounds[0][k].clone()
+        })
+        .collect();
     println!("  {:<10} {:>7}  {:>18}  {:>18}", "backend", "threads", "step (steps/s)", "step+vjp (steps/s)");
     for r in &rows {
         println!("  {:<10} {:>7}  {:>18.4e}  {:>18.4e}", r.backend, r.threads, r.forward, r.forward_vjp);
