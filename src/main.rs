@@ -386,6 +386,38 @@ impl DataFiles for Folder {
     }
 }
 
+/// Data files read through another reader, remembered with their text (what `train` keeps in
+/// the run folder's `data.json`).
+struct Recording<'a> {
+    inner: &'a dyn DataFiles,
+    seen: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl DataFiles for Recording<'_> {
+    fn read(&self, path: &str) -> Result<String, String> {
+        let text = self.inner.read(path)?;
+        let mut seen = self.seen.borrow_mut();
+        if !seen.iter().any(|(p, _)| p == path) {
+            seen.push((path.to_string(), text.clone()));
+        }
+        Ok(text)
+    }
+}
+
+/// The data files a run folder's `data.json` recorded: the model is compiled with exactly the
+/// values it was trained on, wherever the files are now.
+struct Snapshot(Vec<(String, String)>);
+
+impl DataFiles for Snapshot {
+    fn read(&self, path: &str) -> Result<String, String> {
+        self.0
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, text)| text.clone())
+            .ok_or_else(|| format!("the run folder's data.json holds no file `{path}`"))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -505,7 +537,7 @@ fn check_files(files: &[PathBuf], overrides: Vec<(String, f64)>, format: Message
 
 /// Reads and checks one model for the commands that go on to use it; diagnostics are rendered
 /// on stderr. `Err` holds the exit code.
-fn load(path: &Path, options: &Options) -> Result<check::CheckedModel, u8> {
+fn load(path: &Path, options: &Options, files: Option<&dyn DataFiles>) -> Result<check::CheckedModel, u8> {
     let bytes = std::fs::read(path).map_err(|e| {
         eprintln!("error: cannot read {}: {}", path.display(), describe_io(&e));
         2u8
@@ -525,7 +557,7 @@ fn load(path: &Path, options: &Options) -> Result<check::CheckedModel, u8> {
         return Err(code);
     }
     let folder = Folder(path.parent().map(Path::to_path_buf).unwrap_or_default());
-    let outcome = check::check(&ast, &folder, options);
+    let outcome = check::check(&ast, files.unwrap_or(&folder), options);
     match outcome.model {
         Some(model) => {
             if !outcome.diagnostics.is_empty() {
@@ -539,15 +571,25 @@ fn load(path: &Path, options: &Options) -> Result<check::CheckedModel, u8> {
 
 /// Checks, lowers, validates and differentiates a model: the compiler's whole pipeline.
 fn compile_module(path: &Path, options: &Options) -> Result<(hmdp::ir::Module, String), u8> {
-    compile_with_rewrites(path, options).map(|(module, source, _)| (module, source))
+    compile_with_rewrites(path, options, None).map(|(module, source, _)| (module, source))
+}
+
+/// [`compile_module`] reading data files through `files` instead of from the model's folder.
+fn compile_module_with(
+    path: &Path,
+    options: &Options,
+    files: &dyn DataFiles,
+) -> Result<(hmdp::ir::Module, String), u8> {
+    compile_with_rewrites(path, options, Some(files)).map(|(module, source, _)| (module, source))
 }
 
 /// The pipeline, also returning what the reformulation rewrote.
 fn compile_with_rewrites(
     path: &Path,
     options: &Options,
+    files: Option<&dyn DataFiles>,
 ) -> Result<(hmdp::ir::Module, String, Vec<hmdp::passes::reformulate::Rewrite>), u8> {
-    let model = load(path, options)?;
+    let model = load(path, options, files)?;
     let mut module = hmdp::ir::lower::lower(&model);
     let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
     hmdp::passes::ad::differentiate(&mut module);
@@ -573,7 +615,7 @@ fn compile(path: &Path, emit: Emit, output: Option<&Path>, overrides: Vec<(Strin
         }
         _ => {}
     }
-    let (module, source, rewrites) = match compile_with_rewrites(path, &Options { overrides }) {
+    let (module, source, rewrites) = match compile_with_rewrites(path, &Options { overrides }, None) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
@@ -878,10 +920,14 @@ fn run_error(name: &str, source: &str, e: hmdp::sim::RunError) -> u8 {
 
 fn train(args: TrainArgs) -> u8 {
     use hmdp::train::{Algo, Config, TrainError, run};
-    let (module, source) = match compile_module(&args.file, &Options { overrides: args.overrides.clone() }) {
+    let folder_of_model = Folder(args.file.parent().map(Path::to_path_buf).unwrap_or_default());
+    let recording = Recording { inner: &folder_of_model, seen: Default::default() };
+    let options = Options { overrides: args.overrides.clone() };
+    let (module, source) = match compile_module_with(&args.file, &options, &recording) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
+    let data_files = recording.seen.into_inner();
     let name = args.file.display().to_string();
     let algo = match args.algo {
         AlgoChoice::Hpo => Algo::Hpo,
@@ -972,6 +1018,7 @@ fn train(args: TrainArgs) -> u8 {
         overrides: &args.overrides,
         command: std::env::args().collect(),
         folder: folder.clone(),
+        data_files: &data_files,
         stop,
         progress: !args.quiet,
         resume: args.resume,
@@ -1042,16 +1089,33 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_f64()?))).collect())
         .unwrap_or_default();
+    // The data files the model read in training, if it read any.
+    let data_files = match std::fs::read_to_string(folder.join("data.json")) {
+        Ok(text) => match run::read_data_json(&text) {
+            Ok(files) => files,
+            Err(e) => {
+                eprintln!("error: {}/data.json: {e}", folder.display());
+                return 1;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            eprintln!("error: cannot read {}/data.json: {}", folder.display(), describe_io(&e));
+            return 2;
+        }
+    };
     let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
-    if recorded.trim() != hmdp::train::run::hash(&source) {
+    let source = String::from_utf8_lossy(&source);
+    if recorded.trim() != run::fingerprint(&source, &data_files) {
         eprintln!(
-            "error: {}/model.hmdp does not match its model.hash: the model was changed after training, so its checkpoints may not fit it",
+            "error: {}/model.hmdp or its data.json does not match model.hash: the model was changed after training, so its checkpoints may not fit it",
             folder.display()
         );
         return 1;
     }
     let model_path = folder.join("model.hmdp");
-    let (module, source_text) = match compile_module(&model_path, &Options { overrides }) {
+    let snapshot = Snapshot(data_files);
+    let (module, source_text) = match compile_module_with(&model_path, &Options { overrides }, &snapshot) {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };

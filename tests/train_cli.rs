@@ -221,3 +221,62 @@ fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
         .unwrap_or_else(|| panic!("no optimality gap printed: {stdout}"));
     assert!(gap < 3.0, "gap {gap}% above 3%: {stdout}");
 }
+
+/// A model that reads data files keeps their text in the run folder (`data.json`): `eval` works
+/// after the files move, and refuses a `data.json` edited after training, as `--resume` refuses
+/// changed files.
+#[test]
+fn a_run_keeps_the_data_files_it_was_trained_on() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train-data-model");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).expect("folder");
+    std::fs::write(dir.join("data/mu.csv"), "5\n9\n").expect("data file");
+    let model = dir.join("stock.hmdp");
+    std::fs::write(
+        &model,
+        "model stock
+set I = 0..2
+param mu[I] from \"data/mu.csv\"
+state s[I] = 0
+noise d[i in I] ~ poisson(mu[i])
+action q[I]: real >= 0
+step {
+  let post[i] = s[i] + q[i] - d[i]
+  s'[i] = post[i]
+  cost c = sum(i in I) (max(post[i], 0) + 4 * max(-post[i], 0))
+}
+horizon 5
+",
+    )
+    .expect("model");
+    let out = scratch("data-files");
+    let mut args = vec!["train", s(&model), "--out", s(&out)];
+    args.extend(SMALL);
+    args.push("4");
+    let run = hmdpc(&args);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    let snapshot = std::fs::read_to_string(out.join("data.json")).expect("data.json");
+    assert!(snapshot.contains("data/mu.csv") && snapshot.contains("5\\n9\\n"), "{snapshot}");
+    let before = hmdpc(&["eval", s(&out)]);
+    assert_eq!(before.status.code(), Some(0), "{}", text(&before.stderr));
+
+    // The data files move away: eval reads the snapshot and prints the same figures.
+    std::fs::rename(dir.join("data"), dir.join("moved")).expect("move");
+    let after = hmdpc(&["eval", s(&out)]);
+    assert_eq!(after.status.code(), Some(0), "{}", text(&after.stderr));
+    assert_eq!(text(&after.stdout), text(&before.stdout));
+
+    // Resuming against changed data is refused, and so is an edited snapshot.
+    std::fs::create_dir_all(dir.join("data")).expect("folder");
+    std::fs::write(dir.join("data/mu.csv"), "5\n10\n").expect("data file");
+    let mut resume = vec!["train", s(&model), "--out", s(&out), "--resume"];
+    resume.extend(SMALL);
+    resume.push("2");
+    let refused = hmdpc(&resume);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("data files differ"), "{}", text(&refused.stderr));
+    std::fs::write(out.join("data.json"), snapshot.replace("5\\n9\\n", "5\\n10\\n")).expect("edit");
+    let edited = hmdpc(&["eval", s(&out)]);
+    assert_eq!(edited.status.code(), Some(1), "{}", text(&edited.stderr));
+    assert!(text(&edited.stderr).contains("does not match model.hash"), "{}", text(&edited.stderr));
+}

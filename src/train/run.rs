@@ -1,7 +1,8 @@
 //! A training run on disk: the loop that trains, evaluates on the dev set and keeps the best
 //! parameters, and the run folder it writes.
 //!
-//! A run folder holds `model.hmdp` (the source trained on) with `model.hash`, `run.json` (the
+//! A run folder holds `model.hmdp` (the source trained on) with `model.hash`, `data.json` (the
+//! text of every data file the model read, when it read any), `run.json` (the
 //! exact command, the settings and seeds, crate versions), `best.ckpt` and `final.ckpt`,
 //! `curve.csv` (update, wall time, train cost, dev cost per term) and `curve.svg`. Every file is
 //! written to a temporary name and renamed into place, so a crash or a kill leaves each file
@@ -40,6 +41,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A 64-bit FNV-1a hash, printed in hex: identifies a model's source in a run folder.
+/// What `model.hash` holds: the hash of the model's source, and of the text of every data file
+/// it read when there are any.
+pub fn fingerprint(source: &str, data_files: &[(String, String)]) -> String {
+    if data_files.is_empty() {
+        return hash(source.as_bytes());
+    }
+    let mut bytes = source.as_bytes().to_vec();
+    for (path, text) in data_files {
+        for part in [path.as_bytes(), text.as_bytes()] {
+            bytes.push(0);
+            bytes.extend_from_slice(part);
+        }
+    }
+    hash(&bytes)
+}
+
+/// The `data.json` of a run folder: every data file the model read, by the path it names.
+pub fn data_json(data_files: &[(String, String)]) -> String {
+    let files: Vec<serde_json::Value> =
+        data_files.iter().map(|(path, text)| serde_json::json!({ "path": path, "text": text })).collect();
+    format!("{:#}\n", serde_json::json!({ "files": files }))
+}
+
+/// The data files recorded in a `data.json`, or why it cannot be read.
+pub fn read_data_json(text: &str) -> Result<Vec<(String, String)>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let files = value.get("files").and_then(|f| f.as_array()).ok_or("no `files` list")?;
+    files
+        .iter()
+        .map(|f| match (f.get("path").and_then(|p| p.as_str()), f.get("text").and_then(|t| t.as_str())) {
+            (Some(path), Some(text)) => Ok((path.to_string(), text.to_string())),
+            _ => Err("a file without its `path` or `text`".to_string()),
+        })
+        .collect()
+}
+
 pub fn hash(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -284,6 +321,9 @@ pub struct RunInputs<'a> {
     pub overrides: &'a [(String, f64)],
     pub command: Vec<String>,
     pub folder: PathBuf,
+    /// The data files the model read (`from "file"`), as (path as written, text), kept in the
+    /// run folder's `data.json` so that `eval` compiles the model with exactly these values.
+    pub data_files: &'a [(String, String)],
     pub stop: Arc<AtomicBool>,
     pub progress: bool,
     /// Continue the run in `folder` from its final (else best) checkpoint: the networks and
@@ -330,9 +370,9 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut resumed: Option<(Vec<u8>, Vec<CurveRow>)> = None;
     if inputs.resume {
         let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
-        if recorded.trim() != hash(inputs.source.as_bytes()) {
+        if recorded.trim() != fingerprint(inputs.source, inputs.data_files) {
             return Err(TrainError::Internal(format!(
-                "--resume: the model differs from the one {} was trained on (model.hash)",
+                "--resume: the model or its data files differ from those {} was trained on (model.hash)",
                 folder.display()
             )));
         }
@@ -344,11 +384,20 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     }
     std::fs::create_dir_all(folder).map_err(io)?;
     write_atomic(&folder.join("model.hmdp"), inputs.source.as_bytes()).map_err(io)?;
-    write_atomic(&folder.join("model.hash"), format!("{}\n", hash(inputs.source.as_bytes())).as_bytes()).map_err(io)?;
+    let model_hash = fingerprint(inputs.source, inputs.data_files);
+    if !inputs.data_files.is_empty() {
+        write_atomic(&folder.join("data.json"), data_json(inputs.data_files).as_bytes()).map_err(io)?;
+    } else if let Err(e) = std::fs::remove_file(folder.join("data.json")) {
+        // A `--force` over a run of a model that read data files.
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(io(e));
+        }
+    }
+    write_atomic(&folder.join("model.hash"), format!("{model_hash}\n").as_bytes()).map_err(io)?;
     let run_json = serde_json::json!({
         "command": inputs.command,
         "model": module.name,
-        "model_hash": hash(inputs.source.as_bytes()),
+        "model_hash": model_hash,
         "backend": inputs.backend.name(),
         "config": config_json(&cfg, inputs.overrides),
         "versions": crate_versions(),
