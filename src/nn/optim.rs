@@ -35,6 +35,20 @@ impl Adam {
     ///
     /// Panics if the slices are not as long as the optimiser's state.
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+        self.step_scaled(params, grad, None);
+    }
+
+    /// [`clip_grad_norm`] followed by [`Adam::step`], in one pass over the gradient instead of
+    /// two, with the same result; `grad` is left unscaled. Returns the norm before clipping.
+    pub fn step_clipped(&mut self, params: &mut [f32], grad: &[f32], max_norm: f32) -> f32 {
+        let norm = norm(grad);
+        let coef = max_norm / (norm + 1e-6);
+        self.step_scaled(params, grad, (norm.is_finite() && coef < 1.0).then_some(coef));
+        norm
+    }
+
+    /// One step against `grad`, each element multiplied by `scale` first when there is one.
+    fn step_scaled(&mut self, params: &mut [f32], grad: &[f32], scale: Option<f32>) {
         assert!(
             params.len() == self.m.len() && grad.len() == self.m.len(),
             "Adam over {} parameters was given {} parameters and {} gradients",
@@ -58,6 +72,10 @@ impl Adam {
             .zip(self.v.par_chunks_mut(CHUNK))
             .for_each(|(((params, grad), m), v)| {
                 for (((p, &g), m), v) in params.iter_mut().zip(grad).zip(m).zip(v) {
+                    let g = match scale {
+                        Some(s) => g * s,
+                        None => g,
+                    };
                     *m = b1 * *m + (1.0 - b1) * g;
                     *v = b2 * *v + (1.0 - b2) * g * g;
                     *p -= step_size * *m / (v.sqrt() * inv_sqrt_correction2 + eps);
@@ -72,15 +90,20 @@ impl Adam {
 /// A non-finite norm is returned as it is and the gradient is left alone, so the caller can
 /// tell a diverged step from a large one.
 pub fn clip_grad_norm(grad: &mut [f32], max_norm: f32) -> f32 {
-    // Partial sums per chunk, added in chunk order: the same norm on any number of threads.
-    let partial: Vec<f64> = grad.par_chunks(CHUNK).map(sum_of_squares).collect();
-    let norm = partial.iter().sum::<f64>().sqrt() as f32;
+    let norm = norm(grad);
     // PyTorch's 1e-6 keeps the clipped norm just under max_norm.
     let coef = max_norm / (norm + 1e-6);
     if norm.is_finite() && coef < 1.0 {
         grad.par_chunks_mut(CHUNK).for_each(|chunk| chunk.iter_mut().for_each(|g| *g *= coef));
     }
     norm
+}
+
+/// The Euclidean norm, from partial sums per chunk added in chunk order: the same on any number
+/// of threads.
+fn norm(grad: &[f32]) -> f32 {
+    let partial: Vec<f64> = grad.par_chunks(CHUNK).map(sum_of_squares).collect();
+    partial.iter().sum::<f64>().sqrt() as f32
 }
 
 /// Elements per parallel task: large enough that the task costs more than handing it out.
@@ -119,6 +142,23 @@ mod tests {
         adam.step(&mut p, &[0.1, 0.2]);
         assert!((p[0] - 0.819_700_1).abs() < 1e-6 && (p[1] + 1.848_899_1).abs() < 1e-6, "after step 2: {p:?}");
         assert_eq!(adam.steps(), 2);
+    }
+
+    #[test]
+    fn a_clipped_step_is_clipping_then_a_step() {
+        let grad: Vec<f32> = (0..40_000).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4).collect();
+        for max_norm in [1.0, 1e6] {
+            let (mut a, mut b) = (Adam::new(grad.len(), 1e-3), Adam::new(grad.len(), 1e-3));
+            let (mut p, mut q) = (vec![0.5f32; grad.len()], vec![0.5f32; grad.len()]);
+            for _ in 0..3 {
+                let mut clipped = grad.clone();
+                let n1 = clip_grad_norm(&mut clipped, max_norm);
+                a.step(&mut p, &clipped);
+                let n2 = b.step_clipped(&mut q, &grad, max_norm);
+                assert_eq!(n1, n2);
+            }
+            assert_eq!(p, q, "max norm {max_norm}");
+        }
     }
 
     #[test]

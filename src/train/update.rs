@@ -23,7 +23,7 @@ use super::{Config, TrainError};
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
 use crate::nn::mlp::{Mlp, Tape};
-use crate::nn::optim::{Adam, clip_grad_norm};
+use crate::nn::optim::Adam;
 use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
@@ -411,8 +411,7 @@ pub fn pathwise(
 }
 
 fn apply(adam: &mut Adam, params: &mut [f32], grad: &mut [f32], cfg: &Config) {
-    clip_grad_norm(grad, cfg.max_grad_norm as f32);
-    adam.step(params, grad);
+    adam.step_clipped(params, grad, cfg.max_grad_norm as f32);
 }
 
 /// One update from one rollout. `pathwise_on` selects HPO (with `cross`) over PPO.
