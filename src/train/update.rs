@@ -230,8 +230,11 @@ fn ppo_losses(
         let (mut approx_kl, mut clipped) = (0.0, 0usize);
         for (r, &i) in which.iter().enumerate() {
             let diff = (log_prob[r] - s.log_prob_old[i]).clamp(-20.0, 20.0);
-            approx_kl += s.log_prob_old[i] - log_prob[r];
             let ratio = diff.exp();
+            // KL(old ‖ new) estimated as (ρ − 1) − log ρ: never negative, so a policy that moved
+            // does not look unmoved because the changes of different samples cancel (the
+            // estimator of the anchors and of common PPO implementations).
+            approx_kl += (ratio - 1.0) - diff;
             let outside = (adv[r] > 0.0 && ratio > 1.0 + cfg.clip) || (adv[r] < 0.0 && ratio < 1.0 - cfg.clip);
             if outside {
                 clipped += 1;
