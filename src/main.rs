@@ -1089,16 +1089,17 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_f64()?))).collect())
         .unwrap_or_default();
-    // The data files the model read in training, if it read any.
+    // The data files the model read in training, if it read any. A run folder written before
+    // `data.json` existed has none: its model reads them from the folder, as it did then.
     let data_files = match std::fs::read_to_string(folder.join("data.json")) {
         Ok(text) => match run::read_data_json(&text) {
-            Ok(files) => files,
+            Ok(files) => Some(files),
             Err(e) => {
                 eprintln!("error: {}/data.json: {e}", folder.display());
                 return 1;
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             eprintln!("error: cannot read {}/data.json: {}", folder.display(), describe_io(&e));
             return 2;
@@ -1106,7 +1107,7 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
     };
     let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
     let source = String::from_utf8_lossy(&source);
-    if recorded.trim() != run::fingerprint(&source, &data_files) {
+    if recorded.trim() != run::fingerprint(&source, data_files.as_deref().unwrap_or_default()) {
         eprintln!(
             "error: {}/model.hmdp or its data.json does not match model.hash: the model was changed after training, so its checkpoints may not fit it",
             folder.display()
@@ -1114,8 +1115,11 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
         return 1;
     }
     let model_path = folder.join("model.hmdp");
-    let snapshot = Snapshot(data_files);
-    let (module, source_text) = match compile_module_with(&model_path, &Options { overrides }, &snapshot) {
+    let compiled = match data_files {
+        Some(files) => compile_module_with(&model_path, &Options { overrides }, &Snapshot(files)),
+        None => compile_module(&model_path, &Options { overrides }),
+    };
+    let (module, source_text) = match compiled {
         Ok(compiled) => compiled,
         Err(code) => return code,
     };
