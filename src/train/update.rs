@@ -154,6 +154,13 @@ struct Losses {
     entropy: f64,
 }
 
+/// The clamped log-std of Gaussian output `o`, its σ, and a raw draw standardised by the mean.
+fn standardized(nets: &Nets, o: usize, raw: f32, mean: f32) -> (f64, f64, f64) {
+    let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
+    let sigma = log_std.exp();
+    (log_std, sigma, (raw as f64 - mean as f64) / sigma)
+}
+
 /// Clipped surrogate, entropy and value losses on the samples `which`, differentiated.
 #[allow(clippy::too_many_arguments)]
 fn ppo_losses(
@@ -209,9 +216,7 @@ fn ppo_losses(
             if gaussian {
                 for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
                     if let Some(o) = output {
-                        let o = o as usize;
-                        let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
-                        let z = (raw as f64 - means[r * spec.outputs + o] as f64) / log_std.exp();
+                        let (log_std, _, z) = standardized(nets, o as usize, raw, means[r * spec.outputs + o as usize]);
                         log_prob[r] += -0.5 * z * z - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
                     }
                 }
@@ -262,9 +267,7 @@ fn ppo_losses(
                 for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
                     if let Some(o) = output {
                         let o = o as usize;
-                        let log_std = nets.log_std[o].clamp(-20.0, 2.0) as f64;
-                        let sigma = log_std.exp();
-                        let z = (raw as f64 - means[r * spec.outputs + o] as f64) / sigma;
+                        let (_, sigma, z) = standardized(nets, o, raw, means[r * spec.outputs + o]);
                         dmeans[r * spec.outputs + o] += (dlp * z / sigma) as f32;
                         if (-20.0..=2.0).contains(&(nets.log_std[o] as f64)) {
                             dlog_std[o] += (dlp * (z * z - 1.0)) as f32;
