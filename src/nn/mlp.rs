@@ -219,11 +219,7 @@ impl Mlp {
                 1.0,
                 MatMut::row_major(weight_grad, fan_in, fan_out),
             );
-            for row in delta.chunks_exact(fan_out) {
-                for (g, d) in bias_grad.iter_mut().zip(row) {
-                    *g += d;
-                }
-            }
+            add_column_sums(delta, bias_grad);
             let w_t = MatRef::row_major(self.weights(l), fan_in, fan_out).t();
             if l > 0 {
                 // δ_in = (δ · Wᵀ) ⊙ tanh'(pre-activation), and tanh' = 1 − h².
@@ -236,6 +232,117 @@ impl Mlp {
             } else if let Some(dx) = dx.as_deref_mut() {
                 gemm(1.0, d_out, w_t, 0.0, MatMut::row_major(dx, rows, fan_in));
             }
+        }
+    }
+}
+
+/// The layer inputs and output gradients of many backward passes through one network, stacked
+/// row block after row block, so that the parameter gradient of all of them is one product per
+/// layer ([`Mlp::add_stacked_grad`]) instead of one per pass.
+///
+/// Backpropagation through time pulls a gradient back through the policy at every step of a
+/// rollout, each on a handful of rows: accumulating `dW += hᵀ·δ` there reads and writes every
+/// weight gradient once per step for a product only as deep as the batch, which is bound by
+/// memory, not arithmetic. Stacked, the same sums become one deep product.
+#[derive(Clone, Debug, Default)]
+pub struct Stack {
+    rows: usize,
+    /// Per layer: its input (`rows × fan_in`) and the gradient on its pre-activation output
+    /// (`rows × fan_out`).
+    inputs: Vec<AlignedVec>,
+    deltas: Vec<AlignedVec>,
+}
+
+impl Stack {
+    pub fn new() -> Stack {
+        Stack::default()
+    }
+
+    /// Makes room for `rows` stacked rows of `mlp`; keeps the buffers it already has.
+    pub fn reset(&mut self, mlp: &Mlp, rows: usize) {
+        let layers = mlp.layers();
+        self.rows = rows;
+        self.inputs.resize_with(layers, AlignedVec::default);
+        self.deltas.resize_with(layers, AlignedVec::default);
+        for l in 0..layers {
+            self.inputs[l].resize(rows * mlp.sizes[l]);
+            self.deltas[l].resize(rows * mlp.sizes[l + 1]);
+        }
+    }
+}
+
+impl Mlp {
+    /// [`Mlp::backward`] without the parameter gradient: writes the gradient on the inputs into
+    /// `dx`, and records the pass's layer inputs and output gradients in `stack` at rows
+    /// `at..at + tape.rows()`, for [`Mlp::add_stacked_grad`] to turn into the parameter
+    /// gradient later. Panics as `backward` does, or if the rows do not fit in the stack.
+    pub fn backward_stacked(&self, tape: &Tape, dy: &[f32], stack: &mut Stack, at: usize, dx: &mut [f32]) {
+        let rows = tape.rows;
+        let layers = self.layers();
+        assert!(
+            tape.acts.len() == layers + 1
+                && tape.acts.iter().zip(&self.sizes).all(|(a, &width)| a.len() == rows * width),
+            "backward: the tape was not recorded by a network of sizes {:?}",
+            self.sizes
+        );
+        assert!(
+            stack.inputs.len() == layers && at + rows <= stack.rows,
+            "backward: rows {at}..{} do not fit a stack of {} rows for this network",
+            at + rows,
+            stack.rows
+        );
+        assert_eq!(dy.len(), rows * self.outputs(), "backward: dy must hold rows × outputs values");
+        assert_eq!(dx.len(), rows * self.inputs(), "backward: dx must hold rows × inputs values");
+        // Rows `at..at + rows` of a stacked buffer `width` wide.
+        let block = |width: usize| at * width..(at + rows) * width;
+        stack.deltas[layers - 1][block(self.outputs())].copy_from_slice(dy);
+        for l in (0..layers).rev() {
+            let (fan_in, fan_out) = (self.sizes[l], self.sizes[l + 1]);
+            stack.inputs[l][block(fan_in)].copy_from_slice(&tape.acts[l]);
+            let (below, from) = stack.deltas.split_at_mut(l);
+            let d_out = MatRef::row_major(&from[0][block(fan_out)], rows, fan_out);
+            let w_t = MatRef::row_major(self.weights(l), fan_in, fan_out).t();
+            if l > 0 {
+                // δ_in = (δ · Wᵀ) ⊙ tanh'(pre-activation), and tanh' = 1 − h².
+                let d_in = &mut below[l - 1][block(fan_in)];
+                gemm(1.0, d_out, w_t, 0.0, MatMut::row_major(d_in, rows, fan_in));
+                for (d, h) in d_in.iter_mut().zip(tape.acts[l].iter()) {
+                    *d *= 1.0 - h * h;
+                }
+            } else {
+                gemm(1.0, d_out, w_t, 0.0, MatMut::row_major(dx, rows, fan_in));
+            }
+        }
+    }
+
+    /// **Adds** into `grad` the parameter gradient of every pass recorded in `stack`: per layer,
+    /// `dW += Hᵀ·Δ` over all stacked rows, and the column sums of `Δ` for the bias.
+    pub fn add_stacked_grad(&self, stack: &Stack, grad: &mut [f32]) {
+        let layers = self.layers();
+        assert!(stack.inputs.len() == layers, "a stack of another network");
+        assert_eq!(grad.len(), self.params.len(), "backward: grad must be as long as the parameters");
+        let rows = stack.rows;
+        for l in 0..layers {
+            let (fan_in, fan_out) = (self.sizes[l], self.sizes[l + 1]);
+            let (weight_grad, bias_grad) = grad[self.offsets[l]..self.offsets[l + 1]].split_at_mut(fan_in * fan_out);
+            let deltas = &stack.deltas[l][..rows * fan_out];
+            gemm(
+                1.0,
+                MatRef::row_major(&stack.inputs[l][..rows * fan_in], rows, fan_in).t(),
+                MatRef::row_major(deltas, rows, fan_out),
+                1.0,
+                MatMut::row_major(weight_grad, fan_in, fan_out),
+            );
+            add_column_sums(deltas, bias_grad);
+        }
+    }
+}
+
+/// `sums[j] += Σ_r m[r][j]` for a row-major matrix `m` with `sums.len()` columns.
+fn add_column_sums(m: &[f32], sums: &mut [f32]) {
+    for row in m.chunks_exact(sums.len()) {
+        for (s, v) in sums.iter_mut().zip(row) {
+            *s += v;
         }
     }
 }
@@ -436,6 +543,47 @@ mod tests {
     fn the_finite_difference_check_catches_a_one_percent_error() {
         let (params, inputs) = backward_errors(&[3, 5, 4, 2], 3, None, true);
         assert!(params > 1e-3 && inputs > 1e-3, "relative errors: parameters {params:.2e}, inputs {inputs:.2e}");
+    }
+
+    /// Several passes recorded on a stack give the input gradients of `backward` bit for bit,
+    /// and the sum of their parameter gradients to rounding.
+    #[test]
+    fn stacked_passes_give_the_gradients_of_separate_ones() {
+        let mlp = random_mlp(&[21, 50, 33, 3], 9);
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (passes, rows) = (5, 7);
+        let mut stack = Stack::new();
+        stack.reset(&mlp, passes * rows);
+        let start = uniform(mlp.params.len(), &mut rng);
+        let (mut separate, mut stacked) = (start.clone(), start.clone());
+        let mut tape = Tape::new();
+        // In reverse, as backpropagation through time fills it.
+        for pass in (0..passes).rev() {
+            let x = uniform(rows * mlp.inputs(), &mut rng);
+            let dy = uniform(rows * mlp.outputs(), &mut rng);
+            mlp.forward(&x, rows, &mut tape);
+            let (mut dx_separate, mut dx_stacked) = (vec![0.0; x.len()], vec![f32::NAN; x.len()]);
+            mlp.backward(&mut tape, &dy, &mut separate, Some(&mut dx_separate));
+            mlp.backward_stacked(&tape, &dy, &mut stack, pass * rows, &mut dx_stacked);
+            assert_eq!(dx_separate, dx_stacked, "pass {pass}");
+        }
+        assert!(stacked == start);
+        mlp.add_stacked_grad(&stack, &mut stacked);
+        let scale = separate.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for (i, (a, b)) in separate.iter().zip(&stacked).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "parameter {i}: {a} separately, {b} stacked");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn a_pass_past_the_end_of_its_stack_is_refused() {
+        let mlp = random_mlp(&[2, 3, 1], 1);
+        let mut tape = Tape::new();
+        mlp.forward(&[0.0; 4], 2, &mut tape);
+        let mut stack = Stack::new();
+        stack.reset(&mlp, 3);
+        mlp.backward_stacked(&tape, &[1.0, 1.0], &mut stack, 2, &mut [0.0; 4]);
     }
 
     #[test]
