@@ -235,6 +235,10 @@ struct TrainArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// At the end, print how the time per update divides between its parts (rollout, values,
+    /// first step, pathwise, minibatches, optimizer).
+    #[arg(long)]
+    breakdown: bool,
     /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
     overrides: Vec<(String, f64)>,
@@ -1056,6 +1060,17 @@ fn train(args: TrainArgs) -> u8 {
         outcome.best_dev,
         outcome.best_update
     );
+    if args.breakdown {
+        let per_update = |seconds: f64| 1e3 * seconds / outcome.updates.max(1) as f64;
+        let parts: Vec<String> = outcome
+            .phases
+            .parts()
+            .iter()
+            .map(|(name, seconds)| format!("{name} {:.1}", per_update(*seconds)))
+            .collect();
+        let rest = outcome.seconds_in_updates - outcome.phases.parts().iter().map(|p| p.1).sum::<f64>();
+        println!("ms per update: {}, other {:.1}", parts.join(", "), per_update(rest));
+    }
     println!("run folder: {} (evaluate with `hmdpc eval {}`)", folder.display(), folder.display());
     match outcome.error {
         Some(TrainError::Run(e)) => run_error(&name, &source, e),

@@ -40,11 +40,24 @@ const SMALL: [&str; 8] = ["--hidden", "16,16", "--scenarios", "64", "--batch", "
 #[test]
 fn a_run_folder_has_everything_and_eval_reads_it() {
     let out = scratch("complete");
-    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=3", "--out", s(&out)];
+    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=3", "--out", s(&out), "--breakdown"];
     args.extend(SMALL);
     args.push("8");
     let run = hmdpc(&args);
     assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    // The parts of an update add up to the time per update.
+    let stdout = text(&run.stdout);
+    let number = |line: &str, after: &str| -> f64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("no `{after}` in {line}")) + after.len()..];
+        rest.split([' ', ',', ')']).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let done = stdout.lines().find(|l| l.starts_with("done:")).expect("summary line");
+    let parts = stdout.lines().find(|l| l.starts_with("ms per update:")).expect("breakdown line");
+    let names = ["rollout ", "values ", "first step ", "pathwise ", "minibatches ", "optimizer ", "other "];
+    let sum: f64 = names.iter().map(|name| number(parts, name)).sum();
+    let per_update = number(done, "s in updates, ");
+    assert!((sum - per_update).abs() <= 0.05 * names.len() as f64 + 0.05, "{parts} does not add up to {done}");
+    assert!(number(parts, "rollout ") > 0.0 && number(parts, "pathwise ") > 0.0, "{parts}");
     for file in ["model.hmdp", "model.hash", "run.json", "best.ckpt", "final.ckpt", "curve.csv", "curve.svg"] {
         assert!(out.join(file).exists(), "{file} missing");
     }

@@ -42,9 +42,15 @@ impl Adam {
     /// two, with the same result; `grad` is left unscaled. Returns the norm before clipping.
     pub fn step_clipped(&mut self, params: &mut [f32], grad: &[f32], max_norm: f32) -> f32 {
         let norm = norm(grad);
+        self.step_clipped_by(params, grad, norm, max_norm);
+        norm
+    }
+
+    /// [`Adam::step_clipped`] with the gradient's norm already known (from [`norm`]), for a
+    /// caller that looks at the norms of several gradients before stepping any of them.
+    pub fn step_clipped_by(&mut self, params: &mut [f32], grad: &[f32], norm: f32, max_norm: f32) {
         let coef = max_norm / (norm + 1e-6);
         self.step_scaled(params, grad, (norm.is_finite() && coef < 1.0).then_some(coef));
-        norm
     }
 
     /// One step against `grad`, each element multiplied by `scale` first when there is one.
@@ -145,8 +151,9 @@ pub fn clip_grad_norm(grad: &mut [f32], max_norm: f32) -> f32 {
 }
 
 /// The Euclidean norm, from partial sums per chunk added in chunk order: the same on any number
-/// of threads.
-fn norm(grad: &[f32]) -> f32 {
+/// of threads. The squares are summed in f64, where no f32 value's square overflows, so the norm
+/// is finite when every element is, unless it is beyond f32's range (3.4e38).
+pub fn norm(grad: &[f32]) -> f32 {
     let partial: Vec<f64> = grad.par_chunks(CHUNK).map(sum_of_squares).collect();
     partial.iter().sum::<f64>().sqrt() as f32
 }

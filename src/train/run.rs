@@ -20,7 +20,7 @@ use rand::rngs::ChaCha8Rng;
 use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
-use super::update::{Optimizers, update};
+use super::update::{Optimizers, Phases, update};
 use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_scale};
 use crate::backend::Backend;
 use crate::ir::Module;
@@ -309,6 +309,8 @@ pub struct Outcome {
     pub best_dev: f64,
     pub seconds: f64,
     pub seconds_in_updates: f64,
+    /// How `seconds_in_updates` divides between the parts of an update.
+    pub phases: Phases,
     pub interrupted: bool,
     pub error: Option<TrainError>,
 }
@@ -429,6 +431,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut order: Vec<usize> = (0..train_set.count).collect();
     let mut running_train = f64::NAN;
     let mut in_updates = 0.0;
+    let mut phases = Phases::default();
     let mut error = None;
     let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
     let mut last_print = Instant::now();
@@ -473,8 +476,11 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         let t0 = Instant::now();
         let step = (|| -> Result<f64, TrainError> {
             let mut policy_rng = sim::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
+            let clock = Instant::now();
             let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
-            update(&ctx, &mut nets, &mut opt, &mut traj, &cfg, entropy, &mut rng)?;
+            phases.rollout += clock.elapsed().as_secs_f64();
+            let stats = update(&ctx, &mut nets, &mut opt, &mut traj, &cfg, entropy, &mut rng)?;
+            phases.add(&stats.phases);
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
         })();
@@ -541,6 +547,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         best_dev,
         seconds: started.elapsed().as_secs_f64(),
         seconds_in_updates: in_updates,
+        phases,
         interrupted: inputs.stop.load(Ordering::Relaxed),
         error,
     })

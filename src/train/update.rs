@@ -16,14 +16,15 @@
 //! how the continuous actions change later discrete choices. `hpo-nocross` leaves it out.
 
 use rand::rngs::ChaCha8Rng;
+use std::time::Instant;
 
 use super::policy::{Nets, log_softmax};
 use super::rollout::{Context, Trajectory};
 use super::{Config, TrainError};
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
-use crate::nn::mlp::{Mlp, Tape};
-use crate::nn::optim::Adam;
+use crate::nn::mlp::{Mlp, Stack, Tape};
+use crate::nn::optim::{Adam, norm};
 use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
@@ -57,6 +58,55 @@ pub struct Stats {
     pub approx_kl: f64,
     pub clip_fraction: f64,
     pub entropy: f64,
+    pub phases: Phases,
+}
+
+/// Wall-clock seconds spent in each part of updates (`hmdpc train --breakdown`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// The rollout (timed by the caller).
+    pub rollout: f64,
+    /// The value network over the whole rollout, rewards and advantages.
+    pub values: f64,
+    /// The first, full-batch step's losses and their gradients.
+    pub first_step: f64,
+    /// HPO's backpropagation through time.
+    pub pathwise: f64,
+    /// The minibatch steps' losses and gradients.
+    pub minibatches: f64,
+    /// Gradient norms and Adam.
+    pub optimizer: f64,
+}
+
+impl Phases {
+    /// The parts with their names, in the order an update runs them.
+    pub fn parts(&self) -> [(&'static str, f64); 6] {
+        [
+            ("rollout", self.rollout),
+            ("values", self.values),
+            ("first step", self.first_step),
+            ("pathwise", self.pathwise),
+            ("minibatches", self.minibatches),
+            ("optimizer", self.optimizer),
+        ]
+    }
+
+    pub fn add(&mut self, other: &Phases) {
+        self.rollout += other.rollout;
+        self.values += other.values;
+        self.first_step += other.first_step;
+        self.pathwise += other.pathwise;
+        self.minibatches += other.minibatches;
+        self.optimizer += other.optimizer;
+    }
+}
+
+/// `f()`, with its wall-clock time added to `seconds`.
+fn timed<T>(seconds: &mut f64, f: impl FnOnce() -> T) -> T {
+    let clock = Instant::now();
+    let out = f();
+    *seconds += clock.elapsed().as_secs_f64();
+    out
 }
 
 /// The learning samples of a rollout's central slice.
@@ -144,6 +194,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config) -> (Samp
 /// The gradients of one PPO-style step on the samples `which`.
 struct Losses {
     discrete: Vec<f32>,
+    /// Empty unless the loss is PPO's (HPO's comes from [`pathwise`]).
     continuous: Vec<f32>,
     value: Vec<f32>,
     log_std: Vec<f32>,
@@ -282,9 +333,14 @@ fn ppo_losses(
         if spec.logits > 0 {
             nets.discrete.backward(&mut dtape, &dlogits, &mut discrete, dx.as_deref_mut());
         }
-        let mut continuous = vec![0.0f32; nets.continuous.params().len()];
-        if gaussian && spec.outputs > 0 {
-            nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
+        // Only PPO's Gaussian loss reaches the continuous network here; HPO's gradient for it
+        // comes from `pathwise`.
+        let mut continuous = Vec::new();
+        if gaussian {
+            continuous.resize(nets.continuous.params().len(), 0.0);
+            if spec.outputs > 0 {
+                nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
+            }
         }
         (discrete, continuous, dlog_std, dx, approx_kl, clipped, entropy)
     };
@@ -348,6 +404,9 @@ pub fn pathwise(
     let states: Vec<usize> = spec.next.iter().map(|&(_, s)| s).collect();
     let mut state_bar: Vec<Vec<f64>> = states.iter().map(|&s| vec![0.0; rows * module.len(s)]).collect();
     let mut grad = vec![0.0f32; nets.continuous.params().len()];
+    // The continuous network's passes of all steps, for one parameter-gradient product at the end.
+    let mut stack = Stack::new();
+    stack.reset(&nets.continuous, horizon * rows);
     for t in (0..horizon).rev() {
         let step = &mut traj.steps[t];
         let Some(snapshot) = &step.batch else {
@@ -384,8 +443,8 @@ pub fn pathwise(
                     }
                 }
             }
-            let tape = step.tape.as_mut().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
-            nets.continuous.backward(tape, &dz, &mut grad, Some(&mut dx));
+            let tape = step.tape.as_ref().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
+            nets.continuous.backward_stacked(tape, &dz, &mut stack, t * rows, &mut dx);
         }
         if !injected[t].is_empty() {
             for (d, c) in dx.iter_mut().zip(&injected[t]) {
@@ -413,11 +472,10 @@ pub fn pathwise(
             }
         }
     }
+    if spec.outputs > 0 {
+        nets.continuous.add_stacked_grad(&stack, &mut grad);
+    }
     Ok(grad)
-}
-
-fn apply(adam: &mut Adam, params: &mut [f32], grad: &mut [f32], cfg: &Config) {
-    adam.step_clipped(params, grad, cfg.max_grad_norm as f32);
 }
 
 /// One update from one rollout. `pathwise_on` selects HPO (with `cross`) over PPO.
@@ -433,9 +491,9 @@ pub fn update(
 ) -> Result<Stats, TrainError> {
     let gaussian = cfg.algo == super::Algo::Ppo;
     let cross = cfg.algo == super::Algo::Hpo;
-    let (s, scale) = samples(ctx, nets, traj, cfg);
-    let n = s.origin.len();
     let mut stats = Stats::default();
+    let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg));
+    let n = s.origin.len();
     let all: Vec<usize> = (0..n).collect();
     for epoch in 0..cfg.epochs {
         let batches: Vec<Vec<usize>> = if epoch == 0 {
@@ -451,7 +509,9 @@ pub fn update(
         };
         for which in batches {
             let first = epoch == 0;
-            let mut l = ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross);
+            let phase = if first { &mut stats.phases.first_step } else { &mut stats.phases.minibatches };
+            let mut l =
+                timed(phase, || ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross));
             if !first && l.approx_kl > cfg.target_kl && cfg.target_kl > 0.0 {
                 return Ok(stats);
             }
@@ -466,21 +526,26 @@ pub fn update(
                 let range = slice(cfg, traj.steps.len());
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
-                l.continuous = pathwise(ctx, nets, traj, &weight, cross_term)?;
+                l.continuous = timed(&mut stats.phases.pathwise, || pathwise(ctx, nets, traj, &weight, cross_term))?;
             }
-            for g in [&l.discrete, &l.continuous, &l.value, &l.log_std] {
-                if g.iter().any(|v| !v.is_finite()) {
-                    return Err(TrainError::NotFiniteGradient);
-                }
+            // The gradients that step, with their norms; a norm is finite only if its gradient is,
+            // so no network moves when any gradient is NaN or infinite.
+            let clock = Instant::now();
+            let continuous = gaussian || first;
+            let groups = [
+                (&mut opt.discrete, nets.discrete.params_mut(), &l.discrete, true),
+                (&mut opt.value, nets.value.params_mut(), &l.value, true),
+                (&mut opt.continuous, nets.continuous.params_mut(), &l.continuous, continuous),
+                (&mut opt.log_std, &mut nets.log_std[..], &l.log_std, gaussian),
+            ];
+            let groups: Vec<_> = groups.into_iter().filter(|g| g.3).map(|(a, p, g, _)| (a, p, g, norm(g))).collect();
+            if groups.iter().any(|g| !g.3.is_finite()) {
+                return Err(TrainError::NotFiniteGradient);
             }
-            apply(&mut opt.discrete, nets.discrete.params_mut(), &mut l.discrete, cfg);
-            apply(&mut opt.value, nets.value.params_mut(), &mut l.value, cfg);
-            if gaussian || first {
-                apply(&mut opt.continuous, nets.continuous.params_mut(), &mut l.continuous, cfg);
+            for (adam, params, grad, norm) in groups {
+                adam.step_clipped_by(params, grad, norm, cfg.max_grad_norm as f32);
             }
-            if gaussian {
-                apply(&mut opt.log_std, &mut nets.log_std, &mut l.log_std, cfg);
-            }
+            stats.phases.optimizer += clock.elapsed().as_secs_f64();
         }
     }
     Ok(stats)
