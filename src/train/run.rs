@@ -20,7 +20,7 @@ use rand::rngs::ChaCha8Rng;
 use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
-use super::update::{Optimizers, Phases, update};
+use super::update::{Optimizers, Phases, Workspace, update};
 use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_scale};
 use crate::backend::Backend;
 use crate::ir::Module;
@@ -409,6 +409,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
     let mut opt = Optimizers::new(&nets, &cfg);
+    let mut work = Workspace::default();
     let mut first_update = 0;
     let mut curve: Vec<CurveRow> = Vec::new();
     match &resumed {
@@ -479,7 +480,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             let clock = Instant::now();
             let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
             phases.rollout += clock.elapsed().as_secs_f64();
-            let stats = update(&ctx, &mut nets, &mut opt, &mut traj, &cfg, entropy, &mut rng)?;
+            let stats = update(&ctx, &mut nets, &mut opt, &mut work, &mut traj, &cfg, entropy, &mut rng)?;
             phases.add(&stats.phases);
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)

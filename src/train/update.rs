@@ -141,7 +141,7 @@ fn forward_all(net: &Mlp, features: &[f32], rows: usize) -> (Vec<f32>, Tape) {
 }
 
 /// Rewards, values, GAE; the samples of the slice; the reward scale.
-fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config) -> (Samples, f64) {
+fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &mut Tape) -> (Samples, f64) {
     let (horizon, rows, f) = (traj.steps.len(), traj.rows, ctx.spec.features);
     let terms = ctx.spec.costs.len();
     let rewards: Vec<f64> =
@@ -152,7 +152,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config) -> (Samp
         all.extend_from_slice(&s.features);
     }
     all.extend_from_slice(&traj.final_features);
-    let (values, _) = forward_all(&nets.value, &all, (horizon + 1) * rows);
+    let values = nets.value.forward(&all, (horizon + 1) * rows, tape);
     let value = |t: usize, b: usize| values[t * rows + b] as f64;
     let mut advantages = vec![0.0; horizon * rows];
     for b in 0..rows {
@@ -191,13 +191,37 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config) -> (Samp
     (s, scale)
 }
 
-/// The gradients of one PPO-style step on the samples `which`.
-struct Losses {
+/// Buffers that the steps of an update, and later updates, reuse: the networks' tapes, their
+/// gradients and the stack of backpropagation through time. Grown once, they save allocating,
+/// zeroing and page-faulting megabytes at every step.
+#[derive(Default)]
+pub struct Workspace {
+    discrete: Tape,
+    continuous: Tape,
+    value: Tape,
+    grads: Grads,
+    stack: Stack,
+}
+
+/// The gradients of one step, laid out like each network's parameters.
+#[derive(Default)]
+struct Grads {
     discrete: Vec<f32>,
-    /// Empty unless the loss is PPO's (HPO's comes from [`pathwise`]).
+    /// Written by PPO's loss, or by [`pathwise`] in HPO's first step; stale otherwise.
     continuous: Vec<f32>,
     value: Vec<f32>,
     log_std: Vec<f32>,
+}
+
+/// `buf` as `len` zeros, in the memory it already has.
+fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut Vec<f32> {
+    buf.clear();
+    buf.resize(len, 0.0);
+    buf
+}
+
+/// What one PPO-style step on the samples `which` measured; its gradients are in the workspace.
+struct Losses {
     /// d loss / d features of each sample in `which` (the cross term), when asked for.
     features: Option<Vec<f32>>,
     approx_kl: f64,
@@ -223,6 +247,7 @@ fn ppo_losses(
     entropy_coef: f64,
     gaussian: bool,
     want_features: bool,
+    work: &mut Workspace,
 ) -> Losses {
     let spec = ctx.spec;
     let f = spec.features;
@@ -231,14 +256,13 @@ fn ppo_losses(
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     let x: Vec<f32> = which.iter().flat_map(|&i| s.features[i * f..(i + 1) * f].iter().copied()).collect();
 
+    let Workspace { discrete: dtape, continuous: ctape, value: vtape, grads, .. } = work;
+    let Grads { discrete: dgrad, continuous: cgrad, value: vgrad, log_std: sgrad } = grads;
     // The value network's loss shares only the inputs with the policy's: the two run side by side.
     let policy = || {
-        let (logits, mut dtape) = forward_all(&nets.discrete, &x, n);
-        let (means, mut ctape) = if gaussian && spec.outputs > 0 {
-            forward_all(&nets.continuous, &x, n)
-        } else {
-            (Vec::new(), Tape::default())
-        };
+        let logits = nets.discrete.forward(&x, n, dtape).to_vec();
+        let means =
+            if gaussian && spec.outputs > 0 { nets.continuous.forward(&x, n, ctape).to_vec() } else { Vec::new() };
 
         // New log-probabilities and entropies.
         let mut log_prob = vec![0.0f64; n];
@@ -282,7 +306,7 @@ fn ppo_losses(
 
         let mut dlogits = vec![0.0f32; n * spec.logits];
         let mut dmeans = vec![0.0f32; n * spec.outputs];
-        let mut dlog_std = vec![0.0f32; spec.outputs];
+        let dlog_std = zeroed(sgrad, spec.outputs);
         let (mut approx_kl, mut clipped) = (0.0, 0usize);
         for (r, &i) in which.iter().enumerate() {
             let diff = (log_prob[r] - s.log_prob_old[i]).clamp(-20.0, 20.0);
@@ -328,39 +352,32 @@ fn ppo_losses(
             }
         }
 
-        let mut discrete = vec![0.0f32; nets.discrete.params().len()];
+        let discrete = zeroed(dgrad, nets.discrete.params().len());
         let mut dx = want_features.then(|| vec![0.0f32; n * f]);
         if spec.logits > 0 {
-            nets.discrete.backward(&mut dtape, &dlogits, &mut discrete, dx.as_deref_mut());
+            nets.discrete.backward(dtape, &dlogits, discrete, dx.as_deref_mut());
         }
         // Only PPO's Gaussian loss reaches the continuous network here; HPO's gradient for it
         // comes from `pathwise`.
-        let mut continuous = Vec::new();
         if gaussian {
-            continuous.resize(nets.continuous.params().len(), 0.0);
+            let continuous = zeroed(cgrad, nets.continuous.params().len());
             if spec.outputs > 0 {
-                nets.continuous.backward(&mut ctape, &dmeans, &mut continuous, None);
+                nets.continuous.backward(ctape, &dmeans, continuous, None);
             }
         }
-        (discrete, continuous, dlog_std, dx, approx_kl, clipped, entropy)
+        (dx, approx_kl, clipped, entropy)
     };
     let value = || {
-        let (values, mut vtape) = forward_all(&nets.value, &x, n);
+        let values = nets.value.forward(&x, n, vtape);
         let dv: Vec<f32> = which
             .iter()
             .enumerate()
             .map(|(r, &i)| (cfg.value_coef * (values[r] as f64 - s.returns[i]) / n as f64) as f32)
             .collect();
-        let mut value = vec![0.0f32; nets.value.params().len()];
-        nets.value.backward(&mut vtape, &dv, &mut value, None);
-        value
+        nets.value.backward(vtape, &dv, zeroed(vgrad, nets.value.params().len()), None);
     };
-    let ((discrete, continuous, dlog_std, dx, approx_kl, clipped, entropy), value) = rayon::join(policy, value);
+    let ((dx, approx_kl, clipped, entropy), ()) = rayon::join(policy, value);
     Losses {
-        discrete,
-        continuous,
-        value,
-        log_std: dlog_std,
         features: dx,
         approx_kl: approx_kl / n as f64,
         clip_fraction: clipped as f64 / n as f64,
@@ -382,6 +399,21 @@ pub fn pathwise(
     weight: &dyn Fn(usize) -> f64,
     cross: Option<CrossTerm<'_>>,
 ) -> Result<Vec<f32>, TrainError> {
+    let mut grad = Vec::new();
+    pathwise_into(ctx, nets, traj, weight, cross, &mut Stack::new(), &mut grad)?;
+    Ok(grad)
+}
+
+/// [`pathwise`] into `grad`, with `stack` as the scratch of the continuous network's passes.
+fn pathwise_into(
+    ctx: &Context,
+    nets: &Nets,
+    traj: &mut Trajectory,
+    weight: &dyn Fn(usize) -> f64,
+    cross: Option<CrossTerm<'_>>,
+    stack: &mut Stack,
+    grad: &mut Vec<f32>,
+) -> Result<(), TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
     let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
     let feature_scale = nets.normalizer.scale();
@@ -403,9 +435,8 @@ pub fn pathwise(
     // The adjoint of every state after the current step, per state buffer.
     let states: Vec<usize> = spec.next.iter().map(|&(_, s)| s).collect();
     let mut state_bar: Vec<Vec<f64>> = states.iter().map(|&s| vec![0.0; rows * module.len(s)]).collect();
-    let mut grad = vec![0.0f32; nets.continuous.params().len()];
+    let grad = zeroed(grad, nets.continuous.params().len());
     // The continuous network's passes of all steps, for one parameter-gradient product at the end.
-    let mut stack = Stack::new();
     stack.reset(&nets.continuous, horizon * rows);
     for t in (0..horizon).rev() {
         let step = &mut traj.steps[t];
@@ -444,7 +475,7 @@ pub fn pathwise(
                 }
             }
             let tape = step.tape.as_ref().ok_or_else(|| TrainError::Internal("a step without its tape".into()))?;
-            nets.continuous.backward_stacked(tape, &dz, &mut stack, t * rows, &mut dx);
+            nets.continuous.backward_stacked(tape, &dz, stack, t * rows, &mut dx);
         }
         if !injected[t].is_empty() {
             for (d, c) in dx.iter_mut().zip(&injected[t]) {
@@ -473,9 +504,9 @@ pub fn pathwise(
         }
     }
     if spec.outputs > 0 {
-        nets.continuous.add_stacked_grad(&stack, &mut grad);
+        nets.continuous.add_stacked_grad(stack, grad);
     }
-    Ok(grad)
+    Ok(())
 }
 
 /// One update from one rollout. `pathwise_on` selects HPO (with `cross`) over PPO.
@@ -484,6 +515,7 @@ pub fn update(
     ctx: &Context,
     nets: &mut Nets,
     opt: &mut Optimizers,
+    work: &mut Workspace,
     traj: &mut Trajectory,
     cfg: &Config,
     entropy_coef: f64,
@@ -492,7 +524,7 @@ pub fn update(
     let gaussian = cfg.algo == super::Algo::Ppo;
     let cross = cfg.algo == super::Algo::Hpo;
     let mut stats = Stats::default();
-    let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg));
+    let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg, &mut work.value));
     let n = s.origin.len();
     let all: Vec<usize> = (0..n).collect();
     for epoch in 0..cfg.epochs {
@@ -510,8 +542,8 @@ pub fn update(
         for which in batches {
             let first = epoch == 0;
             let phase = if first { &mut stats.phases.first_step } else { &mut stats.phases.minibatches };
-            let mut l =
-                timed(phase, || ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross));
+            let l =
+                timed(phase, || ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross, work));
             if !first && l.approx_kl > cfg.target_kl && cfg.target_kl > 0.0 {
                 return Ok(stats);
             }
@@ -526,17 +558,20 @@ pub fn update(
                 let range = slice(cfg, traj.steps.len());
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
-                l.continuous = timed(&mut stats.phases.pathwise, || pathwise(ctx, nets, traj, &weight, cross_term))?;
+                let (stack, grad) = (&mut work.stack, &mut work.grads.continuous);
+                timed(&mut stats.phases.pathwise, || {
+                    pathwise_into(ctx, nets, traj, &weight, cross_term, stack, grad)
+                })?;
             }
             // The gradients that step, with their norms; a norm is finite only if its gradient is,
             // so no network moves when any gradient is NaN or infinite.
             let clock = Instant::now();
             let continuous = gaussian || first;
             let groups = [
-                (&mut opt.discrete, nets.discrete.params_mut(), &l.discrete, true),
-                (&mut opt.value, nets.value.params_mut(), &l.value, true),
-                (&mut opt.continuous, nets.continuous.params_mut(), &l.continuous, continuous),
-                (&mut opt.log_std, &mut nets.log_std[..], &l.log_std, gaussian),
+                (&mut opt.discrete, nets.discrete.params_mut(), &work.grads.discrete, true),
+                (&mut opt.value, nets.value.params_mut(), &work.grads.value, true),
+                (&mut opt.continuous, nets.continuous.params_mut(), &work.grads.continuous, continuous),
+                (&mut opt.log_std, &mut nets.log_std[..], &work.grads.log_std, gaussian),
             ];
             let groups: Vec<_> = groups.into_iter().filter(|g| g.3).map(|(a, p, g, _)| (a, p, g, norm(g))).collect();
             if groups.iter().any(|g| !g.3.is_finite()) {
