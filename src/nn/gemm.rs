@@ -420,7 +420,11 @@ mod tests {
         }
     }
 
-    const SHAPES: [(usize, usize, usize); 12] = [
+    const SHAPES: [(usize, usize, usize); 15] = [
+        // Narrow outputs: dot products, or the product computed transposed (`avx512::gemm`).
+        (96, 130, 2),
+        (130, 70, 1),
+        (40, 20, 3),
         (1, 1, 1),
         (17, 33, 5),
         (5, 33, 17),
