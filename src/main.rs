@@ -229,6 +229,9 @@ struct TrainArgs {
     /// Size of the first actions on a half-line (default: the mean size of the noise).
     #[arg(long, value_parser = parse_positive)]
     action_scale: Option<f64>,
+    /// Added to the raw output inside the softplus of a half-line action.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_finite, allow_negative_numbers = true)]
+    action_shift: f64,
     /// Which kernels run the model.
     #[arg(long, value_enum, default_value_t = TrainBackend::Jit)]
     backend: TrainBackend,
@@ -259,6 +262,13 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("expected a positive number, found `{text}`")),
+    }
+}
+
+fn parse_finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("expected a finite number, found `{text}`")),
     }
 }
 
@@ -967,6 +977,7 @@ fn train(args: TrainArgs) -> u8 {
     cfg.adam_eps = args.adam_eps;
     cfg.normalize = !args.no_normalize;
     cfg.action_scale = args.action_scale;
+    cfg.action_shift = args.action_shift;
     if cfg.batch > cfg.scenarios {
         eprintln!("error: --batch {} is larger than the training set (--scenarios {})", cfg.batch, cfg.scenarios);
         return 2;

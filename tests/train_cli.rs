@@ -74,6 +74,16 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
     for term in ["holding", "shortage", "fixed", "total", "per period per items", "±"] {
         assert!(stdout.contains(term), "{stdout}");
     }
+    // A run folder from before the squash had a shift has no `action_shift` and is evaluated
+    // without one: its policy's actions, and so its costs, are not those of the shifted policy.
+    assert!(run_json.contains("\"action_shift\": 1.0"), "{run_json}");
+    let unshifted = run_json.replace("\"action_shift\": 1.0,", "");
+    assert_ne!(unshifted, run_json);
+    std::fs::write(out.join("run.json"), &unshifted).expect("run.json");
+    let old = hmdpc(&["eval", s(&out)]);
+    assert_eq!(old.status.code(), Some(0), "{}", text(&old.stderr));
+    assert_ne!(text(&old.stdout), stdout, "the shift was applied to a run folder without one");
+    std::fs::write(out.join("run.json"), &run_json).expect("run.json");
     let random = hmdpc(&["eval", s(&out), "--policy", "random", "--scenarios", "32"]);
     assert_eq!(random.status.code(), Some(0), "{}", text(&random.stderr));
     assert!(text(&random.stdout).contains("random policy, 32 test scenarios"), "{}", text(&random.stdout));

@@ -73,6 +73,9 @@ pub struct Config {
     pub instance_seed: u64,
     /// Multiplies a softplus on a half-line; `None` takes the mean size of the noise.
     pub action_scale: Option<f64>,
+    /// Added to the raw output inside a softplus on a half-line: the reference's shift of 1
+    /// makes the first actions `1.31 ·` the scale rather than `0.69 ·`.
+    pub action_shift: f64,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             seed: 0,
             instance_seed: 0,
             action_scale: None,
+            action_shift: 1.0,
         }
     }
 }
@@ -170,13 +174,14 @@ pub fn evaluate(ctx: &Context, nets: &Nets, set: &Scenarios) -> Result<Evaluatio
     Ok(Evaluation { terms, per_scenario })
 }
 
-/// The spec of a module with the scale of its half-line actions set (actions on an interval or
-/// the whole line are not scaled).
-pub fn spec_with_scale(module: &crate::ir::Module, scale: f64) -> Spec {
+/// The spec of a module with the scale and shift of its half-line actions set (actions on an
+/// interval or the whole line are neither scaled nor shifted).
+pub fn spec_with_squash(module: &crate::ir::Module, scale: f64, shift: f64) -> Spec {
     let mut spec = Spec::of(module);
     for head in &mut spec.continuous {
         if head.lower.is_some() != head.upper.is_some() {
             head.scale = scale;
+            head.shift = shift;
         }
     }
     spec

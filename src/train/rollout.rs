@@ -243,7 +243,7 @@ pub fn rollout(
                                     hi,
                                 });
                             }
-                            let (v, slope) = squash(raw as f64, lo, hi, head.scale);
+                            let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
                             used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
                             v
                         } else {

@@ -21,7 +21,7 @@ use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
 use super::update::{Optimizers, Phases, Workspace, update};
-use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_scale};
+use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_squash};
 use crate::backend::Backend;
 use crate::ir::Module;
 use crate::sim::{self, Buffers, ScenarioSet};
@@ -212,6 +212,7 @@ pub fn config_json(cfg: &Config, overrides: &[(String, f64)]) -> serde_json::Val
         "seed": cfg.seed,
         "instance_seed": cfg.instance_seed,
         "action_scale": cfg.action_scale,
+        "action_shift": cfg.action_shift,
         "set": overrides.iter().map(|(n, v)| serde_json::json!([n, v])).collect::<Vec<_>>(),
     })
 }
@@ -365,7 +366,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let dev_set =
         Scenarios::draw(module, &instance, cfg.seed, ScenarioSet::Dev, cfg.scenarios).map_err(TrainError::Run)?;
     let scale = *cfg.action_scale.get_or_insert_with(|| train_set.noise_scale());
-    let spec = spec_with_scale(module, scale);
+    let spec = spec_with_squash(module, scale, cfg.action_shift);
     let ctx = Context { module, spec: &spec, backend: inputs.backend, instance: &instance };
 
     let folder = &inputs.folder;
@@ -576,6 +577,8 @@ pub fn read_config(run: &serde_json::Value, module: &Module) -> Result<(Config, 
     cfg.seed = int("seed").ok_or("run.json has no `seed`")?;
     cfg.instance_seed = int("instance_seed").ok_or("run.json has no `instance_seed`")?;
     cfg.action_scale = num("action_scale");
+    // Runs from before the shift existed squashed without one.
+    cfg.action_shift = num("action_shift").unwrap_or(0.0);
     let overrides = c
         .get("set")
         .and_then(|v| v.as_array())
@@ -588,7 +591,7 @@ pub fn read_config(run: &serde_json::Value, module: &Module) -> Result<(Config, 
 
 /// Networks shaped for a module and settings, parameters from a checkpoint.
 pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, super::spec::Spec), String> {
-    let spec = spec_with_scale(module, cfg.action_scale.unwrap_or(1.0));
+    let spec = spec_with_squash(module, cfg.action_scale.unwrap_or(1.0), cfg.action_shift);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
     decode_checkpoint(bytes, &mut nets)?;

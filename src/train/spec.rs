@@ -52,6 +52,8 @@ pub struct ContinuousHead {
     /// Multiplies a softplus on a half-line, so that the first actions have a sensible size
     /// (1 for actions on an interval or the whole line).
     pub scale: f64,
+    /// Added to the raw output inside a softplus on a half-line (0 for other actions).
+    pub shift: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +124,7 @@ impl Spec {
                 mask,
                 offset: outputs,
                 scale: 1.0,
+                shift: 0.0,
             });
             outputs += len * regime.labels();
         }
@@ -132,9 +135,10 @@ impl Spec {
     }
 }
 
-/// Puts a raw output `z` into `[lo, hi]`: a sigmoid on a finite interval, a (scaled) softplus on a
-/// half-line, the identity on the whole line. Returns the value and its derivative in `z`.
-pub fn squash(z: f64, lo: f64, hi: f64, scale: f64) -> (f64, f64) {
+/// Puts a raw output `z` into `[lo, hi]`: a sigmoid on a finite interval, a scaled and shifted
+/// softplus on a half-line, the identity on the whole line. Returns the value and its derivative
+/// in `z`.
+pub fn squash(z: f64, lo: f64, hi: f64, scale: f64, shift: f64) -> (f64, f64) {
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
     match (lo.is_finite(), hi.is_finite()) {
@@ -142,8 +146,8 @@ pub fn squash(z: f64, lo: f64, hi: f64, scale: f64) -> (f64, f64) {
             let s = sigmoid(z);
             (lo + (hi - lo) * s, (hi - lo) * s * (1.0 - s))
         }
-        (true, false) => (lo + scale * softplus(z), scale * sigmoid(z)),
-        (false, true) => (hi - scale * softplus(-z), scale * sigmoid(-z)),
+        (true, false) => (lo + scale * softplus(z + shift), scale * sigmoid(z + shift)),
+        (false, true) => (hi - scale * softplus(shift - z), scale * sigmoid(shift - z)),
         (false, false) => (z, 1.0),
     }
 }
@@ -157,12 +161,22 @@ mod tests {
         let inf = f64::INFINITY;
         for (lo, hi) in [(0.0, 10.0), (0.0, inf), (-inf, 5.0), (-inf, inf), (100.0, 500.0)] {
             for z in [-30.0, -2.0, -0.1, 0.0, 0.7, 3.0, 25.0] {
-                let (v, d) = squash(z, lo, hi, 7.0);
+                let (v, d) = squash(z, lo, hi, 7.0, 1.0);
                 assert!(v >= lo && v <= hi, "{v} outside [{lo}, {hi}]");
                 let h = 1e-6;
-                let fd = (squash(z + h, lo, hi, 7.0).0 - squash(z - h, lo, hi, 7.0).0) / (2.0 * h);
+                let fd = (squash(z + h, lo, hi, 7.0, 1.0).0 - squash(z - h, lo, hi, 7.0, 1.0).0) / (2.0 * h);
                 assert!((fd - d).abs() <= 1e-6 * d.abs().max(1.0), "z {z} [{lo}, {hi}]: {d} vs {fd}");
             }
         }
+    }
+
+    /// On a half-line the first actions (raw output 0) are `softplus(shift)` scales from the
+    /// bound: 1.31 with the default shift, on either side.
+    #[test]
+    fn the_shift_moves_the_first_actions_away_from_the_bound() {
+        let first = |lo, hi| squash(0.0, lo, hi, 10.0, 1.0).0;
+        assert!((first(2.0, f64::INFINITY) - (2.0 + 10.0 * 1.0f64.exp().ln_1p())).abs() < 1e-12);
+        assert!((first(f64::NEG_INFINITY, 2.0) - (2.0 - 10.0 * 1.0f64.exp().ln_1p())).abs() < 1e-12);
+        assert_eq!(squash(0.3, 0.0, 4.0, 10.0, 1.0), squash(0.3, 0.0, 4.0, 10.0, 0.0), "an interval is not shifted");
     }
 }
