@@ -66,6 +66,49 @@ impl Tape {
     pub fn output(&self) -> &[f32] {
         self.acts.last().map_or(&[], |v| &v[..])
     }
+
+    /// The records of several forward passes of one network, one after the other, as if one
+    /// forward pass had seen all their rows. Panics if they are of networks of other sizes.
+    pub fn concatenate<'a>(&mut self, parts: impl IntoIterator<Item = &'a Tape> + Clone) {
+        let rows: usize = parts.clone().into_iter().map(|t| t.rows).sum();
+        let Some(first) = parts.clone().into_iter().next() else {
+            self.rows = 0;
+            self.acts.clear();
+            return;
+        };
+        let widths: Vec<usize> = first.acts.iter().map(|a| a.len() / first.rows.max(1)).collect();
+        self.acts.resize_with(widths.len(), AlignedVec::default);
+        for (act, &width) in self.acts.iter_mut().zip(&widths) {
+            act.resize(rows * width);
+        }
+        let mut at = 0;
+        for part in parts {
+            assert!(
+                part.acts.len() == widths.len()
+                    && part.acts.iter().zip(&widths).all(|(a, &w)| a.len() == part.rows * w),
+                "concatenate: tapes of networks of different sizes"
+            );
+            for ((act, from), &width) in self.acts.iter_mut().zip(&part.acts).zip(&widths) {
+                act[at * width..(at + part.rows) * width].copy_from_slice(from);
+            }
+            at += part.rows;
+        }
+        self.rows = rows;
+    }
+
+    /// Keeps the record of rows `first..first + count` only, as if the forward pass had seen
+    /// just those rows, so that a backward pass can use part of a larger forward pass.
+    /// Panics if the rows are not all in the record.
+    pub fn keep_rows(&mut self, first: usize, count: usize) {
+        assert!(first + count <= self.rows, "rows {first}..{} of a tape of {}", first + count, self.rows);
+        let rows = self.rows;
+        for act in &mut self.acts {
+            let width = act.len() / rows.max(1);
+            act.copy_within(first * width..(first + count) * width, 0);
+            act.resize(count * width);
+        }
+        self.rows = count;
+    }
 }
 
 impl Mlp {
@@ -597,6 +640,45 @@ mod tests {
         let want = forward_f64(&mlp, &params, &x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 19);
         assert!(relative_error(&y, &want) < 1e-5, "forward differs from the definition");
         assert_eq!(tape.output(), y.as_slice());
+    }
+
+    /// Concatenated records of separate passes are the record of one pass on all their rows.
+    #[test]
+    fn concatenated_tapes_are_the_record_of_one_pass() {
+        let mlp = random_mlp(&[5, 24, 7, 3], 4);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let x = uniform(11 * 5, &mut rng);
+        let (mut a, mut b, mut whole, mut joined) = (Tape::new(), Tape::new(), Tape::new(), Tape::new());
+        mlp.forward(&x[..4 * 5], 4, &mut a);
+        mlp.forward(&x[4 * 5..], 7, &mut b);
+        mlp.forward(&x, 11, &mut whole);
+        joined.concatenate([&a, &b]);
+        assert_eq!(joined.rows(), 11);
+        for (j, w) in joined.acts.iter().zip(&whole.acts) {
+            let scale = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            assert!(j.iter().zip(w.iter()).all(|(p, q)| (p - q).abs() <= 1e-6 * scale));
+        }
+    }
+
+    /// Part of a forward pass's record serves a backward pass as a forward pass on that part does.
+    #[test]
+    fn a_tape_cut_to_some_rows_is_the_record_of_those_rows() {
+        let mlp = random_mlp(&[5, 24, 7, 3], 4);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let x = uniform(30 * 5, &mut rng);
+        let dy = uniform(12 * 3, &mut rng);
+        let mut cut = Tape::new();
+        mlp.forward(&x, 30, &mut cut);
+        cut.keep_rows(9, 12);
+        let mut part = Tape::new();
+        let want = mlp.forward(&x[9 * 5..21 * 5], 12, &mut part).to_vec();
+        assert_eq!(cut.rows(), 12);
+        assert_eq!(cut.output(), want.as_slice());
+        let (mut g_cut, mut g_part) = (mlp.zero_grad(), mlp.zero_grad());
+        let (mut dx_cut, mut dx_part) = (vec![0.0; 12 * 5], vec![0.0; 12 * 5]);
+        mlp.backward(&mut cut, &dy, &mut g_cut, Some(&mut dx_cut));
+        mlp.backward(&mut part, &dy, &mut g_part, Some(&mut dx_part));
+        assert_eq!((&g_cut[..], dx_cut), (&g_part[..], dx_part));
     }
 
     #[test]

@@ -131,7 +131,10 @@ impl std::fmt::Display for TrainError {
                 )
             }
             TrainError::NotFiniteGradient => {
-                write!(f, "a gradient is NaN or infinite (or its norm is beyond 3.4e38); training stopped (checkpoints written so far are kept)")
+                write!(
+                    f,
+                    "a gradient is NaN or infinite (or its norm is beyond 3.4e38); training stopped (checkpoints written so far are kept)"
+                )
             }
             TrainError::EmptyBounds { action, element, step, lo, hi } => {
                 write!(f, "the bounds of `{action}` (element {element}) are empty at step {step}: {lo} > {hi}")

@@ -57,6 +57,9 @@ pub struct Step {
     /// Normalised features, rows × features.
     pub features: Vec<f32>,
     pub tape: Option<Tape>,
+    /// The discrete network's tape, for the first step of the update, which starts from the
+    /// same parameters.
+    pub discrete_tape: Option<Tape>,
     /// Chosen label per row and discrete element.
     pub chosen: Vec<u32>,
     /// Log-probability of the chosen actions per row (discrete; plus Gaussian for PPO).
@@ -157,9 +160,9 @@ pub fn rollout(
 
         // Both networks read only the features, so they run side by side; the continuous
         // outputs wait until the labels and regimes are known.
-        let mut tape = Tape::default();
+        let (mut tape, mut discrete_tape) = (Tape::default(), Tape::default());
         let (logits, z) = rayon::join(
-            || (spec.logits > 0).then(|| nets.discrete.forward(&x, rows, &mut Tape::default()).to_vec()),
+            || (spec.logits > 0).then(|| nets.discrete.forward(&x, rows, &mut discrete_tape).to_vec()),
             || (spec.outputs > 0).then(|| nets.continuous.forward(&x, rows, &mut tape).to_vec()),
         );
 
@@ -271,6 +274,7 @@ pub fn rollout(
             batch: record.then(|| batch.clone()),
             features: x,
             tape: record.then_some(tape),
+            discrete_tape: (record && spec.logits > 0).then_some(discrete_tape),
             chosen,
             log_prob,
             used,

@@ -140,7 +140,8 @@ fn forward_all(net: &Mlp, features: &[f32], rows: usize) -> (Vec<f32>, Tape) {
     (out, tape)
 }
 
-/// Rewards, values, GAE; the samples of the slice; the reward scale.
+/// Rewards, values, GAE; the samples of the slice; the reward scale. Leaves on `tape` the value
+/// network's forward pass on the samples, in their order, for the first step's value loss.
 fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &mut Tape) -> (Samples, f64) {
     let (horizon, rows, f) = (traj.steps.len(), traj.rows, ctx.spec.features);
     let terms = ctx.spec.costs.len();
@@ -175,7 +176,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
         draws: Vec::new(),
         origin: Vec::new(),
     };
-    for t in range {
+    for t in range.clone() {
         let step = &traj.steps[t];
         for b in 0..rows {
             s.features.extend_from_slice(&step.features[b * f..(b + 1) * f]);
@@ -188,6 +189,8 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
             s.origin.push((t, b));
         }
     }
+    // The samples are the rows of the steps in the slice, in the order the forward pass saw them.
+    tape.keep_rows(range.start * rows, range.len() * rows);
     (s, scale)
 }
 
@@ -236,6 +239,16 @@ fn standardized(nets: &Nets, o: usize, raw: f32, mean: f32) -> (f64, f64, f64) {
     (log_std, sigma, (raw as f64 - mean as f64) / sigma)
 }
 
+/// Which of the workspace's tapes already hold a forward pass on exactly the samples of a step,
+/// with the current parameters: the first step's, which the rollout (discrete network) and
+/// [`samples`] (value network) ran. Reusing them spares two forward passes over the whole slice
+/// and changes no number.
+#[derive(Clone, Copy, Default)]
+struct Recorded {
+    discrete: bool,
+    value: bool,
+}
+
 /// Clipped surrogate, entropy and value losses on the samples `which`, differentiated.
 #[allow(clippy::too_many_arguments)]
 fn ppo_losses(
@@ -248,6 +261,7 @@ fn ppo_losses(
     gaussian: bool,
     want_features: bool,
     work: &mut Workspace,
+    recorded: Recorded,
 ) -> Losses {
     let spec = ctx.spec;
     let f = spec.features;
@@ -260,7 +274,8 @@ fn ppo_losses(
     let Grads { discrete: dgrad, continuous: cgrad, value: vgrad, log_std: sgrad } = grads;
     // The value network's loss shares only the inputs with the policy's: the two run side by side.
     let policy = || {
-        let logits = nets.discrete.forward(&x, n, dtape).to_vec();
+        let logits =
+            if recorded.discrete { dtape.output().to_vec() } else { nets.discrete.forward(&x, n, dtape).to_vec() };
         let means =
             if gaussian && spec.outputs > 0 { nets.continuous.forward(&x, n, ctape).to_vec() } else { Vec::new() };
 
@@ -368,7 +383,7 @@ fn ppo_losses(
         (dx, approx_kl, clipped, entropy)
     };
     let value = || {
-        let values = nets.value.forward(&x, n, vtape);
+        let values = if recorded.value { vtape.output() } else { nets.value.forward(&x, n, vtape) };
         let dv: Vec<f32> = which
             .iter()
             .enumerate()
@@ -525,6 +540,18 @@ pub fn update(
     let cross = cfg.algo == super::Algo::Hpo;
     let mut stats = Stats::default();
     let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg, &mut work.value));
+    let steps = &traj.steps[slice(cfg, traj.steps.len())];
+    let discrete_tapes: Option<Vec<&Tape>> = steps.iter().map(|s| s.discrete_tape.as_ref()).collect();
+    let first_recorded = Recorded {
+        discrete: match discrete_tapes {
+            Some(tapes) if ctx.spec.logits > 0 => {
+                timed(&mut stats.phases.first_step, || work.discrete.concatenate(tapes.iter().copied()));
+                true
+            }
+            _ => false,
+        },
+        value: true,
+    };
     let n = s.origin.len();
     let all: Vec<usize> = (0..n).collect();
     for epoch in 0..cfg.epochs {
@@ -542,8 +569,20 @@ pub fn update(
         for which in batches {
             let first = epoch == 0;
             let phase = if first { &mut stats.phases.first_step } else { &mut stats.phases.minibatches };
-            let l =
-                timed(phase, || ppo_losses(ctx, nets, &s, &which, cfg, entropy_coef, gaussian, first && cross, work));
+            let l = timed(phase, || {
+                ppo_losses(
+                    ctx,
+                    nets,
+                    &s,
+                    &which,
+                    cfg,
+                    entropy_coef,
+                    gaussian,
+                    first && cross,
+                    work,
+                    if first { first_recorded } else { Recorded::default() },
+                )
+            });
             if !first && l.approx_kl > cfg.target_kl && cfg.target_kl > 0.0 {
                 return Ok(stats);
             }
@@ -559,9 +598,7 @@ pub fn update(
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
                 let (stack, grad) = (&mut work.stack, &mut work.grads.continuous);
-                timed(&mut stats.phases.pathwise, || {
-                    pathwise_into(ctx, nets, traj, &weight, cross_term, stack, grad)
-                })?;
+                timed(&mut stats.phases.pathwise, || pathwise_into(ctx, nets, traj, &weight, cross_term, stack, grad))?;
             }
             // The gradients that step, with their norms; a norm is finite only if its gradient is,
             // so no network moves when any gradient is NaN or infinite.
