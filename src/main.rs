@@ -1080,7 +1080,12 @@ fn train(args: TrainArgs) -> u8 {
             .map(|(name, seconds)| format!("{name} {:.1}", per_update(*seconds)))
             .collect();
         let rest = outcome.seconds_in_updates - outcome.phases.parts().iter().map(|p| p.1).sum::<f64>();
-        println!("ms per update: {}, other {:.1}", parts.join(", "), per_update(rest));
+        println!(
+            "ms per update: {}, other {:.1}; median update {:.1} ms",
+            parts.join(", "),
+            per_update(rest),
+            1e3 * outcome.median_update
+        );
     }
     println!("run folder: {} (evaluate with `hmdpc eval {}`)", folder.display(), folder.display());
     match outcome.error {

@@ -49,7 +49,7 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
     let stdout = text(&run.stdout);
     let number = |line: &str, after: &str| -> f64 {
         let rest = &line[line.find(after).unwrap_or_else(|| panic!("no `{after}` in {line}")) + after.len()..];
-        rest.split([' ', ',', ')']).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        rest.split([' ', ',', ')', ';']).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
     };
     let done = stdout.lines().find(|l| l.starts_with("done:")).expect("summary line");
     let parts = stdout.lines().find(|l| l.starts_with("ms per update:")).expect("breakdown line");
@@ -58,6 +58,7 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
     let per_update = number(done, "s in updates, ");
     assert!((sum - per_update).abs() <= 0.05 * names.len() as f64 + 0.05, "{parts} does not add up to {done}");
     assert!(number(parts, "rollout ") > 0.0 && number(parts, "pathwise ") > 0.0, "{parts}");
+    assert!(number(parts, "median update ") > 0.0, "{parts}");
     for file in ["model.hmdp", "model.hash", "run.json", "best.ckpt", "final.ckpt", "curve.csv", "curve.svg"] {
         assert!(out.join(file).exists(), "{file} missing");
     }

@@ -312,6 +312,9 @@ pub struct Outcome {
     pub seconds_in_updates: f64,
     /// How `seconds_in_updates` divides between the parts of an update.
     pub phases: Phases,
+    /// The median time of one update, which a slow first update (buffers growing) or a
+    /// preempted one does not move as it moves the mean; NaN without updates.
+    pub median_update: f64,
     pub interrupted: bool,
     pub error: Option<TrainError>,
 }
@@ -434,6 +437,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut running_train = f64::NAN;
     let mut in_updates = 0.0;
     let mut phases = Phases::default();
+    let mut update_seconds = Vec::with_capacity(cfg.updates.min(1 << 20));
     let mut error = None;
     let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
     let mut last_print = Instant::now();
@@ -486,7 +490,9 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
         })();
-        in_updates += t0.elapsed().as_secs_f64();
+        let seconds = t0.elapsed().as_secs_f64();
+        in_updates += seconds;
+        update_seconds.push(seconds);
         match step {
             Ok(cost) => {
                 running_train = if running_train.is_nan() { cost } else { 0.9 * running_train + 0.1 * cost };
@@ -549,10 +555,21 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         best_dev,
         seconds: started.elapsed().as_secs_f64(),
         seconds_in_updates: in_updates,
+        median_update: median(&mut update_seconds),
         phases,
         interrupted: inputs.stop.load(Ordering::Relaxed),
         error,
     })
+}
+
+/// The median of `values` (sorted in place); NaN if there are none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The settings a run folder was trained with.
