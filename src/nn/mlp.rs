@@ -225,6 +225,16 @@ impl Mlp {
         &tape.acts[layers]
     }
 
+    /// Panics unless `tape` holds a forward pass of a network of these sizes.
+    fn check_tape(&self, tape: &Tape) {
+        assert!(
+            tape.acts.len() == self.layers() + 1
+                && tape.acts.iter().zip(&self.sizes).all(|(a, &width)| a.len() == tape.rows * width),
+            "backward: the tape was not recorded by a network of sizes {:?}",
+            self.sizes
+        );
+    }
+
     /// Back-propagates `dy` (`rows × outputs`, the gradient of a loss on the outputs of the
     /// forward pass recorded on `tape`): **adds** the parameter gradient into `grad` (laid out
     /// like [`Mlp::params`]) and, if given, **writes** the gradient on the inputs into `dx`.
@@ -235,12 +245,7 @@ impl Mlp {
     pub fn backward(&self, tape: &mut Tape, dy: &[f32], grad: &mut [f32], dx: Option<&mut [f32]>) {
         let rows = tape.rows;
         let layers = self.layers();
-        assert!(
-            tape.acts.len() == layers + 1
-                && tape.acts.iter().zip(&self.sizes).all(|(a, &width)| a.len() == rows * width),
-            "backward: the tape was not recorded by a network of sizes {:?}",
-            self.sizes
-        );
+        self.check_tape(tape);
         assert_eq!(dy.len(), rows * self.outputs(), "backward: dy must hold rows × outputs values");
         assert_eq!(grad.len(), self.params.len(), "backward: grad must be as long as the parameters");
         if let Some(dx) = &dx {
@@ -322,12 +327,7 @@ impl Mlp {
     pub fn backward_stacked(&self, tape: &Tape, dy: &[f32], stack: &mut Stack, at: usize, dx: &mut [f32]) {
         let rows = tape.rows;
         let layers = self.layers();
-        assert!(
-            tape.acts.len() == layers + 1
-                && tape.acts.iter().zip(&self.sizes).all(|(a, &width)| a.len() == rows * width),
-            "backward: the tape was not recorded by a network of sizes {:?}",
-            self.sizes
-        );
+        self.check_tape(tape);
         assert!(
             stack.inputs.len() == layers && at + rows <= stack.rows,
             "backward: rows {at}..{} do not fit a stack of {} rows for this network",
