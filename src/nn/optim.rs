@@ -1,8 +1,11 @@
 //! Adam and gradient-norm clipping over flat parameter slices.
 //!
-//! The trainer keeps one [`Adam`] per network and, before each step, clips that network's
-//! gradient with [`clip_grad_norm`] (the HPO reference clips per parameter group at norm 5,
-//! `hpo-paper.md` §3.3). Both follow PyTorch's definitions, so hyper-parameters carry over.
+//! The trainer keeps one [`Adam`] per network. Before a step it takes every network's gradient
+//! [`norm`] (a non-finite one stops training before any network moves), then steps each with
+//! [`Adam::step_clipped_by`], which clips the gradient to a norm of at most 5 inside the Adam pass
+//! (the HPO reference clips per parameter group at norm 5, `hpo-paper.md` §3.3). Both follow
+//! PyTorch's definitions ([`clip_grad_norm`] is the separate clipping, kept as the definition the
+//! folded one is tested against), so hyper-parameters carry over.
 
 use rayon::prelude::*;
 
