@@ -129,6 +129,50 @@ fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
     }
 }
 
+/// A run resumed after a kill continues from its latest checkpoint: when an earlier segment's
+/// `final.ckpt` is older than `best.ckpt`, from the best, with the curve cut there (no update
+/// appears twice), and `run.json` keeps the commands of the earlier segments.
+#[test]
+fn a_resumed_run_continues_from_its_latest_checkpoint() {
+    let out = scratch("resumed");
+    let segment = |updates: &'static str, resume: bool| {
+        let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--out", s(&out)];
+        if resume {
+            args.push("--resume");
+        }
+        args.extend(SMALL);
+        args.push(updates);
+        let run = hmdpc(&args);
+        assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    };
+    let curve = || -> Vec<(usize, f64)> {
+        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+        text.lines()
+            .skip(1)
+            .map(|line| {
+                let cols: Vec<&str> = line.split(',').collect();
+                (cols[0].parse().expect("update"), cols[cols.len() - 1].parse().expect("dev total"))
+            })
+            .collect()
+    };
+    segment("4", false);
+    let stale = std::fs::read(out.join("final.ckpt")).expect("final.ckpt");
+    segment("12", true);
+    let best = curve().into_iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a curve").0;
+    assert!(best > 4, "the dev cost did not improve after update 4: {:?}", curve());
+    // A later segment was killed before it wrote its own `final.ckpt`.
+    std::fs::write(out.join("final.ckpt"), stale).expect("stale final");
+    segment("4", true);
+    let updates: Vec<usize> = curve().iter().map(|r| r.0).collect();
+    assert!(updates.windows(2).all(|w| w[0] < w[1]), "an update appears twice: {updates:?}");
+    assert_eq!(updates.last(), Some(&(best + 4)), "{updates:?}");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    let earlier = run.get("earlier_commands").and_then(|c| c.as_array()).expect("earlier_commands");
+    assert_eq!(earlier.len(), 2, "{run:#}");
+    assert!(earlier[0].as_array().is_some_and(|c| !c.iter().any(|a| a == "--resume")), "{run:#}");
+}
+
 #[test]
 fn bad_training_input_is_refused_clearly() {
     let nan = model_file(

@@ -117,6 +117,13 @@ pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::V
     out
 }
 
+/// The update a checkpoint was written at, from its header alone.
+fn checkpoint_update(bytes: &[u8]) -> Option<usize> {
+    let len = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(16..16usize.checked_add(len)?)?).ok()?;
+    (bytes.get(..8)? == CHECKPOINT_MAGIC).then_some(header.get("update")?.as_u64()? as usize)
+}
+
 /// Reads a checkpoint into networks of the right shapes.
 pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String> {
     let bad = |what: &str| format!("not a valid checkpoint: {what}");
@@ -374,6 +381,8 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
 
     let folder = &inputs.folder;
     let mut resumed: Option<(Vec<u8>, Vec<CurveRow>)> = None;
+    // The commands of the segments a resumed run continues, oldest first.
+    let mut earlier_commands: Vec<serde_json::Value> = Vec::new();
     if inputs.resume {
         let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
         if recorded.trim() != fingerprint(inputs.source, inputs.data_files) {
@@ -382,10 +391,39 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
                 folder.display()
             )));
         }
-        let bytes = std::fs::read(folder.join("final.ckpt"))
-            .or_else(|_| std::fs::read(folder.join("best.ckpt")))
-            .map_err(|e| TrainError::Internal(format!("--resume: cannot read a checkpoint: {e}")))?;
-        let curve = read_curve(&std::fs::read_to_string(folder.join("curve.csv")).unwrap_or_default());
+        // The later of the two checkpoints: after a kill, `final.ckpt` is missing or is the end
+        // of an earlier segment of the run, and `best.ckpt` may be newer.
+        let mut bytes: Option<(Vec<u8>, usize)> = None;
+        let mut unreadable = None;
+        for name in ["final.ckpt", "best.ckpt"] {
+            match std::fs::read(folder.join(name)) {
+                Ok(b) => {
+                    let update = checkpoint_update(&b).unwrap_or(0);
+                    if bytes.as_ref().is_none_or(|(_, u)| update > *u) {
+                        bytes = Some((b, update));
+                    }
+                }
+                Err(e) => unreadable = Some(e),
+            }
+        }
+        let (bytes, from) = bytes.ok_or_else(|| {
+            TrainError::Internal(format!(
+                "--resume: cannot read a checkpoint: {}",
+                unreadable.map_or_else(String::new, |e| e.to_string())
+            ))
+        })?;
+        // Points past the checkpoint belong to updates that are about to be redone.
+        let mut curve = read_curve(&std::fs::read_to_string(folder.join("curve.csv")).unwrap_or_default());
+        curve.retain(|row| row.update <= from);
+        earlier_commands = std::fs::read_to_string(folder.join("run.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|old| {
+                let mut list = old.get("earlier_commands").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+                list.extend(old.get("command").cloned());
+                list
+            })
+            .unwrap_or_default();
         resumed = Some((bytes, curve));
     }
     std::fs::create_dir_all(folder).map_err(io)?;
@@ -400,7 +438,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         }
     }
     write_atomic(&folder.join("model.hash"), format!("{model_hash}\n").as_bytes()).map_err(io)?;
-    let run_json = serde_json::json!({
+    let mut run_json = serde_json::json!({
         "command": inputs.command,
         "model": module.name,
         "model_hash": model_hash,
@@ -408,6 +446,9 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         "config": config_json(&cfg, inputs.overrides),
         "versions": crate_versions(),
     });
+    if !earlier_commands.is_empty() {
+        run_json["earlier_commands"] = serde_json::Value::Array(earlier_commands);
+    }
     write_atomic(&folder.join("run.json"), format!("{run_json:#}\n").as_bytes()).map_err(io)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
