@@ -129,6 +129,49 @@ fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
     }
 }
 
+/// `--force` over an earlier run removes that run's final checkpoint and curve before it starts:
+/// killed early, the folder holds this run's files only, and `--resume` continues this run.
+#[test]
+fn a_forced_run_killed_early_leaves_nothing_of_the_run_it_replaced() {
+    let out = scratch("forced");
+    let mut first = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--out", s(&out)];
+    first.extend(SMALL);
+    first.push("8");
+    let run = hmdpc(&first);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let old_curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+
+    let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=3", "--out", s(&out), "--force"];
+    args.extend(SMALL);
+    args.push("100000");
+    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(&args)
+        .current_dir(common::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    let new_curve = || std::fs::read_to_string(out.join("curve.csv")).ok().filter(|c| *c != old_curve);
+    while new_curve().is_none() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(new_curve().is_some(), "no epoch of the new run finished in time");
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    child.wait_with_output().expect("waits");
+    assert!(!out.join("final.ckpt").exists(), "the replaced run's final checkpoint is still there");
+    assert!(!out.join("curve.svg").exists(), "the replaced run's plot is still there");
+
+    let mut resume = vec!["train", "models/switched_lqr.hmdp", "--set", "n=3", "--out", s(&out), "--resume"];
+    resume.extend(SMALL);
+    resume.push("4");
+    let run = hmdpc(&resume);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    let eval = hmdpc(&["eval", s(&out), "--scenarios", "16"]);
+    assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
+}
+
 /// A run resumed after a kill continues from its latest checkpoint: when an earlier segment's
 /// `final.ckpt` is older than `best.ckpt`, from the best, with the curve cut there (no update
 /// appears twice), and `run.json` keeps the commands of the earlier segments.

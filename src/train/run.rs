@@ -427,6 +427,18 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         resumed = Some((bytes, curve));
     }
     std::fs::create_dir_all(folder).map_err(io)?;
+    if !inputs.resume {
+        // A `--force` over an earlier run: its final checkpoint and curve would otherwise sit
+        // beside this run's files until this run writes its own, and a kill in between would
+        // leave a folder that mixes the two (and that `--resume` would continue from the old one).
+        for stale in ["final.ckpt", "curve.csv", "curve.svg"] {
+            if let Err(e) = std::fs::remove_file(folder.join(stale))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io(e));
+            }
+        }
+    }
     write_atomic(&folder.join("model.hmdp"), inputs.source.as_bytes()).map_err(io)?;
     let model_hash = fingerprint(inputs.source, inputs.data_files);
     if !inputs.data_files.is_empty() {
