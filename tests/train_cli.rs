@@ -214,6 +214,19 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
     let earlier = run.get("earlier_commands").and_then(|c| c.as_array()).expect("earlier_commands");
     assert_eq!(earlier.len(), 2, "{run:#}");
     assert!(earlier[0].as_array().is_some_and(|c| !c.iter().any(|a| a == "--resume")), "{run:#}");
+
+    // Other scenario sets or another instance would make it another run: refused.
+    for (flag, value, message) in [("--seed", "1", "seed was 0, now 1"), ("--set", "n=3", "set was [[\"n\",2.0]]")] {
+        let mut args = vec!["train", "models/switched_lqr.hmdp", "--out", s(&out), "--resume", flag, value];
+        if flag != "--set" {
+            args.extend(["--set", "n=2"]);
+        }
+        args.extend(SMALL);
+        args.push("4");
+        let refused = hmdpc(&args);
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+        assert!(text(&refused.stderr).contains(message), "{}", text(&refused.stderr));
+    }
 }
 
 #[test]

@@ -110,6 +110,8 @@ impl Config {
     }
 }
 
+/// Why training stopped or could not start. `RunFolder`: the run folder cannot be written, or
+/// cannot be resumed as asked (the message says why); `Internal`: a bug.
 #[derive(Debug)]
 pub enum TrainError {
     Run(RunError),
@@ -117,6 +119,7 @@ pub enum TrainError {
     NotFiniteGradient,
     EmptyBounds { action: String, element: usize, step: usize, lo: f64, hi: f64 },
     NoActions,
+    RunFolder(String),
     Internal(String),
 }
 
@@ -140,6 +143,7 @@ impl std::fmt::Display for TrainError {
                 write!(f, "the bounds of `{action}` (element {element}) are empty at step {step}: {lo} > {hi}")
             }
             TrainError::NoActions => write!(f, "the model has no actions, so there is no policy to train"),
+            TrainError::RunFolder(what) => write!(f, "{what}"),
             TrainError::Internal(what) => write!(f, "internal error: {what}"),
         }
     }

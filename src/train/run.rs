@@ -224,6 +224,30 @@ pub fn config_json(cfg: &Config, overrides: &[(String, f64)]) -> serde_json::Val
     })
 }
 
+/// The settings that define the problem, its scenario sets and the policy's parametrisation,
+/// where a resumed run's (`new`) differ from the run's (`old`), as `name was A, now B`.
+/// The others (the learning rate, the schedule, the number of updates) may change on a resume.
+fn problem_changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    // `--set` in name order, whatever the order on the command line.
+    let sets = |config: &serde_json::Value| {
+        let mut list = config.get("set").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+        list.sort_by_key(|pair| pair.get(0).and_then(|n| n.as_str()).unwrap_or_default().to_string());
+        serde_json::Value::Array(list)
+    };
+    let keys = ["set", "instance_seed", "seed", "scenarios", "hidden", "normalize", "action_scale", "action_shift"];
+    keys.iter()
+        .filter_map(|&key| {
+            let (was, now) = if key == "set" {
+                (sets(old), sets(new))
+            } else {
+                (old.get(key).cloned().unwrap_or_default(), new.get(key).cloned().unwrap_or_default())
+            };
+            // A run from before a setting was recorded is not refused for it.
+            (!old.get(key).is_none_or(|v| v.is_null()) && was != now).then(|| format!("{key} was {was}, now {now}"))
+        })
+        .collect()
+}
+
 fn total(row: &CurveRow) -> f64 {
     let t: f64 = row.dev_terms.iter().sum();
     if t.is_nan() { f64::INFINITY } else { t }
@@ -363,7 +387,7 @@ fn read_curve(text: &str) -> Vec<CurveRow> {
 /// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
 /// returned inside the outcome after the best checkpoint and the curve are safely written.
 pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainError> {
-    let io = |e: std::io::Error| TrainError::Internal(format!("cannot write the run folder: {e}"));
+    let io = |e: std::io::Error| TrainError::RunFolder(format!("cannot write the run folder: {e}"));
     let module = inputs.module;
     let instance: Buffers = sim::instance(module, cfg.instance_seed).map_err(TrainError::Run)?;
     let spec0 = super::spec::Spec::of(module);
@@ -386,7 +410,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     if inputs.resume {
         let recorded = std::fs::read_to_string(folder.join("model.hash")).unwrap_or_default();
         if recorded.trim() != fingerprint(inputs.source, inputs.data_files) {
-            return Err(TrainError::Internal(format!(
+            return Err(TrainError::RunFolder(format!(
                 "--resume: the model or its data files differ from those {} was trained on (model.hash)",
                 folder.display()
             )));
@@ -407,7 +431,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             }
         }
         let (bytes, from) = bytes.ok_or_else(|| {
-            TrainError::Internal(format!(
+            TrainError::RunFolder(format!(
                 "--resume: cannot read a checkpoint: {}",
                 unreadable.map_or_else(String::new, |e| e.to_string())
             ))
@@ -415,9 +439,21 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         // Points past the checkpoint belong to updates that are about to be redone.
         let mut curve = read_curve(&std::fs::read_to_string(folder.join("curve.csv")).unwrap_or_default());
         curve.retain(|row| row.update <= from);
-        earlier_commands = std::fs::read_to_string(folder.join("run.json"))
+        let old = std::fs::read_to_string(folder.join("run.json"))
             .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        if let Some(old_config) = old.as_ref().and_then(|old| old.get("config")) {
+            let changed = problem_changes(old_config, &config_json(&cfg, inputs.overrides));
+            if !changed.is_empty() {
+                return Err(TrainError::RunFolder(format!(
+                    "--resume: {} trained another problem or policy: {}; resume with the settings it was \
+                     trained with (run.json)",
+                    folder.display(),
+                    changed.join(", ")
+                )));
+            }
+        }
+        earlier_commands = old
             .map(|old| {
                 let mut list = old.get("earlier_commands").and_then(|c| c.as_array()).cloned().unwrap_or_default();
                 list.extend(old.get("command").cloned());
@@ -472,7 +508,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     match &resumed {
         Some((bytes, rows)) => {
             first_update = decode_checkpoint(bytes, &mut nets)
-                .map_err(|e| TrainError::Internal(format!("--resume: {e} (were the settings changed?)")))?;
+                .map_err(|e| TrainError::RunFolder(format!("--resume: {e} (were the settings changed?)")))?;
             curve = rows.clone();
         }
         None => {
