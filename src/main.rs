@@ -161,10 +161,14 @@ struct TrainArgs {
     /// Replace the files of an existing run folder.
     #[arg(long, conflicts_with = "resume")]
     force: bool,
-    /// Continue an existing run from its final checkpoint for `--updates` more updates.
+    /// Continue an existing run, exactly where it stopped, until it has `--updates` updates.
     #[arg(long)]
     resume: bool,
-    /// Policy updates (one rollout of `--batch` scenarios each).
+    /// The least number of seconds between two writes of the checkpoint a killed run resumes
+    /// from (`latest.ckpt`, written at a dev evaluation).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_non_negative)]
+    save_every: f64,
+    /// Policy updates in all (one rollout of `--batch` scenarios each).
     #[arg(long, default_value_t = 1600, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     updates: u64,
     /// Scenarios per update.
@@ -262,6 +266,13 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("expected a positive number, found `{text}`")),
+    }
+}
+
+fn parse_non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a number of at least 0, found `{text}`")),
     }
 }
 
@@ -993,7 +1004,7 @@ fn train(args: TrainArgs) -> u8 {
         );
         return 2;
     }
-    if args.resume && !folder.join("final.ckpt").exists() && !folder.join("best.ckpt").exists() {
+    if args.resume && !["final.ckpt", "latest.ckpt", "best.ckpt"].iter().any(|name| folder.join(name).exists()) {
         eprintln!("error: --resume: {} holds no checkpoint to continue from", folder.display());
         return 2;
     }
@@ -1037,6 +1048,7 @@ fn train(args: TrainArgs) -> u8 {
         stop,
         progress: !args.quiet,
         resume: args.resume,
+        save_every: args.save_every,
     };
     println!(
         "train {name}: {} on backend {}, {} updates of {} scenarios, seed {}, run folder {}",

@@ -165,16 +165,74 @@ fn a_forced_run_killed_early_leaves_nothing_of_the_run_it_replaced() {
 
     let mut resume = vec!["train", "models/switched_lqr.hmdp", "--set", "n=3", "--out", s(&out), "--resume"];
     resume.extend(SMALL);
-    resume.push("4");
+    resume.push("40");
     let run = hmdpc(&resume);
     assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
     let eval = hmdpc(&["eval", s(&out), "--scenarios", "16"]);
     assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
 }
 
-/// A run resumed after a kill continues from its latest checkpoint: when an earlier segment's
-/// `final.ckpt` is older than `best.ckpt`, from the best, with the curve cut there (no update
-/// appears twice), and `run.json` keeps the commands of the earlier segments.
+/// A run killed mid-way and resumed with the same command and `--resume` ends exactly as the
+/// run that was not stopped: the same checkpoints, bit for bit, and the same learning curve.
+#[test]
+fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
+    let (whole, killed) = (scratch("whole"), scratch("killed-resumed"));
+    let args = |out: &Path| {
+        let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--save-every", "0", "--out", s(out)];
+        args.extend(SMALL);
+        args.push("1000");
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args(&whole)).current_dir(common::root()).output();
+    let run = run.expect("runs");
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+
+    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(args(&killed))
+        .current_dir(common::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    while !killed.join("latest.ckpt").exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let finished = child.wait_with_output().expect("waits");
+    assert_eq!(finished.status.code(), None, "the run finished before it was killed: {}", text(&finished.stderr));
+    assert!(!killed.join("final.ckpt").exists());
+
+    let mut again = args(&killed);
+    again.push("--resume".into());
+    let again = Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(again).current_dir(common::root()).output();
+    let again = again.expect("runs");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("exactly where it stopped"), "{}", text(&again.stdout));
+    assert!(!killed.join("latest.ckpt").exists(), "the final checkpoint supersedes latest.ckpt");
+    for name in ["final.ckpt", "best.ckpt"] {
+        let (a, b) = (std::fs::read(whole.join(name)).expect(name), std::fs::read(killed.join(name)).expect(name));
+        assert!(a == b, "{name} differs from the uninterrupted run's");
+    }
+    // Every column but the wall time.
+    let curve = |out: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+        text.lines()
+            .map(|line| {
+                let mut cols: Vec<&str> = line.split(',').collect();
+                cols.remove(1);
+                cols.join(",")
+            })
+            .collect()
+    };
+    assert_eq!(curve(&killed), curve(&whole));
+}
+
+/// Without a checkpoint that holds the training state (a folder from before checkpoints held
+/// it, or a run killed before its first `latest.ckpt`), `--resume` continues from the newest
+/// checkpoint with the curve cut there (no update appears twice), `--updates` counts the
+/// updates of the whole run, and `run.json` keeps the commands of the earlier segments.
 #[test]
 fn a_resumed_run_continues_from_its_latest_checkpoint() {
     let out = scratch("resumed");
@@ -185,8 +243,7 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
         }
         args.extend(SMALL);
         args.push(updates);
-        let run = hmdpc(&args);
-        assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+        hmdpc(&args)
     };
     let curve = || -> Vec<(usize, f64)> {
         let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
@@ -198,17 +255,23 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
             })
             .collect()
     };
-    segment("4", false);
-    let stale = std::fs::read(out.join("final.ckpt")).expect("final.ckpt");
-    segment("12", true);
+    for (updates, resume) in [("4", false), ("12", true)] {
+        let run = segment(updates, resume);
+        assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    }
     let best = curve().into_iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a curve").0;
     assert!(best > 4, "the dev cost did not improve after update 4: {:?}", curve());
-    // A later segment was killed before it wrote its own `final.ckpt`.
-    std::fs::write(out.join("final.ckpt"), stale).expect("stale final");
-    segment("4", true);
+    let done = segment("12", true);
+    assert_eq!(done.status.code(), Some(1), "{}", text(&done.stderr));
+    assert!(text(&done.stderr).contains("has done 12 updates"), "{}", text(&done.stderr));
+
+    std::fs::remove_file(out.join("final.ckpt")).expect("final.ckpt");
+    let run = segment("16", true);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    assert!(text(&run.stdout).contains(&format!("from best.ckpt at update {best}")), "{}", text(&run.stdout));
     let updates: Vec<usize> = curve().iter().map(|r| r.0).collect();
     assert!(updates.windows(2).all(|w| w[0] < w[1]), "an update appears twice: {updates:?}");
-    assert_eq!(updates.last(), Some(&(best + 4)), "{updates:?}");
+    assert_eq!(updates.last(), Some(&16), "{updates:?}");
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
     let earlier = run.get("earlier_commands").and_then(|c| c.as_array()).expect("earlier_commands");
@@ -222,7 +285,7 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
             args.extend(["--set", "n=2"]);
         }
         args.extend(SMALL);
-        args.push("4");
+        args.push("20");
         let refused = hmdpc(&args);
         assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
         assert!(text(&refused.stderr).contains(message), "{}", text(&refused.stderr));

@@ -34,6 +34,23 @@ impl Adam {
         self.steps
     }
 
+    /// The first and second moment estimates, for a checkpoint to keep.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// Puts back the state a checkpoint kept: the moments and the number of steps taken, so the
+    /// next step is the one an uninterrupted run would take. Refuses moments of another length.
+    pub fn restore(&mut self, m: &[f32], v: &[f32], steps: u32) -> Result<(), String> {
+        if m.len() != self.m.len() || v.len() != self.v.len() {
+            return Err(format!("Adam over {} parameters was given {} and {} moments", self.m.len(), m.len(), v.len()));
+        }
+        self.m.copy_from_slice(m);
+        self.v.copy_from_slice(v);
+        self.steps = steps;
+        Ok(())
+    }
+
     /// One step of `params` against `grad` (the gradient of the loss to minimise).
     ///
     /// Panics if the slices are not as long as the optimiser's state.

@@ -3,10 +3,12 @@
 //!
 //! A run folder holds `model.hmdp` (the source trained on) with `model.hash`, `data.json` (the
 //! text of every data file the model read, when it read any), `run.json` (the
-//! exact command, the settings and seeds, crate versions), `best.ckpt` and `final.ckpt`,
-//! `curve.csv` (update, wall time, train cost, dev cost per term) and `curve.svg`. Every file is
-//! written to a temporary name and renamed into place, so a crash or a kill leaves each file
-//! either as it was or complete; a checkpoint is never half written.
+//! exact command, the settings and seeds, crate versions), `best.ckpt`, `latest.ckpt` (while the
+//! run goes on) and `final.ckpt`, `curve.csv` (update, wall time, train cost, dev cost per term)
+//! and `curve.svg`. Every file is written to a temporary name and renamed into place, so a crash
+//! or a kill leaves each file either as it was or complete; a checkpoint is never half written.
+//! `latest.ckpt` and `final.ckpt` also hold the training state, so `--resume` goes on exactly as
+//! the run would have.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use super::update::{Optimizers, Phases, Workspace, update};
 use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_squash};
 use crate::backend::Backend;
 use crate::ir::Module;
+use crate::nn::optim::Adam;
 use crate::sim::{self, Buffers, ScenarioSet};
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HMDPCKPT";
@@ -86,9 +89,38 @@ pub fn hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// The networks and normalisation as bytes: a magic, a JSON header, then the arrays.
-pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::Value) -> Vec<u8> {
-    let header = serde_json::json!({
+/// What a run needs besides the networks to go on exactly as if it had not stopped: Adam's
+/// moments, the generator that shuffles the train set and the minibatches, the order of the
+/// train set, and the running train cost of the progress line and the curve.
+pub struct TrainingState<'a> {
+    pub opt: &'a Optimizers,
+    pub rng: &'a ChaCha8Rng,
+    pub order: &'a [usize],
+    pub running_train: f64,
+}
+
+/// The part of a [`TrainingState`] a checkpoint gives back besides Adam's moments.
+#[derive(Debug, PartialEq)]
+pub struct Continuation {
+    pub rng: ChaCha8Rng,
+    pub order: Vec<usize>,
+    pub running_train: f64,
+}
+
+/// The four optimisers in the order a checkpoint stores them.
+fn adams(opt: &Optimizers) -> [&Adam; 4] {
+    [&opt.discrete, &opt.continuous, &opt.value, &opt.log_std]
+}
+
+/// The networks and normalisation as bytes: a magic, a JSON header, then the arrays; with a
+/// training state, its scalars in the header and Adam's moments after the networks.
+pub fn encode_checkpoint(
+    nets: &Nets,
+    update: usize,
+    header_extra: serde_json::Value,
+    state: Option<TrainingState<'_>>,
+) -> Vec<u8> {
+    let mut header = serde_json::json!({
         "update": update,
         "discrete": nets.discrete.params().len(),
         "continuous": nets.continuous.params().len(),
@@ -98,8 +130,18 @@ pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::V
         "normalize": nets.normalizer.enabled,
         "count": nets.normalizer.count,
         "run": header_extra,
-    })
-    .to_string();
+    });
+    if let Some(state) = &state {
+        let rng: String = state.rng.serialize_state().iter().map(|b| format!("{b:02x}")).collect();
+        header["state"] = serde_json::json!({
+            "rng": rng,
+            "order": state.order,
+            // NaN (no update yet) is written as null.
+            "running_train": state.running_train,
+            "adam_steps": adams(state.opt).map(|a| a.steps()),
+        });
+    }
+    let header = header.to_string();
     let mut out = Vec::new();
     out.extend_from_slice(CHECKPOINT_MAGIC);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
@@ -114,18 +156,33 @@ pub fn encode_checkpoint(nets: &Nets, update: usize, header_extra: serde_json::V
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
+    if let Some(state) = &state {
+        for adam in adams(state.opt) {
+            let (m, v) = adam.moments();
+            for v in m.iter().chain(v) {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
     out
 }
 
-/// The update a checkpoint was written at, from its header alone.
-fn checkpoint_update(bytes: &[u8]) -> Option<usize> {
+/// A checkpoint's header: the update it was written at, and whether it holds a training state.
+fn checkpoint_header(bytes: &[u8]) -> Option<(usize, bool)> {
     let len = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?) as usize;
     let header: serde_json::Value = serde_json::from_slice(bytes.get(16..16usize.checked_add(len)?)?).ok()?;
-    (bytes.get(..8)? == CHECKPOINT_MAGIC).then_some(header.get("update")?.as_u64()? as usize)
+    (bytes.get(..8)? == CHECKPOINT_MAGIC)
+        .then_some((header.get("update")?.as_u64()? as usize, header.get("state").is_some()))
 }
 
-/// Reads a checkpoint into networks of the right shapes.
-pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String> {
+/// Reads a checkpoint into networks of the right shapes and returns the update it was written
+/// at. With `opt`, also reads the training state when the checkpoint holds one: Adam's moments
+/// into `opt`, the rest returned.
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    nets: &mut Nets,
+    opt: Option<&mut Optimizers>,
+) -> Result<(usize, Option<Continuation>), String> {
     let bad = |what: &str| format!("not a valid checkpoint: {what}");
     if bytes.len() < 16 || &bytes[..8] != CHECKPOINT_MAGIC {
         return Err(bad("it does not start with the checkpoint marker"));
@@ -171,7 +228,39 @@ pub fn decode_checkpoint(bytes: &[u8], nets: &mut Nets) -> Result<usize, String>
     }
     nets.normalizer.enabled = header.get("normalize").and_then(|v| v.as_bool()).unwrap_or(true);
     nets.normalizer.count = header.get("count").and_then(|v| v.as_f64()).unwrap_or(0.0);
-    Ok(size("update").unwrap_or(0))
+    let update = size("update").unwrap_or(0);
+    let (Some(opt), Some(state)) = (opt, header.get("state")) else {
+        return Ok((update, None));
+    };
+    let rng: Vec<u8> = state
+        .get("rng")
+        .and_then(|v| v.as_str())
+        .filter(|hex| hex.len() == 98 && hex.is_ascii())
+        .and_then(|hex| (0..49).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect())
+        .ok_or_else(|| bad("the training state's generator"))?;
+    let order: Vec<usize> = state
+        .get("order")
+        .and_then(|v| v.as_array())
+        .and_then(|list| list.iter().map(|i| i.as_u64().map(|i| i as usize)).collect())
+        .ok_or_else(|| bad("the training state's order of the train set"))?;
+    let steps: Vec<u32> = state
+        .get("adam_steps")
+        .and_then(|v| v.as_array())
+        .and_then(|list| list.iter().map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok())).collect())
+        .filter(|steps: &Vec<u32>| steps.len() == 4)
+        .ok_or_else(|| bad("the training state's Adam steps"))?;
+    for (adam, steps) in
+        [&mut opt.discrete, &mut opt.continuous, &mut opt.value, &mut opt.log_std].into_iter().zip(steps)
+    {
+        let n = adam.moments().0.len();
+        let read = |raw: &[u8]| -> Vec<f32> { raw.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect() };
+        let m = read(take(n, 4)?);
+        let v = read(take(n, 4)?);
+        adam.restore(&m, &v, steps).map_err(|e| bad(&e))?;
+    }
+    let rng = ChaCha8Rng::deserialize_state(rng.as_slice().try_into().map_err(|_| bad("the generator"))?);
+    let running_train = state.get("running_train").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    Ok((update, Some(Continuation { rng, order, running_train })))
 }
 
 /// Versions of the crates that decide a run's numbers, read from the lock file built in.
@@ -363,10 +452,13 @@ pub struct RunInputs<'a> {
     pub data_files: &'a [(String, String)],
     pub stop: Arc<AtomicBool>,
     pub progress: bool,
-    /// Continue the run in `folder` from its final (else best) checkpoint: the networks and
-    /// their normalisation, the update count and the learning curve carry over; Adam's moments
-    /// and the order of the train set start afresh.
+    /// Continue the run in `folder` up to `Config::updates` updates in all, from its newest
+    /// checkpoint with a training state (`latest.ckpt` or `final.ckpt`), exactly as if it had not
+    /// stopped; from the newest checkpoint without one when there is none, with Adam's moments and
+    /// the order of the train set afresh.
     pub resume: bool,
+    /// The least number of seconds between two writes of `latest.ckpt`, at dev evaluations.
+    pub save_every: f64,
 }
 
 /// Reads the rows of a `curve.csv` written by [`train`].
@@ -415,27 +507,44 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
                 folder.display()
             )));
         }
-        // The later of the two checkpoints: after a kill, `final.ckpt` is missing or is the end
-        // of an earlier segment of the run, and `best.ckpt` may be newer.
-        let mut bytes: Option<(Vec<u8>, usize)> = None;
+        // The newest checkpoint that holds a training state, so the run goes on exactly as if it
+        // had not stopped: `latest.ckpt` after a kill, `final.ckpt` after a run that ended or was
+        // stopped with Ctrl-C. Failing that (a folder written before checkpoints held the
+        // state, or a run killed before its first `latest.ckpt`), the newest checkpoint.
+        let mut chosen: Option<(Vec<u8>, &str, (usize, bool))> = None;
         let mut unreadable = None;
-        for name in ["final.ckpt", "best.ckpt"] {
+        for name in ["final.ckpt", "latest.ckpt", "best.ckpt"] {
             match std::fs::read(folder.join(name)) {
                 Ok(b) => {
-                    let update = checkpoint_update(&b).unwrap_or(0);
-                    if bytes.as_ref().is_none_or(|(_, u)| update > *u) {
-                        bytes = Some((b, update));
+                    let header = checkpoint_header(&b).unwrap_or((0, false));
+                    if chosen.as_ref().is_none_or(|(_, _, (u, s))| (header.1, header.0) > (*s, *u)) {
+                        chosen = Some((b, name, header));
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => unreadable = Some(e),
             }
         }
-        let (bytes, from) = bytes.ok_or_else(|| {
-            TrainError::RunFolder(format!(
-                "--resume: cannot read a checkpoint: {}",
-                unreadable.map_or_else(String::new, |e| e.to_string())
-            ))
+        let (bytes, name, (from, exact)) = chosen.ok_or_else(|| {
+            TrainError::RunFolder(match unreadable {
+                Some(e) => format!("--resume: cannot read a checkpoint: {e}"),
+                None => format!("--resume: {} holds no checkpoint to continue from", folder.display()),
+            })
         })?;
+        if from >= cfg.updates {
+            return Err(TrainError::RunFolder(format!(
+                "--resume: {} has done {from} updates, and --updates {} asks for no more; pass the number of \
+                 updates the run should have in all",
+                folder.display(),
+                cfg.updates
+            )));
+        }
+        let how = if exact {
+            "exactly where it stopped"
+        } else {
+            "with Adam's moments and the order of the train set afresh (the checkpoint holds no training state)"
+        };
+        println!("resuming from {name} at update {from}, {how}");
         // Points past the checkpoint belong to updates that are about to be redone.
         let mut curve = read_curve(&std::fs::read_to_string(folder.join("curve.csv")).unwrap_or_default());
         curve.retain(|row| row.update <= from);
@@ -467,7 +576,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         // A `--force` over an earlier run: its final checkpoint and curve would otherwise sit
         // beside this run's files until this run writes its own, and a kill in between would
         // leave a folder that mixes the two (and that `--resume` would continue from the old one).
-        for stale in ["final.ckpt", "curve.csv", "curve.svg"] {
+        for stale in ["final.ckpt", "latest.ckpt", "curve.csv", "curve.svg"] {
             if let Err(e) = std::fs::remove_file(folder.join(stale))
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -505,10 +614,23 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let mut work = Workspace::default();
     let mut first_update = 0;
     let mut curve: Vec<CurveRow> = Vec::new();
+    let mut order: Vec<usize> = (0..train_set.count).collect();
+    let mut running_train = f64::NAN;
     match &resumed {
         Some((bytes, rows)) => {
-            first_update = decode_checkpoint(bytes, &mut nets)
-                .map_err(|e| TrainError::RunFolder(format!("--resume: {e} (were the settings changed?)")))?;
+            let resume_error = |e: String| TrainError::RunFolder(format!("--resume: {e} (were the settings changed?)"));
+            let (from, continuation) = decode_checkpoint(bytes, &mut nets, Some(&mut opt)).map_err(resume_error)?;
+            if let Some(c) = continuation {
+                let mut sorted = c.order.clone();
+                sorted.sort_unstable();
+                if !sorted.iter().copied().eq(0..train_set.count) {
+                    return Err(resume_error(
+                        "the checkpoint's order of the train set is not one of this train set".into(),
+                    ));
+                }
+                (rng, order, running_train) = (c.rng, c.order, c.running_train);
+            }
+            first_update = from;
             curve = rows.clone();
         }
         None => {
@@ -522,17 +644,16 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let scale_report = sim::report_scale(module);
     let header = config_json(&cfg, inputs.overrides);
 
-    let mut order: Vec<usize> = (0..train_set.count).collect();
-    let mut running_train = f64::NAN;
     let mut in_updates = 0.0;
     let mut phases = Phases::default();
     let mut update_seconds = Vec::with_capacity(cfg.updates.min(1 << 20));
     let mut error = None;
     let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
     let mut last_print = Instant::now();
-    let save = |nets: &Nets, name: &str, update: usize| {
-        write_atomic(&folder.join(name), &encode_checkpoint(nets, update, header.clone())).map_err(io)
+    let save = |nets: &Nets, name: &str, update: usize, state: Option<TrainingState<'_>>| {
+        write_atomic(&folder.join(name), &encode_checkpoint(nets, update, header.clone(), state)).map_err(io)
     };
+    let mut last_save = Instant::now();
     let evaluate_dev = |nets: &Nets| -> Result<Evaluation, TrainError> { evaluate(&ctx, nets, &dev_set) };
 
     // The policy before any update is the first point of the curve and the first best; a
@@ -547,14 +668,14 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
                 train: f64::NAN,
                 dev_terms: first.terms.clone(),
             });
-            save(&nets, "best.ckpt", first_update)?;
+            save(&nets, "best.ckpt", first_update, None)?;
             (first.total(), first_update)
         }
     };
     let mut done = first_update;
     let offset = curve.last().map_or(0.0, |r| r.seconds);
 
-    for u in first_update..first_update + cfg.updates {
+    for u in first_update..cfg.updates {
         if inputs.stop.load(Ordering::Relaxed) {
             break;
         }
@@ -592,7 +713,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             }
         }
         done = u + 1;
-        let last = first_update + cfg.updates;
+        let last = cfg.updates;
         if done % per_epoch == 0 || done == last {
             match evaluate_dev(&nets) {
                 Ok(dev) => {
@@ -604,9 +725,16 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
                     });
                     if dev.total() < best.0 {
                         best = (dev.total(), done);
-                        save(&nets, "best.ckpt", done)?;
+                        save(&nets, "best.ckpt", done, None)?;
                     }
                     write_atomic(&folder.join("curve.csv"), curve_csv(&names, &curve).as_bytes()).map_err(io)?;
+                    // Where a killed run resumes from. It is written after the curve, so a kill
+                    // between the two leaves a curve that `--resume` cuts back to it.
+                    if done < last && last_save.elapsed().as_secs_f64() >= inputs.save_every {
+                        let state = TrainingState { opt: &opt, rng: &rng, order: &order, running_train };
+                        save(&nets, "latest.ckpt", done, Some(state))?;
+                        last_save = Instant::now();
+                    }
                 }
                 Err(e) => {
                     error = Some(e);
@@ -619,7 +747,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
             let rate = (done - first_update) as f64 / in_updates.max(1e-9);
             let dev = curve.last().map_or(f64::NAN, |r| r.dev_terms.iter().sum::<f64>());
             let width = 24;
-            let filled = width * (done - first_update) / cfg.updates.max(1);
+            let filled = width * done / cfg.updates.max(1);
             let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
             let line =
                 format!("[{bar}] {done}/{last} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}");
@@ -633,7 +761,14 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     if inputs.progress && std::io::stderr().is_terminal() {
         eprintln!();
     }
-    save(&nets, "final.ckpt", done)?;
+    let state = TrainingState { opt: &opt, rng: &rng, order: &order, running_train };
+    save(&nets, "final.ckpt", done, Some(state))?;
+    // The final checkpoint holds all that `latest.ckpt` held, and is newer.
+    if let Err(e) = std::fs::remove_file(folder.join("latest.ckpt"))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io(e));
+    }
     write_atomic(&folder.join("curve.csv"), curve_csv(&names, &curve).as_bytes()).map_err(io)?;
     let title = format!("{} — {} (dev cost, {})", module.name, cfg.algo.name(), sim::report_unit(module));
     write_atomic(&folder.join("curve.svg"), curve_svg(&title, &curve).as_bytes()).map_err(io)?;
@@ -700,7 +835,7 @@ pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, s
     let spec = spec_with_squash(module, cfg.action_scale.unwrap_or(1.0), cfg.action_shift);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
-    decode_checkpoint(bytes, &mut nets)?;
+    decode_checkpoint(bytes, &mut nets, None)?;
     Ok((nets, spec))
 }
 
@@ -751,12 +886,45 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut nets = Nets::new(&spec, &[4], true, &mut rng);
         nets.normalizer.fit(&[1.0, 2.0, 4.0], 1, 1.0);
-        let bytes = encode_checkpoint(&nets, 7, serde_json::json!({}));
+        let bytes = encode_checkpoint(&nets, 7, serde_json::json!({}), None);
         let mut back = Nets::new(&spec, &[4], true, &mut ChaCha8Rng::seed_from_u64(2));
-        assert_eq!(decode_checkpoint(&bytes, &mut back), Ok(7));
+        assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((7, None)));
         assert_eq!(back.continuous.params(), nets.continuous.params());
         assert_eq!(back.normalizer.mean, nets.normalizer.mean);
-        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back).is_err());
-        assert!(decode_checkpoint(b"not a checkpoint", &mut back).is_err());
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, None).is_err());
+        assert!(decode_checkpoint(b"not a checkpoint", &mut back, None).is_err());
+
+        // With a training state: Adam's moments and steps, the generator part-way through a
+        // block, the order and the running cost all come back.
+        let cfg = Config::defaults(Algo::Hpo, &module);
+        let mut opt = Optimizers::new(&nets, &cfg);
+        let grad: Vec<f32> = (0..nets.value.params().len()).map(|i| i as f32 - 3.0).collect();
+        let mut params = nets.value.params().to_vec();
+        opt.value.step(&mut params, &grad);
+        opt.value.step(&mut params, &grad);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let _ = crate::sim::eval::unit(&mut rng);
+        let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train: 4.5 };
+        let bytes = encode_checkpoint(&nets, 9, serde_json::json!({}), Some(state));
+        let mut opt_back = Optimizers::new(&nets, &cfg);
+        let (update, continuation) = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap();
+        assert_eq!(
+            (update, continuation),
+            (
+                9,
+                Some(Continuation {
+                    rng: ChaCha8Rng::deserialize_state(&rng.serialize_state()),
+                    order: vec![2, 0, 1],
+                    running_train: 4.5
+                })
+            )
+        );
+        let mut rng_back = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap().1.unwrap().rng;
+        assert_eq!(crate::sim::eval::unit(&mut rng_back), crate::sim::eval::unit(&mut rng));
+        assert_eq!(opt_back.value.moments(), opt.value.moments());
+        assert_eq!(opt_back.value.steps(), 2);
+        // Read without an optimiser (as `eval` reads it), the state is skipped.
+        assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((9, None)));
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, Some(&mut opt_back)).is_err());
     }
 }
