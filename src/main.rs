@@ -1205,6 +1205,12 @@ fn eval(folder: &Path, policy: EvalPolicy, scenarios: Option<u64>) -> u8 {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("error: cannot read {}: {}", folder.join(file).display(), describe_io(&e));
+                if policy == EvalPolicy::Final && e.kind() == std::io::ErrorKind::NotFound {
+                    eprintln!(
+                        "  the run has not ended: it was killed, or is still training; `--policy best` evaluates its \
+                         best checkpoint, and `hmdpc train ... --resume` finishes it"
+                    );
+                }
                 return 1;
             }
         };

@@ -203,6 +203,9 @@ fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
     let finished = child.wait_with_output().expect("waits");
     assert_eq!(finished.status.code(), None, "the run finished before it was killed: {}", text(&finished.stderr));
     assert!(!killed.join("final.ckpt").exists());
+    let final_policy = hmdpc(&["eval", s(&killed), "--policy", "final", "--scenarios", "16"]);
+    assert_eq!(final_policy.status.code(), Some(1));
+    assert!(text(&final_policy.stderr).contains("the run has not ended"), "{}", text(&final_policy.stderr));
 
     let mut again = args(&killed);
     again.push("--resume".into());
