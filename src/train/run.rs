@@ -43,6 +43,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Removes the file at `path`; a file that is not there is already removed.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A 64-bit FNV-1a hash, printed in hex: identifies a model's source in a run folder.
 /// What `model.hash` holds: the hash of the model's source, and of the text of every data file
 /// it read when there are any.
@@ -577,22 +585,16 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
         // beside this run's files until this run writes its own, and a kill in between would
         // leave a folder that mixes the two (and that `--resume` would continue from the old one).
         for stale in ["final.ckpt", "latest.ckpt", "curve.csv", "curve.svg"] {
-            if let Err(e) = std::fs::remove_file(folder.join(stale))
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(io(e));
-            }
+            remove_if_present(&folder.join(stale)).map_err(io)?;
         }
     }
     write_atomic(&folder.join("model.hmdp"), inputs.source.as_bytes()).map_err(io)?;
     let model_hash = fingerprint(inputs.source, inputs.data_files);
     if !inputs.data_files.is_empty() {
         write_atomic(&folder.join("data.json"), data_json(inputs.data_files).as_bytes()).map_err(io)?;
-    } else if let Err(e) = std::fs::remove_file(folder.join("data.json")) {
+    } else {
         // A `--force` over a run of a model that read data files.
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(io(e));
-        }
+        remove_if_present(&folder.join("data.json")).map_err(io)?;
     }
     write_atomic(&folder.join("model.hash"), format!("{model_hash}\n").as_bytes()).map_err(io)?;
     let mut run_json = serde_json::json!({
@@ -764,11 +766,7 @@ pub fn train(inputs: RunInputs<'_>, mut cfg: Config) -> Result<Outcome, TrainErr
     let state = TrainingState { opt: &opt, rng: &rng, order: &order, running_train };
     save(&nets, "final.ckpt", done, Some(state))?;
     // The final checkpoint holds all that `latest.ckpt` held, and is newer.
-    if let Err(e) = std::fs::remove_file(folder.join("latest.ckpt"))
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(io(e));
-    }
+    remove_if_present(&folder.join("latest.ckpt")).map_err(io)?;
     write_atomic(&folder.join("curve.csv"), curve_csv(&names, &curve).as_bytes()).map_err(io)?;
     let title = format!("{} — {} (dev cost, {})", module.name, cfg.algo.name(), sim::report_unit(module));
     write_atomic(&folder.join("curve.svg"), curve_svg(&title, &curve).as_bytes()).map_err(io)?;
