@@ -115,9 +115,14 @@ pub struct Continuation {
     pub running_train: f64,
 }
 
-/// The four optimisers in the order a checkpoint stores them.
+/// The four optimisers in the order a checkpoint stores them; [`adams_mut`] must keep it.
 fn adams(opt: &Optimizers) -> [&Adam; 4] {
     [&opt.discrete, &opt.continuous, &opt.value, &opt.log_std]
+}
+
+/// [`adams`], to restore.
+fn adams_mut(opt: &mut Optimizers) -> [&mut Adam; 4] {
+    [&mut opt.discrete, &mut opt.continuous, &mut opt.value, &mut opt.log_std]
 }
 
 /// The networks and normalisation as bytes: a magic, a JSON header, then the arrays; with a
@@ -257,9 +262,7 @@ pub fn decode_checkpoint(
         .and_then(|list| list.iter().map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok())).collect())
         .filter(|steps: &Vec<u32>| steps.len() == 4)
         .ok_or_else(|| bad("the training state's Adam steps"))?;
-    for (adam, steps) in
-        [&mut opt.discrete, &mut opt.continuous, &mut opt.value, &mut opt.log_std].into_iter().zip(steps)
-    {
+    for (adam, steps) in adams_mut(opt).into_iter().zip(steps) {
         let n = adam.moments().0.len();
         let read = |raw: &[u8]| -> Vec<f32> { raw.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect() };
         let m = read(take(n, 4)?);
