@@ -12,6 +12,27 @@ fn hmdpc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs")
 }
 
+/// Starts `hmdpc` with `args`, waits up to two minutes for `ready`, then sends the process
+/// `signal` (`-KILL` or `-INT`) and returns how it ended. `late` is the failure when `ready`
+/// never holds.
+fn signal_when(args: &[&str], ready: impl Fn() -> bool, late: &str, signal: &str) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(args)
+        .current_dir(common::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    while !ready() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(ready(), "{late}");
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    child.wait_with_output().expect("waits")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -104,21 +125,7 @@ fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
         let mut args = vec!["train", "models/switched_lqr.hmdp", "--out", s(&out)];
         args.extend(SMALL);
         args.push("100000");
-        let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
-            .args(&args)
-            .current_dir(common::root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starts");
-        let started = Instant::now();
-        while !out.join("curve.csv").exists() && started.elapsed() < Duration::from_secs(120) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(out.join("curve.csv").exists(), "no epoch finished in time");
-        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-        let finished = child.wait_with_output().expect("waits");
+        let finished = signal_when(&args, || out.join("curve.csv").exists(), "no epoch finished in time", signal);
         if signal == "-INT" {
             assert_eq!(finished.status.code(), Some(0), "{}", text(&finished.stderr));
             assert!(text(&finished.stdout).contains("stopped after"), "{}", text(&finished.stdout));
@@ -144,22 +151,8 @@ fn a_forced_run_killed_early_leaves_nothing_of_the_run_it_replaced() {
     let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=3", "--out", s(&out), "--force"];
     args.extend(SMALL);
     args.push("100000");
-    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
-        .args(&args)
-        .current_dir(common::root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let started = Instant::now();
-    let new_curve = || std::fs::read_to_string(out.join("curve.csv")).ok().filter(|c| *c != old_curve);
-    while new_curve().is_none() && started.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(new_curve().is_some(), "no epoch of the new run finished in time");
-    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    child.wait_with_output().expect("waits");
+    let new_curve = || std::fs::read_to_string(out.join("curve.csv")).is_ok_and(|c| c != old_curve);
+    signal_when(&args, new_curve, "no epoch of the new run finished in time", "-KILL");
     assert!(!out.join("final.ckpt").exists(), "the replaced run's final checkpoint is still there");
     assert!(!out.join("curve.svg").exists(), "the replaced run's plot is still there");
 
@@ -176,31 +169,18 @@ fn a_forced_run_killed_early_leaves_nothing_of_the_run_it_replaced() {
 /// run that was not stopped: the same checkpoints, bit for bit, and the same learning curve.
 #[test]
 fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
-    let (whole, killed) = (scratch("whole"), scratch("killed-resumed"));
-    let args = |out: &Path| {
+    fn args(out: &Path) -> Vec<&str> {
         let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--save-every", "0", "--out", s(out)];
         args.extend(SMALL);
         args.push("1000");
-        args.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let run = Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args(&whole)).current_dir(common::root()).output();
-    let run = run.expect("runs");
+        args
+    }
+    let (whole, killed) = (scratch("whole"), scratch("killed-resumed"));
+    let run = hmdpc(&args(&whole));
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
-        .args(args(&killed))
-        .current_dir(common::root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let started = Instant::now();
-    while !killed.join("latest.ckpt").exists() && started.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    let finished = child.wait_with_output().expect("waits");
+    let latest = || killed.join("latest.ckpt").exists();
+    let finished = signal_when(&args(&killed), latest, "no latest.ckpt was written in time", "-KILL");
     assert_eq!(finished.status.code(), None, "the run finished before it was killed: {}", text(&finished.stderr));
     assert!(!killed.join("final.ckpt").exists());
     let final_policy = hmdpc(&["eval", s(&killed), "--policy", "final", "--scenarios", "16"]);
@@ -208,9 +188,8 @@ fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
     assert!(text(&final_policy.stderr).contains("the run has not ended"), "{}", text(&final_policy.stderr));
 
     let mut again = args(&killed);
-    again.push("--resume".into());
-    let again = Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(again).current_dir(common::root()).output();
-    let again = again.expect("runs");
+    again.push("--resume");
+    let again = hmdpc(&again);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     assert!(text(&again.stdout).contains("exactly where it stopped"), "{}", text(&again.stdout));
     assert!(!killed.join("latest.ckpt").exists(), "the final checkpoint supersedes latest.ckpt");
