@@ -34,7 +34,6 @@
 pub mod compare;
 pub mod enzyme;
 pub mod jit;
-#[path = "../../benches/reference.rs"]
 pub mod reference;
 pub mod rust;
 
