@@ -12,6 +12,7 @@ pub mod diagnostics;
 pub mod ir;
 pub mod nn;
 pub mod passes;
+pub mod pipeline;
 pub mod sim;
 pub mod syntax;
 pub mod train;

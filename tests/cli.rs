@@ -224,3 +224,19 @@ fn run_time_errors_point_at_the_model() {
     assert!(stderr.contains("the bounds of `u` (element 0) are empty here: 2 > 1"), "{stderr}");
     assert!(stderr.contains("empty_bound.hmdp:3:20]"), "{stderr}");
 }
+
+/// Output into a pipe whose reader has gone: a quiet stop with exit code 141, no panic message.
+#[test]
+fn a_closed_pipe_exits_141_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(["instance", "models/inventory.hmdp", "--set", "items=2000"])
+        .current_dir(common::root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hmdpc runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waits");
+    assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}

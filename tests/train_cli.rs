@@ -85,7 +85,8 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
     }
     let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
     assert!(curve.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,dev_total"), "{curve}");
-    assert_eq!(curve.lines().count(), 1 + 3, "the initial policy and two epochs of 4 updates: {curve}");
+    // A fortieth of 8 updates rounds to every update.
+    assert_eq!(curve.lines().count(), 1 + 1 + 8, "the header, the initial policy and one row per update: {curve}");
     let run_json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
     for key in ["\"command\"", "\"seed\"", "\"instance_seed\"", "\"cranelift-codegen\"", "\"items\""] {
         assert!(run_json.contains(key), "run.json lacks {key}: {run_json}");
@@ -128,8 +129,19 @@ fn a_killed_run_leaves_a_readable_best_checkpoint_and_ctrl_c_stops_cleanly() {
         let finished = signal_when(&args, || out.join("curve.csv").exists(), "no epoch finished in time", signal);
         if signal == "-INT" {
             assert_eq!(finished.status.code(), Some(0), "{}", text(&finished.stderr));
-            assert!(text(&finished.stdout).contains("stopped after"), "{}", text(&finished.stdout));
+            let stdout = text(&finished.stdout);
+            assert!(stdout.contains("stopped after"), "{stdout}");
             assert!(out.join("final.ckpt").exists());
+            // The policy it stopped with was evaluated: the curve's last row is its update.
+            let updates: usize = stdout
+                .split("stopped after ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{stdout}"));
+            let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
+            let last = curve.lines().last().and_then(|l| l.split(',').next()).and_then(|u| u.parse::<usize>().ok());
+            assert_eq!(last, Some(updates), "{curve}");
         }
         let eval = hmdpc(&["eval", s(&out), "--scenarios", "16"]);
         assert_eq!(eval.status.code(), Some(0), "{signal}: {}", text(&eval.stderr));
@@ -307,7 +319,7 @@ fn bad_training_input_is_refused_clearly() {
 
 #[test]
 fn instance_prints_the_drawn_parameters_as_json() {
-    let run = hmdpc(&["instance", "models/switched_lqr.hmdp", "--set", "n=3", "--seed", "4", "--json"]);
+    let run = hmdpc(&["instance", "models/switched_lqr.hmdp", "--set", "n=3", "--seed", "4"]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let json: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
     let a = json.pointer("/params/A").and_then(|v| v.as_array()).expect("A");
@@ -448,4 +460,100 @@ horizon 5
     let edited = hmdpc(&["eval", s(&out)]);
     assert_eq!(edited.status.code(), Some(1), "{}", text(&edited.stderr));
     assert!(text(&edited.stderr).contains("does not match model.hash"), "{}", text(&edited.stderr));
+}
+
+/// A second Ctrl-C ends training at once, with exit code 130.
+#[test]
+fn a_second_ctrl_c_exits_130() {
+    let out = scratch("twice");
+    // A large dev set, so that the evaluation after the first Ctrl-C outlasts the pause.
+    let args = ["train", "models/switched_lqr.hmdp", "--out", s(&out), "--scenarios", "50000", "--hidden", "16,16"];
+    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(args)
+        .current_dir(common::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    // The handler is set before the run folder is started.
+    while !out.join("curve.csv").exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for _ in 0..2 {
+        let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = child.wait_with_output().expect("waits");
+    assert_eq!(finished.status.code(), Some(130), "{}", text(&finished.stderr));
+}
+
+/// The scenario sets have their own seed: runs that differ in `--seed` train and are tested on
+/// the same scenarios, and `eval` says both seeds.
+#[test]
+fn training_seeds_share_the_scenario_sets() {
+    let (a, b) = (scratch("seed0"), scratch("seed1"));
+    for (out, seed) in [(&a, "0"), (&b, "1")] {
+        let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=2", "--out", s(out), "--seed", seed];
+        args.extend(SMALL);
+        args.push("2");
+        let run = hmdpc(&args);
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    }
+    let policies = |name: &str| (std::fs::read(a.join(name)).expect("a"), std::fs::read(b.join(name)).expect("b"));
+    let (pa, pb) = policies("final.ckpt");
+    assert_ne!(pa, pb, "the training seed changes the training");
+    let random = |out: &Path| {
+        let eval = hmdpc(&["eval", s(out), "--policy", "random"]);
+        assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
+        text(&eval.stdout)
+    };
+    let (ra, rb) = (random(&a), random(&b));
+    assert!(ra.contains("(seed 0, scenario seed 0, instance seed 0)"), "{ra}");
+    assert!(rb.contains("(seed 1, scenario seed 0, instance seed 0)"), "{rb}");
+    // The same test scenarios: the random policy's figures are the same.
+    assert_eq!(ra.lines().skip(1).collect::<Vec<_>>(), rb.lines().skip(1).collect::<Vec<_>>());
+    // Another scenario seed is another test set.
+    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=2", "--scenario-seed", "5"];
+    let c = scratch("scenario5");
+    args.extend(["--out", s(&c)]);
+    args.extend(SMALL);
+    args.push("2");
+    assert_eq!(hmdpc(&args).status.code(), Some(0));
+    let rc = random(&c);
+    assert!(rc.contains("scenario seed 5"), "{rc}");
+    assert_ne!(ra.lines().skip(1).collect::<Vec<_>>(), rc.lines().skip(1).collect::<Vec<_>>());
+}
+
+/// `train --config RUN/run.json` repeats a run from its folder alone, bit for bit; flags given
+/// beside it change the settings they name and nothing else.
+#[test]
+fn a_run_repeats_from_its_run_json() {
+    let (first, again, changed) = (scratch("original"), scratch("repeat"), scratch("changed"));
+    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=2", "--out", s(&first), "--seed", "3"];
+    args.extend(SMALL);
+    args.push("6");
+    let run = hmdpc(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let config = first.join("run.json");
+    let repeat = hmdpc(&["train", "--config", s(&config), "--out", s(&again), "--quiet"]);
+    assert_eq!(repeat.status.code(), Some(0), "{}", text(&repeat.stderr));
+    for name in ["best.ckpt", "final.ckpt", "model.hmdp", "model.hash"] {
+        let (x, y) = (std::fs::read(first.join(name)).expect(name), std::fs::read(again.join(name)).expect(name));
+        assert!(x == y, "{name} differs between a run and its repetition");
+    }
+    let other = hmdpc(&["train", "--config", s(&config), "--out", s(&changed), "--quiet", "--updates", "4"]);
+    assert_eq!(other.status.code(), Some(0), "{}", text(&other.stderr));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(changed.join("run.json")).expect("run.json")).expect("json");
+    assert_eq!(record.pointer("/config/updates"), Some(&serde_json::json!(4)));
+    assert_eq!(record.pointer("/config/seed"), Some(&serde_json::json!(3)), "{record:#}");
+    assert_eq!(record.pointer("/config/set"), Some(&serde_json::json!([["items", 2.0]])), "{record:#}");
+    // A misspelt setting in a JSON of settings is refused with its name.
+    let bad = first.join("bad.json");
+    std::fs::write(&bad, "{\"updatez\": 3}").expect("write");
+    let refused = hmdpc(&["train", "models/inventory.hmdp", "--config", s(&bad), "--out", s(&scratch("bad"))]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused.stderr).contains("updatez"), "{}", text(&refused.stderr));
 }

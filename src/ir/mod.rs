@@ -55,7 +55,7 @@ use std::marker::PhantomData;
 
 use crate::diagnostics::Span;
 
-pub use validate::validate;
+pub use validate::{ValidModule, validate};
 
 /// A typed index into an [`Arena`].
 pub struct Handle<T> {

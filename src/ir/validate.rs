@@ -67,6 +67,33 @@ pub fn validate(module: &Module) -> Result<(), Vec<String>> {
     if validator.errors.is_empty() { Ok(()) } else { Err(validator.errors) }
 }
 
+/// A module the validator accepted: the only kind a backend takes, so an unvalidated module
+/// cannot reach one. It reads as the [`Module`] it holds; changing it means validating again
+/// ([`ValidModule::into_inner`], then [`ValidModule::new`]).
+#[derive(Clone, Debug)]
+pub struct ValidModule(Module);
+
+impl ValidModule {
+    /// Validates `module`; the errors say which invariant is broken where.
+    pub fn new(module: Module) -> Result<ValidModule, Vec<String>> {
+        validate(&module)?;
+        Ok(ValidModule(module))
+    }
+
+    /// The module, to transform it (and validate it again).
+    pub fn into_inner(self) -> Module {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidModule {
+    type Target = Module;
+
+    fn deref(&self) -> &Module {
+        &self.0
+    }
+}
+
 /// The seven programs, in the order a run executes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {

@@ -7,6 +7,8 @@
 //! after every pass over the train set (an *epoch*) the greedy policy is evaluated on the dev set
 //! and the best parameters so far are kept. [`run`] writes all of it to a run folder.
 
+pub mod config;
+pub mod folder;
 pub mod policy;
 pub mod riccati;
 pub mod rollout;
@@ -24,14 +26,20 @@ use rollout::{Context, Mode};
 use scenarios::Scenarios;
 use spec::Spec;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub use config::Config;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Algo {
     /// Pathwise gradient for the continuous head, score function for the discrete head, and the
     /// cross term.
+    #[serde(rename = "hpo")]
     Hpo,
     /// HPO without the cross term (the decentralised update).
+    #[value(name = "hpo-nocross")]
+    #[serde(rename = "hpo-nocross")]
     HpoNoCross,
     /// PPO with Gaussian continuous actions and no gradient through the simulator.
+    #[serde(rename = "ppo")]
     Ppo,
 }
 
@@ -41,71 +49,6 @@ impl Algo {
             Algo::Hpo => "hpo",
             Algo::HpoNoCross => "hpo-nocross",
             Algo::Ppo => "ppo",
-        }
-    }
-}
-
-/// Every setting of a run; the defaults are those of the HPO paper's configurations.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub algo: Algo,
-    pub updates: usize,
-    pub batch: usize,
-    pub lr: f64,
-    pub hidden: Vec<usize>,
-    pub gamma: f64,
-    pub lambda: f64,
-    pub clip: f64,
-    pub epochs: usize,
-    pub minibatches: usize,
-    pub value_coef: f64,
-    pub entropy_start: f64,
-    pub entropy_end: f64,
-    pub pathwise_coef: f64,
-    pub max_grad_norm: f64,
-    pub target_kl: f64,
-    pub buffer_periods: usize,
-    pub adam_eps: f64,
-    pub normalize: bool,
-    /// Scenarios in each of the train, dev and test sets.
-    pub scenarios: usize,
-    pub seed: u64,
-    pub instance_seed: u64,
-    /// Multiplies a softplus on a half-line; `None` takes the mean size of the noise.
-    pub action_scale: Option<f64>,
-    /// Added to the raw output inside a softplus on a half-line: the reference's shift of 1
-    /// makes the first actions `1.31 ·` the scale rather than `0.69 ·`.
-    pub action_shift: f64,
-}
-
-impl Config {
-    /// The paper's settings for `algo`, with `gamma` and `buffer_periods` from the model.
-    pub fn defaults(algo: Algo, module: &crate::ir::Module) -> Config {
-        Config {
-            algo,
-            updates: 1600,
-            batch: 16,
-            lr: if algo == Algo::Ppo { 1e-4 } else { 1e-3 },
-            hidden: vec![512, 512],
-            gamma: if module.discount < 1.0 { module.discount } else { 0.99 },
-            lambda: 0.96,
-            clip: 0.15,
-            epochs: 5,
-            minibatches: 4,
-            value_coef: 0.15,
-            entropy_start: 0.5,
-            entropy_end: 0.001,
-            pathwise_coef: 5.0,
-            max_grad_norm: 5.0,
-            target_kl: 0.015,
-            buffer_periods: module.warmup as usize,
-            adam_eps: 1e-5,
-            normalize: true,
-            scenarios: 1024,
-            seed: 0,
-            instance_seed: 0,
-            action_scale: None,
-            action_shift: 1.0,
         }
     }
 }

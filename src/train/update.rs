@@ -38,7 +38,7 @@ pub struct Optimizers {
 impl Optimizers {
     pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
         let adam = |n: usize| {
-            let mut a = Adam::new(n, cfg.lr as f32);
+            let mut a = Adam::new(n, cfg.lr() as f32);
             a.eps = cfg.adam_eps as f32;
             a
         };
@@ -122,8 +122,8 @@ struct Samples {
     origin: Vec<(usize, usize)>,
 }
 
-fn slice(cfg: &Config, horizon: usize) -> std::ops::Range<usize> {
-    let b = cfg.buffer_periods.min(horizon / 2);
+fn slice(cfg: &Config, module: &crate::ir::Module, horizon: usize) -> std::ops::Range<usize> {
+    let b = cfg.buffer_periods(module).min(horizon / 2);
     if horizon > 2 * b { b..horizon - b } else { 0..horizon }
 }
 
@@ -156,15 +156,16 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
     let values = nets.value.forward(&all, (horizon + 1) * rows, tape);
     let value = |t: usize, b: usize| values[t * rows + b] as f64;
     let mut advantages = vec![0.0; horizon * rows];
+    let gamma = cfg.gamma(ctx.module);
     for b in 0..rows {
         let mut gae = 0.0;
         for t in (0..horizon).rev() {
-            let delta = rewards[t * rows + b] / scale + cfg.gamma * value(t + 1, b) - value(t, b);
-            gae = delta + cfg.gamma * cfg.lambda * gae;
+            let delta = rewards[t * rows + b] / scale + gamma * value(t + 1, b) - value(t, b);
+            gae = delta + gamma * cfg.lambda * gae;
             advantages[t * rows + b] = gae;
         }
     }
-    let range = slice(cfg, horizon);
+    let range = slice(cfg, ctx.module, horizon);
     let discrete_len: usize = ctx.spec.discrete.iter().map(|d| d.len).sum();
     let continuous_len: usize = ctx.spec.continuous.iter().map(|c| c.len).sum();
     let mut s = Samples {
@@ -540,7 +541,7 @@ pub fn update(
     let cross = cfg.algo == super::Algo::Hpo;
     let mut stats = Stats::default();
     let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg, &mut work.value));
-    let steps = &traj.steps[slice(cfg, traj.steps.len())];
+    let steps = &traj.steps[slice(cfg, ctx.module, traj.steps.len())];
     let discrete_tapes: Option<Vec<&Tape>> = steps.iter().map(|s| s.discrete_tape.as_ref()).collect();
     let first_recorded = Recorded {
         discrete: match discrete_tapes {
@@ -594,7 +595,7 @@ pub fn update(
             }
             if first && !gaussian {
                 let cross_term = l.features.as_deref().map(|dx| (dx, s.origin.as_slice()));
-                let range = slice(cfg, traj.steps.len());
+                let range = slice(cfg, ctx.module, traj.steps.len());
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
                 let (stack, grad) = (&mut work.stack, &mut work.grads.continuous);

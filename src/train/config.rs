@@ -1,0 +1,272 @@
+//! Every setting of a training run, defined once: [`Config`] is both the arguments of
+//! `hmdpc train` (clap) and the `config` of a run folder's `run.json` (serde), and its defaults
+//! are clap's, so a setting and its default live in one line. A setting left to the model
+//! (`None`: the learning rate by algorithm, γ from the model's `discount`, the buffer from its
+//! `warmup`, the action scale from the noise) is resolved by [`Config::resolved`]; a run folder
+//! records the resolved settings, so `hmdpc train --config RUN/run.json` repeats the run.
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use super::Algo;
+use crate::ir::Module;
+
+/// The settings of a training run. Defaults are the HPO paper's where it states them.
+#[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The algorithm.
+    #[arg(long, value_enum, default_value_t = Algo::Hpo)]
+    pub algo: Algo,
+    /// Policy updates in all (one rollout of `--batch` scenarios each).
+    #[arg(long, default_value_t = 1600, value_parser = count(1, 100_000_000))]
+    pub updates: usize,
+    /// Scenarios per update.
+    #[arg(long, default_value_t = 16, value_parser = count(1, 1_000_000))]
+    pub batch: usize,
+    /// Adam learning rate [default: 1e-3 for HPO, 1e-4 for PPO].
+    #[arg(long, value_parser = positive)]
+    pub lr: Option<f64>,
+    /// Hidden layer sizes of every network, e.g. `512,512`.
+    #[arg(long, value_delimiter = ',', default_value = "512,512", value_parser = count(1, 65536))]
+    pub hidden: Vec<usize>,
+    /// Seed of the training randomness: the networks' initial weights, the sampled actions, the
+    /// order of the train set. Runs that differ only in it train on the same scenarios.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the train, dev and test scenario sets (initial states and noise).
+    #[arg(long, default_value_t = 0)]
+    pub scenario_seed: u64,
+    /// Seed of the instance (the parameters drawn once).
+    #[arg(long, default_value_t = 0)]
+    pub instance_seed: u64,
+    /// Scenarios in each of the train, dev and test sets.
+    #[arg(long, default_value_t = 1024, value_parser = count(1, 10_000_000))]
+    pub scenarios: usize,
+    /// Discount of the GAE advantages [default: the model's `discount` if below 1, else 0.99].
+    #[arg(long, value_parser = unit)]
+    pub gamma: Option<f64>,
+    /// GAE's lambda.
+    #[arg(long, default_value_t = 0.96, value_parser = unit)]
+    pub lambda: f64,
+    /// PPO clip range.
+    #[arg(long, default_value_t = 0.15, value_parser = positive)]
+    pub clip: f64,
+    /// PPO epochs per update (the first is one full-batch step).
+    #[arg(long, default_value_t = 5, value_parser = count(1, 1000))]
+    pub epochs: usize,
+    /// Minibatches of the later epochs.
+    #[arg(long, default_value_t = 4, value_parser = count(1, 1000))]
+    pub minibatches: usize,
+    /// Weight of the value loss.
+    #[arg(long, default_value_t = 0.15, value_parser = non_negative)]
+    pub value_coef: f64,
+    /// Entropy weight at the first update, annealed linearly to `--entropy-end`.
+    #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
+    pub entropy_start: f64,
+    /// Entropy weight at the last update.
+    #[arg(long, default_value_t = 0.001, value_parser = non_negative)]
+    pub entropy_end: f64,
+    /// Weight of the pathwise loss (HPO).
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
+    pub pathwise_coef: f64,
+    /// Gradient-norm clip of each parameter group.
+    #[arg(long, default_value_t = 5.0, value_parser = positive)]
+    pub max_grad_norm: f64,
+    /// Stop an update's later epochs when the approximate KL divergence exceeds this (0: never).
+    #[arg(long, default_value_t = 0.015, value_parser = non_negative)]
+    pub target_kl: f64,
+    /// Steps left out of the losses at each end of the horizon [default: the model's `warmup`].
+    #[arg(long, value_parser = count(0, 1_000_000_000))]
+    pub buffer_periods: Option<usize>,
+    /// Adam's epsilon.
+    #[arg(long, default_value_t = 1e-5, value_parser = positive)]
+    pub adam_eps: f64,
+    /// Feed the networks running-normalised features (`--no-normalize`: raw ones).
+    #[arg(long = "no-normalize", action = clap::ArgAction::SetFalse)]
+    pub normalize: bool,
+    /// Size of the first actions on a half-line [default: the mean size of the noise].
+    #[arg(long, value_parser = positive)]
+    pub action_scale: Option<f64>,
+    /// Added to the raw output inside the softplus of a half-line action.
+    #[arg(long, default_value_t = 1.0, value_parser = finite, allow_negative_numbers = true)]
+    pub action_shift: f64,
+    /// Evaluate the greedy policy on the dev set every this many updates, and at the end
+    /// [default: a fortieth of `--updates`, at most one pass over the train set apart].
+    #[arg(long, value_parser = count(1, 100_000_000))]
+    pub eval_every: Option<usize>,
+    /// Override a size or a scalar parameter of the model, e.g. `--set items=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    pub set: Vec<(String, f64)>,
+}
+
+/// Parses an empty command line: clap's defaults are the only defaults.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Defaults::parse_from(["hmdpc"]).config
+    }
+}
+
+impl Config {
+    /// The defaults with another algorithm.
+    pub fn for_algo(algo: Algo) -> Config {
+        Config { algo, ..Config::default() }
+    }
+
+    /// Adam's learning rate: `--lr`, or the paper's for the algorithm.
+    pub fn lr(&self) -> f64 {
+        self.lr.unwrap_or(if self.algo == Algo::Ppo { 1e-4 } else { 1e-3 })
+    }
+
+    /// The discount of the advantages: `--gamma`, or the model's `discount` below 1, or 0.99.
+    pub fn gamma(&self, module: &Module) -> f64 {
+        self.gamma.unwrap_or(if module.discount < 1.0 { module.discount } else { 0.99 })
+    }
+
+    /// Steps left out at each end of the horizon: `--buffer-periods`, or the model's `warmup`.
+    pub fn buffer_periods(&self, module: &Module) -> usize {
+        self.buffer_periods.unwrap_or(module.warmup as usize)
+    }
+
+    /// Updates between two dev evaluations: `--eval-every`, or a fortieth of the run (a curve
+    /// of a few dozen points, whatever its length), at most one pass over the train set.
+    pub fn eval_every(&self) -> usize {
+        let per_epoch = (self.scenarios / self.batch.max(1)).max(1);
+        self.eval_every.unwrap_or_else(|| (self.updates / 40).clamp(1, per_epoch))
+    }
+
+    /// Every setting left to the model made explicit, except the action scale, which needs the
+    /// train set (the trainer resolves it): what a run folder records.
+    pub fn resolved(&self, module: &Module) -> Config {
+        Config {
+            lr: Some(self.lr()),
+            gamma: Some(self.gamma(module)),
+            buffer_periods: Some(self.buffer_periods(module)),
+            eval_every: Some(self.eval_every()),
+            ..self.clone()
+        }
+    }
+}
+
+/// The settings that define the problem, its scenario sets and the policy's parametrisation,
+/// where `new` differs from `old`, as `name was A, now B`. The others (the learning rate, the
+/// schedule, the number of updates) may change when a run is resumed.
+pub fn problem_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    // Values as they stand in run.json.
+    let mut compare = |name: &str, was: serde_json::Value, now: serde_json::Value| {
+        if was != now {
+            changes.push(format!("{name} was {was}, now {now}"));
+        }
+    };
+    let sorted = |set: &[(String, f64)]| {
+        let mut set = set.to_vec();
+        set.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::json!(set)
+    };
+    use serde_json::json;
+    compare("set", sorted(&old.set), sorted(&new.set));
+    compare("instance_seed", json!(old.instance_seed), json!(new.instance_seed));
+    compare("scenario_seed", json!(old.scenario_seed), json!(new.scenario_seed));
+    compare("seed", json!(old.seed), json!(new.seed));
+    compare("scenarios", json!(old.scenarios), json!(new.scenarios));
+    compare("hidden", json!(old.hidden), json!(new.hidden));
+    compare("normalize", json!(old.normalize), json!(new.normalize));
+    // A scale left to the noise is the same scale on the same train set.
+    if let (Some(was), Some(now)) = (old.action_scale, new.action_scale) {
+        compare("action_scale", json!(was), json!(now));
+    }
+    compare("action_shift", json!(old.action_shift), json!(new.action_shift));
+    changes
+}
+
+/// `--set NAME=VALUE`.
+pub fn parse_override(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, found `{text}`"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`{name}` is not a name"));
+    }
+    let value: f64 = value.trim().parse().map_err(|_| format!("`{}` is not a number", value.trim()))?;
+    if !value.is_finite() {
+        return Err(format!("`{value}` is not a finite number"));
+    }
+    Ok((name.to_string(), value))
+}
+
+/// A parser of whole numbers in `lo..=hi`.
+pub fn count(lo: usize, hi: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |text: &str| match text.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {lo} to {hi}, found `{text}`")),
+    }
+}
+
+/// A number that is finite and above 0.
+pub fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number, found `{text}`")),
+    }
+}
+
+/// A number that is finite and at least 0.
+pub fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a number of at least 0, found `{text}`")),
+    }
+}
+
+/// A finite number.
+pub fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("expected a finite number, found `{text}`")),
+    }
+}
+
+/// A number in [0, 1].
+pub fn unit(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number in [0, 1], found `{text}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_command_lines_and_round_trip_through_json() {
+        let defaults = Config::default();
+        assert_eq!(defaults.hidden, vec![512, 512]);
+        assert_eq!((defaults.updates, defaults.batch, defaults.normalize), (1600, 16, true));
+        // A run.json that names no setting reads as the defaults; every setting round-trips.
+        assert_eq!(serde_json::from_str::<Config>("{}").ok(), Some(defaults.clone()));
+        let text = serde_json::to_string(&defaults).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Config>(&text).ok(), Some(defaults));
+        // The algorithm is written as on the command line.
+        let ppo = Config::for_algo(Algo::HpoNoCross);
+        assert!(serde_json::to_string(&ppo).unwrap_or_default().contains("\"algo\":\"hpo-nocross\""));
+        // A misspelt setting is refused, not ignored.
+        assert!(serde_json::from_str::<Config>("{\"updatez\": 3}").is_err());
+    }
+
+    #[test]
+    fn evaluation_gives_a_few_dozen_points_at_most_an_epoch_apart() {
+        let with = |updates, batch| Config { updates, batch, ..Config::default() }.eval_every();
+        assert_eq!(with(1600, 16), 40);
+        assert_eq!(with(100, 16), 2);
+        assert_eq!(with(10, 16), 1);
+        // 1024 scenarios in batches of 128: an epoch is 8 updates.
+        assert_eq!(with(4000, 128), 8);
+    }
+}

@@ -1,0 +1,804 @@
+//! A run folder on disk: its layout, atomic writes, checkpoints, the learning curve, and opening
+//! a run again for `eval` and `--resume`. The training loop ([`super::run`]) and every command
+//! that reads a run go through here; nothing else knows a file name of a run folder.
+//!
+//! A run folder holds `model.hmdp` (the source trained on) with `model.hash`, `data.json` (the
+//! text of every data file the model read, when it read any), `run.json` (the exact command,
+//! the settings — a [`Config`] — and seeds, crate versions), `best.ckpt`, `latest.ckpt` (while the
+//! run goes on) and `final.ckpt`, `curve.csv` (update, wall time, train cost, dev cost per term)
+//! and `curve.svg`. Every file is written to a temporary name and renamed into place, so a crash
+//! or a kill leaves each file either as it was or complete; a checkpoint is never half written.
+//! `latest.ckpt` and `final.ckpt` also hold the training state, so `--resume` goes on exactly as
+//! the run would have.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::policy::Nets;
+use super::spec::Spec;
+use super::update::Optimizers;
+use super::{Config, spec_with_squash};
+use crate::ir::Module;
+use crate::nn::optim::Adam;
+use crate::pipeline::{self, Compiled, Failure, Snapshot, describe_io};
+
+/// The files of a run folder.
+pub const MODEL: &str = "model.hmdp";
+pub const MODEL_HASH: &str = "model.hash";
+pub const DATA: &str = "data.json";
+pub const RUN: &str = "run.json";
+pub const BEST: &str = "best.ckpt";
+pub const LATEST: &str = "latest.ckpt";
+pub const FINAL: &str = "final.ckpt";
+pub const CURVE: &str = "curve.csv";
+pub const PLOT: &str = "curve.svg";
+
+/// What `run.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The command line of the run's latest segment.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The command lines of the segments a resumed run continued, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_commands: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub model_hash: String,
+    #[serde(default)]
+    pub backend: String,
+    /// The settings, with everything left to the model resolved.
+    pub config: Config,
+    #[serde(default)]
+    pub versions: serde_json::Value,
+}
+
+impl RunRecord {
+    /// Reads `run.json`. Runs written before the scenario sets had their own seed drew them
+    /// from the training seed, and runs from before the action shift existed squashed without
+    /// one: both read as what they did.
+    pub fn parse(text: &str) -> Result<RunRecord, String> {
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(config) = value.get_mut("config").and_then(|c| c.as_object_mut()) {
+            if !config.contains_key("scenario_seed")
+                && let Some(seed) = config.get("seed").cloned()
+            {
+                config.insert("scenario_seed".into(), seed);
+            }
+            config.entry("action_shift").or_insert(0.0.into());
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+}
+
+/// Why a run folder cannot be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The folder is not a run folder (a file is missing or unreadable): a usage error.
+    NotARun(String),
+    /// A file of the run is damaged, or the model no longer matches its hash.
+    Damaged(String),
+    /// The recorded model does not compile.
+    Compile(Failure),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::NotARun(m) | OpenError::Damaged(m) => write!(f, "{m}"),
+            OpenError::Compile(failure) => write!(f, "{}", failure.render(false).trim_end()),
+        }
+    }
+}
+
+/// Which checkpoint of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The best on the dev set.
+    Best,
+    /// The last, written when the run ended or was stopped.
+    Final,
+}
+
+impl Checkpoint {
+    pub fn file(self) -> &'static str {
+        match self {
+            Checkpoint::Best => BEST,
+            Checkpoint::Final => FINAL,
+        }
+    }
+}
+
+/// Reads a run folder's `run.json`.
+pub fn read_record(folder: &Path) -> Result<RunRecord, OpenError> {
+    let bytes = std::fs::read(folder.join(RUN)).map_err(|e| {
+        OpenError::NotARun(format!("{} is not a run folder: cannot read {RUN}: {}", folder.display(), describe_io(&e)))
+    })?;
+    RunRecord::parse(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| OpenError::Damaged(format!("{}/{RUN}: {e}", folder.display())))
+}
+
+/// The model a run folder was trained on: its source and the data files it read, checked
+/// against `model.hash`.
+pub struct RecordedModel {
+    pub folder: PathBuf,
+    pub source: pipeline::Source,
+    /// `None` for a run folder written before `data.json` existed: its model reads its data
+    /// files from the folder, as it did then.
+    pub data_files: Option<Vec<(String, String)>>,
+}
+
+impl RecordedModel {
+    pub fn read(folder: &Path) -> Result<RecordedModel, OpenError> {
+        let bytes = std::fs::read(folder.join(MODEL)).map_err(|e| {
+            OpenError::NotARun(format!(
+                "{} is not a run folder: cannot read {MODEL}: {}",
+                folder.display(),
+                describe_io(&e)
+            ))
+        })?;
+        let data_files = match std::fs::read_to_string(folder.join(DATA)) {
+            Ok(text) => Some(
+                read_data_json(&text).map_err(|e| OpenError::Damaged(format!("{}/{DATA}: {e}", folder.display())))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(OpenError::NotARun(format!(
+                    "cannot read {}/{DATA}: {}",
+                    folder.display(),
+                    describe_io(&e)
+                )));
+            }
+        };
+        let source = pipeline::Source::new(folder.join(MODEL).display().to_string(), bytes);
+        let recorded = std::fs::read_to_string(folder.join(MODEL_HASH)).unwrap_or_default();
+        if recorded.trim() != fingerprint(&source.text, data_files.as_deref().unwrap_or_default()) {
+            return Err(OpenError::Damaged(format!(
+                "{}/{MODEL} or its {DATA} does not match {MODEL_HASH}: the model was changed after training, so its \
+                 checkpoints may not fit it",
+                folder.display()
+            )));
+        }
+        Ok(RecordedModel { folder: folder.to_path_buf(), source, data_files })
+    }
+
+    /// Compiles the model with these overrides and exactly the data it was trained on.
+    pub fn compile(&self, overrides: &[(String, f64)]) -> Result<Compiled, Failure> {
+        let options = crate::check::Options { overrides: overrides.to_vec() };
+        match &self.data_files {
+            Some(files) => pipeline::compile(&self.source, &Snapshot(files.clone()), &options),
+            None => pipeline::compile(&self.source, &pipeline::Folder(self.folder.clone()), &options),
+        }
+    }
+}
+
+/// A run folder opened to be read: its model compiled with the overrides and data files it
+/// was trained with, and its settings.
+pub struct Run {
+    pub folder: PathBuf,
+    pub compiled: Compiled,
+    pub record: RunRecord,
+}
+
+impl Run {
+    /// Opens a run folder written by `hmdpc train`, checking that its model is the one its
+    /// checkpoints were trained on.
+    pub fn open(folder: &Path) -> Result<Run, OpenError> {
+        let record = read_record(folder)?;
+        let recorded = RecordedModel::read(folder)?;
+        let compiled = recorded.compile(&record.config.set).map_err(OpenError::Compile)?;
+        Ok(Run { folder: folder.to_path_buf(), compiled, record })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.record.config
+    }
+
+    /// The policy of one checkpoint, in networks shaped for the model and the settings.
+    pub fn policy(&self, which: Checkpoint) -> Result<(Nets, Spec), String> {
+        let path = self.folder.join(which.file());
+        let bytes = std::fs::read(&path).map_err(|e| {
+            let mut message = format!("cannot read {}: {}", path.display(), describe_io(&e));
+            if which == Checkpoint::Final && e.kind() == std::io::ErrorKind::NotFound {
+                message.push_str(
+                    "\n  the run has not ended: it was killed, or is still training; `--policy best` evaluates its \
+                     best checkpoint, and `hmdpc train ... --resume` finishes it",
+                );
+            }
+            message
+        })?;
+        load_nets(&self.compiled.module, self.config(), &bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What a run folder gives a resumed run: the checkpoint to continue from (its bytes, its name,
+/// the update it was written at and whether it holds the training state), the curve up to it,
+/// and the command lines of the run so far.
+pub struct Resumption {
+    pub checkpoint: Vec<u8>,
+    pub name: &'static str,
+    pub update: usize,
+    pub exact: bool,
+    pub curve: Vec<CurveRow>,
+    pub earlier_commands: Vec<serde_json::Value>,
+}
+
+/// Reads what `--resume` continues from in `folder`, refusing a run of another model or
+/// problem, or one that has done `updates` already.
+pub fn resumption(
+    folder: &Path,
+    source: &str,
+    data_files: &[(String, String)],
+    config: &Config,
+) -> Result<Resumption, String> {
+    let recorded = std::fs::read_to_string(folder.join(MODEL_HASH)).unwrap_or_default();
+    if recorded.trim() != fingerprint(source, data_files) {
+        return Err(format!(
+            "--resume: the model or its data files differ from those {} was trained on ({MODEL_HASH})",
+            folder.display()
+        ));
+    }
+    // The newest checkpoint that holds a training state, so the run goes on exactly as if it
+    // had not stopped: `latest.ckpt` after a kill, `final.ckpt` after a run that ended or was
+    // stopped with Ctrl-C. Failing that (a folder written before checkpoints held the state, or
+    // a run killed before its first `latest.ckpt`), the newest checkpoint.
+    let mut chosen: Option<(Vec<u8>, &'static str, (usize, bool))> = None;
+    let mut unreadable = None;
+    for name in [FINAL, LATEST, BEST] {
+        match std::fs::read(folder.join(name)) {
+            Ok(b) => {
+                let header = checkpoint_header(&b).unwrap_or((0, false));
+                if chosen.as_ref().is_none_or(|(_, _, (u, s))| (header.1, header.0) > (*s, *u)) {
+                    chosen = Some((b, name, header));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => unreadable = Some(e),
+        }
+    }
+    let (checkpoint, name, (update, exact)) = chosen.ok_or_else(|| match unreadable {
+        Some(e) => format!("--resume: cannot read a checkpoint: {e}"),
+        None => format!("--resume: {} holds no checkpoint to continue from", folder.display()),
+    })?;
+    if update >= config.updates {
+        return Err(format!(
+            "--resume: {} has done {update} updates, and --updates {} asks for no more; pass the number of updates \
+             the run should have in all",
+            folder.display(),
+            config.updates
+        ));
+    }
+    // Points past the checkpoint belong to updates that are about to be redone.
+    let mut curve = read_curve(&std::fs::read_to_string(folder.join(CURVE)).unwrap_or_default());
+    curve.retain(|row| row.update <= update);
+    let old = std::fs::read_to_string(folder.join(RUN)).ok().and_then(|text| RunRecord::parse(&text).ok());
+    if let Some(old) = &old {
+        let changed = super::config::problem_changes(&old.config, config);
+        if !changed.is_empty() {
+            return Err(format!(
+                "--resume: {} trained another problem or policy: {}; resume with the settings it was trained with \
+                 ({RUN})",
+                folder.display(),
+                changed.join(", ")
+            ));
+        }
+    }
+    let earlier_commands = old
+        .map(|old| {
+            let mut list = old.earlier_commands;
+            list.push(old.command.into());
+            list
+        })
+        .unwrap_or_default();
+    Ok(Resumption { checkpoint, name, update, exact, curve, earlier_commands })
+}
+
+/// Starts a run folder: creates it, removes what a replaced run (`--force`) left that this run
+/// would otherwise sit beside until it writes its own, and writes the model, its data files,
+/// its hash and `run.json`.
+pub fn start(
+    folder: &Path,
+    resume: bool,
+    source: &str,
+    data_files: &[(String, String)],
+    record: &RunRecord,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    if !resume {
+        // A kill between the two would leave a folder that mixes the runs (and that `--resume`
+        // would continue from the old one).
+        for stale in [FINAL, LATEST, CURVE, PLOT] {
+            remove_if_present(&folder.join(stale))?;
+        }
+    }
+    write_atomic(&folder.join(MODEL), source.as_bytes())?;
+    if !data_files.is_empty() {
+        write_atomic(&folder.join(DATA), data_json(data_files).as_bytes())?;
+    } else {
+        // A `--force` over a run of a model that read data files.
+        remove_if_present(&folder.join(DATA))?;
+    }
+    write_atomic(&folder.join(MODEL_HASH), format!("{}\n", fingerprint(source, data_files)).as_bytes())?;
+    let json = serde_json::to_string_pretty(record).map_err(std::io::Error::other)?;
+    write_atomic(&folder.join(RUN), format!("{json}\n").as_bytes())
+}
+
+/// Writes the learning curve as `curve.csv`.
+pub fn write_curve(folder: &Path, names: &[String], rows: &[CurveRow]) -> std::io::Result<()> {
+    write_atomic(&folder.join(CURVE), curve_csv(names, rows).as_bytes())
+}
+
+/// Writes the learning curve's plot as `curve.svg`.
+pub fn write_plot(folder: &Path, title: &str, rows: &[CurveRow]) -> std::io::Result<()> {
+    write_atomic(&folder.join(PLOT), curve_svg(title, rows).as_bytes())
+}
+
+/// The total dev cost of a curve row; a NaN total is no candidate for the best.
+pub fn dev_total(row: &CurveRow) -> f64 {
+    let t: f64 = row.dev_terms.iter().sum();
+    if t.is_nan() { f64::INFINITY } else { t }
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"HMDPCKPT";
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the file at `path`; a file that is not there is already removed.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A 64-bit FNV-1a hash, printed in hex: identifies a model's source in a run folder.
+/// What `model.hash` holds: the hash of the model's source, and of the text of every data file
+/// it read when there are any.
+pub fn fingerprint(source: &str, data_files: &[(String, String)]) -> String {
+    if data_files.is_empty() {
+        return hash(source.as_bytes());
+    }
+    let mut bytes = source.as_bytes().to_vec();
+    for (path, text) in data_files {
+        for part in [path.as_bytes(), text.as_bytes()] {
+            bytes.push(0);
+            bytes.extend_from_slice(part);
+        }
+    }
+    hash(&bytes)
+}
+
+/// The `data.json` of a run folder: every data file the model read, by the path it names.
+pub fn data_json(data_files: &[(String, String)]) -> String {
+    let files: Vec<serde_json::Value> =
+        data_files.iter().map(|(path, text)| serde_json::json!({ "path": path, "text": text })).collect();
+    format!("{:#}\n", serde_json::json!({ "files": files }))
+}
+
+/// The data files recorded in a `data.json`, or why it cannot be read.
+pub fn read_data_json(text: &str) -> Result<Vec<(String, String)>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let files = value.get("files").and_then(|f| f.as_array()).ok_or("no `files` list")?;
+    files
+        .iter()
+        .map(|f| match (f.get("path").and_then(|p| p.as_str()), f.get("text").and_then(|t| t.as_str())) {
+            (Some(path), Some(text)) => Ok((path.to_string(), text.to_string())),
+            _ => Err("a file without its `path` or `text`".to_string()),
+        })
+        .collect()
+}
+
+pub fn hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// What a run needs besides the networks to go on exactly as if it had not stopped: Adam's
+/// moments, the generator that shuffles the train set and the minibatches, the order of the
+/// train set, and the running train cost of the progress line and the curve.
+pub struct TrainingState<'a> {
+    pub opt: &'a Optimizers,
+    pub rng: &'a ChaCha8Rng,
+    pub order: &'a [usize],
+    pub running_train: f64,
+}
+
+/// The part of a [`TrainingState`] a checkpoint gives back besides Adam's moments.
+#[derive(Debug, PartialEq)]
+pub struct Continuation {
+    pub rng: ChaCha8Rng,
+    pub order: Vec<usize>,
+    pub running_train: f64,
+}
+
+/// The four optimisers in the order a checkpoint stores them; [`adams_mut`] must keep it.
+fn adams(opt: &Optimizers) -> [&Adam; 4] {
+    [&opt.discrete, &opt.continuous, &opt.value, &opt.log_std]
+}
+
+/// [`adams`], to restore.
+fn adams_mut(opt: &mut Optimizers) -> [&mut Adam; 4] {
+    [&mut opt.discrete, &mut opt.continuous, &mut opt.value, &mut opt.log_std]
+}
+
+/// The networks and normalisation as bytes: a magic, a JSON header, then the arrays; with a
+/// training state, its scalars in the header and Adam's moments after the networks.
+pub fn encode_checkpoint(
+    nets: &Nets,
+    update: usize,
+    header_extra: serde_json::Value,
+    state: Option<TrainingState<'_>>,
+) -> Vec<u8> {
+    let mut header = serde_json::json!({
+        "update": update,
+        "discrete": nets.discrete.params().len(),
+        "continuous": nets.continuous.params().len(),
+        "value": nets.value.params().len(),
+        "log_std": nets.log_std.len(),
+        "features": nets.normalizer.mean.len(),
+        "normalize": nets.normalizer.enabled,
+        "count": nets.normalizer.count,
+        "run": header_extra,
+    });
+    if let Some(state) = &state {
+        let rng: String = state.rng.serialize_state().iter().map(|b| format!("{b:02x}")).collect();
+        header["state"] = serde_json::json!({
+            "rng": rng,
+            "order": state.order,
+            // NaN (no update yet) is written as null.
+            "running_train": state.running_train,
+            "adam_steps": adams(state.opt).map(|a| a.steps()),
+        });
+    }
+    let header = header.to_string();
+    let mut out = Vec::new();
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for array in [nets.discrete.params(), nets.continuous.params(), nets.value.params(), &nets.log_std] {
+        for v in array.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    for array in [&nets.normalizer.mean, &nets.normalizer.m2] {
+        for v in array {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    if let Some(state) = &state {
+        for adam in adams(state.opt) {
+            let (m, v) = adam.moments();
+            for v in m.iter().chain(v) {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// A checkpoint's header: the update it was written at, and whether it holds a training state.
+pub fn checkpoint_header(bytes: &[u8]) -> Option<(usize, bool)> {
+    let len = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(16..16usize.checked_add(len)?)?).ok()?;
+    (bytes.get(..8)? == CHECKPOINT_MAGIC)
+        .then_some((header.get("update")?.as_u64()? as usize, header.get("state").is_some()))
+}
+
+/// Reads a checkpoint into networks of the right shapes and returns the update it was written
+/// at. With `opt`, also reads the training state when the checkpoint holds one: Adam's moments
+/// into `opt`, the rest returned.
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    nets: &mut Nets,
+    opt: Option<&mut Optimizers>,
+) -> Result<(usize, Option<Continuation>), String> {
+    let bad = |what: &str| format!("not a valid checkpoint: {what}");
+    if bytes.len() < 16 || &bytes[..8] != CHECKPOINT_MAGIC {
+        return Err(bad("it does not start with the checkpoint marker"));
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[8..16]);
+    let header_len = u64::from_le_bytes(len8) as usize;
+    let header_end = 16usize.checked_add(header_len).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[16..header_end]).map_err(|e| bad(&format!("header: {e}")))?;
+    let size = |key: &str| header.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let expect = [
+        ("discrete", nets.discrete.params().len()),
+        ("continuous", nets.continuous.params().len()),
+        ("value", nets.value.params().len()),
+        ("log_std", nets.log_std.len()),
+        ("features", nets.normalizer.mean.len()),
+    ];
+    for (key, n) in expect {
+        if size(key) != Some(n) {
+            return Err(bad(&format!("`{key}` has {:?} values, the model needs {n}", size(key))));
+        }
+    }
+    let mut at = header_end;
+    let mut take = |n: usize, width: usize| -> Result<&[u8], String> {
+        let end = at.checked_add(n * width).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+        let slice = &bytes[at..end];
+        at = end;
+        Ok(slice)
+    };
+    for array in [nets.discrete.params_mut(), nets.continuous.params_mut(), nets.value.params_mut(), &mut nets.log_std]
+    {
+        let raw = take(array.len(), 4)?;
+        for (v, chunk) in array.iter_mut().zip(raw.as_chunks::<4>().0) {
+            *v = f32::from_le_bytes(*chunk);
+        }
+    }
+    for array in [&mut nets.normalizer.mean, &mut nets.normalizer.m2] {
+        let raw = take(array.len(), 8)?;
+        for (v, chunk) in array.iter_mut().zip(raw.as_chunks::<8>().0) {
+            *v = f64::from_le_bytes(*chunk);
+        }
+    }
+    nets.normalizer.enabled = header.get("normalize").and_then(|v| v.as_bool()).unwrap_or(true);
+    nets.normalizer.count = header.get("count").and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let update = size("update").unwrap_or(0);
+    let (Some(opt), Some(state)) = (opt, header.get("state")) else {
+        return Ok((update, None));
+    };
+    let rng: Vec<u8> = state
+        .get("rng")
+        .and_then(|v| v.as_str())
+        .filter(|hex| hex.len() == 98 && hex.is_ascii())
+        .and_then(|hex| (0..49).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect())
+        .ok_or_else(|| bad("the training state's generator"))?;
+    let order: Vec<usize> = state
+        .get("order")
+        .and_then(|v| v.as_array())
+        .and_then(|list| list.iter().map(|i| i.as_u64().map(|i| i as usize)).collect())
+        .ok_or_else(|| bad("the training state's order of the train set"))?;
+    let steps: Vec<u32> = state
+        .get("adam_steps")
+        .and_then(|v| v.as_array())
+        .and_then(|list| list.iter().map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok())).collect())
+        .filter(|steps: &Vec<u32>| steps.len() == 4)
+        .ok_or_else(|| bad("the training state's Adam steps"))?;
+    for (adam, steps) in adams_mut(opt).into_iter().zip(steps) {
+        let n = adam.moments().0.len();
+        let read = |raw: &[u8]| -> Vec<f32> { raw.as_chunks::<4>().0.iter().map(|c| f32::from_le_bytes(*c)).collect() };
+        let m = read(take(n, 4)?);
+        let v = read(take(n, 4)?);
+        adam.restore(&m, &v, steps).map_err(|e| bad(&e))?;
+    }
+    let rng = ChaCha8Rng::deserialize_state(rng.as_slice().try_into().map_err(|_| bad("the generator"))?);
+    let running_train = state.get("running_train").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    Ok((update, Some(Continuation { rng, order, running_train })))
+}
+
+/// Versions of the crates that decide a run's numbers, read from the lock file built in.
+pub fn crate_versions() -> serde_json::Value {
+    let lock = include_str!("../../Cargo.lock");
+    let wanted = ["rand", "rand_distr", "chacha20", "cranelift-codegen", "matrixmultiply", "rayon"];
+    let mut map = serde_json::Map::new();
+    map.insert("hmdp".into(), env!("CARGO_PKG_VERSION").into());
+    let mut name = None;
+    for line in lock.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_string());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), &name)
+            && wanted.contains(&n.as_str())
+        {
+            map.insert(n.clone(), v.trim_matches('"').into());
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
+/// One row of the learning curve.
+#[derive(Clone, Debug)]
+pub struct CurveRow {
+    pub update: usize,
+    pub seconds: f64,
+    pub train: f64,
+    pub dev_terms: Vec<f64>,
+}
+
+fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
+    let mut out = String::from("update,seconds,train_cost");
+    for n in names {
+        out.push_str(&format!(",dev_{n}"));
+    }
+    out.push_str(",dev_total\n");
+    for r in rows {
+        out.push_str(&format!("{},{:.3},{:.6}", r.update, r.seconds, r.train));
+        for t in &r.dev_terms {
+            out.push_str(&format!(",{t:.6}"));
+        }
+        out.push_str(&format!(",{:.6}\n", r.dev_terms.iter().sum::<f64>()));
+    }
+    out
+}
+
+/// The learning curve as an SVG line plot: train cost and dev total against updates.
+pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
+    let (w, h, pad) = (640.0, 400.0, 60.0);
+    let points: Vec<(f64, f64, f64)> =
+        rows.iter().map(|r| (r.update as f64, r.train, r.dev_terms.iter().sum::<f64>())).collect();
+    let finite = points.iter().flat_map(|p| [p.1, p.2]).filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 1.0, lo + 1.0) };
+    // A first, poor policy can cost a thousand times more than a trained one: a logarithmic
+    // axis keeps the end of the curve visible.
+    let log = lo > 0.0 && hi / lo > 20.0;
+    let scale = |v: f64| if log { v.ln() } else { v };
+    let max_x = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let x = |u: f64| pad + (w - 2.0 * pad) * u / max_x;
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * (scale(v) - scale(lo)) / (scale(hi) - scale(lo));
+    let line = |pick: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        points
+            .iter()
+            .filter(|p| pick(p).is_finite())
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(pick(p))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{pad}\" y=\"24\" font-size=\"14\">{}</text>\n\
+         <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n\
+         <text x=\"{r}\" y=\"{lb}\" text-anchor=\"end\">updates ({max_x}){}</text>\n\
+         <text x=\"4\" y=\"{t}\">{hi:.4}</text><text x=\"4\" y=\"{b}\">{lo:.4}</text>\n",
+        title.replace('&', "&amp;").replace('<', "&lt;"),
+        if log { "; cost on a log scale" } else { "" },
+        b = h - pad,
+        r = w - pad,
+        lb = h - pad + 30.0,
+        t = pad + 4.0,
+    );
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#999\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+        line(&|p| p.1)
+    ));
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n",
+        line(&|p| p.2)
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" fill=\"#999\">train (rollout)</text><text x=\"{}\" y=\"{}\" fill=\"#c33\">dev (greedy)</text>\n</svg>\n",
+        w - 250.0,
+        pad - 10.0,
+        w - 140.0,
+        pad - 10.0
+    ));
+    svg
+}
+
+/// Reads the rows of a `curve.csv` written by [`super::run::train`].
+pub fn read_curve(text: &str) -> Vec<CurveRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<f64> = line.split(',').map(|c| c.parse::<f64>().unwrap_or(f64::NAN)).collect();
+            let (&update, rest) = cols.split_first()?;
+            let (&seconds, rest) = rest.split_first()?;
+            let (&train, rest) = rest.split_first()?;
+            let (_total, terms) = rest.split_last()?;
+            Some(CurveRow { update: update as usize, seconds, train, dev_terms: terms.to_vec() })
+        })
+        .collect()
+}
+
+/// Networks shaped for a module and settings, parameters from a checkpoint.
+pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, Spec), String> {
+    let spec = spec_with_squash(module, cfg.action_scale.unwrap_or(1.0), cfg.action_shift);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
+    decode_checkpoint(bytes, &mut nets, None)?;
+    Ok((nets, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(update: usize, dev: f64) -> CurveRow {
+        CurveRow { update, seconds: update as f64, train: dev * 1.1, dev_terms: vec![dev] }
+    }
+
+    #[test]
+    fn curves_spanning_orders_of_magnitude_are_drawn_on_a_log_scale() {
+        let wide = curve_svg("lqr", &[row(0, 13000.0), row(8, 500.0), row(16, 37.0)]);
+        assert!(wide.contains("log scale"), "{wide}");
+        let narrow = curve_svg("lqr", &[row(0, 40.0), row(8, 38.0), row(16, 37.0)]);
+        assert!(!narrow.contains("log scale"));
+        // The last point sits at the bottom either way, and every point is inside the plot.
+        for svg in [&wide, &narrow] {
+            assert!(svg.contains("340.0"), "{svg}");
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_damaged_one_is_refused() {
+        use rand::SeedableRng;
+        let module = crate::ir::Module {
+            name: "m".into(),
+            sets: vec![],
+            buffers: vec![],
+            exprs: Default::default(),
+            instance: Default::default(),
+            init: Default::default(),
+            noise: Default::default(),
+            bounds: Default::default(),
+            regimes: Default::default(),
+            step: Default::default(),
+            vjp: Default::default(),
+            observe: vec![],
+            horizon: 1,
+            warmup: 0,
+            discount: 1.0,
+            report: crate::ir::Report { per_period: false, per_size: vec![] },
+        };
+        let mut spec = super::super::spec::Spec::of(&module);
+        spec.features = 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut nets = Nets::new(&spec, &[4], true, &mut rng);
+        nets.normalizer.fit(&[1.0, 2.0, 4.0], 1, 1.0);
+        let bytes = encode_checkpoint(&nets, 7, serde_json::json!({}), None);
+        let mut back = Nets::new(&spec, &[4], true, &mut ChaCha8Rng::seed_from_u64(2));
+        assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((7, None)));
+        assert_eq!(back.continuous.params(), nets.continuous.params());
+        assert_eq!(back.normalizer.mean, nets.normalizer.mean);
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, None).is_err());
+        assert!(decode_checkpoint(b"not a checkpoint", &mut back, None).is_err());
+
+        // With a training state: Adam's moments and steps, the generator part-way through a
+        // block, the order and the running cost all come back.
+        let cfg = Config::default();
+        let mut opt = Optimizers::new(&nets, &cfg);
+        let grad: Vec<f32> = (0..nets.value.params().len()).map(|i| i as f32 - 3.0).collect();
+        let mut params = nets.value.params().to_vec();
+        opt.value.step(&mut params, &grad);
+        opt.value.step(&mut params, &grad);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let _ = crate::sim::eval::unit(&mut rng);
+        let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train: 4.5 };
+        let bytes = encode_checkpoint(&nets, 9, serde_json::json!({}), Some(state));
+        let mut opt_back = Optimizers::new(&nets, &cfg);
+        let (update, continuation) = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap();
+        assert_eq!(
+            (update, continuation),
+            (
+                9,
+                Some(Continuation {
+                    rng: ChaCha8Rng::deserialize_state(&rng.serialize_state()),
+                    order: vec![2, 0, 1],
+                    running_train: 4.5
+                })
+            )
+        );
+        let mut rng_back = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap().1.unwrap().rng;
+        assert_eq!(crate::sim::eval::unit(&mut rng_back), crate::sim::eval::unit(&mut rng));
+        assert_eq!(opt_back.value.moments(), opt.value.moments());
+        assert_eq!(opt_back.value.steps(), 2);
+        // Read without an optimiser (as `eval` reads it), the state is skipped.
+        assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((9, None)));
+        assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, Some(&mut opt_back)).is_err());
+    }
+}
