@@ -31,15 +31,10 @@ impl Policy for Mirror<'_> {
     }
 }
 
-fn pipeline(path: &Path, options: &Options) -> (Module, Vec<hmdp::passes::reformulate::Rewrite>) {
-    let source = std::fs::read_to_string(path).expect("model");
-    let folder = common::Folder(path.parent().expect("folder").to_path_buf());
-    let model = hmdp::check::check_source(&source, &folder, options).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
-    (module, rewrites)
+fn pipeline(path: &Path, options: &Options) -> (hmdp::ir::ValidModule, Vec<hmdp::passes::reformulate::Rewrite>) {
+    let overrides: Vec<(&str, f64)> = options.overrides.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let compiled = common::compiled_file(path, &overrides);
+    (compiled.module, compiled.rewrites)
 }
 
 #[test]
@@ -131,11 +126,7 @@ fn per_item_fixed_costs_get_one_choice_per_item() {
     let source = "model per_item\nsize n = 3\nset I = 0..n\nparam K[I] ~ uniform(5, 10)\nstate x[I] = 0\n\
                   action q[I]: real >= 0\nstep {\n  x'[i] = x[i] + q[i]\n  cost fixed = sum(i in I) K[i] * (q[i] > 0)\n\
                   cost also = sum(i in I) if 0 < q[i] then 1 else 0\n}\nhorizon 3\n";
-    let model = hmdp::check::check_source(source, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).expect("valid");
+    let hmdp::pipeline::Compiled { module, rewrites, .. } = common::compiled_text(source, &common::root(), &[]);
     assert_eq!(rewrites.len(), 1, "both comparisons share one regime action: {rewrites:?}");
     let regime = module.buffers.iter().find(|b| b.name == "q.regime").expect("q.regime");
     assert_eq!(regime.dims.len(), 1);
@@ -144,11 +135,7 @@ fn per_item_fixed_costs_get_one_choice_per_item() {
     // A threshold inside the domain cuts it into pieces; with the comparison with 0 too, the
     // first piece is `zero`. The top piece of a half-line is unbounded.
     let bulk = source.replace("K[i] * (q[i] > 0)", "K[i] * (q[i] > 100)");
-    let model = hmdp::check::check_source(&bulk, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    let rewrites = hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).expect("valid");
+    let hmdp::pipeline::Compiled { module, rewrites, .. } = common::compiled_text(&bulk, &common::root(), &[]);
     assert_eq!(rewrites.len(), 1, "{rewrites:?}");
     let piece = module.buffers.iter().find(|b| b.name == "q.piece").expect("q.piece");
     assert_eq!(piece.labels, ["zero", "0..100", "100..inf"]);

@@ -175,7 +175,7 @@ fn generated_code_does_not_grow_with_the_model_sizes() {
 #[test]
 fn a_kernel_that_computes_something_else_is_caught() {
     let module = common::compile_file(&common::root().join("models/switched_lqr.hmdp"), &[]);
-    let mut wrong: Module = module.clone();
+    let mut wrong: Module = (*module).clone();
     let target = wrong
         .exprs
         .iter()

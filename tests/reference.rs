@@ -14,7 +14,7 @@ use rand::rngs::ChaCha8Rng;
 
 use hmdp::backend::{self, Batch, Interp, Kernel, is_accumulated, reference};
 use hmdp::check::Options;
-use hmdp::ir::{BufferKind, Module};
+use hmdp::ir::{BufferKind, Module, ValidModule};
 use hmdp::sim::{self, eval::unit};
 
 const SCENARIOS: usize = 37;
@@ -24,21 +24,15 @@ const SCENARIOS: usize = 37;
 const CHUNK: usize = 5;
 
 /// A shipped model through the compiler's pipeline, with `--set` overrides.
-fn compile(file: &str, sizes: &[(&str, f64)]) -> Module {
+fn compile(file: &str, sizes: &[(&str, f64)]) -> ValidModule {
     let path = common::root().join("models").join(file);
     let overrides = sizes.iter().map(|(name, value)| (name.to_string(), *value)).collect();
     compile_path(&path, &Options { overrides })
 }
 
-fn compile_path(path: &Path, options: &Options) -> Module {
-    let source = std::fs::read_to_string(path).expect("model");
-    let folder = common::Folder(path.parent().expect("folder").to_path_buf());
-    let model = hmdp::check::check_source(&source, &folder, options).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
-    module
+fn compile_path(path: &Path, options: &Options) -> ValidModule {
+    let overrides: Vec<(&str, f64)> = options.overrides.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    common::compile_file(path, &overrides)
 }
 
 fn id(module: &Module, name: &str) -> usize {
@@ -229,13 +223,13 @@ fn only_the_two_models_with_their_exact_interface_are_recognised() {
         assert_eq!(reference::for_module(&module).is_some(), expected, "{}", path.display());
     }
     let inventory = compile("inventory.hmdp", &[]);
-    let mut renamed = inventory.clone();
+    let mut renamed = (*inventory).clone();
     renamed.buffers[id(&inventory, "post")].name = "leftover".into();
     assert!(reference::for_module(&renamed).is_none(), "a renamed let");
-    let mut retyped = inventory.clone();
+    let mut retyped = (*inventory).clone();
     retyped.buffers[id(&inventory, "q")].kind = BufferKind::Noise;
     assert!(reference::for_module(&retyped).is_none(), "an action that became noise");
-    let mut other_name = inventory.clone();
+    let mut other_name = (*inventory).clone();
     other_name.name = "switched_lqr".into();
     assert!(reference::for_module(&other_name).is_none(), "another model's name");
     let source = std::fs::read_to_string(common::root().join("models/switched_lqr.hmdp")).expect("model");

@@ -7,7 +7,7 @@
 mod common;
 
 use hmdp::backend::jit::Jit;
-use hmdp::ir::Module;
+use hmdp::ir::ValidModule;
 use hmdp::sim::{self, Buffers, ScenarioSet};
 use hmdp::train::policy::Nets;
 use hmdp::train::rollout::{Context, Mode, rollout};
@@ -19,7 +19,7 @@ use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 struct Setup {
-    module: Module,
+    module: ValidModule,
     spec: Spec,
     jit: Jit,
     instance: Buffers,

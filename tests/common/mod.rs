@@ -70,21 +70,27 @@ pub fn options_in(bytes: &[u8]) -> Options {
     Options { overrides }
 }
 
-/// The compiler's whole pipeline on model text, as `hmdpc` runs it: check, lower, reformulate,
-/// differentiate, validate.
-pub fn compile_text(source: &str, folder: &Path, overrides: &[(&str, f64)]) -> hmdp::ir::Module {
+/// The compiler's pipeline on model text, as `hmdpc` runs it ([`hmdp::pipeline::compile`]),
+/// with data files beside `folder`.
+pub fn compiled_text(source: &str, folder: &Path, overrides: &[(&str, f64)]) -> hmdp::pipeline::Compiled {
     let options = Options { overrides: overrides.iter().map(|(n, v)| (n.to_string(), *v)).collect() };
-    let outcome = check::check_source(source, &Folder(folder.to_path_buf()), &options);
-    let model = outcome.model.unwrap_or_else(|| panic!("model checks: {:?}", outcome.diagnostics));
-    let mut module = hmdp::ir::lower::lower(&model);
-    hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("valid IR: {p:?}"));
-    module
+    let source = hmdp::pipeline::Source::new("model.hmdp", source.as_bytes().to_vec());
+    hmdp::pipeline::compile(&source, &Folder(folder.to_path_buf()), &options)
+        .unwrap_or_else(|failure| panic!("the model compiles:\n{}", failure.render(false)))
 }
 
-/// [`compile_text`] on a model file.
-pub fn compile_file(path: &Path, overrides: &[(&str, f64)]) -> hmdp::ir::Module {
+/// [`compiled_text`]'s module.
+pub fn compile_text(source: &str, folder: &Path, overrides: &[(&str, f64)]) -> hmdp::ir::ValidModule {
+    compiled_text(source, folder, overrides).module
+}
+
+/// [`compiled_text`] on a model file.
+pub fn compiled_file(path: &Path, overrides: &[(&str, f64)]) -> hmdp::pipeline::Compiled {
     let source = std::fs::read_to_string(path).expect("model is readable");
-    compile_text(&source, path.parent().expect("model has a folder"), overrides)
+    compiled_text(&source, path.parent().expect("model has a folder"), overrides)
+}
+
+/// [`compiled_file`]'s module.
+pub fn compile_file(path: &Path, overrides: &[(&str, f64)]) -> hmdp::ir::ValidModule {
+    compiled_file(path, overrides).module
 }
