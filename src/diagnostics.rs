@@ -212,7 +212,8 @@ impl Excerpt {
             .chain(&diagnostic.secondary)
             .flat_map(|label| [label.span.start, label.span.end])
             .collect();
-        let mut excerpt = Excerpt { name: name.to_string(), text: String::new(), pieces: Vec::new(), lines: Vec::new() };
+        let mut excerpt =
+            Excerpt { name: name.to_string(), text: String::new(), pieces: Vec::new(), lines: Vec::new() };
         let mut line_start = 0;
         for line in source.split_inclusive('\n') {
             let content = line.trim_end_matches(['\n', '\r']);
@@ -222,7 +223,8 @@ impl Excerpt {
                 excerpt.copy(source, line_start, line.len());
             } else {
                 // The first label on the line anchors the window; the primary label first.
-                let anchor = marks.iter().copied().find(|&m| (line_start..=line_end).contains(&m)).unwrap_or(line_start);
+                let anchor =
+                    marks.iter().copied().find(|&m| (line_start..=line_end).contains(&m)).unwrap_or(line_start);
                 let before = content.get(..anchor - line_start).unwrap_or("");
                 let skipped = before.chars().count().saturating_sub(WINDOW_BEFORE);
                 let from = line_start + before.char_indices().nth(skipped).map_or(0, |(i, _)| i);
@@ -244,6 +246,10 @@ impl Excerpt {
                 excerpt.copy(source, line_end, line.len() - content.len());
             }
             line_start += line.len();
+        }
+        if source.ends_with('\n') {
+            // The empty last line, where an error at the end of the file points.
+            excerpt.lines.push((excerpt.text.len(), 0));
         }
         Some(excerpt)
     }

@@ -318,10 +318,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The SHA-256 of a file's bytes.
 fn file_hash(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hash = Sha256::new();
-    std::io::copy(&mut file, &mut hash)?;
-    Ok(hex(&hash.finalize()))
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
 }
 
 /// Creates `<cache>/enzyme` private, checks that no other user can write to it or replace it,
@@ -332,11 +329,11 @@ fn open_cache(cache: &Path) -> Result<PathBuf, Error> {
     let me = unsafe { libc::geteuid() };
     // The cache folder is checked before anything is written in it.
     for folder in [cache, root.as_path()] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(folder)
-            .map_err(|error| Error::Io { what: "create the cache folder", path: folder.to_path_buf(), error })?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder).map_err(|error| Error::Io {
+            what: "create the cache folder",
+            path: folder.to_path_buf(),
+            error,
+        })?;
         let meta =
             std::fs::metadata(folder).map_err(|error| Error::Io { what: "read", path: folder.to_path_buf(), error })?;
         let unsafe_cache = |reason: String| Error::UnsafeCache { path: folder.to_path_buf(), reason };
@@ -561,7 +558,8 @@ fn is_running(pid: i32) -> bool {
         return false;
     }
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let exists = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let exists =
+        unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
     exists && !zombie

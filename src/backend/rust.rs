@@ -26,8 +26,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
-use crate::ir::{BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, Var};
 use crate::diagnostics::pad;
+use crate::ir::{BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, Var};
 
 use super::{Kernel, is_accumulated, is_shared};
 

@@ -398,7 +398,14 @@ pub fn render(
             };
             let _ = writeln!(out, "    {}  {description}", pad(&module.buffers[e.buffer].name, width));
             for site in &e.sites {
-                let _ = writeln!(out, "    {}    {} at {}: {}", pad("", width), site.class.name(), at(site.span), site.what);
+                let _ = writeln!(
+                    out,
+                    "    {}    {} at {}: {}",
+                    pad("", width),
+                    site.class.name(),
+                    at(site.span),
+                    site.what
+                );
             }
         }
     }

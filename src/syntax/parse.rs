@@ -5,7 +5,7 @@
 //! ("expected an expression or `)`"), never pest's rule names.
 //!
 //! Invariant: every AST this returns has expressions nested at most [`MAX_EXPR_DEPTH`] levels and
-//! at most [`MAX_EXPR_HEIGHT`] nodes high, names of at most [`MAX_NAME_LEN`] characters and integer
+//! at most [`MAX_EXPR_HEIGHT`] operations high, names of at most [`MAX_NAME_LEN`] characters and integer
 //! literals of at most 2^53, so the recursive passes after it cannot overflow the stack and no
 //! later stage meets a name too long to lay out, whatever the input.
 
@@ -27,10 +27,10 @@ struct HmdpParser;
 /// one level however long it is.
 pub const MAX_EXPR_DEPTH: usize = 200;
 
-/// The most nodes on any path from an expression's root to a leaf, counting each operator of a
-/// chain: a sum of 10,000 terms is allowed, and the passes that recurse over the tree stay well
-/// inside the front end's stack.
-pub const MAX_EXPR_HEIGHT: usize = 10_000;
+/// The most operations on any path from an expression's root to a leaf, counting each operator
+/// of a chain: a sum of 2,001 terms is allowed, and the passes that recurse over the tree stay
+/// well inside a 2 MiB stack (the interpreter runs on rayon's threads; 4,000 was measured safe).
+pub const MAX_EXPR_HEIGHT: usize = 2_000;
 
 /// Longer names are rejected: no model needs them, and reports lay names out in columns.
 pub const MAX_NAME_LEN: usize = 255;
@@ -747,6 +747,7 @@ impl Builder {
                     }
                 }
                 match name {
+                    Some(name) if indices.is_empty() => leaf(ExprKind::Access { name, primed, indices }, span),
                     Some(name) => node(ExprKind::Access { name, primed, indices }, span, levels),
                     None => self.error_node(span),
                 }
@@ -866,8 +867,9 @@ impl Diagnostic {
 /// `expr`, the six precedence levels, `unary`, `pow_expr` and `paren`.
 const FRAMES_PER_LEVEL: usize = 10;
 
+/// A leaf is one level deep, and its height (operations on the way down) is 0.
 fn leaf(kind: ExprKind, span: Span) -> Built {
-    Built { expr: Expr { kind, span }, depth: 1, height: 1 }
+    Built { expr: Expr { kind, span }, depth: 1, height: 0 }
 }
 
 fn node(kind: ExprKind, span: Span, children: Levels) -> Built {
