@@ -240,3 +240,42 @@ fn a_closed_pipe_exits_141_quietly() {
     assert_eq!(out.status.code(), Some(141), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+/// The first diagnostic of `check --message-format json`: (line, column).
+fn json_location(path: &Path) -> (u64, u64) {
+    let out = hmdpc(&["check", "--message-format", "json", path_str(path)]);
+    let first = text(&out.stdout).lines().next().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"));
+    let first = first.unwrap_or_else(|| panic!("{}: no diagnostic", path.display()));
+    (first["line"].as_u64().expect("line"), first["column"].as_u64().expect("column"))
+}
+
+/// A label past column 65,535 used to crash miette's layout (issue 18). A long line is drawn as
+/// a window around the label, under a header with the true line and column (those of the JSON
+/// output, in characters).
+#[test]
+fn diagnostics_on_very_long_lines_show_a_window_of_the_line() {
+    let cases = [
+        ("long_spaces.hmdp", format!("model m\n{}@\n", " ".repeat(65_536)), Some((2, 65_537))),
+        ("long_unclosed.hmdp", format!("model m\nstate x = {}\n", "(".repeat(100_000)), None),
+        ("long_minus.hmdp", format!("model m\nstate x = {}\n", "-".repeat(100_000)), None),
+        ("long_tabs.hmdp", format!("model m\n{}@\n", "\t".repeat(20_000)), Some((2, 20_001))),
+        ("long_wide.hmdp", format!("model m\n/* {} */ @\n", "漢".repeat(70_000)), Some((2, 70_008))),
+    ];
+    for (name, model, expected) in cases {
+        let path = scratch(name, model.as_bytes());
+        let (line, column) = json_location(&path);
+        if let Some(expected) = expected {
+            assert_eq!((line, column), expected, "{name}");
+        }
+        let out = hmdpc(&["check", path_str(&path)]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{name}:{line}:{column}]")), "{name}: {stderr}");
+        // The window: a line of the model, cut short and marked, with the label under it.
+        let longest = stderr.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(longest < 500, "{name}: a line of {longest} characters:\n{stderr}");
+        assert!(stderr.contains('…'), "{name}: no line cut short:\n{stderr}");
+        // (An error at the end of the file has no character to draw its label under.)
+        assert!(expected.is_none() || stderr.contains("╰──"), "{name}: no label drawn:\n{stderr}");
+    }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use hmdp::backend::enzyme::{self, Enzyme, Settings};
+use hmdp::backend::enzyme::{self, Enzyme, Settings, Status};
 use hmdp::backend::{self, Backend, Batch, Interp, Kernel, Pointers, compare, rust};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
@@ -477,6 +477,14 @@ fn a_missing_toolchain_says_how_to_install_it() {
 /// `with_enzyme` puts an Enzyme library in its sysroot.
 #[cfg(unix)]
 fn fake_toolchain(name: &str, with_enzyme: bool) -> PathBuf {
+    let cargo = "#!/bin/sh\necho '   Compiling fake v0.1.0'\nfor i in 1 2 3 4 5 6 7 8 9; do echo 'note: noise'; done\n\
+                 echo 'error[E0999]: the fake compiler fails' >&2\necho 'error: could not compile `fake`' >&2\nexit 101\n";
+    fake_toolchain_with(name, with_enzyme, cargo)
+}
+
+/// A toolchain folder whose `rustc` answers `--print sysroot`, and whose `cargo` is `cargo`.
+#[cfg(unix)]
+fn fake_toolchain_with(name: &str, with_enzyme: bool, cargo: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let root = fresh_folder(name);
     let lib = root.join("lib/rustlib/x86_64-unknown-linux-gnu/lib");
@@ -490,8 +498,6 @@ fn fake_toolchain(name: &str, with_enzyme: bool) -> PathBuf {
         "#!/bin/sh\nif [ \"$1\" = \"--print\" ]; then echo '{}'; else echo 'rustc 0.0.0-fake'; fi\n",
         root.display()
     );
-    let cargo = "#!/bin/sh\necho '   Compiling fake v0.1.0'\nfor i in 1 2 3 4 5 6 7 8 9; do echo 'note: noise'; done\n\
-                 echo 'error[E0999]: the fake compiler fails' >&2\necho 'error: could not compile `fake`' >&2\nexit 101\n";
     for (file, script) in [("rustc", rustc.as_str()), ("cargo", cargo)] {
         std::fs::write(bin.join(file), script).expect("script");
         std::fs::set_permissions(bin.join(file), std::fs::Permissions::from_mode(0o755)).expect("executable");
@@ -642,4 +648,186 @@ fn training_on_enzyme_matches_training_on_the_jit() {
     let jit = curve("jit");
     assert_eq!(jit.len(), 1 + 1 + 4, "{jit:?}");
     assert_eq!(curve("enzyme"), jit);
+}
+
+/// `ties.hmdp` with its `top` cost 140 higher: the same buffers, so the library of either runs
+/// on the other's batches, and only the cache's integrity record tells them apart.
+fn shifted_ties() -> (PathBuf, Module, String) {
+    let source = std::fs::read_to_string(common::root().join("tests/enzyme/ties.hmdp")).expect("model");
+    let source = source.replace("cost top = ", "cost top = 140 + ");
+    let folder = fresh_folder("enzyme-shifted-model");
+    let path = folder.join("shifted.hmdp");
+    std::fs::write(&path, &source).expect("model");
+    let (module, source) = compile(&path);
+    (path, module, source)
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("folder");
+    for entry in std::fs::read_dir(from).expect("folder") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_dir() {
+            copy_folder(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Replaces a file by a new one (a new inode: a library still mapped somewhere is not touched).
+fn replace_file(path: &Path, bytes: &[u8]) {
+    std::fs::remove_file(path).expect("remove");
+    std::fs::write(path, bytes).expect("write");
+}
+
+/// Issue 18: a truncated library crashed hmdpc with SIGBUS, and another model's library with the
+/// same buffers computed that model's costs. Only an entry whose integrity record names this
+/// model, this crate and these library bytes is loaded; anything else is rebuilt. Two builds.
+#[test]
+fn only_a_library_built_for_this_model_is_loaded() {
+    let ties = common::root().join("tests/enzyme/ties.hmdp");
+    let (ties_module, ties_source) = compile(&ties);
+    let foreign_entry = {
+        let foreign = load(&ties_module, &ties, &ties_source, &shared_cache());
+        foreign.library().parent().expect("entry").to_path_buf()
+    };
+    let foreign_library = std::fs::read(foreign_entry.join("kernels.so")).expect("library");
+
+    let (path, module, source) = shifted_ties();
+    let cache = fresh_folder("enzyme-integrity");
+    let settings = Settings { toolchain: enzyme::pinned_toolchain(), cache: cache.clone() };
+    let prepare = || enzyme::prepare(&module, &file_name(&path), &source, &settings).expect("prepares");
+
+    // What a killed build left: its process is gone, so the next use of the cache removes it.
+    let mut gone = Command::new("true").spawn().expect("a process");
+    gone.wait().expect("it ends");
+    let stale = cache.join("enzyme").join(format!("tmp-shifted-0-{}-1", gone.id()));
+    std::fs::create_dir_all(stale.join("crate")).expect("stale folder");
+
+    // Another model's whole entry under this model's key.
+    let entry = prepare().entry();
+    assert!(!stale.exists(), "the folder of a build whose process is gone is removed");
+    copy_folder(&foreign_entry, &entry);
+    assert_eq!(prepare().status(), Status::Rejected("it was built from another model or crate".into()));
+    let enzyme = prepare().load().expect("rebuilds");
+    assert!(enzyme.built());
+    run_step_like_the_interpreter(&module, &enzyme);
+    drop(enzyme);
+    assert_eq!(prepare().status(), Status::Verified);
+    let own_library = std::fs::read(entry.join("kernels.so")).expect("library");
+
+    // Only the library swapped for the other model's, under this entry's own record.
+    replace_file(&entry.join("kernels.so"), &foreign_library);
+    let replaced = Status::Rejected("its library is not the one built for it (damaged or replaced)".into());
+    assert_eq!(prepare().status(), replaced);
+
+    // A truncated library is never opened: it is built again.
+    replace_file(&entry.join("kernels.so"), &own_library[..own_library.len() / 2]);
+    assert_eq!(prepare().status(), replaced);
+    let enzyme = prepare().load().expect("rebuilds");
+    assert!(enzyme.built());
+    run_step_like_the_interpreter(&module, &enzyme);
+}
+
+/// Issue 18: with a cache folder others could write to, another user planted a library that
+/// hmdpc then ran. Such a folder is refused before anything is built or loaded.
+#[test]
+#[cfg(unix)]
+fn a_cache_folder_other_users_can_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = fresh_folder("enzyme-cache-open");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let foreign = fresh_folder("enzyme-cache-foreign");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown (the tests run as root)");
+    let cases = [
+        (&open, "other users may write to it (mode 777)".to_string()),
+        (&foreign, format!("it belongs to the user with id 65534, not to you (id {})", current_uid())),
+    ];
+    for (cache, reason) in cases {
+        let out = hmdpc(&["gradcheck", "models/inventory.hmdp", "--backend", "enzyme"], &[(enzyme::CACHE_ENV, cache)]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: the Enzyme kernel cache {} is not private: {reason}", cache.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("set HMDP_CACHE to a folder of your own"), "{stderr}");
+        assert_eq!(std::fs::read_dir(cache).expect("folder").count(), 0, "nothing written in {}", cache.display());
+    }
+}
+
+#[cfg(unix)]
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let probe = fresh_folder("enzyme-uid-probe");
+    std::fs::metadata(probe).expect("metadata").uid()
+}
+
+/// Whether a process has ended (a zombie has).
+fn has_ended(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+}
+
+/// Issue 18: stopping hmdpc during a build left cargo and rustc running, and their `tmp-*`
+/// folder behind. The build's process group ends with hmdpc, and the next use of the cache
+/// removes the folder.
+#[test]
+#[cfg(unix)]
+fn stopping_hmdpc_mid_build_ends_the_build_and_the_next_run_cleans_up() {
+    use std::os::unix::process::ExitStatusExt;
+    // A "compiler" that starts a child of its own and waits, writing both ids beside its target.
+    let cargo = "#!/bin/sh\nprev=''\nfor a in \"$@\"; do [ \"$prev\" = --target-dir ] && t=\"$a\"; prev=\"$a\"; done\n\
+                 sleep 300 &\necho \"$$ $!\" > \"$(dirname \"$t\")/pids.tmp\"\nmv \"$(dirname \"$t\")/pids.tmp\" \"$(dirname \"$t\")/pids\"\nwait\n";
+    let toolchain = fake_toolchain_with("enzyme-fake-slow", true, cargo);
+    let cache = fresh_folder("enzyme-stopped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(["gradcheck", "models/inventory.hmdp", "--backend", "enzyme"])
+        .current_dir(common::root())
+        .env(enzyme::CACHE_ENV, &cache)
+        .env(enzyme::TOOLCHAIN_ENV, &toolchain)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hmdpc starts");
+    let started = Instant::now();
+    let pids = loop {
+        let found = std::fs::read_dir(cache.join("enzyme")).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).find_map(|e| std::fs::read_to_string(e.path().join("pids")).ok())
+        });
+        if let Some(pids) = found {
+            break pids;
+        }
+        assert!(started.elapsed().as_secs() < 60, "the build never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let status = child.wait().expect("hmdpc ends");
+    assert_eq!(status.signal(), Some(15), "hmdpc ends as SIGTERM ends a program: {status:?}");
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let ended = Instant::now();
+    while !pids.iter().all(|p| has_ended(p)) {
+        assert!(ended.elapsed().as_secs() < 10, "the build outlived hmdpc: {pids:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: Vec<String> = std::fs::read_dir(cache.join("enzyme"))
+        .expect("cache")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().any(|e| e.starts_with("tmp-")), "{left:?}");
+
+    // The next run (here with a compiler that fails at once) removes the killed build's folder.
+    let failing = fake_toolchain("enzyme-fake-failing-after-stop", true);
+    let out = hmdpc(
+        &["gradcheck", "models/inventory.hmdp", "--backend", "enzyme"],
+        &[(enzyme::CACHE_ENV, &cache), (enzyme::TOOLCHAIN_ENV, &failing)],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let left: Vec<String> = std::fs::read_dir(cache.join("enzyme"))
+        .expect("cache")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|e| e.starts_with("failed-")), "{left:?}");
 }

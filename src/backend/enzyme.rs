@@ -11,21 +11,39 @@
 //! One folder per build under `$HMDP_CACHE` (default `$XDG_CACHE_HOME/hmdp`, else
 //! `~/.cache/hmdp`), in `enzyme/`, named by the model and a hash of the emitted crate and the
 //! exact compiler version, so a model's sizes, its source and the toolchain all pick the entry.
-//! An entry holds the crate as built (`crate/`), the library (`kernels.so`) and the build log.
-//! A build happens in a `tmp-*` folder that is renamed into place when complete: a killed build
-//! never leaves a broken entry, and of two concurrent builds of the same crate the first rename
-//! wins and the other discards its own. An entry is used only when its crate is byte for byte
-//! the one emitted now. A failed build's folder is kept as `failed-<key>` for its log.
+//! An entry holds the crate as built (`crate/`), the library (`kernels.so`), the build log and
+//! an integrity record (`integrity`): the SHA-256 of the model source, of the emitted crate and
+//! of the library, written once the build succeeded.
+//!
+//! Loading a library runs its code, so the cache trusts only what this user's hmdpc wrote:
+//!
+//! - The cache folder and its `enzyme/` are created private (0700), and refused when another user
+//!   owns them or may write to them, or may replace them through a folder above.
+//! - An entry is loaded only when its record names the model and the crate emitted now and the
+//!   library's bytes hash to the recorded value; anything else (a damaged or truncated library,
+//!   another model's library or entry, an entry without a record) is rebuilt, and
+//!   [`Prepared::status`] says why.
+//!
+//! A build happens in a `tmp-<key>-<pid>-*` folder that is renamed into place when complete: a
+//! killed build never leaves a broken entry, and of two concurrent builds of the same crate the
+//! first rename wins and the other discards its own. A `tmp-*` folder whose process is gone is
+//! removed on the next use of the cache. The compiler runs in a process group of its own, which
+//! is ended when hmdpc is stopped by SIGINT, SIGTERM or SIGHUP, so no `cargo` or `rustc` outlives
+//! it. A failed build's folder is kept as `failed-<key>` for its log.
 //!
 //! This module writes files and runs processes (the only part of the library that does), but
 //! prints nothing: errors come back as [`Error`], whose messages say how to fix the problem.
 
 use std::fmt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use libloading::Library;
+use sha2::{Digest, Sha256};
 
 use super::rust::{self, Crate, Origin};
 use super::{Backend, Interp, Kernel, Pointers};
@@ -110,6 +128,13 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
+    /// A cache folder that someone other than this user could write to.
+    UnsafeCache {
+        path: PathBuf,
+        reason: String,
+    },
+    /// The build was stopped by a signal.
+    Interrupted,
 }
 
 impl fmt::Display for Error {
@@ -148,6 +173,14 @@ impl fmt::Display for Error {
                 write!(f, "; the full log is {}", log.display())
             }
             Error::Load { path, message } => write!(f, "cannot load the Enzyme kernels {}: {message}", path.display()),
+            Error::UnsafeCache { path, reason } => write!(
+                f,
+                "the Enzyme kernel cache {} is not private: {reason}. hmdpc loads and runs the libraries in it, so \
+                 only you may write there: set {CACHE_ENV} to a folder of your own, or make this one yours and \
+                 `chmod 700` it",
+                path.display()
+            ),
+            Error::Interrupted => write!(f, "the build of the Enzyme kernels was interrupted"),
         }
     }
 }
@@ -212,23 +245,129 @@ pub struct Prepared<'m> {
     root: PathBuf,
     /// The entry's folder name.
     key: String,
+    /// The SHA-256 of the toolchain's version and the emitted crate, and of the model source.
+    crate_hash: String,
+    model_hash: String,
 }
 
 /// Emits the model's crate, checks the toolchain, and finds the cache entry.
 pub fn prepare<'m>(module: &'m Module, file: &str, source: &str, settings: &Settings) -> Result<Prepared<'m>, Error> {
     let toolchain = probe(&settings.toolchain)?;
-    let krate = rust::emit(module, &Origin { file, source, toolchain: &settings.toolchain });
-    let mut hash = Hash::new();
-    hash.add(toolchain.version.as_bytes());
-    for (path, text) in &krate.files {
-        hash.add(path.as_bytes());
-        hash.add(text.as_bytes());
-    }
-    let model: String = krate.lib_name.trim_start_matches("hmdp_").chars().take(40).collect();
-    let key = format!("{model}-{}", hash.hex());
     // Absolute, because cargo runs in the crate's folder and would read a relative path from there.
-    let root = std::path::absolute(settings.cache.join("enzyme")).unwrap_or_else(|_| settings.cache.join("enzyme"));
-    Ok(Prepared { module, krate, toolchain, root, key })
+    let cache = std::path::absolute(&settings.cache).unwrap_or_else(|_| settings.cache.clone());
+    let root = open_cache(&cache)?;
+    let krate = rust::emit(module, &Origin { file, source, toolchain: &settings.toolchain });
+    let mut hash = Sha256::new();
+    add(&mut hash, toolchain.version.as_bytes());
+    for (path, text) in &krate.files {
+        add(&mut hash, path.as_bytes());
+        add(&mut hash, text.as_bytes());
+    }
+    let crate_hash = hex(&hash.finalize());
+    let model_hash = hex(&Sha256::digest(source.as_bytes()));
+    let model: String = krate.lib_name.trim_start_matches("hmdp_").chars().take(40).collect();
+    let key = format!("{model}-{}", crate_hash.get(..32).unwrap_or(&crate_hash));
+    Ok(Prepared { module, krate, toolchain, root, key, crate_hash, model_hash })
+}
+
+/// What the cache holds for a model's kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// An entry whose integrity record matches the model, its crate and its library.
+    Verified,
+    /// No entry: loading builds one.
+    Missing,
+    /// An entry that will not be loaded, and why; loading builds it again.
+    Rejected(String),
+}
+
+/// The integrity record of an entry: what it was built from and what the build produced.
+struct Record {
+    model: String,
+    krate: String,
+    library: String,
+}
+
+const RECORD_FILE: &str = "integrity";
+const RECORD_HEADER: &str = "hmdp enzyme cache entry 1";
+
+impl Record {
+    fn text(&self) -> String {
+        format!("{RECORD_HEADER}\nmodel {}\ncrate {}\nlibrary {}\n", self.model, self.krate, self.library)
+    }
+
+    fn parse(text: &str) -> Option<Record> {
+        let mut lines = text.lines();
+        if lines.next() != Some(RECORD_HEADER) {
+            return None;
+        }
+        let mut field = |name: &str| lines.next()?.strip_prefix(name)?.strip_prefix(' ').map(str::to_string);
+        Some(Record { model: field("model")?, krate: field("crate")?, library: field("library")? })
+    }
+}
+
+/// Adds a length-prefixed piece, so that ("ab", "c") and ("a", "bc") hash differently.
+fn add(hash: &mut Sha256, bytes: &[u8]) {
+    hash.update((bytes.len() as u64).to_le_bytes());
+    hash.update(bytes);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of a file's bytes.
+fn file_hash(path: &Path) -> std::io::Result<String> {
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+}
+
+/// Creates `<cache>/enzyme` private, checks that no other user can write to it or replace it,
+/// and removes what killed builds left in it. Returns its path.
+fn open_cache(cache: &Path) -> Result<PathBuf, Error> {
+    let root = cache.join("enzyme");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    // The cache folder is checked before anything is written in it.
+    for folder in [cache, root.as_path()] {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder).map_err(|error| Error::Io {
+            what: "create the cache folder",
+            path: folder.to_path_buf(),
+            error,
+        })?;
+        let meta =
+            std::fs::metadata(folder).map_err(|error| Error::Io { what: "read", path: folder.to_path_buf(), error })?;
+        let unsafe_cache = |reason: String| Error::UnsafeCache { path: folder.to_path_buf(), reason };
+        if meta.uid() != me {
+            return Err(unsafe_cache(format!("it belongs to the user with id {}, not to you (id {me})", meta.uid())));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_cache(format!(
+                "other users may write to it (mode {:o}); `chmod go-w {}` would fix that",
+                meta.mode() & 0o7777,
+                folder.display()
+            )));
+        }
+    }
+    // A folder above that others may write to would let them swap the cache for one of theirs;
+    // a sticky one (such as /tmp) lets them remove only their own files.
+    let canonical = std::fs::canonicalize(cache).unwrap_or_else(|_| cache.to_path_buf());
+    for folder in canonical.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(folder) else { continue };
+        let writable_by_others = meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0;
+        if (meta.uid() != me && meta.uid() != 0) || writable_by_others {
+            return Err(Error::UnsafeCache {
+                path: cache.to_path_buf(),
+                reason: format!(
+                    "the folder {} above it belongs to the user with id {} or may be written by anyone (mode {:o})",
+                    folder.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    remove_stale(&root);
+    Ok(root)
 }
 
 impl<'m> Prepared<'m> {
@@ -242,22 +381,44 @@ impl<'m> Prepared<'m> {
         &self.krate
     }
 
-    /// Whether the entry exists and holds exactly this crate, so that loading will not build.
+    /// Whether the entry exists and is verified, so that loading will not build.
     pub fn is_cached(&self) -> bool {
-        let entry = self.entry();
-        entry.join(library_file()).is_file()
-            && self.krate.files.iter().all(|(path, text)| {
-                std::fs::read(entry.join("crate").join(path)).is_ok_and(|bytes| bytes == text.as_bytes())
-            })
+        self.status() == Status::Verified
     }
 
-    /// Loads the kernels, building them first when the cache has no entry for them.
+    /// Whether the cache entry may be loaded: it must have been built from this model and this
+    /// crate, and its library must be the one that build produced, byte for byte.
+    pub fn status(&self) -> Status {
+        let entry = self.entry();
+        let text = match std::fs::read_to_string(entry.join(RECORD_FILE)) {
+            Ok(text) => text,
+            Err(_) if !entry.exists() => return Status::Missing,
+            Err(_) => return Status::Rejected("it has no integrity record".into()),
+        };
+        let Some(record) = Record::parse(&text) else {
+            return Status::Rejected("its integrity record is damaged".into());
+        };
+        if record.krate != self.crate_hash || record.model != self.model_hash {
+            return Status::Rejected("it was built from another model or crate".into());
+        }
+        match file_hash(&entry.join(library_file())) {
+            Ok(hash) if hash == record.library => Status::Verified,
+            Ok(_) => Status::Rejected("its library is not the one built for it (damaged or replaced)".into()),
+            Err(e) => Status::Rejected(format!("its library cannot be read: {e}")),
+        }
+    }
+
+    /// Loads the kernels, building them first when the cache has no verified entry for them.
     pub fn load(self) -> Result<Enzyme<'m>, Error> {
         let built = !self.is_cached();
         if built {
             self.build()?;
         }
         let path = self.entry().join(library_file());
+        // What is loaded is exactly what was built or verified: checked again right before.
+        if let Status::Rejected(reason) = self.status() {
+            return Err(Error::Load { path, message: format!("the cache entry changed while in use: {reason}") });
+        }
         Enzyme::open(self.module, &path, built)
     }
 
@@ -266,8 +427,6 @@ impl<'m> Prepared<'m> {
             let path = path.to_path_buf();
             move |error| Error::Io { what, path, error }
         };
-        std::fs::create_dir_all(&self.root).map_err(io("create the cache folder", &self.root))?;
-        remove_stale(&self.root);
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tmp = self.root.join(format!("tmp-{}-{}-{nanos}", self.key, std::process::id()));
         let source = tmp.join("crate");
@@ -291,7 +450,9 @@ impl<'m> Prepared<'m> {
             .current_dir(&source)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err);
+            .stderr(log_err)
+            // A group of its own, which `end_builds` can end with everything cargo started.
+            .process_group(0);
         // The build must not inherit flags or wrappers meant for another build (such as the cargo
         // that runs hmdp's tests): only this crate's settings apply.
         for (name, _) in std::env::vars_os() {
@@ -303,8 +464,12 @@ impl<'m> Prepared<'m> {
             }
         }
         cargo.env("CARGO_ENCODED_RUSTFLAGS", "-Zautodiff=Enable").env("CARGO_TERM_COLOR", "never");
-        let status = cargo.status();
+        let status = run_build(&mut cargo);
         let ok = match status {
+            Ok(status) if status.signal().is_some() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(Error::Interrupted);
+            }
             Ok(status) => status.success(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoRustup),
             Err(e) => return Err(Error::Toolchain { toolchain: self.toolchain.name.clone(), message: e.to_string() }),
@@ -329,9 +494,16 @@ impl<'m> Prepared<'m> {
         let library = tmp.join(library_file());
         std::fs::copy(&built, &library).map_err(io("copy the built library", &built))?;
         let _ = std::fs::remove_dir_all(&target);
+        let record = Record {
+            model: self.model_hash.clone(),
+            krate: self.crate_hash.clone(),
+            library: file_hash(&library).map_err(io("read the built library", &library))?,
+        };
+        let record_path = tmp.join(RECORD_FILE);
+        std::fs::write(&record_path, record.text()).map_err(io("write", &record_path))?;
         let entry = self.entry();
         if entry.exists() && !self.is_cached() {
-            // An entry with this key but another crate (a hash collision, or a damaged entry).
+            // An entry that failed verification: damaged, replaced, or from an older hmdpc.
             let _ = std::fs::remove_dir_all(&entry);
         }
         if let Err(e) = std::fs::rename(&tmp, &entry) {
@@ -357,42 +529,103 @@ fn first_error(log: &str) -> Option<String> {
     Some(own.chars().take(200).collect())
 }
 
-/// Removes build folders left by killed builds (older than an hour; no build takes that long).
+/// Removes build folders left by killed builds: those whose process is gone, and any older
+/// than an hour (no build takes that long; this also covers a process id used again).
 fn remove_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for entry in entries.filter_map(Result::ok) {
-        let stale = entry
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("tmp-") {
+            continue;
+        }
+        let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > Duration::from_secs(3600));
-        if stale && entry.file_name().to_string_lossy().starts_with("tmp-") {
+        // `tmp-<key>-<pid>-<nanos>`.
+        let builder = name.rsplit('-').nth(1).and_then(|pid| pid.parse::<i32>().ok());
+        if old || builder.is_some_and(|pid| !is_running(pid)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
-/// FNV-1a, twice with different offsets: a 128-bit key. A collision would only cost a rebuild,
-/// since an entry is used only when its crate matches byte for byte.
-struct Hash(u64, u64);
-
-impl Hash {
-    fn new() -> Hash {
-        Hash(0xcbf2_9ce4_8422_2325, 0x6c62_272e_07bb_0142)
+/// Whether a process exists and has not ended (a zombie has ended).
+fn is_running(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
     }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let exists =
+        unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')));
+    exists && !zombie
+}
 
-    fn add(&mut self, bytes: &[u8]) {
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        // The length first, so that ("ab", "c") and ("a", "bc") differ.
-        for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(PRIME);
-            self.1 = (self.1 ^ u64::from(b.rotate_left(3))).wrapping_mul(PRIME);
+/// The process groups of the builds running now, ended by [`end_builds`] when hmdpc is
+/// stopped. A slot holds a group id, or 0.
+static BUILD_GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
+
+/// The signals that stop hmdpc, and what they did before [`end_builds`] was installed.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+static PREVIOUS_ACTIONS: std::sync::OnceLock<[libc::sigaction; 3]> = std::sync::OnceLock::new();
+
+/// Runs a build command in its own process group, which is ended if hmdpc is stopped by a
+/// signal while it runs.
+fn run_build(command: &mut Command) -> std::io::Result<std::process::ExitStatus> {
+    PREVIOUS_ACTIONS.get_or_init(install_end_builds);
+    let mut child = command.spawn()?;
+    let group = i32::try_from(child.id()).unwrap_or(0);
+    let slot = BUILD_GROUPS.iter().find(|s| s.compare_exchange(0, group, Ordering::SeqCst, Ordering::SeqCst).is_ok());
+    let status = child.wait();
+    if let Some(slot) = slot {
+        slot.store(0, Ordering::SeqCst);
+    }
+    status
+}
+
+/// Installs [`end_builds`] for the stop signals, keeping the actions it replaces.
+fn install_end_builds() -> [libc::sigaction; 3] {
+    STOP_SIGNALS.map(|signal| {
+        // SAFETY: sigaction is given valid structures; `end_builds` only makes async-signal-safe calls.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = end_builds as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, &action, &mut previous);
+            previous
+        }
+    })
+}
+
+/// On a stop signal: kills the running builds' process groups, then does what the signal did
+/// before (by default, ends hmdpc), which stays in place from then on. Only async-signal-safe
+/// calls.
+extern "C" fn end_builds(signal: libc::c_int) {
+    let Some(previous) = PREVIOUS_ACTIONS.get() else { return };
+    let Some(k) = STOP_SIGNALS.iter().position(|&s| s == signal) else { return };
+    let Some(previous) = previous.get(k) else { return };
+    // A signal hmdpc was told to ignore (`nohup`) stops nothing.
+    if previous.sa_sigaction == libc::SIG_IGN {
+        return;
+    }
+    for slot in &BUILD_GROUPS {
+        let group = slot.load(Ordering::SeqCst);
+        if group > 0 {
+            // SAFETY: kill is async-signal-safe; the group is one this process started.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
         }
     }
-
-    fn hex(&self) -> String {
-        format!("{:016x}{:016x}", self.0, self.1)
+    // The signal is blocked while this runs: raised again, it reaches the restored action (the
+    // default, which ends hmdpc, or the handler that was there) as soon as this returns.
+    // SAFETY: sigaction and raise are async-signal-safe; `previous` is what sigaction gave.
+    unsafe {
+        libc::sigaction(signal, previous, std::ptr::null_mut());
+        libc::raise(signal);
     }
 }
 

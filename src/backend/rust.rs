@@ -26,6 +26,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
+use crate::diagnostics::pad;
 use crate::ir::{BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, Var};
 
 use super::{Kernel, is_accumulated, is_shared};
@@ -523,7 +524,7 @@ impl<'m> Emitter<'m> {
             "// The buffers, numbered as in the batch hmdpc passes to the entry points. Row-major: element\n\
              // [a, b] of an array over the sets A and B is at a * |B| + b.\n",
         );
-        let width = self.names.iter().map(String::len).max().unwrap_or(0);
+        let width = self.names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         for (id, b) in module.buffers.iter().enumerate() {
             let kind = match b.kind {
                 BufferKind::Param => "param".to_string(),
@@ -550,9 +551,9 @@ impl<'m> Emitter<'m> {
             };
             let _ = writeln!(
                 out,
-                "// {id:>3}  {name:<width$}  {quoted:<16} {kind}, {dims}, {len}",
-                name = self.name(id),
-                quoted = format!("`{}`", b.name),
+                "// {id:>3}  {name}  {quoted} {kind}, {dims}, {len}",
+                name = pad(self.name(id), width),
+                quoted = pad(&format!("`{}`", b.name), 16),
                 len = self.len(id),
             );
         }
@@ -671,9 +672,9 @@ impl<'m> Emitter<'m> {
             lines.open(&format!("pub fn {name}() {{"));
         } else {
             lines.open(&format!("pub fn {name}("));
-            let width = signature.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+            let width = signature.iter().map(|(s, _)| s.chars().count()).max().unwrap_or(0);
             for (s, comment) in &signature {
-                lines.line(&format!("{s:<width$} // {comment}"));
+                lines.line(&format!("{} // {comment}", pad(s, width)));
             }
             lines.depth = lines.depth.saturating_sub(1);
             lines.open(") {");

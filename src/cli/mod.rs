@@ -152,6 +152,12 @@ fn load_enzyme(compiled: &Compiled) -> Result<hmdp::backend::enzyme::Enzyme<'_>,
     let prepared = enzyme::prepare(&compiled.module, &file, &compiled.source.text, &settings).map_err(report)?;
     let started = std::time::Instant::now();
     let building = !prepared.is_cached();
+    if let enzyme::Status::Rejected(reason) = prepared.status() {
+        eprintln!(
+            "the cached Enzyme kernels in {} are not used: {reason}; building them again",
+            prepared.entry().display()
+        );
+    }
     if building {
         eprintln!(
             "building the Enzyme kernels of {} with {} (once per version of the model; cached in {})",

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::diagnostics::Span;
+use crate::diagnostics::{Span, pad};
 use crate::ir::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -384,7 +384,7 @@ pub fn render(
     }
     for (title, entries) in [("costs", &analysis.costs), ("updates", &analysis.updates)] {
         let _ = writeln!(out, "  {title}:");
-        let width = entries.iter().map(|e| module.buffers[e.buffer].name.len()).max().unwrap_or(0);
+        let width = entries.iter().map(|e| module.buffers[e.buffer].name.chars().count()).max().unwrap_or(0);
         for e in entries {
             let regimes: Vec<&str> = e.regimes.iter().map(|r| module.buffers[*r].name.as_str()).collect();
             let description = match (e.class, regimes.is_empty()) {
@@ -396,10 +396,16 @@ pub fn render(
                 (class, false) => format!("{}; depends on the regime of {}", class.name(), regimes.join(", ")),
                 (class, true) => class.name().to_string(),
             };
-            let _ = writeln!(out, "    {:<width$}  {description}", module.buffers[e.buffer].name);
+            let _ = writeln!(out, "    {}  {description}", pad(&module.buffers[e.buffer].name, width));
             for site in &e.sites {
-                let _ =
-                    writeln!(out, "    {:<width$}    {} at {}: {}", "", site.class.name(), at(site.span), site.what);
+                let _ = writeln!(
+                    out,
+                    "    {}    {} at {}: {}",
+                    pad("", width),
+                    site.class.name(),
+                    at(site.span),
+                    site.what
+                );
             }
         }
     }

@@ -4,8 +4,10 @@
 //! and pest's errors into a diagnostic that names what was expected in the user's words
 //! ("expected an expression or `)`"), never pest's rule names.
 //!
-//! Invariant: every AST this returns has expressions at most [`MAX_EXPR_DEPTH`] deep, so the
-//! recursive passes after it cannot overflow the stack whatever the input.
+//! Invariant: every AST this returns has expressions nested at most [`MAX_EXPR_DEPTH`] levels and
+//! at most [`MAX_EXPR_HEIGHT`] operations high, names of at most [`MAX_NAME_LEN`] characters and integer
+//! literals of at most 2^53, so the recursive passes after it cannot overflow the stack and no
+//! later stage meets a name too long to lay out, whatever the input.
 
 use std::collections::BTreeSet;
 
@@ -20,7 +22,22 @@ use crate::diagnostics::{Diagnostic, Span};
 struct HmdpParser;
 
 /// Deeper expressions are rejected with a diagnostic. Hand-written models stay far below it.
+/// Nesting is what a reader sees: each parenthesis, call, index, unary operator, power, branch
+/// and reduction is a level, and a chain of operators of one precedence (`a + b - c + ...`) is
+/// one level however long it is.
 pub const MAX_EXPR_DEPTH: usize = 200;
+
+/// The most operations on any path from an expression's root to a leaf, counting each operator
+/// of a chain: a sum of 2,001 terms is allowed, and the passes that recurse over the tree stay
+/// well inside a 2 MiB stack (the interpreter runs on rayon's threads; 4,000 was measured safe).
+pub const MAX_EXPR_HEIGHT: usize = 2_000;
+
+/// Longer names are rejected: no model needs them, and reports lay names out in columns.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The largest integer literal: integers above it are not all exact as `f64`, which is how
+/// every number is computed.
+const MAX_INTEGER: u64 = 1 << 53;
 
 /// Parses a model. On a syntax error returns the one diagnostic that describes it: pest stops at
 /// the first error, and anything reported after it would be a guess.
@@ -31,6 +48,11 @@ pub fn parse(source: &str) -> Result<Model, Vec<Diagnostic>> {
         Err(error) => return Err(vec![syntax_error(source, &error)]),
     };
     let mut builder = Builder { diagnostics: Vec::new() };
+    if let Some(long) = pairs.clone().flatten().find(|p| p.as_rule() == Rule::ident && p.as_str().len() > MAX_NAME_LEN)
+        && long.as_str().chars().count() > MAX_NAME_LEN
+    {
+        builder.diagnostics.push(name_too_long(&long));
+    }
     let model = match pairs.next() {
         Some(file) => builder.file(file),
         None => None,
@@ -316,14 +338,45 @@ fn span_of(pair: &Pair<'_, Rule>) -> Span {
     Span::new(s.start(), s.start() + text.len())
 }
 
+fn name_too_long(pair: &Pair<'_, Rule>) -> Diagnostic {
+    let name = pair.as_str();
+    let start: String = name.chars().take(20).collect();
+    Diagnostic::error(
+        "name-too-long",
+        format!("the name `{start}…` is {} characters long, more than {MAX_NAME_LEN}", name.chars().count()),
+        span_of(pair),
+        "this name",
+    )
+    .with_help(format!("names are at most {MAX_NAME_LEN} characters: shorten it"))
+}
+
 fn ident(pair: Pair<'_, Rule>) -> Ident {
     Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
 }
 
-/// An expression and the depth of its tree, so that depth is checked without recursing.
+/// An expression with its nesting depth ([`MAX_EXPR_DEPTH`]) and the height of its tree
+/// ([`MAX_EXPR_HEIGHT`]), so that both are checked without recursing.
 struct Built {
     expr: Expr,
     depth: usize,
+    height: usize,
+}
+
+/// The deepest nesting and the greatest height among an expression's children.
+#[derive(Clone, Copy, Default)]
+struct Levels {
+    depth: usize,
+    height: usize,
+}
+
+impl Levels {
+    fn of(built: &Built) -> Levels {
+        Levels { depth: built.depth, height: built.height }
+    }
+
+    fn max(self, built: &Built) -> Levels {
+        Levels { depth: self.depth.max(built.depth), height: self.height.max(built.height) }
+    }
 }
 
 impl Builder {
@@ -519,14 +572,41 @@ impl Builder {
                 .with_help("split it into several `let` bindings"),
             );
         }
-        Built { expr: Expr { kind: ExprKind::Error, span }, depth: 1 }
+        leaf(ExprKind::Error, span)
+    }
+
+    fn too_long(&mut self, span: Span) -> Built {
+        if !self.diagnostics.iter().any(|d| d.code == "too-deep") {
+            self.diagnostics.push(
+                Diagnostic::error(
+                    "too-deep",
+                    format!("expression with more than {MAX_EXPR_HEIGHT} operations in a chain"),
+                    span,
+                    "this expression",
+                )
+                .with_help("split it into several `let` bindings, each a part of the chain"),
+            );
+        }
+        leaf(ExprKind::Error, span)
+    }
+
+    /// Gives up on a node that is nested or chained too far.
+    fn bounded(&mut self, built: Built, span: Span) -> Built {
+        if built.depth > MAX_EXPR_DEPTH {
+            self.too_deep(span)
+        } else if built.height > MAX_EXPR_HEIGHT {
+            self.too_long(span)
+        } else {
+            built
+        }
     }
 
     /// Builds any expression-level rule. `nesting` counts the Rust frames above, so that deep
-    /// input stops here before it can exhaust the stack.
+    /// input stops here before it can exhaust the stack: one level of nesting, such as a
+    /// parenthesis, goes through one frame for each precedence level of the grammar.
     fn build(&mut self, pair: Pair<'_, Rule>, nesting: usize) -> Built {
         let span = span_of(&pair);
-        if nesting > 4 * MAX_EXPR_DEPTH {
+        if nesting > FRAMES_PER_LEVEL * (MAX_EXPR_DEPTH + 1) {
             return self.too_deep(span);
         }
         let nesting = nesting + 1;
@@ -541,7 +621,8 @@ impl Builder {
                     Some(inner) => self.build(inner, nesting),
                     None => self.error_node(span),
                 };
-                node(ExprKind::Paren(Box::new(inner.expr)), span, inner.depth)
+                let levels = Levels::of(&inner);
+                node(ExprKind::Paren(Box::new(inner.expr)), span, levels)
             }
             Rule::if_expr => {
                 let mut parts = pair.into_inner().filter(|p| p.as_rule() == Rule::expr);
@@ -552,7 +633,7 @@ impl Builder {
                 let cond = next(self);
                 let then = next(self);
                 let otherwise = next(self);
-                let depth = cond.depth.max(then.depth).max(otherwise.depth);
+                let levels = Levels::of(&cond).max(&then).max(&otherwise);
                 node(
                     ExprKind::If {
                         cond: Box::new(cond.expr),
@@ -560,7 +641,7 @@ impl Builder {
                         otherwise: Box::new(otherwise.expr),
                     },
                     span,
-                    depth,
+                    levels,
                 )
             }
             Rule::match_expr => {
@@ -569,16 +650,16 @@ impl Builder {
                     Some(p) => self.build(p, nesting),
                     None => self.error_node(span),
                 };
-                let mut depth = scrutinee.depth;
+                let mut levels = Levels::of(&scrutinee);
                 let mut arms = Vec::new();
                 for arm in parts {
                     let mut arm_parts = arm.into_inner();
                     let (Some(pattern), Some(value)) = (arm_parts.next(), arm_parts.next()) else { continue };
                     let value = self.build(value, nesting);
-                    depth = depth.max(value.depth);
+                    levels = levels.max(&value);
                     arms.push(MatchArm { pattern: self.pattern(pattern), value: value.expr });
                 }
-                node(ExprKind::Match { scrutinee: Box::new(scrutinee.expr), arms }, span, depth)
+                node(ExprKind::Match { scrutinee: Box::new(scrutinee.expr), arms }, span, levels)
             }
             Rule::or_expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
                 self.left_fold(pair, nesting)
@@ -596,9 +677,10 @@ impl Builder {
                 let mut built = operand.unwrap_or_else(|| self.error_node(span));
                 for (op, op_span) in ops.into_iter().rev() {
                     let span = op_span.to(built.expr.span);
-                    built = node(ExprKind::Unary { op, operand: Box::new(built.expr) }, span, built.depth);
-                    if built.depth > MAX_EXPR_DEPTH {
-                        return self.too_deep(span);
+                    let levels = Levels::of(&built);
+                    built = node(ExprKind::Unary { op, operand: Box::new(built.expr) }, span, levels);
+                    if built.depth > MAX_EXPR_DEPTH || built.height > MAX_EXPR_HEIGHT {
+                        return self.bounded(built, span);
                     }
                 }
                 built
@@ -612,7 +694,7 @@ impl Builder {
                 match parts.next() {
                     Some(exponent) => {
                         let exponent = self.build(exponent, nesting);
-                        let depth = base.depth.max(exponent.depth);
+                        let levels = Levels::of(&base).max(&exponent);
                         node(
                             ExprKind::Binary {
                                 op: BinaryOp::Pow,
@@ -620,7 +702,7 @@ impl Builder {
                                 rhs: Box::new(exponent.expr),
                             },
                             span,
-                            depth,
+                            levels,
                         )
                     }
                     None => base,
@@ -629,10 +711,10 @@ impl Builder {
             Rule::number => {
                 let text = pair.as_str();
                 let is_int = !text.contains(['.', 'e', 'E']);
+                // An integer is judged by its digits: as a float, 2^53 + 1 rounds to 2^53.
+                let exact = !is_int || text.parse::<u64>().is_ok_and(|n| n <= MAX_INTEGER);
                 match text.parse::<f64>() {
-                    Ok(value) if value.is_finite() && (!is_int || value <= 9.007_199_254_740_992e15) => {
-                        leaf(ExprKind::Number { value, is_int }, span)
-                    }
+                    Ok(value) if value.is_finite() && exact => leaf(ExprKind::Number { value, is_int }, span),
                     _ => {
                         self.diagnostics.push(Diagnostic::error(
                             "number-too-large",
@@ -649,7 +731,7 @@ impl Builder {
                 let mut name = None;
                 let mut primed = false;
                 let mut indices = Vec::new();
-                let mut depth = 0;
+                let mut levels = Levels::default();
                 for child in pair.into_inner() {
                     match child.as_rule() {
                         Rule::ident => name = Some(ident(child)),
@@ -657,7 +739,7 @@ impl Builder {
                         Rule::index_list => {
                             for index in child.into_inner() {
                                 let built = self.build(index, nesting);
-                                depth = depth.max(built.depth);
+                                levels = levels.max(&built);
                                 indices.push(built.expr);
                             }
                         }
@@ -665,22 +747,23 @@ impl Builder {
                     }
                 }
                 match name {
-                    Some(name) => node(ExprKind::Access { name, primed, indices }, span, depth),
+                    Some(name) if indices.is_empty() => leaf(ExprKind::Access { name, primed, indices }, span),
+                    Some(name) => node(ExprKind::Access { name, primed, indices }, span, levels),
                     None => self.error_node(span),
                 }
             }
             Rule::call => {
                 let mut parts = pair.into_inner();
                 let Some(func) = parts.next().map(ident) else { return self.error_node(span) };
-                let mut depth = 0;
+                let mut levels = Levels::default();
                 let args = parts
                     .map(|arg| {
                         let built = self.build(arg, nesting);
-                        depth = depth.max(built.depth);
+                        levels = levels.max(&built);
                         built.expr
                     })
                     .collect();
-                node(ExprKind::Call { func, args }, span, depth)
+                node(ExprKind::Call { func, args }, span, levels)
             }
             Rule::reduction => {
                 let mut op = ReduceOp::Sum;
@@ -706,17 +789,17 @@ impl Builder {
                     }
                 }
                 let body = body.unwrap_or_else(|| self.error_node(span));
-                node(ExprKind::Reduce { op, binders, body: Box::new(body.expr) }, span, body.depth)
+                let levels = Levels::of(&body);
+                node(ExprKind::Reduce { op, binders, body: Box::new(body.expr) }, span, levels)
             }
             _ => self.error_node(span),
         };
-        if built.depth > MAX_EXPR_DEPTH {
-            return self.too_deep(span);
-        }
-        built
+        self.bounded(built, span)
     }
 
-    /// `a op b op c` → `((a op b) op c)`, built in a loop so long chains cost no stack.
+    /// `a op b op c` → `((a op b) op c)`, built in a loop so long chains cost no stack. The
+    /// chain is one level of nesting above its deepest operand, however long it is; each of its
+    /// operators adds to the tree's height.
     fn left_fold(&mut self, pair: Pair<'_, Rule>, nesting: usize) -> Built {
         let span = span_of(&pair);
         let mut parts = pair.into_inner();
@@ -724,6 +807,7 @@ impl Builder {
             Some(first) => self.build(first, nesting),
             None => return self.error_node(span),
         };
+        let mut operands = Levels::of(&acc);
         while let Some(op_pair) = parts.next() {
             let op = binary_op(op_pair.as_str());
             let rhs = match parts.next() {
@@ -731,14 +815,16 @@ impl Builder {
                 None => self.error_node(span),
             };
             let span = acc.expr.span.to(rhs.expr.span);
-            let depth = acc.depth.max(rhs.depth) + 1;
-            if depth > MAX_EXPR_DEPTH {
-                return self.too_deep(span);
-            }
-            acc = Built {
+            operands = operands.max(&rhs);
+            let built = Built {
+                depth: operands.depth + 1,
+                height: acc.height.max(rhs.height) + 1,
                 expr: Expr { kind: ExprKind::Binary { op, lhs: Box::new(acc.expr), rhs: Box::new(rhs.expr) }, span },
-                depth,
             };
+            if built.depth > MAX_EXPR_DEPTH || built.height > MAX_EXPR_HEIGHT {
+                return self.bounded(built, span);
+            }
+            acc = built;
         }
         acc
     }
@@ -748,8 +834,8 @@ impl Builder {
         match pair.into_inner().next() {
             Some(p) if p.as_rule() == Rule::ident => Pattern::Label(ident(p)),
             Some(p) if p.as_rule() == Rule::integer => match p.as_str().parse::<i64>() {
-                Ok(n) => Pattern::Number(n, span),
-                Err(_) => {
+                Ok(n) if n.unsigned_abs() <= MAX_INTEGER => Pattern::Number(n, span),
+                _ => {
                     self.diagnostics.push(Diagnostic::error(
                         "number-too-large",
                         format!("the number `{}` is too large", p.as_str()),
@@ -777,12 +863,17 @@ impl Diagnostic {
     }
 }
 
+/// Frames of [`Builder::build`] per level of nesting: a parenthesis is reached through
+/// `expr`, the six precedence levels, `unary`, `pow_expr` and `paren`.
+const FRAMES_PER_LEVEL: usize = 10;
+
+/// A leaf is one level deep, and its height (operations on the way down) is 0.
 fn leaf(kind: ExprKind, span: Span) -> Built {
-    Built { expr: Expr { kind, span }, depth: 1 }
+    Built { expr: Expr { kind, span }, depth: 1, height: 0 }
 }
 
-fn node(kind: ExprKind, span: Span, child_depth: usize) -> Built {
-    Built { expr: Expr { kind, span }, depth: child_depth + 1 }
+fn node(kind: ExprKind, span: Span, children: Levels) -> Built {
+    Built { expr: Expr { kind, span }, depth: children.depth + 1, height: children.height + 1 }
 }
 
 fn binary_op(text: &str) -> BinaryOp {
