@@ -633,6 +633,8 @@ fn training_on_enzyme_matches_training_on_the_jit() {
             "16,16",
             "--updates",
             "8",
+            "--eval-every",
+            "2",
             "--quiet",
             "--out",
             &path,
@@ -646,6 +648,7 @@ fn training_on_enzyme_matches_training_on_the_jit() {
             .collect::<Vec<_>>()
     };
     let jit = curve("jit");
+    // The header, update 0, then every second update.
     assert_eq!(jit.len(), 1 + 1 + 4, "{jit:?}");
     assert_eq!(curve("enzyme"), jit);
 }
