@@ -5,31 +5,45 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn hmdpc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs")
 }
 
-/// Starts `hmdpc` with `args`, waits up to two minutes for `ready`, then sends the process
-/// `signal` (`-KILL` or `-INT`) and returns how it ended. `late` is the failure when `ready`
-/// never holds.
-fn signal_when(args: &[&str], ready: impl Fn() -> bool, late: &str, signal: &str) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+/// Starts `hmdpc` with `args`, its output captured.
+fn start(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hmdpc"))
         .args(args)
         .current_dir(common::root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starts");
+        .expect("starts")
+}
+
+/// Waits up to two minutes for `ready`; `late` is the failure when it never holds.
+fn wait_for(ready: impl Fn() -> bool, late: &str) {
     let started = Instant::now();
     while !ready() && started.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(ready(), "{late}");
+}
+
+/// Sends `child` the `signal` (`-KILL` or `-INT`).
+fn send(child: &Child, signal: &str) {
     let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
+}
+
+/// Starts `hmdpc` with `args`, waits for `ready` (see [`wait_for`]), then sends the process
+/// `signal` and returns how it ended.
+fn signal_when(args: &[&str], ready: impl Fn() -> bool, late: &str, signal: &str) -> Output {
+    let child = start(args);
+    wait_for(ready, late);
+    send(&child, signal);
     child.wait_with_output().expect("waits")
 }
 
@@ -177,38 +191,60 @@ fn a_forced_run_killed_early_leaves_nothing_of_the_run_it_replaced() {
     assert_eq!(eval.status.code(), Some(0), "{}", text(&eval.stderr));
 }
 
-/// A run killed mid-way and resumed with the same command and `--resume` ends exactly as the
-/// run that was not stopped: the same checkpoints, bit for bit, and the same learning curve.
-#[test]
-fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
-    fn args(out: &Path) -> Vec<&str> {
-        let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--save-every", "0", "--out", s(out)];
-        args.extend(SMALL);
-        args.push("1000");
-        args
+/// A run killed after it wrote `latest.ckpt`, then resumed, ends exactly as the same run that
+/// was not stopped: the same checkpoints, bit for bit, and the same learning curve, whose rows
+/// from before the kill are not rewritten. For HPO and for PPO.
+fn killed_and_resumed(algo: &str) {
+    fn strs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
     }
-    let (whole, killed) = (scratch("whole"), scratch("killed-resumed"));
-    let run = hmdpc(&args(&whole));
+    let args = |out: &Path| -> Vec<String> {
+        let mut args: Vec<String> =
+            ["train", "models/switched_lqr.hmdp", "--set", "n=2", "--save-every", "0", "--algo", algo, "--out", s(out)]
+                .map(String::from)
+                .into();
+        args.extend(SMALL.map(String::from));
+        args.push("1000".into());
+        args
+    };
+    let (whole, killed) = (scratch(&format!("whole-{algo}")), scratch(&format!("killed-resumed-{algo}")));
+    let run = hmdpc(&strs(&args(&whole)));
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
 
     let latest = || killed.join("latest.ckpt").exists();
-    let finished = signal_when(&args(&killed), latest, "no latest.ckpt was written in time", "-KILL");
+    let killed_args = args(&killed);
+    let finished = signal_when(&strs(&killed_args), latest, "no latest.ckpt was written in time", "-KILL");
     assert_eq!(finished.status.code(), None, "the run finished before it was killed: {}", text(&finished.stderr));
     assert!(!killed.join("final.ckpt").exists());
     let final_policy = hmdpc(&["eval", s(&killed), "--policy", "final", "--scenarios", "16"]);
     assert_eq!(final_policy.status.code(), Some(1));
     assert!(text(&final_policy.stderr).contains("the run has not ended"), "{}", text(&final_policy.stderr));
+    let before = std::fs::read_to_string(killed.join("curve.csv")).expect("curve.csv");
 
     let mut again = args(&killed);
-    again.push("--resume");
-    let again = hmdpc(&again);
+    again.push("--resume".into());
+    let again = hmdpc(&strs(&again));
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     assert!(text(&again.stdout).contains("exactly where it stopped"), "{}", text(&again.stdout));
     assert!(!killed.join("latest.ckpt").exists(), "the final checkpoint supersedes latest.ckpt");
     for name in ["final.ckpt", "best.ckpt"] {
         let (a, b) = (std::fs::read(whole.join(name)).expect(name), std::fs::read(killed.join(name)).expect(name));
-        assert!(a == b, "{name} differs from the uninterrupted run's");
+        assert!(a == b, "{algo}: {name} differs from the uninterrupted run's");
     }
+    // The rows up to the checkpoint resumed from are kept byte for byte, wall time included.
+    let resumed_at: usize = text(&again.stdout)
+        .split("at update ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the update resumed from");
+    let after = std::fs::read_to_string(killed.join("curve.csv")).expect("curve.csv");
+    let kept: Vec<&str> = before
+        .lines()
+        .take_while(|line| line.split(',').next().and_then(|u| u.parse::<usize>().ok()).is_none_or(|u| u <= resumed_at))
+        .collect();
+    assert!(kept.len() >= 2, "{before}");
+    assert_eq!(after.lines().take(kept.len()).collect::<Vec<_>>(), kept);
     // Every column but the wall time.
     let curve = |out: &Path| -> Vec<String> {
         let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
@@ -221,6 +257,91 @@ fn a_killed_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
             .collect()
     };
     assert_eq!(curve(&killed), curve(&whole));
+}
+
+#[test]
+fn a_killed_hpo_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
+    killed_and_resumed("hpo");
+}
+
+#[test]
+fn a_killed_ppo_run_resumed_ends_exactly_as_the_run_that_was_not_stopped() {
+    killed_and_resumed("ppo");
+}
+
+/// The best checkpoint's own header decides the best of a resumed run: with `curve.csv` gone,
+/// a resumed run whose policy is worse than its best keeps the best checkpoint it had.
+#[test]
+fn a_lost_curve_does_not_demote_the_best_checkpoint() {
+    // A learning rate this high makes the dev cost rise again after an early best.
+    let segment = |out: &Path, updates: &str, resume: bool| {
+        let mut args = vec![
+            "train",
+            "models/switched_lqr.hmdp",
+            "--set",
+            "n=2",
+            "--lr",
+            "0.3",
+            "--eval-every",
+            "2",
+            "--out",
+            s(out),
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        args.extend(SMALL);
+        args.push(updates);
+        let run = hmdpc(&args);
+        assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    };
+    let curve = |out: &Path| -> Vec<(usize, f64)> {
+        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+        text.lines()
+            .skip(1)
+            .map(|line| {
+                let cols: Vec<&str> = line.split(',').collect();
+                (cols[0].parse().expect("update"), cols[cols.len() - 1].parse().expect("dev total"))
+            })
+            .collect()
+    };
+    let out = scratch("lost-curve");
+    segment(&out, "12", false);
+    let first = curve(&out);
+    let best = *first.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a curve");
+    let last = *first.last().expect("a curve");
+    assert!(best.0 < last.0 && best.1 < last.1, "the setting no longer shows an early best: {first:?}");
+    let best_ckpt = std::fs::read(out.join("best.ckpt")).expect("best.ckpt");
+
+    std::fs::remove_file(out.join("curve.csv")).expect("curve.csv");
+    segment(&out, "16", true);
+    let second = curve(&out);
+    assert!(second.iter().all(|p| p.0 > 12 && p.1 > best.1), "{second:?}");
+    assert!(std::fs::read(out.join("best.ckpt")).expect("best.ckpt") == best_ckpt, "best.ckpt was replaced");
+}
+
+/// One run folder, one training process: a second `train` into a folder in use is refused with
+/// the holder's process id and leaves the first run's files alone, even with `--force`.
+#[test]
+fn a_second_run_into_a_folder_in_use_is_refused() {
+    let out = scratch("in-use");
+    let args =
+        ["train", "models/switched_lqr.hmdp", "--out", s(&out), "--scenarios", "50000", "--hidden", "16,16", "--quiet"];
+    let first = start(&args);
+    wait_for(|| out.join("curve.csv").exists(), "no run folder was started in time");
+    let run_json = std::fs::read(out.join("run.json")).expect("run.json");
+    let mut second = args.to_vec();
+    second.extend(["--force", "--seed", "7"]);
+    let refused = hmdpc(&second);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let message = text(&refused.stderr);
+    assert!(message.contains(&format!("in use: process {} is training into it", first.id())), "{message}");
+    assert_eq!(std::fs::read(out.join("run.json")).expect("run.json"), run_json);
+    send(&first, "-KILL");
+    let _ = first.wait_with_output();
+    // The lock ends with its process, however it ends.
+    let run = hmdpc(&["train", "models/switched_lqr.hmdp", "--out", s(&out), "--force", "--updates", "2", "--quiet"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
 }
 
 /// Without a checkpoint that holds the training state (a folder from before checkpoints held
@@ -468,21 +589,11 @@ fn a_second_ctrl_c_exits_130() {
     let out = scratch("twice");
     // A large dev set, so that the evaluation after the first Ctrl-C outlasts the pause.
     let args = ["train", "models/switched_lqr.hmdp", "--out", s(&out), "--scenarios", "50000", "--hidden", "16,16"];
-    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
-        .args(args)
-        .current_dir(common::root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let started = Instant::now();
+    let child = start(&args);
     // The handler is set before the run folder is started.
-    while !out.join("curve.csv").exists() && started.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(|| out.join("curve.csv").exists(), "no run folder was started in time");
     for _ in 0..2 {
-        let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
+        send(&child, "-INT");
         std::thread::sleep(Duration::from_millis(50));
     }
     let finished = child.wait_with_output().expect("waits");

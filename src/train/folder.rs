@@ -114,6 +114,59 @@ impl Checkpoint {
     }
 }
 
+/// The file whose OS lock a training process holds for the life of its run.
+pub const LOCK: &str = ".lock";
+
+/// A run folder held by this process: no other `hmdpc train` writes into it until this is
+/// dropped (the OS lock ends with the process, however it ends).
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes the run folder for this process, creating it if need be, and removes the temporary
+/// files an earlier process left when it was killed or its disk was full: under the lock, no
+/// one else is writing any. Refused, naming the holder's process id, when another process
+/// trains into the folder.
+pub fn lock(folder: &Path) -> Result<Lock, String> {
+    let path = folder.join(LOCK);
+    let cannot = |e: std::io::Error| format!("cannot lock the run folder {}: {}", path.display(), describe_io(&e));
+    std::fs::create_dir_all(folder).map_err(cannot)?;
+    let mut file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("process {pid}"),
+            };
+            return Err(format!(
+                "the run folder {} is in use: {holder} is training into it; wait for it to end, or choose another with --out",
+                folder.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    file.set_len(0).map_err(cannot)?;
+    writeln!(file, "{}", std::process::id()).map_err(cannot)?;
+    remove_stale_temporaries(folder).map_err(|e| format!("cannot clean the run folder {}: {e}", folder.display()))?;
+    Ok(Lock { _file: file })
+}
+
+/// Removes the `.NAME.tmp-PID` files [`write_atomic`] leaves when it is stopped half way.
+fn remove_stale_temporaries(folder: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(folder)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && entry.file_type()?.is_file() {
+            remove_if_present(&entry.path()).map_err(|e| named(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a run folder's `run.json`.
 pub fn read_record(folder: &Path) -> Result<RunRecord, OpenError> {
     let bytes = std::fs::read(folder.join(RUN)).map_err(|e| {
@@ -218,14 +271,28 @@ impl Run {
 
 /// What a run folder gives a resumed run: the checkpoint to continue from (its bytes, its name,
 /// the update it was written at and whether it holds the training state), the curve up to it,
-/// and the command lines of the run so far.
+/// the best so far and the command lines of the run so far.
 pub struct Resumption {
     pub checkpoint: Vec<u8>,
     pub name: &'static str,
     pub update: usize,
     pub exact: bool,
     pub curve: Vec<CurveRow>,
+    pub best: Best,
     pub earlier_commands: Vec<serde_json::Value>,
+}
+
+/// The best policy of a run so far, as `--resume` finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Best {
+    /// `best.ckpt`'s dev cost and update, from its header, or from the curve for a checkpoint
+    /// written before headers held the cost.
+    Known { dev: f64, update: usize },
+    /// `best.ckpt` holds a policy whose dev cost neither its header nor the curve gives (an
+    /// old checkpoint and a missing or damaged curve): it is evaluated again.
+    Unscored { checkpoint: Vec<u8>, update: usize },
+    /// No readable `best.ckpt`.
+    Missing,
 }
 
 /// Reads what `--resume` continues from in `folder`, refusing a run of another model or
@@ -247,13 +314,13 @@ pub fn resumption(
     // had not stopped: `latest.ckpt` after a kill, `final.ckpt` after a run that ended or was
     // stopped with Ctrl-C. Failing that (a folder written before checkpoints held the state, or
     // a run killed before its first `latest.ckpt`), the newest checkpoint.
-    let mut chosen: Option<(Vec<u8>, &'static str, (usize, bool))> = None;
+    let mut chosen: Option<(Vec<u8>, &'static str, Header)> = None;
     let mut unreadable = None;
     for name in [FINAL, LATEST, BEST] {
         match std::fs::read(folder.join(name)) {
             Ok(b) => {
-                let header = checkpoint_header(&b).unwrap_or((0, false));
-                if chosen.as_ref().is_none_or(|(_, _, (u, s))| (header.1, header.0) > (*s, *u)) {
+                let header = checkpoint_header(&b).unwrap_or_default();
+                if chosen.as_ref().is_none_or(|(_, _, h)| (header.exact, header.update) > (h.exact, h.update)) {
                     chosen = Some((b, name, header));
                 }
             }
@@ -261,7 +328,7 @@ pub fn resumption(
             Err(e) => unreadable = Some(e),
         }
     }
-    let (checkpoint, name, (update, exact)) = chosen.ok_or_else(|| match unreadable {
+    let (checkpoint, name, Header { update, exact, .. }) = chosen.ok_or_else(|| match unreadable {
         Some(e) => format!("--resume: cannot read a checkpoint: {e}"),
         None => format!("--resume: {} holds no checkpoint to continue from", folder.display()),
     })?;
@@ -276,6 +343,16 @@ pub fn resumption(
     // Points past the checkpoint belong to updates that are about to be redone.
     let mut curve = read_curve(&std::fs::read_to_string(folder.join(CURVE)).unwrap_or_default());
     curve.retain(|row| row.update <= update);
+    // The best checkpoint's own header says how good it is: a curve that is missing or damaged
+    // must not demote it.
+    let best = match std::fs::read(folder.join(BEST)).ok().and_then(|b| checkpoint_header(&b).map(|h| (b, h))) {
+        Some((_, Header { dev: Some(dev), update, .. })) => Best::Known { dev, update },
+        Some((checkpoint, Header { update, .. })) => match curve.iter().find(|row| row.update == update) {
+            Some(row) => Best::Known { dev: dev_total(row), update },
+            None => Best::Unscored { checkpoint, update },
+        },
+        None => Best::Missing,
+    };
     let old = std::fs::read_to_string(folder.join(RUN)).ok().and_then(|text| RunRecord::parse(&text).ok());
     if let Some(old) = &old {
         let changed = super::config::problem_changes(&old.config, config);
@@ -295,7 +372,7 @@ pub fn resumption(
             list
         })
         .unwrap_or_default();
-    Ok(Resumption { checkpoint, name, update, exact, curve, earlier_commands })
+    Ok(Resumption { checkpoint, name, update, exact, curve, best, earlier_commands })
 }
 
 /// Starts a run folder: creates it, removes what a replaced run (`--force`) left that this run
@@ -308,12 +385,13 @@ pub fn start(
     data_files: &[(String, String)],
     record: &RunRecord,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(folder)?;
+    std::fs::create_dir_all(folder).map_err(|e| named(folder, e))?;
     if !resume {
         // A kill between the two would leave a folder that mixes the runs (and that `--resume`
         // would continue from the old one).
         for stale in [FINAL, LATEST, CURVE, PLOT] {
-            remove_if_present(&folder.join(stale))?;
+            let path = folder.join(stale);
+            remove_if_present(&path).map_err(|e| named(&path, e))?;
         }
     }
     write_atomic(&folder.join(MODEL), source.as_bytes())?;
@@ -321,7 +399,8 @@ pub fn start(
         write_atomic(&folder.join(DATA), data_json(data_files).as_bytes())?;
     } else {
         // A `--force` over a run of a model that read data files.
-        remove_if_present(&folder.join(DATA))?;
+        let path = folder.join(DATA);
+        remove_if_present(&path).map_err(|e| named(&path, e))?;
     }
     write_atomic(&folder.join(MODEL_HASH), format!("{}\n", fingerprint(source, data_files)).as_bytes())?;
     let json = serde_json::to_string_pretty(record).map_err(std::io::Error::other)?;
@@ -340,22 +419,32 @@ pub fn write_plot(folder: &Path, title: &str, rows: &[CurveRow]) -> std::io::Res
 
 /// The total dev cost of a curve row; a NaN total is no candidate for the best.
 pub fn dev_total(row: &CurveRow) -> f64 {
-    let t: f64 = row.dev_terms.iter().sum();
-    if t.is_nan() { f64::INFINITY } else { t }
+    if row.dev_total.is_nan() { f64::INFINITY } else { row.dev_total }
 }
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HMDPCKPT";
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
+/// An error names `path`, and the temporary file is removed (a kill can still leave it:
+/// [`lock`] removes it the next time).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        named(path, e)
+    })
+}
+
+/// `e`, its message prefixed with the file it is about.
+fn named(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {}", path.display(), describe_io(&e)))
 }
 
 /// Removes the file at `path`; a file that is not there is already removed.
@@ -441,15 +530,19 @@ fn adams_mut(opt: &mut Optimizers) -> [&mut Adam; 4] {
 }
 
 /// The networks and normalisation as bytes: a magic, a JSON header, then the arrays; with a
-/// training state, its scalars in the header and Adam's moments after the networks.
+/// training state, its scalars in the header and Adam's moments after the networks. `dev` is
+/// the policy's dev cost when it was evaluated (the best checkpoint's decides the best of a
+/// resumed run).
 pub fn encode_checkpoint(
     nets: &Nets,
     update: usize,
+    dev: Option<f64>,
     header_extra: serde_json::Value,
     state: Option<TrainingState<'_>>,
 ) -> Vec<u8> {
     let mut header = serde_json::json!({
         "update": update,
+        "dev": dev,
         "discrete": nets.discrete.params().len(),
         "continuous": nets.continuous.params().len(),
         "value": nets.value.params().len(),
@@ -495,12 +588,26 @@ pub fn encode_checkpoint(
     out
 }
 
-/// A checkpoint's header: the update it was written at, and whether it holds a training state.
-pub fn checkpoint_header(bytes: &[u8]) -> Option<(usize, bool)> {
+/// What a checkpoint's header says about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Header {
+    /// The update it was written at.
+    pub update: usize,
+    /// Whether it holds a training state.
+    pub exact: bool,
+    /// The policy's dev cost, when it was recorded.
+    pub dev: Option<f64>,
+}
+
+/// A checkpoint's header, or `None` when the bytes are no checkpoint.
+pub fn checkpoint_header(bytes: &[u8]) -> Option<Header> {
     let len = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?) as usize;
     let header: serde_json::Value = serde_json::from_slice(bytes.get(16..16usize.checked_add(len)?)?).ok()?;
-    (bytes.get(..8)? == CHECKPOINT_MAGIC)
-        .then_some((header.get("update")?.as_u64()? as usize, header.get("state").is_some()))
+    (bytes.get(..8)? == CHECKPOINT_MAGIC).then_some(Header {
+        update: header.get("update")?.as_u64()? as usize,
+        exact: header.get("state").is_some(),
+        dev: header.get("dev").and_then(|d| d.as_f64()),
+    })
 }
 
 /// Reads a checkpoint into networks of the right shapes and returns the update it was written
@@ -615,6 +722,16 @@ pub struct CurveRow {
     pub seconds: f64,
     pub train: f64,
     pub dev_terms: Vec<f64>,
+    /// The sum of `dev_terms` as evaluated, or as read back from `curve.csv` (not the sum of
+    /// the rounded terms there), so that a resumed run writes its earlier rows unchanged.
+    pub dev_total: f64,
+}
+
+impl CurveRow {
+    pub fn new(update: usize, seconds: f64, train: f64, dev_terms: Vec<f64>) -> CurveRow {
+        let dev_total = dev_terms.iter().sum();
+        CurveRow { update, seconds, train, dev_terms, dev_total }
+    }
 }
 
 fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
@@ -628,7 +745,7 @@ fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
         for t in &r.dev_terms {
             out.push_str(&format!(",{t:.6}"));
         }
-        out.push_str(&format!(",{:.6}\n", r.dev_terms.iter().sum::<f64>()));
+        out.push_str(&format!(",{:.6}\n", r.dev_total));
     }
     out
 }
@@ -636,8 +753,7 @@ fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
 /// The learning curve as an SVG line plot: train cost and dev total against updates.
 pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
     let (w, h, pad) = (640.0, 400.0, 60.0);
-    let points: Vec<(f64, f64, f64)> =
-        rows.iter().map(|r| (r.update as f64, r.train, r.dev_terms.iter().sum::<f64>())).collect();
+    let points: Vec<(f64, f64, f64)> = rows.iter().map(|r| (r.update as f64, r.train, r.dev_total)).collect();
     let finite = points.iter().flat_map(|p| [p.1, p.2]).filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 1.0, lo + 1.0) };
@@ -698,8 +814,8 @@ pub fn read_curve(text: &str) -> Vec<CurveRow> {
             let (&update, rest) = cols.split_first()?;
             let (&seconds, rest) = rest.split_first()?;
             let (&train, rest) = rest.split_first()?;
-            let (_total, terms) = rest.split_last()?;
-            Some(CurveRow { update: update as usize, seconds, train, dev_terms: terms.to_vec() })
+            let (&dev_total, terms) = rest.split_last()?;
+            Some(CurveRow { update: update as usize, seconds, train, dev_terms: terms.to_vec(), dev_total })
         })
         .collect()
 }
@@ -718,7 +834,7 @@ mod tests {
     use super::*;
 
     fn row(update: usize, dev: f64) -> CurveRow {
-        CurveRow { update, seconds: update as f64, train: dev * 1.1, dev_terms: vec![dev] }
+        CurveRow::new(update, update as f64, dev * 1.1, vec![dev])
     }
 
     #[test]
@@ -734,10 +850,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_checkpoint_round_trips_and_a_damaged_one_is_refused() {
-        use rand::SeedableRng;
-        let module = crate::ir::Module {
+    fn empty_module() -> crate::ir::Module {
+        crate::ir::Module {
             name: "m".into(),
             sets: vec![],
             buffers: vec![],
@@ -754,13 +868,19 @@ mod tests {
             warmup: 0,
             discount: 1.0,
             report: crate::ir::Report { per_period: false, per_size: vec![] },
-        };
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_damaged_one_is_refused() {
+        use rand::SeedableRng;
+        let module = empty_module();
         let mut spec = super::super::spec::Spec::of(&module);
         spec.features = 1;
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut nets = Nets::new(&spec, &[4], true, &mut rng);
         nets.normalizer.fit(&[1.0, 2.0, 4.0], 1, 1.0);
-        let bytes = encode_checkpoint(&nets, 7, serde_json::json!({}), None);
+        let bytes = encode_checkpoint(&nets, 7, Some(1.5), serde_json::json!({}), None);
         let mut back = Nets::new(&spec, &[4], true, &mut ChaCha8Rng::seed_from_u64(2));
         assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((7, None)));
         assert_eq!(back.continuous.params(), nets.continuous.params());
@@ -778,8 +898,10 @@ mod tests {
         opt.value.step(&mut params, &grad);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let _ = crate::sim::eval::unit(&mut rng);
-        let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train: 4.5 };
-        let bytes = encode_checkpoint(&nets, 9, serde_json::json!({}), Some(state));
+        // A cost whose shortest decimal form a fast parser reads one unit in the last place off.
+        let running_train = 907.3038322028689;
+        let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train };
+        let bytes = encode_checkpoint(&nets, 9, None, serde_json::json!({}), Some(state));
         let mut opt_back = Optimizers::new(&nets, &cfg);
         let (update, continuation) = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap();
         assert_eq!(
@@ -789,7 +911,7 @@ mod tests {
                 Some(Continuation {
                     rng: ChaCha8Rng::deserialize_state(&rng.serialize_state()),
                     order: vec![2, 0, 1],
-                    running_train: 4.5
+                    running_train
                 })
             )
         );
@@ -800,5 +922,54 @@ mod tests {
         // Read without an optimiser (as `eval` reads it), the state is skipped.
         assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((9, None)));
         assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, Some(&mut opt_back)).is_err());
+    }
+    #[test]
+    fn a_checkpoint_header_gives_the_update_the_state_and_the_dev_cost() {
+        let nets_of = |seed| {
+            let mut spec = super::super::spec::Spec::of(&empty_module());
+            spec.features = 1;
+            Nets::new(&spec, &[4], true, &mut ChaCha8Rng::seed_from_u64(seed))
+        };
+        let dev = 8562.43;
+        let bytes = encode_checkpoint(&nets_of(1), 32, Some(dev), serde_json::json!({}), None);
+        assert_eq!(checkpoint_header(&bytes), Some(Header { update: 32, exact: false, dev: Some(dev) }));
+        let bytes = encode_checkpoint(&nets_of(1), 3, Some(f64::NAN), serde_json::json!({}), None);
+        assert_eq!(checkpoint_header(&bytes), Some(Header { update: 3, exact: false, dev: None }));
+        assert_eq!(checkpoint_header(b"HMDPCKPT"), None);
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hmdp-folder-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    }
+
+    #[test]
+    fn a_failed_write_names_its_file_and_leaves_no_temporary() {
+        let dir = scratch("write");
+        // A folder where the file should go: the rename fails after the temporary is written.
+        std::fs::create_dir(dir.join("best.ckpt")).expect("folder");
+        std::fs::write(dir.join("best.ckpt").join("inside"), b"x").expect("file");
+        let e = write_atomic(&dir.join("best.ckpt"), b"bytes").expect_err("a folder is in the way");
+        assert!(e.to_string().contains(&dir.join("best.ckpt").display().to_string()), "{e}");
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("best.ckpt")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_locked_folder_is_refused_with_the_holder_and_its_stale_temporaries_are_removed() {
+        let dir = scratch("lock");
+        std::fs::write(dir.join(".latest.ckpt.tmp-4242"), b"half").expect("temporary");
+        std::fs::write(dir.join("curve.csv"), b"kept").expect("curve");
+        let held = lock(&dir).expect("a free folder");
+        assert!(!dir.join(".latest.ckpt.tmp-4242").exists());
+        assert!(dir.join("curve.csv").exists());
+        let refused = lock(&dir).err().expect("the folder is held");
+        assert!(refused.contains(&format!("process {}", std::process::id())), "{refused}");
+        drop(held);
+        assert!(lock(&dir).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -78,6 +78,8 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
     let ctx = Context { module, spec: &spec, backend: inputs.backend, instance: &instance };
 
     let folder = &inputs.folder;
+    // Held until training returns: no other run writes into this folder meanwhile.
+    let _lock = folder::lock(folder).map_err(TrainError::RunFolder)?;
     let resumed = if inputs.resume {
         let resumption = folder::resumption(folder, source, data_files, &cfg).map_err(TrainError::RunFolder)?;
         let how = if resumption.exact {
@@ -146,25 +148,30 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
     let mut error = None;
     let mode = if cfg.algo == Algo::Ppo { Mode::Gaussian } else { Mode::Sample };
     let mut last_print = Instant::now();
-    let save = |nets: &Nets, name: &str, update: usize, state: Option<TrainingState<'_>>| {
-        folder::write_atomic(&folder.join(name), &encode_checkpoint(nets, update, header.clone(), state)).map_err(io)
+    let save = |nets: &Nets, name: &str, update: usize, dev: Option<f64>, state: Option<TrainingState<'_>>| {
+        folder::write_atomic(&folder.join(name), &encode_checkpoint(nets, update, dev, header.clone(), state))
+            .map_err(io)
     };
     let mut last_save = Instant::now();
     let evaluate_dev = |nets: &Nets| -> Result<Evaluation, TrainError> { evaluate(&ctx, nets, &dev_set) };
 
     // The policy before any update is the first point of the curve and the first best; a
-    // resumed run's best is the best of its curve so far.
-    let mut best = match curve.iter().min_by(|a, b| folder::dev_total(a).total_cmp(&folder::dev_total(b))) {
-        Some(row) if resumed.is_some() => (folder::dev_total(row), row.update),
-        _ => {
+    // resumed run's best is the one its best checkpoint holds.
+    let mut best = match resumed.as_ref().map(|r| &r.best) {
+        Some(folder::Best::Known { dev, update }) => (*dev, *update),
+        Some(folder::Best::Unscored { checkpoint, update }) => {
+            let mut held = nets.clone();
+            decode_checkpoint(checkpoint, &mut held, None).map_err(|e| {
+                TrainError::RunFolder(format!("--resume: {}: {e}", folder.join(folder::BEST).display()))
+            })?;
+            (evaluate_dev(&held)?.total(), *update)
+        }
+        Some(folder::Best::Missing) | None => {
             let first = evaluate_dev(&nets)?;
-            curve.push(CurveRow {
-                update: first_update,
-                seconds: started.elapsed().as_secs_f64(),
-                train: f64::NAN,
-                dev_terms: first.terms.clone(),
-            });
-            save(&nets, folder::BEST, first_update, None)?;
+            if resumed.is_none() {
+                curve.push(CurveRow::new(first_update, started.elapsed().as_secs_f64(), f64::NAN, first.terms.clone()));
+            }
+            save(&nets, folder::BEST, first_update, Some(first.total()), None)?;
             (first.total(), first_update)
         }
     };
@@ -216,22 +223,22 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         if done % eval_every == 0 || done == last || stopping {
             match evaluate_dev(&nets) {
                 Ok(dev) => {
-                    curve.push(CurveRow {
-                        update: done,
-                        seconds: offset + started.elapsed().as_secs_f64(),
-                        train: running_train,
-                        dev_terms: dev.terms.clone(),
-                    });
+                    curve.push(CurveRow::new(
+                        done,
+                        offset + started.elapsed().as_secs_f64(),
+                        running_train,
+                        dev.terms.clone(),
+                    ));
                     if dev.total() < best.0 {
                         best = (dev.total(), done);
-                        save(&nets, folder::BEST, done, None)?;
+                        save(&nets, folder::BEST, done, Some(dev.total()), None)?;
                     }
                     folder::write_curve(folder, &names, &curve).map_err(io)?;
                     // Where a killed run resumes from. It is written after the curve, so a kill
                     // between the two leaves a curve that `--resume` cuts back to it.
                     if done < last && !stopping && last_save.elapsed().as_secs_f64() >= inputs.save_every {
                         let state = TrainingState { opt: &opt, rng: &rng, order: &order, running_train };
-                        save(&nets, folder::LATEST, done, Some(state))?;
+                        save(&nets, folder::LATEST, done, None, Some(state))?;
                         last_save = Instant::now();
                     }
                 }
@@ -244,7 +251,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         if inputs.progress && (last_print.elapsed().as_secs_f64() > 0.5 || done == last) {
             last_print = Instant::now();
             let rate = (done - first_update) as f64 / in_updates.max(1e-9);
-            let dev = curve.last().map_or(f64::NAN, |r| r.dev_terms.iter().sum::<f64>());
+            let dev = curve.last().map_or(f64::NAN, |r| r.dev_total);
             let width = 24;
             let filled = width * done / cfg.updates.max(1);
             let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
@@ -261,7 +268,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         eprintln!();
     }
     let state = TrainingState { opt: &opt, rng: &rng, order: &order, running_train };
-    save(&nets, folder::FINAL, done, Some(state))?;
+    save(&nets, folder::FINAL, done, None, Some(state))?;
     // The final checkpoint holds all that `latest.ckpt` held, and is newer.
     folder::remove_if_present(&folder.join(folder::LATEST)).map_err(io)?;
     folder::write_curve(folder, &names, &curve).map_err(io)?;
