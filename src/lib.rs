@@ -13,6 +13,7 @@ pub mod ir;
 pub mod nn;
 pub mod passes;
 pub mod pipeline;
+pub mod resources;
 pub mod sim;
 pub mod syntax;
 pub mod train;

@@ -48,6 +48,10 @@ pub fn run(args: Args) -> u8 {
     let module = &compiled.module;
     let cfg = run.config();
     let scenarios = args.scenarios.map_or(cfg.scenarios, |n| n as usize);
+    let need = hmdp::resources::Need::new().model(module).stored_scenarios(module, "test", scenarios, module.horizon);
+    if let Err(code) = super::fits(compiled, need, "eval") {
+        return code;
+    }
     let instance = match sim::instance(module, cfg.instance_seed) {
         Ok(i) => i,
         Err(e) => return super::run_error(compiled, e),

@@ -56,6 +56,11 @@ pub fn run(args: Args) -> u8 {
     let module = &compiled.module;
     let name = &compiled.source.name;
     let (points, seed, tolerance) = (args.points as usize, args.seed, args.tolerance);
+    // The instance, a point and its perturbed copies.
+    let need = hmdp::resources::Need::new().model(module).scenarios_at_once(module, 3);
+    if let Err(code) = super::fits(&compiled, need, "gradcheck") {
+        return code;
+    }
     let instance = match hmdp::sim::instance(module, seed) {
         Ok(instance) => instance,
         Err(e) => return super::run_error(&compiled, e),

@@ -112,6 +112,15 @@ fn compile_model(path: &Path, overrides: &[(String, f64)]) -> Result<Compiled, u
     Ok(compiled)
 }
 
+/// Refuses a command whose memory need is above this machine's memory, at the declaration
+/// that makes it large; returns the exit code.
+fn fits(compiled: &Compiled, need: hmdp::resources::Need, command: &str) -> Result<(), u8> {
+    let Some(memory) = hmdp::resources::machine_memory() else {
+        return Ok(());
+    };
+    need.fits(memory, command).map_err(|refused| fail(pipeline::too_large(compiled, refused)))
+}
+
 /// Prints a compile failure and gives its exit code.
 fn fail(failure: Failure) -> u8 {
     eprint!("{}", failure.render(color()));

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use hmdp::resources::Need;
 use hmdp::sim::{self, ScenarioSet};
 use hmdp::train::config::parse_override;
 
@@ -56,6 +57,15 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let module = &compiled.module;
+    let n = args.scenarios as usize;
+    let at_once = match args.backend {
+        BackendChoice::Interp => rayon::current_num_threads(),
+        _ => n.min(1024),
+    };
+    let need = Need::new().model(module).scenarios_at_once(module, at_once);
+    if let Err(code) = super::fits(&compiled, need, "simulate") {
+        return code;
+    }
     let instance = match sim::instance(module, args.instance_seed) {
         Ok(instance) => instance,
         Err(e) => return super::run_error(&compiled, e),
@@ -68,7 +78,6 @@ pub fn run(args: Args) -> u8 {
     let policy_name = match args.policy {
         PolicyChoice::Random => "random",
     };
-    let n = args.scenarios as usize;
     let policy = sim::RandomPolicy;
     let per_scenario = match args.backend {
         BackendChoice::Interp => sim::simulate_per_scenario(module, &instance, &policy, args.seed, set, n),
