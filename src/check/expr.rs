@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::model::*;
-use super::{DataFiles, Options, did_you_mean, duplicate, parse_csv, parse_json};
+use super::{DataFiles, Options, did_you_mean, duplicate, name_taken, parse_csv, parse_json};
 use crate::diagnostics::{Diagnostic, Span};
 use crate::syntax::ast::{self, BinaryOp, ExprKind, Item, UnaryOp};
 
@@ -1175,11 +1175,22 @@ impl<'a> Checker<'a> {
         let mut cost_names: HashMap<String, Span> = HashMap::new();
         for statement in &step.statements {
             match statement {
-                ast::Statement::Let { name, dims, value, span } => self.let_binding(name, dims, value, *span),
+                ast::Statement::Let { name, dims, value, span } => {
+                    if let Some(cost) = cost_names.get(&name.name) {
+                        let cost = *cost;
+                        self.error(name_taken("`let` binding", &name.name, name.span, "cost", cost));
+                    }
+                    self.let_binding(name, dims, value, *span);
+                }
                 ast::Statement::Cost { name, value, span } => {
+                    // Costs become buffers of the IR beside every declaration and `let`, so
+                    // they share the one namespace.
                     if let Some(first) = cost_names.get(&name.name) {
                         let first = *first;
                         self.error(duplicate("cost", &name.name, name.span, first));
+                    } else if let Some(g) = self.globals.get(&name.name) {
+                        let (kind, first) = (self.kind_name(g.symbol), g.span);
+                        self.error(name_taken("cost", &name.name, name.span, kind, first));
                     } else {
                         cost_names.insert(name.name.clone(), name.span);
                     }

@@ -128,5 +128,18 @@ pub(crate) fn duplicate(kind: &str, name: &str, span: Span, first: Span) -> Diag
         .with_help(help)
 }
 
+/// A cost named like an earlier declaration or `let`, or a `let` named like an earlier cost: each
+/// becomes a named value of the compiled model, so costs share the one namespace of declarations.
+pub(crate) fn name_taken(kind: &str, name: &str, span: Span, first_kind: &str, first: Span) -> Diagnostic {
+    Diagnostic::error(
+        "duplicate",
+        format!("`{name}` names both a {first_kind} and a {kind}"),
+        span,
+        format!("{kind} `{name}`"),
+    )
+    .with_label(first, format!("{first_kind} `{name}`"))
+    .with_help("declarations, `let`s and costs share one namespace: rename one of them")
+}
+
 pub(crate) use data::{parse_csv, parse_json};
 pub use suggest::did_you_mean;
