@@ -14,9 +14,16 @@
 // Broken input is data: nothing here may panic on what a user wrote (STYLE.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+mod calls;
+mod checker;
+mod constant;
 mod data;
-mod expr;
+mod decls;
+mod exprs;
 pub mod model;
+mod settings;
+mod sizes;
+mod step;
 mod suggest;
 
 pub use model::*;
@@ -74,7 +81,7 @@ pub fn check_source(source: &str, files: &dyn DataFiles, options: &Options) -> O
 
 /// Checks a parsed model.
 pub fn check(ast: &ast::Model, files: &dyn DataFiles, options: &Options) -> Outcome {
-    let mut checker = expr::Checker::new(files, options);
+    let mut checker = checker::Checker::new(files, options);
     let model = checker.model(ast);
     let mut diagnostics = checker.diagnostics;
     diagnostics.sort_by_key(|d| (d.primary.span.start, d.primary.span.end));
