@@ -3,16 +3,17 @@
 
 use super::checker::*;
 use super::did_you_mean;
+use crate::builtins::{self, Arity, DISTRIBUTIONS, FUNCTIONS, Returns};
 use crate::diagnostics::Diagnostic;
 use crate::syntax::ast::{self, ExprKind};
 
 impl Checker<'_> {
     pub(super) fn call(&mut self, e: &ast::Expr, func: &ast::Ident, args: &[ast::Expr], scope: &mut Scope) -> Ty {
         let name = func.name.as_str();
-        if DISTRIBUTIONS.contains(&name) {
+        if name == "truncated" || builtins::distribution(name).is_some() {
             return self.distribution(e, func, args, scope);
         }
-        if !FUNCTIONS.contains(&name) {
+        let Some(function) = builtins::function(name) else {
             for a in args {
                 self.expr(a, scope);
             }
@@ -29,9 +30,11 @@ impl Checker<'_> {
                     .with_help(format!("index arrays with brackets: `{name}[i]`")),
                 );
             } else {
-                let mut known: Vec<&str> = FUNCTIONS.to_vec();
+                let functions: Vec<&str> = FUNCTIONS.iter().map(|f| f.name).collect();
+                let mut known = functions.clone();
                 if scope.random {
-                    known.extend(DISTRIBUTIONS);
+                    known.extend(DISTRIBUTIONS.iter().map(|d| d.name));
+                    known.push("truncated");
                 }
                 let mut d = Diagnostic::error(
                     "unknown-function",
@@ -41,22 +44,16 @@ impl Checker<'_> {
                 );
                 d = match did_you_mean(name, known.iter().copied()) {
                     Some(hint) => d.with_help(hint),
-                    None => d.with_help(format!("functions: {}", FUNCTIONS.join(", "))),
+                    None => d.with_help(format!("functions: {}", functions.join(", "))),
                 };
                 self.error(d);
             }
             return Ty::Error;
-        }
-        let (min, max) = match name {
-            "max" | "min" => (2, usize::MAX),
-            "clamp" => (3, 3),
-            "pow" => (2, 2),
-            _ => (1, 1),
         };
-        if args.len() < min || args.len() > max {
-            let expected = match (min, max) {
-                (n, m) if n == m => plural(n, "argument"),
-                (n, _) => format!("at least {}", plural(n, "argument")),
+        if !function.arity.accepts(args.len()) {
+            let expected = match function.arity {
+                Arity::Exactly(n) => plural(n, "argument"),
+                Arity::AtLeast(n) => format!("at least {}", plural(n, "argument")),
             };
             self.error(
                 Diagnostic::error(
@@ -68,7 +65,7 @@ impl Checker<'_> {
                 .with_help(if name == "max" || name == "min" {
                     format!("to reduce over a set write `{name}(i in I) x[i]`")
                 } else {
-                    format!("call it as `{}`", signature(name))
+                    format!("call it as `{}`", function.signature)
                 }),
             );
             for a in args {
@@ -87,10 +84,10 @@ impl Checker<'_> {
             return Ty::Error;
         }
         let all_int = tys.iter().all(|t| matches!(t, Ty::Int | Ty::Index(_) | Ty::Choice(_)));
-        match name {
-            "floor" | "ceil" | "round" => Ty::Int,
-            "abs" | "max" | "min" | "clamp" if all_int => Ty::Int,
-            _ => Ty::Real,
+        match function.returns {
+            Returns::Int => Ty::Int,
+            Returns::IntIfAllInt if all_int => Ty::Int,
+            Returns::Real | Returns::IntIfAllInt => Ty::Real,
         }
     }
 
@@ -135,7 +132,8 @@ impl Checker<'_> {
                 );
                 return Ty::Error;
             };
-            let is_dist = matches!(&inner.kind, ExprKind::Call { func, .. } if DISTRIBUTIONS.contains(&func.name.as_str()) && func.name != "truncated");
+            let is_dist =
+                matches!(&inner.kind, ExprKind::Call { func, .. } if builtins::distribution(&func.name).is_some());
             if !is_dist {
                 self.error(
                     Diagnostic::error(
@@ -176,17 +174,8 @@ impl Checker<'_> {
             }
             return if ok { ty } else { Ty::Error };
         }
-        let params: &[&str] = match name {
-            "uniform" => &["low", "high"],
-            "normal" => &["mean", "standard deviation"],
-            "lognormal" => &["log-mean", "log-standard deviation"],
-            "poisson" => &["rate"],
-            "binomial" => &["trials", "probability"],
-            "negbinomial" => &["successes", "probability"],
-            "gamma" => &["shape", "scale"],
-            "bernoulli" => &["probability"],
-            _ => &[],
-        };
+        let Some(distribution) = builtins::distribution(name) else { return Ty::Error };
+        let params = distribution.params;
         let arity_ok = if name == "categorical" { !args.is_empty() } else { args.len() == params.len() };
         if !arity_ok {
             let expected = if name == "categorical" {
@@ -293,42 +282,10 @@ impl Checker<'_> {
         if let Some((k, message)) = bad {
             self.error(
                 Diagnostic::error("distribution-parameter", message, span_of(k), "invalid parameter")
-                    .with_help(format!("`{}`", signature(name))),
+                    .with_help(format!("`{}`", distribution.signature)),
             );
             return Ty::Error;
         }
-        match name {
-            "poisson" | "binomial" | "negbinomial" | "bernoulli" | "categorical" => Ty::Int,
-            _ => Ty::Real,
-        }
-    }
-}
-
-fn signature(name: &str) -> &'static str {
-    match name {
-        "exp" => "exp(x)",
-        "log" => "log(x)",
-        "sqrt" => "sqrt(x)",
-        "tanh" => "tanh(x)",
-        "sigmoid" => "sigmoid(x)",
-        "softplus" => "softplus(x)",
-        "sin" => "sin(x)",
-        "cos" => "cos(x)",
-        "abs" => "abs(x)",
-        "clamp" => "clamp(x, low, high)",
-        "pow" => "pow(x, y)",
-        "floor" => "floor(x)",
-        "ceil" => "ceil(x)",
-        "round" => "round(x)",
-        "uniform" => "uniform(low, high) with low < high",
-        "normal" => "normal(mean, sd) with sd > 0",
-        "lognormal" => "lognormal(mu, sigma) with sigma > 0: the log is normal(mu, sigma)",
-        "poisson" => "poisson(rate) with rate >= 0",
-        "binomial" => "binomial(trials, p) with trials a whole number >= 0 and 0 <= p <= 1",
-        "negbinomial" => "negbinomial(r, p): failures before r successes, r > 0 and 0 < p <= 1",
-        "gamma" => "gamma(shape, scale) with both > 0",
-        "bernoulli" => "bernoulli(p) with 0 <= p <= 1: 1 with probability p, else 0",
-        "categorical" => "categorical(w0, w1, ...): k with probability proportional to wk",
-        _ => "",
+        if distribution.integer { Ty::Int } else { Ty::Real }
     }
 }

@@ -128,23 +128,6 @@ impl Scope {
     }
 }
 
-pub(super) const FUNCTIONS: &[&str] = &[
-    "exp", "log", "sqrt", "tanh", "sigmoid", "softplus", "sin", "cos", "abs", "max", "min", "clamp", "pow", "floor",
-    "ceil", "round",
-];
-pub(super) const DISTRIBUTIONS: &[&str] = &[
-    "uniform",
-    "normal",
-    "lognormal",
-    "poisson",
-    "binomial",
-    "negbinomial",
-    "gamma",
-    "bernoulli",
-    "categorical",
-    "truncated",
-];
-
 pub(super) struct Global {
     pub(super) symbol: Symbol,
     pub(super) span: Span,

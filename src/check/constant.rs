@@ -53,28 +53,10 @@ impl Checker<'_> {
                     self.constant(otherwise, scope)?
                 }
             }
-            ExprKind::Call { func, args } if FUNCTIONS.contains(&func.name.as_str()) => {
+            ExprKind::Call { func, args } => {
+                let function = crate::builtins::function(&func.name)?;
                 let v: Vec<f64> = args.iter().map(|a| self.constant(a, scope)).collect::<Option<_>>()?;
-                let x = *v.first()?;
-                match func.name.as_str() {
-                    "exp" => x.exp(),
-                    "log" => x.ln(),
-                    "sqrt" => x.sqrt(),
-                    "tanh" => x.tanh(),
-                    "sigmoid" => 1.0 / (1.0 + (-x).exp()),
-                    "softplus" => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-                    "sin" => x.sin(),
-                    "cos" => x.cos(),
-                    "abs" => x.abs(),
-                    "max" => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    "min" => v.iter().copied().fold(f64::INFINITY, f64::min),
-                    "clamp" => x.max(*v.get(1)?).min(*v.get(2)?),
-                    "pow" => x.powf(*v.get(1)?),
-                    "floor" => x.floor(),
-                    "ceil" => x.ceil(),
-                    "round" => x.round(),
-                    _ => return None,
-                }
+                function.fold(&v)?
             }
             _ => return None,
         };
