@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod builtins;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
