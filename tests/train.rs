@@ -2,8 +2,8 @@
 //! kernels and the networks matches finite differences; the mixed estimator (`mixed_gradient`,
 //! the function every HPO update runs, here with the plain weights) is unbiased with the
 //! cross term, biased without it where later discrete choices read states that continuous actions
-//! move, and unbiased without it where they do not. Training reaches the Riccati optimum of a
-//! small LQR.
+//! move, and unbiased without it where they do not. What training reaches is tested in
+//! `train_outcomes.rs` and `train_cli.rs`.
 
 mod common;
 
