@@ -5,9 +5,10 @@ mod common;
 
 use std::path::Path;
 
+use hmdp::backend::{Buffers, Machine, RunError};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
-use hmdp::sim::{self, Buffers, Machine, Policy, RandomPolicy, RunError, ScenarioSet};
+use hmdp::sim::{self, Policy, RandomPolicy, ScenarioSet};
 use rand::rngs::ChaCha8Rng;
 
 /// Sets the naive model's actions to given values: `q.order` and `q`.

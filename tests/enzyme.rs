@@ -13,10 +13,10 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use hmdp::backend::enzyme::{self, Enzyme, Settings, Status};
-use hmdp::backend::{self, Backend, Batch, Interp, Kernel, Pointers, compare, rust};
+use hmdp::backend::{self, Backend, Batch, Interp, Kernel, Pointers, RunError, rust};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
-use hmdp::sim::{self, RunError};
+use hmdp::sim::{self, compare};
 use rayon::prelude::*;
 
 /// The cache the tests share.

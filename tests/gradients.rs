@@ -65,7 +65,7 @@ fn vjp_reproduces_a_hand_derived_gradient() {
     buffers.values[find("u")][0] = u;
     buffers.values[find("x'.adj")][0] = next_bar;
     buffers.values[find("c.adj")][0] = cost_bar;
-    sim::Machine::new(&module, &mut buffers, None).run(&module.vjp).expect("vjp runs");
+    hmdp::backend::Machine::new(&module, &mut buffers, None).run(&module.vjp).expect("vjp runs");
     assert_eq!(buffers.values[find("x.adj")][0], 0.7 * next_bar + 2.0 * x * cost_bar);
     assert_eq!(buffers.values[find("u.adj")][0], next_bar + 2.0 * u * cost_bar);
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use hmdp::backend::{self, Batch, Interp, Kernel, compare, jit::Jit};
+use hmdp::backend::{self, Batch, Interp, Kernel, jit::Jit};
 use hmdp::ir::{Expr, Module};
-use hmdp::sim;
+use hmdp::sim::{self, compare};
 
 fn every_model() -> Vec<(std::path::PathBuf, Vec<(&'static str, f64)>)> {
     let mut all: Vec<_> = common::models().into_iter().map(|p| (p, vec![])).collect();

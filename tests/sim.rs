@@ -40,11 +40,11 @@ fn rollout_matches_a_direct_computation() {
         // The same streams, drawn in the documented order: x0, then per step the noise, then u.
         let mut world = sim::scenario_stream(7, ScenarioSet::Test, index);
         let mut own = sim::policy_stream(7, ScenarioSet::Test, index);
-        let mut x = sim::eval::unit(&mut world);
+        let mut x = hmdp::backend::interp::unit(&mut world);
         let (mut quad, mut effort) = (0.0, 0.0);
         for t in 0..5 {
             let e: f64 = rand_distr::Normal::new(0.0, 1.0).expect("normal").sample(&mut world);
-            let u = 2.0 * sim::eval::unit(&mut own);
+            let u = 2.0 * hmdp::backend::interp::unit(&mut own);
             if t >= 1 {
                 quad += x * x;
                 effort += u;

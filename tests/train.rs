@@ -6,9 +6,10 @@
 
 mod common;
 
+use hmdp::backend::Buffers;
 use hmdp::backend::jit::Jit;
 use hmdp::ir::ValidModule;
-use hmdp::sim::{self, Buffers, ScenarioSet};
+use hmdp::sim::{self, ScenarioSet};
 use hmdp::train::policy::Nets;
 use hmdp::train::rollout::{Context, Mode, rollout};
 use hmdp::train::scenarios::Scenarios;

@@ -46,9 +46,8 @@ use libloading::Library;
 use sha2::{Digest, Sha256};
 
 use super::rust::{self, Crate, Origin};
-use super::{Backend, Interp, Kernel, Pointers};
+use super::{Backend, Interp, Kernel, Pointers, RunError};
 use crate::ir::Module;
-use crate::sim::RunError;
 
 /// Overrides the toolchain the kernels are built with (default: the pinned one).
 pub const TOOLCHAIN_ENV: &str = "HMDP_TOOLCHAIN";

@@ -27,9 +27,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module as _, default_libcall_names};
 
-use super::{Backend, Interp, Kernel, Pointers, is_accumulated, is_shared};
+use super::{Backend, Interp, Kernel, Pointers, RunError, is_accumulated, is_shared};
 use crate::ir::{BinaryOp, BufferId, Expr, Handle, Module, ReduceOp, SetId, Stmt, UnaryOp, Var};
-use crate::sim::RunError;
 
 type KernelFn = unsafe extern "C" fn(*const *mut f64, i64, i64) -> i64;
 
@@ -698,9 +697,9 @@ impl Emitter<'_, '_, '_> {
         }
         let value = match &self.module.exprs[h] {
             Expr::Const(c) => Some(*c),
-            Expr::Unary { op, arg } => self.constant(*arg).map(|x| crate::sim::eval::unary(*op, x)),
+            Expr::Unary { op, arg } => self.constant(*arg).map(|x| super::interp::unary(*op, x)),
             Expr::Binary { op, lhs, rhs } => match (self.constant(*lhs), self.constant(*rhs)) {
-                (Some(a), Some(b)) => Some(crate::sim::eval::binary(*op, a, b)),
+                (Some(a), Some(b)) => Some(super::interp::binary(*op, a, b)),
                 _ => None,
             },
             _ => None,

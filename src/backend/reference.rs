@@ -28,10 +28,9 @@
 use std::ops::Range;
 use std::slice;
 
-use super::{Backend, Kernel, Pointers};
+use super::{Backend, Kernel, Pointers, RunError};
 use crate::diagnostics::Span;
 use crate::ir::{BufferId, BufferKind, Module};
-use crate::sim::RunError;
 
 /// The hand-written reference for `module`, when it is one of the two models this file knows.
 pub fn for_module(module: &Module) -> Option<Box<dyn Backend>> {

@@ -10,12 +10,12 @@
 //! [`super::Backend::run_range`] on the [`super::Batch`] layout; `backend::enzyme` builds and
 //! loads it. `hmdpc compile FILE --emit rust -o DIR` writes it for the user.
 //!
-//! The emitted step reproduces the interpreter (`sim::eval`) exactly: the same `f64` operations in
-//! the same order, the same math functions from `std`, an index outside its set reported (as a
-//! fault that the host turns into the interpreter's located error) rather than undefined. Where
-//! the derivative has a convention (`max` ties go to the first operand, `abs` has derivative 0 at
-//! 0, see `passes::ad`), the crate implements the operation with branches that carry that
-//! convention, because Enzyme's rules for LLVM's `maxnum`/`fabs` differ at ties.
+//! The emitted step reproduces the interpreter (`backend::interp`) exactly: the same `f64`
+//! operations in the same order, the same math functions from `std`, an index outside its set
+//! reported (as a fault that the host turns into the interpreter's located error) rather than
+//! undefined. Where the derivative has a convention (`max` ties go to the first operand, `abs`
+//! has derivative 0 at 0, see `passes::ad`), the crate implements the operation with branches
+//! that carry that convention, because Enzyme's rules for LLVM's `maxnum`/`fabs` differ at ties.
 //!
 //! What the emitted code avoids, because rustc's autodiff gets it silently wrong or rejects it
 //! (`reference/rust-notes.md` §2.5; `tests/enzyme.rs` guards each): function pointers, `dyn` and

@@ -40,7 +40,7 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let (module, name) = (&compiled.module, &compiled.source.name);
-    let fail = |e: hmdp::sim::RunError| super::run_error(&compiled, e);
+    let fail = |e: hmdp::backend::RunError| super::run_error(&compiled, e);
     let started = std::time::Instant::now();
     let jit = match super::compile_jit(module) {
         Ok(jit) => jit,

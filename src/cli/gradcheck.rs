@@ -75,7 +75,7 @@ pub fn run(args: Args) -> u8 {
     }
     let mut all: Vec<&dyn Backend> = vec![&interp];
     all.extend(loaded.iter().map(Kernels::backend));
-    let table = match hmdp::backend::compare::compare(module, &instance, &all, points, seed, tolerance, AGREEMENT) {
+    let table = match hmdp::sim::compare::compare(module, &instance, &all, points, seed, tolerance, AGREEMENT) {
         Ok(table) => table,
         Err(e) => return super::run_error(&compiled, e),
     };
@@ -109,7 +109,7 @@ pub fn run(args: Args) -> u8 {
 fn against_differences(
     compiled: &hmdp::pipeline::Compiled,
     interp: &Interp,
-    instance: &hmdp::sim::Buffers,
+    instance: &hmdp::backend::Buffers,
     points: usize,
     seed: u64,
     tolerance: f64,

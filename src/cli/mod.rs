@@ -123,7 +123,7 @@ fn fail(failure: Failure) -> u8 {
 }
 
 /// Prints a located run-time error of a model and returns its exit code.
-fn run_error(compiled: &Compiled, e: hmdp::sim::RunError) -> u8 {
+fn run_error(compiled: &Compiled, e: hmdp::backend::RunError) -> u8 {
     let d = Diagnostic::error("run", e.message, e.span, "while evaluating this");
     eprint!("{}", compiled.source.render(&[d], false));
     exit::FAILED

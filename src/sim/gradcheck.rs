@@ -12,8 +12,8 @@
 
 use rand::rngs::ChaCha8Rng;
 
-use super::eval::{self, Buffers, Machine, RunError};
 use super::{RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use crate::backend::interp::{self, Buffers, Machine, RunError};
 use crate::backend::{self, Backend, Batch, Interp, Kernel};
 use crate::ir::{BufferId, BufferKind, Dist, Module};
 
@@ -47,7 +47,7 @@ pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Re
     let mut world = scenario_stream(seed, ScenarioSet::Test, index);
     let mut own = policy_stream(seed, ScenarioSet::Test, index);
     Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
-    let steps = (eval::unit(&mut own) * module.horizon as f64) as u64;
+    let steps = (interp::unit(&mut own) * module.horizon as f64) as u64;
     for t in 0..=steps {
         Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
         super::decide(module, &mut buffers, &RandomPolicy, &mut own)?;
@@ -102,7 +102,7 @@ pub fn points(module: &Module, instance: &Buffers, seed: u64, count: usize) -> R
             let mut weights = Vec::new();
             for id in outputs(module) {
                 let w: Vec<f64> = (0..module.len(id))
-                    .map(|_| eval::sample(Dist::Normal, &[0.0, 1.0], None, &mut rng))
+                    .map(|_| interp::sample(Dist::Normal, &[0.0, 1.0], None, &mut rng))
                     .collect::<Result<_, _>>()
                     .map_err(|message| RunError { span: Default::default(), message })?;
                 weights.push((id, w));

@@ -7,15 +7,15 @@
 //! per scenario, so two policies see exactly the same initial states and noise (common random
 //! numbers), and a seed gives the same numbers on any number of threads.
 
-pub mod eval;
+pub mod compare;
 pub mod gradcheck;
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rayon::prelude::*;
 
-pub use eval::{Buffers, Machine, RunError};
-
+use crate::backend::interp;
+use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferKind, Module};
 
 /// The three fixed scenario sets.
@@ -150,7 +150,7 @@ impl Policy for RandomPolicy {
             if b.kind == BufferKind::Discrete {
                 let labels = b.labels.len().max(1) as f64;
                 for v in &mut buffers.values[id] {
-                    *v = (eval::unit(rng) * labels).floor().min(labels - 1.0);
+                    *v = (interp::unit(rng) * labels).floor().min(labels - 1.0);
                 }
             }
         }
@@ -171,12 +171,12 @@ impl Policy for RandomPolicy {
                         message: format!("the bounds of `{}` (element {k}) are empty here: {l} > {h}", b.name),
                     });
                 }
-                let u = eval::unit(rng);
+                let u = interp::unit(rng);
                 buffers.values[id][k] = match (lo, hi) {
                     (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
                     (Some(l), None) => l - (1.0 - u).ln(),
                     (None, Some(h)) => h + (1.0 - u).ln(),
-                    (None, None) => eval::sample(crate::ir::Dist::Normal, &[0.0, 1.0], None, rng)
+                    (None, None) => interp::sample(crate::ir::Dist::Normal, &[0.0, 1.0], None, rng)
                         .map_err(|message| RunError { span: Default::default(), message })?,
                 };
             }

@@ -20,7 +20,7 @@ pub mod update;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use crate::sim::RunError;
+use crate::backend::RunError;
 use policy::Nets;
 use rollout::{Context, Mode};
 use scenarios::Scenarios;

@@ -13,10 +13,10 @@ use super::TrainError;
 use super::policy::{Nets, log_softmax};
 use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash};
-use crate::backend::{self, Backend, Batch, Kernel};
+use crate::backend::interp::unit;
+use crate::backend::{self, Backend, Batch, Buffers, Kernel};
 use crate::ir::Module;
 use crate::nn::mlp::Tape;
-use crate::sim::{Buffers, eval::unit};
 
 /// How actions are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], mut raw
 
 /// The raw features every scenario of a set shows at its first step (states from `init`, the
 /// first step's noise, bounds), rows × features.
-pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, crate::sim::RunError> {
+pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, crate::backend::RunError> {
     let mut batch = Batch::new(ctx.module, ctx.instance, set.count);
     for (id, values) in set.init.iter().chain(set.noise.first().into_iter().flatten()) {
         batch.values[*id].copy_from_slice(values);

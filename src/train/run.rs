@@ -17,9 +17,9 @@ use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
 use super::update::{Optimizers, Phases, Workspace, update};
 use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_squash};
-use crate::backend::Backend;
+use crate::backend::{Backend, Buffers};
 use crate::pipeline::Compiled;
-use crate::sim::{self, Buffers, ScenarioSet};
+use crate::sim::{self, ScenarioSet};
 
 /// What a finished (or stopped) run reports.
 pub struct Outcome {
@@ -178,7 +178,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         let position = u % per_epoch;
         if position == 0 {
             for i in (1..order.len()).rev() {
-                let j = (crate::sim::eval::unit(&mut rng) * (i + 1) as f64) as usize;
+                let j = (crate::backend::interp::unit(&mut rng) * (i + 1) as f64) as usize;
                 order.swap(i, j.min(i));
             }
         }

@@ -21,11 +21,11 @@ use std::time::Instant;
 use super::policy::{Nets, log_softmax};
 use super::rollout::{Context, Trajectory};
 use super::{Config, TrainError};
+use crate::backend::interp::unit;
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
 use crate::nn::mlp::{Mlp, Stack, Tape};
 use crate::nn::optim::{Adam, norm};
-use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
 pub struct Optimizers {

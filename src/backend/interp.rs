@@ -1,9 +1,11 @@
 //! The IR interpreter: runs a program on one scenario's buffers. It is the reference every
-//! backend is checked against, so it is written for clarity, not speed.
+//! backend is checked against, so it is written for clarity, not speed. [`Interp`] runs it on a
+//! [`Batch`](super::Batch) as a backend, scenario by scenario.
 
 use rand::rngs::ChaCha8Rng;
 use rand_distr::Distribution;
 
+use super::{Backend, Kernel, Pointers, is_accumulated, is_shared};
 use crate::diagnostics::Span;
 use crate::ir::{BinaryOp, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
 
@@ -339,4 +341,56 @@ fn poisson(rate: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
         return Some(0.0);
     }
     Some(rand_distr::Poisson::new(rate).ok()?.sample(rng))
+}
+
+/// The interpreter as a backend: copies each scenario out of the batch, runs the IR program on
+/// it, and copies it back. Slow, and the reference every other backend is checked against.
+pub struct Interp<'m> {
+    pub module: &'m Module,
+}
+
+impl Backend for Interp<'_> {
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    unsafe fn run_range(
+        &self,
+        kernel: Kernel,
+        pointers: Pointers<'_>,
+        start: usize,
+        end: usize,
+    ) -> Result<(), RunError> {
+        let module = self.module;
+        let shared: Vec<bool> = module.buffers.iter().map(|b| is_shared(b.kind)).collect();
+        let program = kernel.program(module);
+        for b in start..end {
+            let slices: Vec<(*mut f64, usize)> = (0..module.buffers.len())
+                .map(|id| {
+                    let len = module.len(id);
+                    // SAFETY: the caller guarantees the batch has scenario `b` of every buffer.
+                    let base = unsafe { if shared[id] { pointers.bases[id] } else { pointers.bases[id].add(b * len) } };
+                    (base, len)
+                })
+                .collect();
+            // SAFETY: as above; each slice is one buffer of one scenario.
+            let read = |&(p, n): &(*mut f64, usize)| unsafe { std::slice::from_raw_parts(p, n) }.to_vec();
+            let mut buffers = Buffers { values: slices.iter().map(read).collect() };
+            if kernel == Kernel::Vjp {
+                for (id, buffer) in module.buffers.iter().enumerate() {
+                    if is_accumulated(module, buffer.kind) {
+                        buffers.values[id].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+            }
+            Machine::new(module, &mut buffers, None).run(program)?;
+            for (id, &(p, n)) in slices.iter().enumerate() {
+                if !shared[id] {
+                    // SAFETY: scenario `b` of a per-scenario buffer belongs to this call alone.
+                    unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&buffers.values[id]);
+                }
+            }
+        }
+        Ok(())
+    }
 }
