@@ -67,7 +67,7 @@ pub fn run(args: Args) -> u8 {
     };
     let (label, per_scenario, term_names) = match checkpoint {
         None => {
-            let per_scenario = match sim::simulate_per_scenario(
+            let per_scenario = match sim::simulate_on_interpreter(
                 module,
                 &instance,
                 &sim::RandomPolicy,

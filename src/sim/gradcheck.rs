@@ -12,7 +12,8 @@
 
 use rand::rngs::ChaCha8Rng;
 
-use super::{RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use super::protocol::{self, Scenario, Scenariowise, World};
+use super::{RandomPolicy, ScenarioSet, policy_stream};
 use crate::backend::interp::{self, Buffers, Machine, RunError};
 use crate::backend::{self, Backend, Batch, Interp, Kernel};
 use crate::ir::{BufferId, BufferKind, Dist, Module};
@@ -43,26 +44,16 @@ impl Report {
 
 /// Where a point comes from: the state after `steps` steps of scenario `index`.
 pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
-    let mut buffers = instance.clone();
-    let mut world = scenario_stream(seed, ScenarioSet::Test, index);
+    let mut world = Scenario::start(module, instance, seed, ScenarioSet::Test, index)?;
     let mut own = policy_stream(seed, ScenarioSet::Test, index);
-    Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
-    let steps = (interp::unit(&mut own) * module.horizon as f64) as u64;
-    for t in 0..=steps {
-        Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
-        super::decide(module, &mut buffers, &RandomPolicy, &mut own)?;
-        if t == steps {
-            break;
-        }
-        Machine::new(module, &mut buffers, None).run(&module.step)?;
-        for (id, b) in module.buffers.iter().enumerate() {
-            if let BufferKind::Next { of } = b.kind {
-                let next = buffers.values[id].clone();
-                buffers.values[of] = next;
-            }
-        }
+    let steps = (interp::unit(&mut own) * module.horizon as f64) as usize;
+    let mut policy = Scenariowise { module, policy: &RandomPolicy, streams: std::slice::from_mut(&mut own) };
+    for t in 0..steps {
+        protocol::period(&mut world, &mut policy, t)?;
+        world.advance();
     }
-    Ok(buffers)
+    protocol::decide(&mut world, &mut policy, steps)?;
+    Ok(world.buffers)
 }
 
 /// The weighted sum of the step's outputs.

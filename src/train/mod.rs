@@ -66,6 +66,12 @@ pub enum TrainError {
     Internal(String),
 }
 
+impl From<RunError> for TrainError {
+    fn from(e: RunError) -> TrainError {
+        TrainError::Run(e)
+    }
+}
+
 impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
