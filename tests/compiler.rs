@@ -8,8 +8,9 @@ use std::path::Path;
 use hmdp::backend::{Buffers, Kernel, Machine, RunError};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
+use hmdp::random::{self, ScenarioSet};
 use hmdp::sim::protocol::{self, Scenario, Scenariowise, World};
-use hmdp::sim::{self, Policy, RandomPolicy, ScenarioSet};
+use hmdp::sim::{self, Policy, RandomPolicy};
 use rand::rngs::ChaCha8Rng;
 
 /// Sets the naive model's actions to given values: `q.order` and `q`.
@@ -96,7 +97,7 @@ fn the_naive_fixed_cost_model_becomes_the_hybrid_one() {
     for scenario in 0..20u64 {
         let mut a = Scenario::start(&hybrid, &instance_a, 9, ScenarioSet::Test, scenario).expect("init");
         let mut b = Scenario::start(&naive, &instance_b, 9, ScenarioSet::Test, scenario).expect("init");
-        let mut own = sim::policy_stream(9, ScenarioSet::Test, scenario);
+        let mut own = random::policy_stream(9, ScenarioSet::Test, scenario);
         for t in 0..hybrid.horizon as usize {
             let streams = std::slice::from_mut(&mut own);
             protocol::decide(&mut a, &mut Scenariowise { module: &hybrid, policy: &RandomPolicy, streams }, t)
@@ -194,7 +195,7 @@ fn pieces_reproduce_the_original_step() {
     // The random policy draws each quantity inside its chosen piece.
     let instance = sim::instance(&pieced, 1).expect("instance");
     let mut world = Scenario::start(&pieced, &instance, 1, ScenarioSet::Train, 0).expect("init");
-    let mut rng = sim::policy_stream(1, ScenarioSet::Train, 0);
+    let mut rng = random::policy_stream(1, ScenarioSet::Train, 0);
     let mut policy = Scenariowise { module: &pieced, policy: &RandomPolicy, streams: std::slice::from_mut(&mut rng) };
     let ends = [0.0, 100.0, 500.0, 1000.0];
     for t in 0..200 {

@@ -12,10 +12,10 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use hmdp::backend::interp::unit;
 use hmdp::backend::{self, Batch, Interp, Kernel, is_accumulated, reference};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module, ValidModule};
+use hmdp::random::unit;
 use hmdp::sim;
 
 const SCENARIOS: usize = 37;

@@ -5,7 +5,8 @@ mod common;
 
 use hmdp::check::{NoFiles, Options};
 use hmdp::ir::Module;
-use hmdp::sim::{self, RandomPolicy, ScenarioSet};
+use hmdp::random::{self, ScenarioSet};
+use hmdp::sim::{self, RandomPolicy};
 use rand_distr::Distribution;
 
 fn compile(source: &str) -> Module {
@@ -38,13 +39,13 @@ fn rollout_matches_a_direct_computation() {
     let all = sim::simulate_on_interpreter(&module, &instance, &RandomPolicy, 7, ScenarioSet::Test, 20).expect("runs");
     for (index, costs) in (0..20).zip(&all) {
         // The same streams, drawn in the documented order: x0, then per step the noise, then u.
-        let mut world = sim::scenario_stream(7, ScenarioSet::Test, index);
-        let mut own = sim::policy_stream(7, ScenarioSet::Test, index);
-        let mut x = hmdp::backend::interp::unit(&mut world);
+        let mut world = random::scenario_stream(7, ScenarioSet::Test, index);
+        let mut own = random::policy_stream(7, ScenarioSet::Test, index);
+        let mut x = random::unit(&mut world);
         let (mut quad, mut effort) = (0.0, 0.0);
         for t in 0..5 {
             let e: f64 = rand_distr::Normal::new(0.0, 1.0).expect("normal").sample(&mut world);
-            let u = 2.0 * hmdp::backend::interp::unit(&mut own);
+            let u = 2.0 * random::unit(&mut own);
             if t >= 1 {
                 quad += x * x;
                 effort += u;

@@ -272,7 +272,7 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
             if !lo.is_finite() || !hi.is_finite() || lo >= hi {
                 return Err(bad("`uniform` needs finite low < high"));
             }
-            lo + (hi - lo) * unit(rng)
+            lo + (hi - lo) * crate::random::unit(rng)
         }
         Dist::Normal => rand_distr::Normal::new(arg(0), arg(1))
             .map_err(|_| bad("`normal` needs a finite mean and sd >= 0"))?
@@ -309,14 +309,14 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad("`bernoulli` needs 0 <= p <= 1"));
             }
-            f64::from(u8::from(unit(rng) < p))
+            f64::from(u8::from(crate::random::unit(rng) < p))
         }
         Dist::Categorical => {
             let total: f64 = args.iter().sum();
             if args.iter().any(|w| !w.is_finite() || *w < 0.0) || total.is_nan() || total <= 0.0 {
                 return Err(bad("`categorical` needs weights >= 0 with a positive sum"));
             }
-            let mut u = unit(rng) * total;
+            let mut u = crate::random::unit(rng) * total;
             let mut chosen = args.len() - 1;
             for (k, w) in args.iter().enumerate() {
                 if u < *w {
@@ -328,12 +328,6 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
             chosen as f64
         }
     })
-}
-
-/// A uniform draw in [0, 1) with 53 random bits.
-pub fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    use rand::Rng;
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 fn poisson(rate: f64, rng: &mut ChaCha8Rng) -> Option<f64> {

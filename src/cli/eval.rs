@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::sim::{self, Estimate, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim::{self, Estimate};
 use hmdp::train::folder::{Checkpoint, OpenError, Run};
 use hmdp::train::scenarios::Scenarios;
 

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::sim::{self, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim;
 use hmdp::train::config::parse_override;
 
 use super::{BackendChoice, Kernels, exit};

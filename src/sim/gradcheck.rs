@@ -12,11 +12,12 @@
 
 use rand::rngs::ChaCha8Rng;
 
+use super::RandomPolicy;
 use super::protocol::{self, Scenario, Scenariowise, World};
-use super::{RandomPolicy, ScenarioSet, policy_stream};
 use crate::backend::interp::{self, Buffers, Machine, RunError};
 use crate::backend::{self, Backend, Batch, Interp, Kernel};
 use crate::ir::{BufferId, BufferKind, Dist, Module};
+use crate::random::{self, ScenarioSet, policy_stream};
 
 /// The result for one input buffer (a state or a continuous action).
 #[derive(Clone, Debug)]
@@ -46,7 +47,7 @@ impl Report {
 pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
     let mut world = Scenario::start(module, instance, seed, ScenarioSet::Test, index)?;
     let mut own = policy_stream(seed, ScenarioSet::Test, index);
-    let steps = (interp::unit(&mut own) * module.horizon as f64) as usize;
+    let steps = (random::unit(&mut own) * module.horizon as f64) as usize;
     let mut policy = Scenariowise { module, policy: &RandomPolicy, streams: std::slice::from_mut(&mut own) };
     for t in 0..steps {
         protocol::period(&mut world, &mut policy, t)?;

@@ -1,71 +1,27 @@
 //! Simulation: instances, scenario sets, and rollouts of a policy through the per-period
 //! protocol ([`protocol`]) on the interpreter or a backend's kernels.
 //!
-//! Randomness is organised so that results never depend on scheduling. An *instance* (the
-//! parameters) is drawn from the instance seed. Each *scenario* of a set (train, dev, test) has
-//! its own counter-based ChaCha8 stream, chosen by the scenario's index: it draws the initial
-//! state and then the noise of every step. A policy's own randomness comes from a separate stream
-//! per scenario, so two policies see exactly the same initial states and noise (common random
-//! numbers), and a seed gives the same numbers on any number of threads.
+//! Every random number comes from the streams of [`crate::random`]: an instance from the instance
+//! seed, each scenario's initial state and noise from its own stream, a policy's choices from
+//! another per scenario, so two policies meet the same scenarios and no figure depends on the
+//! number of threads.
 
 pub mod compare;
 pub mod gradcheck;
 pub mod protocol;
 
-use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
 use crate::backend::interp;
 use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferKind, Module};
+use crate::random::{self, ScenarioSet};
 pub use protocol::{simulate_on_backend, simulate_on_interpreter};
-
-/// The three fixed scenario sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScenarioSet {
-    Train,
-    Dev,
-    Test,
-}
-
-impl ScenarioSet {
-    fn tag(self) -> u64 {
-        match self {
-            ScenarioSet::Train => 1,
-            ScenarioSet::Dev => 2,
-            ScenarioSet::Test => 3,
-        }
-    }
-}
-
-/// SplitMix64 finaliser: turns (seed, purpose) pairs into unrelated 64-bit seeds.
-fn mix(seed: u64, purpose: u64) -> u64 {
-    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn stream(seed: u64, purpose: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, purpose));
-    rng.set_stream(index);
-    rng
-}
-
-/// The random stream of scenario `index` of a set.
-pub fn scenario_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
-    stream(seed, set.tag(), index)
-}
-
-/// The random stream a policy uses in scenario `index` of a set.
-pub fn policy_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
-    stream(seed, 16 + set.tag(), index)
-}
 
 /// Draws the parameters of an instance: all buffers, with the parameters filled in.
 pub fn instance(module: &Module, seed: u64) -> Result<Buffers, RunError> {
     let mut buffers = Buffers::new(module);
-    let mut rng = stream(seed, 0, 0);
+    let mut rng = random::instance_stream(seed);
     Machine::new(module, &mut buffers, Some(&mut rng)).run(&module.instance)?;
     Ok(buffers)
 }
@@ -124,7 +80,7 @@ impl Policy for RandomPolicy {
             if b.kind == BufferKind::Discrete {
                 let labels = b.labels.len().max(1) as f64;
                 for v in &mut buffers.values[id] {
-                    *v = (interp::unit(rng) * labels).floor().min(labels - 1.0);
+                    *v = (random::unit(rng) * labels).floor().min(labels - 1.0);
                 }
             }
         }
@@ -145,7 +101,7 @@ impl Policy for RandomPolicy {
                         message: format!("the bounds of `{}` (element {k}) are empty here: {l} > {h}", b.name),
                     });
                 }
-                let u = interp::unit(rng);
+                let u = random::unit(rng);
                 buffers.values[id][k] = match (lo, hi) {
                     (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
                     (Some(l), None) => l - (1.0 - u).ln(),

@@ -24,9 +24,10 @@ use std::ops::Range;
 use rand::rngs::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{Policy, ScenarioSet, policy_stream, report_scale, scenario_stream};
+use super::{Policy, report_scale};
 use crate::backend::{self, Backend, Batch, Buffers, Kernel, Machine, RunError};
 use crate::ir::{BufferId, BufferKind, Module};
+use crate::random::{ScenarioSet, policy_stream, scenario_stream};
 
 /// Where the per-period programs run, for one or several scenarios ("rows").
 pub trait World {

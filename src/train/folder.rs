@@ -777,7 +777,7 @@ mod tests {
         opt.value.step(&mut params, &grad);
         opt.value.step(&mut params, &grad);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let _ = crate::backend::interp::unit(&mut rng);
+        let _ = crate::random::unit(&mut rng);
         let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train: 4.5 };
         let bytes = encode_checkpoint(&nets, 9, serde_json::json!({}), Some(state));
         let mut opt_back = Optimizers::new(&nets, &cfg);
@@ -794,7 +794,7 @@ mod tests {
             )
         );
         let mut rng_back = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap().1.unwrap().rng;
-        assert_eq!(crate::backend::interp::unit(&mut rng_back), crate::backend::interp::unit(&mut rng));
+        assert_eq!(crate::random::unit(&mut rng_back), crate::random::unit(&mut rng));
         assert_eq!(opt_back.value.moments(), opt.value.moments());
         assert_eq!(opt_back.value.steps(), 2);
         // Read without an optimiser (as `eval` reads it), the state is skipped.

@@ -13,10 +13,10 @@ use super::TrainError;
 use super::policy::{Nets, log_softmax};
 use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash};
-use crate::backend::interp::unit;
 use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
 use crate::ir::Module;
 use crate::nn::mlp::Tape;
+use crate::random::{standard_normal, unit};
 use crate::sim::protocol::{self, Batched, Decide, World};
 
 /// How actions are chosen.
@@ -318,11 +318,4 @@ pub fn rollout(
     }
     let final_features = features(ctx, &world.batch, &networks.center, &networks.scale, None);
     Ok(Trajectory { rows, steps, final_features })
-}
-
-/// A standard normal draw (Box–Muller on the policy's stream).
-pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1 = 1.0 - unit(rng);
-    let u2 = unit(rng);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }

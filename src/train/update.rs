@@ -21,7 +21,6 @@ use std::time::Instant;
 use super::policy::{Nets, log_softmax};
 use super::rollout::{Context, Trajectory};
 use super::{Config, TrainError};
-use crate::backend::interp::unit;
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
 use crate::nn::mlp::{Mlp, Stack, Tape};
@@ -560,10 +559,7 @@ pub fn update(
             vec![all.clone()]
         } else {
             let mut order = all.clone();
-            for i in (1..n).rev() {
-                let j = (unit(rng) * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
+            crate::random::shuffle(&mut order, rng);
             let per = n.div_ceil(cfg.minibatches.max(1));
             order.chunks(per.max(1)).map(<[usize]>::to_vec).collect()
         };
