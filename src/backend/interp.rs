@@ -340,7 +340,14 @@ fn poisson(rate: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
 /// The interpreter as a backend: copies each scenario out of the batch, runs the IR program on
 /// it, and copies it back. Slow, and the reference every other backend is checked against.
 pub struct Interp<'m> {
-    pub module: &'m Module,
+    module: &'m Module,
+}
+
+impl<'m> Interp<'m> {
+    /// The interpreter's kernels for a validated module.
+    pub fn new(module: &'m crate::ir::ValidModule) -> Interp<'m> {
+        Interp { module }
+    }
 }
 
 impl Backend for Interp<'_> {

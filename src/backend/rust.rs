@@ -27,7 +27,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use crate::diagnostics::pad;
-use crate::ir::{BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, Var};
+use crate::ir::{
+    BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, ValidModule, Var,
+};
 
 use super::{Kernel, is_accumulated, is_shared};
 
@@ -78,7 +80,7 @@ pub const BUFFER_COUNT_SYMBOL: &str = "hmdp_buffer_count";
 pub const BUFFER_LEN_SYMBOL: &str = "hmdp_buffer_len";
 
 /// Emits the crate for a validated, differentiated module.
-pub fn emit(module: &Module, origin: &Origin) -> Crate {
+pub fn emit(module: &ValidModule, origin: &Origin) -> Crate {
     let package = format!("hmdp-{}", crate_name(&module.name));
     let lib_name = package.replace('-', "_");
     let lib = Emitter::new(module, origin).lib();
@@ -1430,8 +1432,7 @@ mod tests {
     use super::*;
 
     fn step_of(ir: &str) -> String {
-        let module = crate::ir::text::parse(ir).expect("parses");
-        crate::ir::validate(&module).expect("valid");
+        let module = ValidModule::new(crate::ir::text::parse(ir).expect("parses")).expect("valid");
         let krate = emit(&module, &Origin { file: "m.hmdp", source: "", toolchain: "t" });
         let lib = krate.file("src/lib.rs").expect("lib.rs");
         let start = lib.find("pub fn step(").expect("step");

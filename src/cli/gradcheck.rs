@@ -60,7 +60,7 @@ pub fn run(args: Args) -> u8 {
         Ok(instance) => instance,
         Err(e) => return super::run_error(&compiled, e),
     };
-    let interp = Interp { module };
+    let interp = Interp::new(module);
     if args.backend.0 == [BackendChoice::Interp] {
         return against_differences(&compiled, &interp, &instance, points, seed, tolerance);
     }

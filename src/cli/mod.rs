@@ -184,7 +184,7 @@ impl<'m> Kernels<'m> {
     /// Compiles or loads the chosen backend for a compiled model.
     fn load(choice: BackendChoice, compiled: &'m Compiled) -> Result<Kernels<'m>, u8> {
         Ok(match choice {
-            BackendChoice::Interp => Kernels::Interp(Interp { module: &compiled.module }),
+            BackendChoice::Interp => Kernels::Interp(Interp::new(&compiled.module)),
             BackendChoice::Jit => Kernels::Jit(Box::new(compile_jit(&compiled.module)?)),
             BackendChoice::Enzyme => Kernels::Enzyme(load_enzyme(compiled)?),
         })

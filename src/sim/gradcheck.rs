@@ -16,7 +16,7 @@ use super::RandomPolicy;
 use super::protocol::{self, Scenario, Scenariowise, World};
 use crate::backend::interp::{self, Buffers, Machine, RunError};
 use crate::backend::{self, Backend, Batch, Interp, Kernel};
-use crate::ir::{BufferId, BufferKind, Dist, Module};
+use crate::ir::{BufferId, BufferKind, Dist, Module, ValidModule};
 use crate::random::{self, ScenarioSet, policy_stream};
 
 /// The result for one input buffer (a state or a continuous action).
@@ -214,8 +214,8 @@ pub fn against_differences(module: &Module, vjp: &Batch, differences: &[Vec<Vec<
 }
 
 /// Checks a differentiated module's `vjp`, run by the interpreter, at `points` random points.
-pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
-    check_backend(&Interp { module }, module, instance, seed, points)
+pub fn check(module: &ValidModule, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
+    check_backend(&Interp::new(module), module, instance, seed, points)
 }
 
 /// Checks the VJP kernel of a backend at `points` random points.
