@@ -7,10 +7,12 @@
 
 mod common;
 
+use hmdp::backend::Buffers;
 use hmdp::backend::jit::Jit;
 use hmdp::ir::ValidModule;
 use hmdp::nn::mlp::{Stack, Tape};
-use hmdp::sim::{self, Buffers, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim;
 use hmdp::train::policy::Nets;
 use hmdp::train::rollout::{Context, Mode, rollout};
 use hmdp::train::scenarios::Scenarios;

@@ -10,10 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hmdp::backend::Buffers;
 use hmdp::backend::jit::Jit;
 use hmdp::backend::{self, Batch, Kernel};
 use hmdp::ir::Module;
-use hmdp::sim::{self, Buffers, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim;
 use hmdp::train::folder::{Checkpoint, Run};
 use hmdp::train::riccati;
 use hmdp::train::rollout::Context;

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::sim::{self, Estimate, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim::{self, Estimate};
 use hmdp::train::folder::{Checkpoint, OpenError, Run};
 use hmdp::train::scenarios::Scenarios;
 
@@ -71,7 +72,7 @@ pub fn run(args: Args) -> u8 {
     };
     let (label, per_scenario, term_names) = match checkpoint {
         None => {
-            let per_scenario = match sim::simulate_per_scenario(
+            let per_scenario = match sim::simulate_on_interpreter(
                 module,
                 &instance,
                 &sim::RandomPolicy,

@@ -132,7 +132,7 @@ fn fail(failure: Failure) -> u8 {
 }
 
 /// Prints a located run-time error of a model and returns its exit code.
-fn run_error(compiled: &Compiled, e: hmdp::sim::RunError) -> u8 {
+fn run_error(compiled: &Compiled, e: hmdp::backend::RunError) -> u8 {
     let d = Diagnostic::error("run", e.message, e.span, "while evaluating this");
     eprint!("{}", compiled.source.render(&[d], false));
     exit::FAILED
@@ -193,7 +193,7 @@ impl<'m> Kernels<'m> {
     /// Compiles or loads the chosen backend for a compiled model.
     fn load(choice: BackendChoice, compiled: &'m Compiled) -> Result<Kernels<'m>, u8> {
         Ok(match choice {
-            BackendChoice::Interp => Kernels::Interp(Interp { module: &compiled.module }),
+            BackendChoice::Interp => Kernels::Interp(Interp::new(&compiled.module)),
             BackendChoice::Jit => Kernels::Jit(Box::new(compile_jit(&compiled.module)?)),
             BackendChoice::Enzyme => Kernels::Enzyme(load_enzyme(compiled)?),
         })

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use hmdp::random::ScenarioSet;
 use hmdp::resources::Need;
-use hmdp::sim::{self, ScenarioSet};
+use hmdp::sim;
 use hmdp::train::config::parse_override;
 
 use super::{BackendChoice, Kernels, exit};
@@ -80,13 +81,13 @@ pub fn run(args: Args) -> u8 {
     };
     let policy = sim::RandomPolicy;
     let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_per_scenario(module, &instance, &policy, args.seed, set, n),
+        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, args.seed, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_batched(module, &instance, kernels.backend(), &policy, args.seed, set, n)
+            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, args.seed, set, n)
         }
     };
     let summary = match per_scenario {

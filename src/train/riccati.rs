@@ -8,9 +8,9 @@
 //! by evaluating the step on unit vectors, so an edited cost is not mistaken for it). The clamp at
 //! ±100 is ignored; the optimal trajectories stay far inside it.
 
+use crate::backend::Buffers;
 use crate::backend::{self, Backend, Batch, Kernel};
 use crate::ir::{BufferKind, Module};
-use crate::sim::Buffers;
 
 /// `x₀ᵀ P₀ x₀` and the feedback gains `u_t = −K_t x_t`, per step.
 pub struct Riccati {

@@ -27,7 +27,6 @@ use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
 use crate::nn::mlp::{Stack, Tape};
 use crate::nn::optim::{Adam, norm};
-use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
 pub struct Optimizers {
@@ -630,10 +629,7 @@ pub fn update(
             vec![all.clone()]
         } else {
             let mut order = all.clone();
-            for i in (1..n).rev() {
-                let j = (unit(rng) * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
+            crate::random::shuffle(&mut order, rng);
             let per = n.div_ceil(cfg.minibatches.max(1));
             order.chunks(per.max(1)).map(<[usize]>::to_vec).collect()
         };
