@@ -6,17 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use hmdp::check::Options;
 use hmdp::ir::{Expr, Module, ValidModule};
 use hmdp::sim;
 
+/// A model file compiled as every command compiles it (reformulated and differentiated).
 fn compile(path: &Path) -> ValidModule {
-    let source = std::fs::read_to_string(path).expect("model");
-    let folder = common::Folder(path.parent().expect("folder").to_path_buf());
-    let model = hmdp::check::check_source(&source, &folder, &Options::default()).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    hmdp::passes::ad::differentiate(&mut module);
-    ValidModule::new(module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()))
+    common::compile_file(path, &[])
 }
 
 /// The check of a module the test changed, which must still be valid.
@@ -57,10 +52,7 @@ fn vjp_matches_finite_differences_on_every_model() {
 fn vjp_reproduces_a_hand_derived_gradient() {
     // x' = a x + u, cost = x² + u²: x̄ = a x̄' + 2 x c̄ and ū = x̄' + 2 u c̄.
     let source = "model lin\nparam a = 0.7\nstate x = 0\naction u: real\nstep {\n  x' = a * x + u\n  cost c = x^2 + u^2\n}\nhorizon 1\n";
-    let model = hmdp::check::check_source(source, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).expect("valid");
+    let module = common::compile_text(source, &common::root(), &[]);
     let find = |name: &str| module.buffers.iter().position(|b| b.name == name).expect(name);
     let mut buffers = sim::instance(&module, 0).expect("instance");
     let (x, u) = (1.3, -0.4);

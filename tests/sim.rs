@@ -4,18 +4,14 @@
 mod common;
 
 use hmdp::check::{NoFiles, Options};
-use hmdp::ir::Module;
-use hmdp::random::{self, ScenarioSet};
+use hmdp::ir::ValidModule;
+use hmdp::random::{self, ScenarioSet, Seeds};
 use hmdp::sim::{self, RandomPolicy};
 use rand_distr::Distribution;
 
-fn compile(source: &str) -> Module {
-    let outcome = hmdp::check::check_source(source, &NoFiles, &Options::default());
-    let rendered = hmdp::diagnostics::render(&outcome.diagnostics, "test.hmdp", source, false);
-    let model = outcome.model.unwrap_or_else(|| panic!("model should check:\n{rendered}"));
-    let module = hmdp::ir::lower::lower(&model);
-    hmdp::ir::validate(&module).expect("lowered module is valid");
-    module
+/// A model compiled as every command compiles it.
+fn compile(source: &str) -> ValidModule {
+    common::compile_text(source, &common::root(), &[])
 }
 
 const TINY: &str = "model tiny
@@ -36,7 +32,8 @@ warmup 1
 fn rollout_matches_a_direct_computation() {
     let module = compile(TINY);
     let instance = sim::instance(&module, 0).expect("instance");
-    let all = sim::simulate_on_interpreter(&module, &instance, &RandomPolicy, 7, ScenarioSet::Test, 20).expect("runs");
+    let all = sim::simulate_on_interpreter(&module, &instance, &RandomPolicy, Seeds::same(7), ScenarioSet::Test, 20)
+        .expect("runs");
     for (index, costs) in (0..20).zip(&all) {
         // The same streams, drawn in the documented order: x0, then per step the noise, then u.
         let mut world = random::scenario_stream(7, ScenarioSet::Test, index);
@@ -81,7 +78,8 @@ report per period
 ",
     );
     let instance = sim::instance(&module, 0).expect("instance");
-    let summary = sim::simulate(&module, &instance, &RandomPolicy, 1, ScenarioSet::Train, 4000).expect("simulate");
+    let summary =
+        sim::simulate(&module, &instance, &RandomPolicy, Seeds::same(1), ScenarioSet::Train, 4000).expect("simulate");
     let expected = [3.0, 3.0, 0.25, 1.25, 4.0, (2.0 / std::f64::consts::PI).sqrt()];
     for ((name, estimate), want) in summary.terms.iter().zip(expected) {
         // Two half-widths, about four standard errors; the seed is fixed, so this never flakes.
@@ -102,7 +100,9 @@ fn results_do_not_depend_on_the_thread_count() {
     let instance = sim::instance(&module, 3).expect("instance");
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        pool.install(|| sim::simulate(&module, &instance, &RandomPolicy, 5, ScenarioSet::Dev, 64).expect("simulate"))
+        pool.install(|| {
+            sim::simulate(&module, &instance, &RandomPolicy, Seeds::same(5), ScenarioSet::Dev, 64).expect("simulate")
+        })
     };
     let (one, two) = (run(1), run(2));
     assert_eq!(one.total, two.total);
@@ -128,15 +128,12 @@ fn ir_size_does_not_grow_with_the_model_sizes() {
 }
 
 #[test]
-fn every_shipped_model_lowers_validates_and_runs() {
+fn every_shipped_model_compiles_and_runs() {
     for path in common::models() {
-        let source = std::fs::read_to_string(&path).expect("model");
-        let folder = common::Folder(common::root().join("models"));
-        let model = hmdp::check::check_source(&source, &folder, &Options::default()).model.expect("checks");
-        let module = hmdp::ir::lower::lower(&model);
-        hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
+        let module = common::compile_file(&path, &[]);
         let instance = sim::instance(&module, 0).expect("instance");
-        let summary = sim::simulate(&module, &instance, &RandomPolicy, 0, ScenarioSet::Test, 8).expect("runs");
+        let summary =
+            sim::simulate(&module, &instance, &RandomPolicy, Seeds::same(0), ScenarioSet::Test, 8).expect("runs");
         assert!(summary.total.mean.is_finite(), "{}", path.display());
     }
 }
