@@ -56,6 +56,22 @@ pub fn scenario_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
     stream(seed, set.tag(), index)
 }
 
+/// The seeds of a simulation: one for the scenarios (initial states and noise), one for the
+/// policy's own randomness, so that policies trained or run with other seeds meet the same
+/// scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seeds {
+    pub scenarios: u64,
+    pub policy: u64,
+}
+
+impl Seeds {
+    /// One seed for both.
+    pub fn same(seed: u64) -> Seeds {
+        Seeds { scenarios: seed, policy: seed }
+    }
+}
+
 /// The random stream a policy uses in scenario `index` of a set.
 pub fn policy_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
     stream(seed, 16 + set.tag(), index)

@@ -279,3 +279,36 @@ fn diagnostics_on_very_long_lines_show_a_window_of_the_line() {
         assert!(expected.is_none() || stderr.contains("╰──"), "{name}: no label drawn:\n{stderr}");
     }
 }
+
+/// `simulate --scenario-seed` draws the scenarios, `--seed` the policy's randomness: a cost that
+/// the actions do not touch is the same for any `--seed` and changes with `--scenario-seed`, and
+/// the header says both.
+#[test]
+fn simulate_draws_scenarios_and_the_policy_from_their_own_seeds() {
+    let model = scratch(
+        "seeds.hmdp",
+        b"model seeds\nstate x ~ normal(0, 1)\nstate y = 0\nnoise e ~ normal(0, 1)\naction u: real in [0, 1]\n\
+          step {\n  x' = x + e\n  y' = y + u\n  cost world = x^2\n  cost acted = y\n}\nhorizon 4\n",
+    );
+    // (header, the `world` line, the `acted` line)
+    let run = |seeds: &[&str]| -> (String, String, String) {
+        let mut args = vec!["simulate", path_str(&model), "--scenarios", "50"];
+        args.extend(seeds);
+        let out = hmdpc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let line = |name: &str| stdout.lines().find(|l| l.trim_start().starts_with(name)).expect(name).to_string();
+        (stdout.lines().next().expect("header").to_string(), line("world"), line("acted"))
+    };
+    let (header, world, acted) = run(&["--seed", "1", "--scenario-seed", "5"]);
+    assert!(header.contains("seed 1, scenario seed 5,"), "{header}");
+    let (_, world_2, acted_2) = run(&["--seed", "2", "--scenario-seed", "5"]);
+    assert_eq!(world, world_2, "the scenarios depend on the policy's seed");
+    assert_ne!(acted, acted_2, "the policy's seed changes nothing");
+    let (_, world_6, _) = run(&["--seed", "1", "--scenario-seed", "6"]);
+    assert_ne!(world, world_6, "the scenario seed changes nothing");
+    // Without --scenario-seed, --seed draws both, as before the option existed.
+    let (header, world_5, _) = run(&["--seed", "5"]);
+    assert!(header.contains("seed 5, scenario seed 5,"), "{header}");
+    assert_eq!(world_5, world);
+}

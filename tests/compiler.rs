@@ -8,7 +8,7 @@ use std::path::Path;
 use hmdp::backend::{Buffers, Kernel, Machine, RunError};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
-use hmdp::random::{self, ScenarioSet};
+use hmdp::random::{self, ScenarioSet, Seeds};
 use hmdp::sim::protocol::{self, Scenario, Scenariowise, World};
 use hmdp::sim::{self, Policy, RandomPolicy};
 use rand::rngs::ChaCha8Rng;
@@ -64,7 +64,7 @@ fn textual_ir_round_trips_and_runs_the_same() {
         hmdp::ir::validate(&parsed).unwrap_or_else(|p| panic!("{}: parsed IR invalid: {p:?}", path.display()));
         let run = |m: &Module| {
             let instance = sim::instance(m, 2).expect("instance");
-            sim::simulate(m, &instance, &RandomPolicy, 4, ScenarioSet::Dev, 16).expect("runs").total
+            sim::simulate(m, &instance, &RandomPolicy, Seeds::same(4), ScenarioSet::Dev, 16).expect("runs").total
         };
         assert_eq!(run(&module), run(&parsed), "{}", path.display());
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::random::ScenarioSet;
+use hmdp::random::{ScenarioSet, Seeds};
 use hmdp::sim::{self, Estimate};
 use hmdp::train::folder::{Checkpoint, OpenError, Run};
 use hmdp::train::scenarios::Scenarios;
@@ -76,7 +76,8 @@ pub fn run(args: Args) -> u8 {
                 module,
                 &instance,
                 &sim::RandomPolicy,
-                cfg.scenario_seed,
+                // The baseline is the same for every training seed.
+                Seeds::same(cfg.scenario_seed),
                 ScenarioSet::Test,
                 scenarios,
             ) {

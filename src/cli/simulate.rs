@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::random::ScenarioSet;
+use hmdp::random::{ScenarioSet, Seeds};
 use hmdp::resources::Need;
 use hmdp::sim;
 use hmdp::train::config::parse_override;
@@ -22,9 +22,14 @@ pub struct Args {
     /// Number of scenarios.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     scenarios: u64,
-    /// Seed of the scenarios (initial states, noise) and of the policy's randomness.
+    /// Seed of the policy's randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Seed of the scenarios: initial states and noise (`train` and `eval` draw theirs the same
+    /// way, so `--scenario-seed S --scenario-set test` is the test set of a run with scenario
+    /// seed S). Defaults to `--seed`.
+    #[arg(long)]
+    scenario_seed: Option<u64>,
     /// Seed of the instance: the parameters drawn once (`param x ~ ...`).
     #[arg(long, default_value_t = 0)]
     instance_seed: u64,
@@ -80,14 +85,15 @@ pub fn run(args: Args) -> u8 {
         PolicyChoice::Random => "random",
     };
     let policy = sim::RandomPolicy;
+    let seeds = Seeds { scenarios: args.scenario_seed.unwrap_or(args.seed), policy: args.seed };
     let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, args.seed, set, n),
+        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, seeds, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, args.seed, set, n)
+            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, seeds, set, n)
         }
     };
     let summary = match per_scenario {
@@ -95,8 +101,8 @@ pub fn run(args: Args) -> u8 {
         Err(e) => return super::run_error(&compiled, e),
     };
     println!(
-        "model {}: {policy_name} policy, {} scenarios, seed {}, instance seed {}",
-        module.name, summary.scenarios, args.seed, args.instance_seed
+        "model {}: {policy_name} policy, {} scenarios, seed {}, scenario seed {}, instance seed {}",
+        module.name, summary.scenarios, seeds.policy, seeds.scenarios, args.instance_seed
     );
     println!("cost {} (mean ± 95% confidence interval):", summary.unit);
     let rows: Vec<(&str, sim::Estimate)> =

@@ -15,7 +15,7 @@ use rand::rngs::ChaCha8Rng;
 use crate::backend::interp;
 use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferKind, Module};
-use crate::random::{self, ScenarioSet};
+use crate::random::{self, ScenarioSet, Seeds};
 pub use protocol::{simulate_on_backend, simulate_on_interpreter};
 
 /// Draws the parameters of an instance: all buffers, with the parameters filled in.
@@ -166,11 +166,11 @@ pub fn simulate(
     module: &Module,
     instance: &Buffers,
     policy: &dyn Policy,
-    seed: u64,
+    seeds: Seeds,
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Summary, RunError> {
-    let per_scenario = simulate_on_interpreter(module, instance, policy, seed, set, scenarios)?;
+    let per_scenario = simulate_on_interpreter(module, instance, policy, seeds, set, scenarios)?;
     Ok(summarise(module, &per_scenario, scenarios))
 }
 

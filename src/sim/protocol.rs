@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::{Policy, report_scale};
 use crate::backend::{self, Backend, Batch, Buffers, Kernel, Machine, RunError};
 use crate::ir::{BufferId, BufferKind, Module};
-use crate::random::{ScenarioSet, policy_stream, scenario_stream};
+use crate::random::{ScenarioSet, Seeds, policy_stream, scenario_stream};
 
 /// Where the per-period programs run, for one or several scenarios ("rows").
 pub trait World {
@@ -325,7 +325,7 @@ impl<W: World + ?Sized> Decide<W> for Scenariowise<'_> {
 fn over_scenarios<W: World>(
     module: &Module,
     policy: &dyn Policy,
-    seed: u64,
+    seeds: Seeds,
     set: ScenarioSet,
     scenarios: usize,
     chunk: usize,
@@ -336,7 +336,8 @@ fn over_scenarios<W: World>(
     let per_chunk: Vec<Result<Vec<Vec<f64>>, RunError>> = chunks
         .into_par_iter()
         .map(|indices| {
-            let mut streams: Vec<ChaCha8Rng> = indices.clone().map(|i| policy_stream(seed, set, i as u64)).collect();
+            let mut streams: Vec<ChaCha8Rng> =
+                indices.clone().map(|i| policy_stream(seeds.policy, set, i as u64)).collect();
             let mut world = start(indices)?;
             costs(module, &mut world, &mut Scenariowise { module, policy, streams: &mut streams })
         })
@@ -354,12 +355,12 @@ pub fn simulate_on_interpreter(
     module: &Module,
     instance: &Buffers,
     policy: &dyn Policy,
-    seed: u64,
+    seeds: Seeds,
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Vec<Vec<f64>>, RunError> {
-    over_scenarios(module, policy, seed, set, scenarios, 1, |indices| {
-        Scenario::start(module, instance, seed, set, indices.start as u64)
+    over_scenarios(module, policy, seeds, set, scenarios, 1, |indices| {
+        Scenario::start(module, instance, seeds.scenarios, set, indices.start as u64)
     })
 }
 
@@ -372,11 +373,11 @@ pub fn simulate_on_backend(
     instance: &Buffers,
     backend: &dyn Backend,
     policy: &dyn Policy,
-    seed: u64,
+    seeds: Seeds,
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Vec<Vec<f64>>, RunError> {
-    over_scenarios(module, policy, seed, set, scenarios, 1024, |indices| {
-        Batched::start(module, instance, backend, seed, set, indices)
+    over_scenarios(module, policy, seeds, set, scenarios, 1024, |indices| {
+        Batched::start(module, instance, backend, seeds.scenarios, set, indices)
     })
 }
