@@ -47,6 +47,18 @@ fn signal_when(args: &[&str], ready: impl Fn() -> bool, late: &str, signal: &str
     child.wait_with_output().expect("waits")
 }
 
+/// (update, dev total) of every row of a run's `curve.csv`.
+fn dev_points(out: &Path) -> Vec<(usize, f64)> {
+    let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let cols: Vec<&str> = line.split(',').collect();
+            (cols[0].parse().expect("update"), cols[cols.len() - 1].parse().expect("dev total"))
+        })
+        .collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -295,16 +307,7 @@ fn a_lost_curve_does_not_demote_the_best_checkpoint() {
         let run = hmdpc(&args);
         assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
     };
-    let curve = |out: &Path| -> Vec<(usize, f64)> {
-        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
-        text.lines()
-            .skip(1)
-            .map(|line| {
-                let cols: Vec<&str> = line.split(',').collect();
-                (cols[0].parse().expect("update"), cols[cols.len() - 1].parse().expect("dev total"))
-            })
-            .collect()
-    };
+    let curve = dev_points;
     let out = scratch("lost-curve");
     segment(&out, "12", false);
     let first = curve(&out);
@@ -360,16 +363,7 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
         args.push(updates);
         hmdpc(&args)
     };
-    let curve = || -> Vec<(usize, f64)> {
-        let text = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
-        text.lines()
-            .skip(1)
-            .map(|line| {
-                let cols: Vec<&str> = line.split(',').collect();
-                (cols[0].parse().expect("update"), cols[cols.len() - 1].parse().expect("dev total"))
-            })
-            .collect()
-    };
+    let curve = || dev_points(&out);
     for (updates, resume) in [("4", false), ("12", true)] {
         let run = segment(updates, resume);
         assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));

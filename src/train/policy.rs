@@ -5,7 +5,7 @@
 
 use rand::rngs::ChaCha8Rng;
 
-use super::spec::Spec;
+use super::spec::{DiscreteHead, Spec};
 use crate::nn::mlp::Mlp;
 
 /// The centre and scale of each feature, fixed before training from the train set's initial
@@ -86,6 +86,32 @@ impl Nets {
             value: Mlp::new(&sizes(1), 1.0, rng),
             log_std: vec![0.0; spec.outputs],
             normalizer: Normalizer::new(spec.features, normalize),
+        }
+    }
+}
+
+/// One discrete choice of a row of the discrete network's output: its head, its element `k` in
+/// the head, its position `e` among the row's choices, where its logits start in the output,
+/// and their log-softmax.
+pub struct Choice<'a> {
+    pub head: &'a DiscreteHead,
+    pub k: usize,
+    pub e: usize,
+    pub start: usize,
+    pub log_probs: &'a [f64],
+}
+
+/// Calls `f` on every discrete choice of row `row` of `logits`, in order; `scratch` holds the
+/// log-probabilities between calls.
+pub fn each_choice(spec: &Spec, logits: &[f32], row: usize, scratch: &mut Vec<f64>, mut f: impl FnMut(Choice<'_>)) {
+    let mut e = 0;
+    for head in &spec.discrete {
+        scratch.resize(head.labels, 0.0);
+        for k in 0..head.len {
+            let start = row * spec.logits + head.offset + k * head.labels;
+            log_softmax(&logits[start..start + head.labels], scratch);
+            f(Choice { head, k, e, start, log_probs: scratch });
+            e += 1;
         }
     }
 }

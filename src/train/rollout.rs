@@ -10,7 +10,7 @@
 use rand::rngs::ChaCha8Rng;
 
 use super::TrainError;
-use super::policy::{Nets, log_softmax};
+use super::policy::{Choice, Nets, each_choice};
 use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash};
 use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
@@ -163,37 +163,30 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
         let Some(logits) = logits else { return Ok(()) };
         let mut lp = Vec::new();
         for b in 0..rows {
-            let mut e = 0;
-            for head in &spec.discrete {
-                lp.resize(head.labels, 0.0);
-                for k in 0..head.len {
-                    let start = b * spec.logits + head.offset + k * head.labels;
-                    log_softmax(&logits[start..start + head.labels], &mut lp);
-                    let label = match self.mode {
-                        Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
-                        Mode::Forced(labels) => {
-                            let at = (t * rows + b) * discrete_len + e;
-                            (labels.get(at).copied().unwrap_or(0) as usize).min(head.labels - 1)
-                        }
-                        Mode::Sample | Mode::Gaussian => {
-                            let mut u = unit(self.rng);
-                            let mut pick = head.labels - 1;
-                            for (l, &p) in lp.iter().enumerate() {
-                                u -= p.exp();
-                                if u < 0.0 {
-                                    pick = l;
-                                    break;
-                                }
+            each_choice(spec, &logits, b, &mut lp, |Choice { head, k, e, log_probs: lp, .. }| {
+                let label = match self.mode {
+                    Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
+                    Mode::Forced(labels) => {
+                        let at = (t * rows + b) * discrete_len + e;
+                        (labels.get(at).copied().unwrap_or(0) as usize).min(head.labels - 1)
+                    }
+                    Mode::Sample | Mode::Gaussian => {
+                        let mut u = unit(self.rng);
+                        let mut pick = head.labels - 1;
+                        for (l, &p) in lp.iter().enumerate() {
+                            u -= p.exp();
+                            if u < 0.0 {
+                                pick = l;
+                                break;
                             }
-                            pick
                         }
-                    };
-                    self.chosen[b * discrete_len + e] = label as u32;
-                    self.log_prob[b] += lp[label];
-                    batch.get_mut(head.buffer, b)[k] = label as f64;
-                    e += 1;
-                }
-            }
+                        pick
+                    }
+                };
+                self.chosen[b * discrete_len + e] = label as u32;
+                self.log_prob[b] += lp[label];
+                batch.get_mut(head.buffer, b)[k] = label as f64;
+            });
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use rand::rngs::ChaCha8Rng;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::policy::{Nets, log_softmax};
+use super::policy::{Choice, Nets, each_choice};
 use super::rollout::{Context, Trajectory};
 use super::spec::Spec;
 use super::{Config, TrainError};
@@ -282,23 +282,16 @@ fn ppo_losses(
         let mut entropy = vec![0.0f64; n];
         let mut lp = Vec::new();
         for (r, &i) in which.iter().enumerate() {
-            let mut e = 0;
-            for head in &spec.discrete {
-                lp.resize(head.labels, 0.0);
-                for k in 0..head.len {
-                    let start = r * spec.logits + head.offset + k * head.labels;
-                    log_softmax(&logits[start..start + head.labels], &mut lp);
-                    let label = s.chosen[i * discrete_len + e] as usize;
-                    log_prob[r] += lp[label];
-                    for &v in &lp {
-                        let p = v.exp();
-                        if p > 0.0 {
-                            entropy[r] -= p * v;
-                        }
+            each_choice(spec, &logits, r, &mut lp, |Choice { e, log_probs: lp, .. }| {
+                let label = s.chosen[i * discrete_len + e] as usize;
+                log_prob[r] += lp[label];
+                for &v in lp {
+                    let p = v.exp();
+                    if p > 0.0 {
+                        entropy[r] -= p * v;
                     }
-                    e += 1;
                 }
-            }
+            });
             if gaussian {
                 for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
                     if let Some(o) = output {
@@ -519,25 +512,18 @@ pub fn score_function(spec: &Spec, logits: &[f32], chosen: &[u32], score: &[f64]
     let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
     let mut lp = Vec::new();
     for (r, &weight) in score.iter().enumerate() {
-        let mut e = 0;
-        for head in &spec.discrete {
-            lp.resize(head.labels, 0.0);
-            for k in 0..head.len {
-                let start = r * spec.logits + head.offset + k * head.labels;
-                log_softmax(&logits[start..start + head.labels], &mut lp);
-                let p = |l: usize| lp[l].exp();
-                let label = chosen[r * discrete_len + e] as usize;
-                let h: f64 = (0..head.labels).map(p).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
-                for l in 0..head.labels {
-                    let p = p(l);
-                    let onehot = if l == label { 1.0 } else { 0.0 };
-                    // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
-                    let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
-                    dlogits[start + l] = (weight * (onehot - p) - entropy * dh / n as f64) as f32;
-                }
-                e += 1;
+        each_choice(spec, logits, r, &mut lp, |Choice { head, e, start, log_probs: lp, .. }| {
+            let p = |l: usize| lp[l].exp();
+            let label = chosen[r * discrete_len + e] as usize;
+            let h: f64 = (0..head.labels).map(p).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
+            for l in 0..head.labels {
+                let p = p(l);
+                let onehot = if l == label { 1.0 } else { 0.0 };
+                // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
+                let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
+                dlogits[start + l] = (weight * (onehot - p) - entropy * dh / n as f64) as f32;
             }
-        }
+        });
     }
 }
 
