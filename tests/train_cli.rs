@@ -671,7 +671,8 @@ fn a_run_repeats_from_its_run_json() {
 
 /// Each continuous action's scale comes from the model: a half-line's from the states it changes
 /// (here `level`, which starts at 50, through `pipe`), a whole line's from the noise in the
-/// equation of the state it changes (`shock`, of mean size about 8), 1 when nothing gives a size,
+/// equation of the state it changes (`shock`, of mean size about 8), another half-line's from the
+/// parameter that scales the shock in its state's equation (`mu`), 1 when nothing gives a size,
 /// and none on a finite interval, whose bounds (here depending on the state) are printed instead.
 /// `train` says so, `run.json` records it, and `--action-scale` overrides it.
 #[test]
@@ -683,17 +684,22 @@ fn the_default_action_scales_follow_the_model() {
          state pipe = 0\n\
          state x = 0\n\
          state y = 0\n\
+         state stock = 0\n\
+         param mu = 40\n\
          noise shock ~ uniform(-16, 0)\n\
+         noise z ~ uniform(0.5, 1.5)\n\
          action q: real >= 0\n\
          action u: real\n\
          action v: real\n\
          action w: real in [0, 100 - level]\n\
+         action r: real >= 0\n\
          step {\n\
            pipe' = q\n\
            level' = clamp(level - 1 + pipe - w, 0, 100)\n\
            x' = 0.5 * x + u + shock\n\
            y' = 0\n\
-           cost c = (level - 50)^2 + x^2 + v^2 + w\n\
+           stock' = stock + r - mu * z\n\
+           cost c = (level - 50)^2 + x^2 + v^2 + w + stock^2\n\
          }\n\
          horizon 5\n",
     );
@@ -709,6 +715,8 @@ fn the_default_action_scales_follow_the_model() {
     let u = stdout.lines().find(|l| l.starts_with("action scale: u ")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(u.contains("the noise `shock`"), "{u}");
     assert!(stdout.contains("action scale: v 1 (nothing in the model gives its size)"), "{stdout}");
+    let r = "action scale: r 40 (the mean size of the parameter `mu`, in the equations of the states it changes)";
+    assert!(stdout.contains(r), "{stdout}");
     assert!(stdout.contains("action w: squashed between its bounds [0, 50] at the start; no scale"), "{stdout}");
     assert!(!stdout.contains("networks:"), "--hidden was given: {stdout}");
     let record: serde_json::Value =
@@ -739,7 +747,8 @@ fn the_default_action_scales_follow_the_model() {
     assert!(!stdout.contains("action scale:") && stdout.contains("networks: 64×64"), "{stdout}");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
-    assert_eq!(record.pointer("/config/action_scales"), Some(&serde_json::json!({"q": 3.0, "u": 3.0, "v": 3.0})));
+    let three = serde_json::json!({"q": 3.0, "r": 3.0, "u": 3.0, "v": 3.0});
+    assert_eq!(record.pointer("/config/action_scales"), Some(&three));
     let quiet =
         hmdpc(&["train", s(&model), "--scenarios", "64", "--updates", "1", "--out", s(&out), "--force", "--quiet"]);
     assert!(!text(&quiet.stdout).contains("action scale"), "{}", text(&quiet.stdout));

@@ -5,9 +5,10 @@
 //! starts `softplus(shift)` scales from its bound, and one on the whole line is its scale times
 //! the raw output. That scale is the typical size of what the action acts on, measured on the
 //! train set: the largest mean absolute value among the states the action changes (at the start,
-//! directly or through other states) and the noise that enters their equations, which for an
-//! inventory is the demand its orders offset. A model that says nothing about the size (no such
-//! state or noise, or only zeros) gets 1.
+//! directly or through other states) and the noise and parameters that enter their equations,
+//! which for an inventory is the demand its orders offset (or, when the demand is a mean
+//! parameter times a shock of size 1, that mean). A model that says nothing about the size (no
+//! such state, noise or parameter, or only zeros) gets 1.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +52,7 @@ pub fn action_scales(
             scales.push(ActionScale { action: name, scale: None, why: interval(&lo, &hi) });
             continue;
         }
-        let (size, why) = typical_size(module, &reads, action, train_set);
+        let (size, why) = typical_size(module, &reads, action, instance, train_set);
         scales.push(ActionScale { action: name, scale: Some(size), why });
     }
     Ok(scales)
@@ -78,11 +79,12 @@ fn round(x: f64) -> f64 {
 }
 
 /// The largest mean absolute value among the states `action` changes at the start and the noise
-/// in their equations, with the reason; 1 when there is none or all are 0.
+/// and parameters in their equations, with the reason; 1 when there is none or all are 0.
 fn typical_size(
     module: &Module,
     reads: &BTreeMap<BufferId, Vec<BufferId>>,
     action: BufferId,
+    instance: &Buffers,
     train_set: &Scenarios,
 ) -> (f64, String) {
     // The states whose next value reads the action, then those whose next value reads one of
@@ -116,14 +118,25 @@ fn typical_size(
         }
     }
     let mut noises: Vec<BufferId> = Vec::new();
+    let mut params: Vec<BufferId> = Vec::new();
     for &(next, state) in &next_of {
         if changed.contains(&state) {
             for &read in reads.get(&next).into_iter().flatten() {
-                if module.buffers[read].kind == BufferKind::Noise && !noises.contains(&read) {
-                    noises.push(read);
+                let found = match module.buffers[read].kind {
+                    BufferKind::Noise => &mut noises,
+                    BufferKind::Param => &mut params,
+                    _ => continue,
+                };
+                if !found.contains(&read) {
+                    found.push(read);
                 }
             }
         }
+    }
+    for param in params {
+        let size = mean_abs(&mut instance.values.get(param).into_iter().flatten().copied());
+        let name = &module.buffers[param].name;
+        consider(size, format!("the mean size of the parameter `{name}`, in the equations of the states it changes"));
     }
     for noise in noises {
         let mut values =
@@ -135,8 +148,8 @@ fn typical_size(
     best.unwrap_or_else(|| (1.0, "nothing in the model gives its size".to_string()))
 }
 
-/// For each buffer the step writes (lets, next states, costs), the states, actions and noise its
-/// value reads, through the lets it reads.
+/// For each buffer the step writes (lets, next states, costs), the buffers its value reads,
+/// through the lets it reads.
 fn step_reads(module: &Module) -> BTreeMap<BufferId, Vec<BufferId>> {
     fn loads(module: &Module, expr: Handle<Expr>, out: &mut Vec<BufferId>) {
         let Some(node) = module.exprs.get(expr) else { return };
