@@ -486,7 +486,8 @@ fn the_riccati_policy_attains_the_printed_optimum() {
 
 /// Training outcome on a problem with a known optimum: HPO on a 2-dimensional one-mode LQR gets
 /// within 3% of the Riccati optimum on the test scenarios in 200 updates (1.8% when this test was
-/// written; the shipped 8-dimensional LQR reaches 0.26% in 1000 updates with the defaults).
+/// written; the shipped 8-dimensional LQR reached 0.26% in 1000 updates with the paper's 512×512 networks,
+/// now `--preset paper`).
 #[test]
 fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
     let out = scratch("riccati");
