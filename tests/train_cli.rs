@@ -745,7 +745,7 @@ fn the_default_action_scales_follow_the_model() {
     ]);
     let stdout = text(&given.stdout);
     assert_eq!(given.status.code(), Some(0), "{stdout}{}", text(&given.stderr));
-    assert!(!stdout.contains("action scale:") && stdout.contains("networks: 64×64"), "{stdout}");
+    assert!(!stdout.contains("action scale:") && stdout.contains("networks: 128×128"), "{stdout}");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
     let three = serde_json::json!({"q": 3.0, "r": 3.0, "u": 3.0, "v": 3.0});
