@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::backend::{self, Backend, Batch, Kernel};
+use crate::backend::{self, Backend, Batch, Buffers, Kernel, Machine, RunError};
 use crate::ir::{BufferKind, Module};
-use crate::sim::{Buffers, Machine, RunError, gradcheck};
+use crate::sim::gradcheck;
 
 /// Distinct random points tiled over the batch.
 const DISTINCT_POINTS: usize = 64;

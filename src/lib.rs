@@ -3,16 +3,20 @@
 //! Stages, each a module, data flowing one way: [`syntax`] (text → AST) → [`check`] (AST →
 //! checked model or diagnostics) → [`ir`] (lowering, validation) → [`passes`] (reformulation,
 //! smoothness, reverse-mode AD) → [`backend`] (kernels over batches: interpreter, Cranelift JIT)
-//! → [`sim`] (scenarios, rollouts) → [`train`] (HPO and PPO on [`nn`]). See `ARCHITECTURE.md`.
+//! → [`sim`] (scenarios, rollouts) → [`train`] (HPO and PPO on [`nn`]). [`random`] holds every
+//! random stream. See `ARCHITECTURE.md`.
 
 pub mod backend;
 pub mod bench;
+pub mod builtins;
 pub mod check;
 pub mod diagnostics;
 pub mod ir;
 pub mod nn;
 pub mod passes;
 pub mod pipeline;
+pub mod random;
+pub mod resources;
 pub mod sim;
 pub mod syntax;
 pub mod train;

@@ -16,10 +16,27 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use crate::check::{self, CheckedModel, DataFiles, Options};
-use crate::diagnostics::{self, Diagnostic};
+use crate::diagnostics::{self, Diagnostic, Span};
 use crate::ir::ValidModule;
 use crate::passes::reformulate::Rewrite;
+use crate::resources::TooLarge;
 use crate::syntax::ast;
+
+/// The largest model file read: 16 MiB (the largest shipped model is a few KiB; a model's
+/// tables belong in data files).
+pub const MAX_MODEL_BYTES: u64 = 16 << 20;
+
+/// The largest data file read: 1 GiB.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
+
+/// The bytes of the file at `path`, or `None` when it holds more than `limit` (a device such as
+/// `/dev/zero` never ends).
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
 
 /// A model's text and the name it is shown under (its path as given).
 #[derive(Clone, Debug)]
@@ -37,10 +54,16 @@ impl Source {
         Source { name: name.into(), text, encoding_error }
     }
 
-    /// The model file at `path`, or why it cannot be read.
+    /// The model file at `path`, or why it cannot be read (a file larger than
+    /// [`MAX_MODEL_BYTES`] is not read to its end).
     pub fn read(path: &Path) -> Result<Source, Failure> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Failure::Read(format!("cannot read {}: {}", path.display(), describe_io(&e))))?;
+        let cannot = |why: String| Failure::Read(format!("cannot read {}: {why}", path.display()));
+        let bytes = read_at_most(path, MAX_MODEL_BYTES).map_err(|e| cannot(describe_io(&e)))?.ok_or_else(|| {
+            cannot(format!(
+                "it is larger than {}, the most a model file may be",
+                crate::resources::human(MAX_MODEL_BYTES.into())
+            ))
+        })?;
         Ok(Source::new(path.display().to_string(), bytes))
     }
 
@@ -129,6 +152,36 @@ pub fn compile(source: &Source, files: &dyn DataFiles, options: &Options) -> Res
     Ok(Compiled { module, source: source.clone(), rewrites, warnings, data_files: recording.seen.into_inner() })
 }
 
+/// A command refused for the memory it would need ([`crate::resources`]), as a diagnostic at
+/// the declaration of the buffer that makes the need largest (the model's name when that is a
+/// `let` or a cost).
+pub fn too_large(compiled: &Compiled, refused: TooLarge) -> Failure {
+    let model = crate::syntax::parse(&compiled.source.text).ok();
+    let declared = |name: &str| {
+        model.as_ref()?.items.iter().find_map(|item| {
+            let ident = match item {
+                ast::Item::Size(d) => &d.name,
+                ast::Item::Set(d) => &d.name,
+                ast::Item::Param(d) => &d.name,
+                ast::Item::State(d) => &d.name,
+                ast::Item::Noise(d) => &d.name,
+                ast::Item::Action(d) => &d.name,
+                _ => return None,
+            };
+            (ident.name == name).then_some(ident.span)
+        })
+    };
+    let located = refused.buffer.as_deref().and_then(|name| declared(name).map(|span| (name, span)));
+    let (span, label) = match located {
+        Some((name, span)) => (span, format!("`{name}` makes it this large")),
+        None => (model.as_ref().map_or(Span::new(0, 0), |m| m.name.span), "in this model".to_string()),
+    };
+    let help =
+        format!("{}; {}, or set HMDP_MEMORY to the bytes this process may use", refused.parts.join("; "), refused.fix);
+    let diagnostic = Diagnostic::error("too-large", refused.message, span, label).with_help(help);
+    Failure::Model { source: Box::new(compiled.source.clone()), diagnostics: vec![diagnostic] }
+}
+
 /// [`compile`] on a model file, reading its data files from the file's folder.
 pub fn compile_file(path: &Path, options: &Options) -> Result<Compiled, Failure> {
     compile(&Source::read(path)?, &Folder::beside(path), options)
@@ -147,11 +200,19 @@ impl Folder {
 impl DataFiles for Folder {
     fn read(&self, path: &str) -> Result<String, String> {
         let full = self.0.join(path);
-        std::fs::read_to_string(&full).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("no file at {}", full.display()),
-            std::io::ErrorKind::InvalidData => format!("{} is not UTF-8 text", full.display()),
-            _ => format!("{}: {e}", full.display()),
-        })
+        let bytes = read_at_most(&full, MAX_DATA_BYTES)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!("no file at {}", full.display()),
+                _ => format!("{}: {}", full.display(), describe_io(&e)),
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "{} is larger than {}, the most a data file may be",
+                    full.display(),
+                    crate::resources::human(MAX_DATA_BYTES.into())
+                )
+            })?;
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", full.display()))
     }
 }
 

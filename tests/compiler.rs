@@ -5,9 +5,12 @@ mod common;
 
 use std::path::Path;
 
+use hmdp::backend::{Buffers, Kernel, Machine, RunError};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module};
-use hmdp::sim::{self, Buffers, Machine, Policy, RandomPolicy, RunError, ScenarioSet};
+use hmdp::random::{self, ScenarioSet};
+use hmdp::sim::protocol::{self, Scenario, Scenariowise, World};
+use hmdp::sim::{self, Policy, RandomPolicy};
 use rand::rngs::ChaCha8Rng;
 
 /// Sets the naive model's actions to given values: `q.order` and `q`.
@@ -89,33 +92,31 @@ fn the_naive_fixed_cost_model_becomes_the_hybrid_one() {
         .map(|n| (find(&hybrid, n), find(&naive, n)))
         .collect();
     let (mut compared, mut buys) = (0, 0);
+    let (instance_a, instance_b) =
+        (sim::instance(&hybrid, 9).expect("instance"), sim::instance(&naive, 9).expect("instance"));
     for scenario in 0..20u64 {
-        let mut a = sim::instance(&hybrid, 9).expect("instance");
-        let mut b = sim::instance(&naive, 9).expect("instance");
-        let mut world_a = sim::scenario_stream(9, ScenarioSet::Test, scenario);
-        let mut world_b = sim::scenario_stream(9, ScenarioSet::Test, scenario);
-        let mut own = sim::policy_stream(9, ScenarioSet::Test, scenario);
-        Machine::new(&hybrid, &mut a, Some(&mut world_a)).run(&hybrid.init).expect("init");
-        Machine::new(&naive, &mut b, Some(&mut world_b)).run(&naive.init).expect("init");
-        for _ in 0..hybrid.horizon {
-            Machine::new(&hybrid, &mut a, Some(&mut world_a)).run(&hybrid.noise).expect("noise");
-            Machine::new(&naive, &mut b, Some(&mut world_b)).run(&naive.noise).expect("noise");
-            sim::decide(&hybrid, &mut a, &RandomPolicy, &mut own).expect("decide");
+        let mut a = Scenario::start(&hybrid, &instance_a, 9, ScenarioSet::Test, scenario).expect("init");
+        let mut b = Scenario::start(&naive, &instance_b, 9, ScenarioSet::Test, scenario).expect("init");
+        let mut own = random::policy_stream(9, ScenarioSet::Test, scenario);
+        for t in 0..hybrid.horizon as usize {
+            let streams = std::slice::from_mut(&mut own);
+            protocol::decide(&mut a, &mut Scenariowise { module: &hybrid, policy: &RandomPolicy, streams }, t)
+                .expect("decide");
             // Mirror the hybrid model's actions into the naive one.
-            let chosen = a.values[find(&hybrid, "order")][0];
+            let chosen = a.buffers.values[find(&hybrid, "order")][0];
             buys += usize::from(chosen == 1.0);
-            let mirror = Mirror { order: chosen, q: a.values[find(&hybrid, "q")].clone(), module: &naive };
-            sim::decide(&naive, &mut b, &mirror, &mut own).expect("decide");
-            Machine::new(&hybrid, &mut a, None).run(&hybrid.step).expect("step");
-            Machine::new(&naive, &mut b, None).run(&naive.step).expect("step");
+            let mirror = Mirror { order: chosen, q: a.buffers.values[find(&hybrid, "q")].clone(), module: &naive };
+            let streams = std::slice::from_mut(&mut own);
+            protocol::decide(&mut b, &mut Scenariowise { module: &naive, policy: &mirror, streams }, t)
+                .expect("decide");
+            a.run(Kernel::Step).expect("step");
+            b.run(Kernel::Step).expect("step");
             for &(x, y) in &pairs {
-                assert_eq!(a.values[x], b.values[y], "{} differs", hybrid.buffers[x].name);
+                assert_eq!(a.buffers.values[x], b.buffers.values[y], "{} differs", hybrid.buffers[x].name);
                 compared += 1;
             }
-            for (name, state) in [("onhand'", "onhand"), ("pipe'", "pipe")] {
-                a.values[find(&hybrid, state)] = a.values[find(&hybrid, name)].clone();
-                b.values[find(&naive, state)] = b.values[find(&naive, name)].clone();
-            }
+            a.advance();
+            b.advance();
         }
     }
     assert!(compared > 1000 && buys > 100, "compared {compared} values, {buys} orders");
@@ -192,11 +193,14 @@ fn pieces_reproduce_the_original_step() {
         }
     }
     // The random policy draws each quantity inside its chosen piece.
-    let mut buffers = sim::instance(&pieced, 1).expect("instance");
-    let mut rng = sim::policy_stream(1, ScenarioSet::Train, 0);
+    let instance = sim::instance(&pieced, 1).expect("instance");
+    let mut world = Scenario::start(&pieced, &instance, 1, ScenarioSet::Train, 0).expect("init");
+    let mut rng = random::policy_stream(1, ScenarioSet::Train, 0);
+    let mut policy = Scenariowise { module: &pieced, policy: &RandomPolicy, streams: std::slice::from_mut(&mut rng) };
     let ends = [0.0, 100.0, 500.0, 1000.0];
-    for _ in 0..200 {
-        sim::decide(&pieced, &mut buffers, &RandomPolicy, &mut rng).expect("decide");
+    for t in 0..200 {
+        protocol::decide(&mut world, &mut policy, t).expect("decide");
+        let buffers = &world.buffers;
         for k in 0..3 {
             let piece = buffers.values[find(&pieced, "q.piece")][k] as usize;
             let q = buffers.values[find(&pieced, "q")][k];

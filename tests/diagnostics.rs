@@ -23,8 +23,13 @@ fn golden_diagnostics() {
 fn every_diagnostic_code_has_a_golden_test() {
     let root = common::root();
     let mut emitted = BTreeSet::new();
-    for file in ["src/syntax/parse.rs", "src/syntax/mod.rs", "src/check/expr.rs", "src/check/mod.rs"] {
-        let text = std::fs::read_to_string(root.join(file)).expect("source is readable");
+    let mut files: Vec<std::path::PathBuf> =
+        ["src/syntax/parse.rs", "src/syntax/mod.rs"].iter().map(|f| root.join(f)).collect();
+    for entry in std::fs::read_dir(root.join("src/check")).expect("the checker's folder") {
+        files.push(entry.expect("entry").path());
+    }
+    for file in files {
+        let text = std::fs::read_to_string(file).expect("source is readable");
         for opener in ["Diagnostic::error(", "Diagnostic::warning("] {
             for (at, _) in text.match_indices(opener) {
                 let rest = text[at + opener.len()..].trim_start();
@@ -91,5 +96,123 @@ fn valid_corner_cases_are_accepted() {
             "{base}step {{\n  x'[i] = x[i] + 2 * match a {{ -1 => 5, 0 => 1, _ => 0 }}\n  cost c = 1 + if a > 0 then 1 else 0\n}}\nhorizon 2\n"
         ),
         &[],
+    );
+}
+
+/// One kind of name a model can give, as a declaration or a statement of the step.
+struct Kind {
+    what: &'static str,
+    /// Where the name goes: a declaration, or a statement of the step.
+    in_step: bool,
+    /// The text naming `wear`; `@` marks where the name stands.
+    text: &'static str,
+}
+
+const KINDS: &[Kind] = &[
+    Kind { what: "size", in_step: false, text: "size @ = 2" },
+    Kind { what: "set", in_step: false, text: "set @ = 0..2" },
+    Kind { what: "parameter", in_step: false, text: "param @ = 1" },
+    Kind { what: "data parameter", in_step: false, text: "param @[I] from \"wear.csv\"" },
+    Kind { what: "state", in_step: false, text: "state @ = 0" },
+    Kind { what: "noise", in_step: false, text: "noise @ ~ normal(0, 1)" },
+    Kind { what: "discrete action", in_step: false, text: "action @: choice { off, on }" },
+    Kind { what: "continuous action", in_step: false, text: "action @: real >= 0" },
+    Kind { what: "let", in_step: true, text: "let @ = 1" },
+    Kind { what: "cost", in_step: true, text: "cost @ = 1" },
+];
+
+/// A model that gives the name `wear` twice, to `first` and then to `second`, and the byte
+/// offsets of the two names. A declaration after a step statement goes below the step.
+fn named_twice(first: &Kind, second: &Kind) -> (String, [usize; 2]) {
+    let mut text = String::from("model pairs\nset I = 0..3\nstate x = 0\naction q: real >= 0\n");
+    let mut at = [0; 2];
+    let mut step_written = false;
+    let write_step = |text: &mut String, at: &mut [usize; 2]| {
+        text.push_str("step {\n  x' = x + q\n");
+        for (k, kind) in [first, second].into_iter().enumerate() {
+            if kind.in_step {
+                text.push_str("  ");
+                at[k] = text.len() + kind.text.find('@').unwrap_or(0);
+                text.push_str(&kind.text.replace('@', "wear"));
+                text.push('\n');
+            }
+        }
+        if [first, second].iter().any(|k| k.what == "state") {
+            text.push_str("  wear' = wear\n");
+        }
+        text.push_str("  cost base = x * x\n}\n");
+    };
+    for (k, kind) in [first, second].into_iter().enumerate() {
+        if kind.in_step {
+            if !step_written {
+                write_step(&mut text, &mut at);
+                step_written = true;
+            }
+        } else {
+            at[k] = text.len() + kind.text.find('@').unwrap_or(0);
+            text.push_str(&kind.text.replace('@', "wear"));
+            text.push('\n');
+        }
+    }
+    if !step_written {
+        write_step(&mut text, &mut at);
+    }
+    text.push_str("horizon 5\n");
+    (text, at)
+}
+
+/// Every two things a model can name (declarations, `let`s and costs, which all become named
+/// values of the compiled model) cannot share a name: `check` says so at both names, and the
+/// commands that compile the model refuse it the same way (exit code 1), never with an internal
+/// error (exit code 3).
+#[test]
+fn every_two_kinds_of_name_collide_with_a_located_error() {
+    let folder = std::env::temp_dir().join(format!("hmdp-name-pairs-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("scratch folder");
+    std::fs::write(folder.join("wear.csv"), "1\n2\n3\n").expect("data file");
+    let hmdpc = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).output().expect("hmdpc runs")
+    };
+    let mut failures = Vec::new();
+    for first in KINDS {
+        for second in KINDS {
+            let (text, at) = named_twice(first, second);
+            let pair = format!("{} then {}", first.what, second.what);
+            let path = folder.join(format!("{}-{}.hmdp", first.what, second.what).replace(' ', "_"));
+            std::fs::write(&path, &text).expect("model is written");
+            let path = path.to_str().expect("scratch paths are UTF-8");
+
+            let check = hmdpc(&["check", "--message-format", "json", path]);
+            let json = String::from_utf8_lossy(&check.stdout);
+            let located = json.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|d| {
+                let offset = |v: &serde_json::Value| v["offset"].as_u64().map(|o| o as usize);
+                let related: Vec<usize> = d["related"].as_array().into_iter().flatten().filter_map(offset).collect();
+                d["code"] == "hmdp::duplicate"
+                    && d["help"].is_string()
+                    && at.iter().any(|&a| offset(&d) == Some(a))
+                    && at.iter().all(|&a| offset(&d) == Some(a) || related.contains(&a))
+            });
+            if check.status.code() != Some(1) || !located {
+                failures.push(format!("{pair}: `check` exits {:?} with\n{json}\nfor\n{text}", check.status.code()));
+            }
+            for command in [&["compile", path][..], &["simulate", "--scenarios", "2", path]] {
+                let run = hmdpc(command);
+                let stderr = String::from_utf8_lossy(&run.stderr);
+                if run.status.code() != Some(1)
+                    || !stderr.contains("hmdp::duplicate")
+                    || stderr.contains("internal error")
+                {
+                    failures.push(format!("{pair}: `{}` exits {:?} with\n{stderr}", command[0], run.status.code()));
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&folder).ok();
+    assert!(
+        failures.is_empty(),
+        "{} problems in {} pairs:\n\n{}",
+        failures.len(),
+        KINDS.len().pow(2),
+        failures.join("\n\n")
     );
 }

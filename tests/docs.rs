@@ -478,3 +478,73 @@ fn string_literal(text: &str) -> Result<(Vec<u8>, &str), String> {
     }
     Err("the string is not closed".into())
 }
+
+/// The rows of the first table under `heading`: each row's cells, without the header.
+fn table_after(text: &str, heading: &str) -> Vec<Vec<String>> {
+    let section = text.split_once(heading).map_or("", |(_, rest)| rest);
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|row| row.trim_matches('|').split('|').map(|cell| cell.trim().to_string()).collect())
+        .collect()
+}
+
+/// The names called in a cell: `exp(x)`, `log(x)` gives `exp` and `log`.
+fn called(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|code| code.split_once('('))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// The language reference lists exactly the built-in functions and distributions of the table
+/// every stage reads (`src/builtins.rs`), with the type of their results; the distributions in
+/// the table's order.
+#[test]
+fn the_reference_lists_the_built_ins_of_the_table() {
+    use hmdp::builtins::{DISTRIBUTIONS, FUNCTIONS, Returns};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
+    let text = std::fs::read_to_string(&path).expect("the language reference is readable");
+
+    let mut documented = Vec::new();
+    for row in table_after(&text, "### 4.7 Functions") {
+        let result = row.last().cloned().unwrap_or_default();
+        for name in called(row.first().map_or("", String::as_str)) {
+            let function = FUNCTIONS.iter().find(|f| f.name == name);
+            let returns = match result.as_str() {
+                "real" => Some(Returns::Real),
+                "int" => Some(Returns::Int),
+                r if r.starts_with("int if") => Some(Returns::IntIfAllInt),
+                _ => None,
+            };
+            assert_eq!(
+                function.map(|f| f.returns),
+                returns,
+                "{DOC} lists `{name}` with result `{result}`, but the table of built-ins says {:?}",
+                function.map(|f| f.returns)
+            );
+            documented.push(name);
+        }
+    }
+    let mut table: Vec<String> = FUNCTIONS.iter().map(|f| f.name.to_string()).collect();
+    documented.sort();
+    table.sort();
+    assert_eq!(documented, table, "{DOC} section 4.7 must list the functions of src/builtins.rs");
+
+    documented.clear();
+    for row in table_after(&text, "## 5. Distributions") {
+        let name = called(row.first().map_or("", String::as_str)).into_iter().next().unwrap_or_default();
+        if name != "truncated" {
+            let integer = DISTRIBUTIONS.iter().find(|d| d.name == name).map(|d| d.integer);
+            let result = row.get(2).map_or("", String::as_str);
+            assert_eq!(integer, Some(result == "int"), "{DOC} lists `{name}` with result `{result}`");
+        }
+        documented.push(name);
+    }
+    table = DISTRIBUTIONS.iter().map(|d| d.name.to_string()).chain(["truncated".to_string()]).collect();
+    assert_eq!(documented, table, "{DOC} section 5 must list the distributions of src/builtins.rs, in its order");
+}

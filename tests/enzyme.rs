@@ -13,10 +13,9 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use hmdp::backend::enzyme::{self, Enzyme, Settings, Status};
-use hmdp::backend::{self, Backend, Batch, Interp, Kernel, Pointers, compare, rust};
-use hmdp::check::Options;
-use hmdp::ir::{BufferKind, Module};
-use hmdp::sim::{self, RunError};
+use hmdp::backend::{self, Backend, Batch, Interp, Kernel, Pointers, RunError, rust};
+use hmdp::ir::{BufferKind, Module, ValidModule};
+use hmdp::sim::{self, compare};
 use rayon::prelude::*;
 
 /// The cache the tests share.
@@ -32,23 +31,17 @@ fn fresh_folder(name: &str) -> PathBuf {
     dir
 }
 
-/// The compiler's whole pipeline, as `hmdpc` runs it.
-fn compile(path: &Path) -> (Module, String) {
-    let source = std::fs::read_to_string(path).expect("model");
-    let folder = common::Folder(path.parent().expect("folder").to_path_buf());
-    let model = hmdp::check::check_source(&source, &folder, &Options::default()).model.expect("checks");
-    let mut module = hmdp::ir::lower::lower(&model);
-    hmdp::passes::reformulate::reformulate(&mut module);
-    hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
-    (module, source)
+/// The compiler's whole pipeline, as `hmdpc` runs it: the module and its source.
+fn compile(path: &Path) -> (ValidModule, String) {
+    let compiled = common::compiled_file(path, &[]);
+    (compiled.module, compiled.source.text)
 }
 
 fn file_name(path: &Path) -> String {
     path.file_name().and_then(|n| n.to_str()).expect("name").to_string()
 }
 
-fn load<'m>(module: &'m Module, path: &Path, source: &str, cache: &Path) -> Enzyme<'m> {
+fn load<'m>(module: &'m ValidModule, path: &Path, source: &str, cache: &Path) -> Enzyme<'m> {
     let settings = Settings { toolchain: enzyme::pinned_toolchain(), cache: cache.to_path_buf() };
     let prepared = enzyme::prepare(module, &file_name(path), source, &settings)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -70,7 +63,7 @@ fn all_models() -> Vec<PathBuf> {
 
 #[test]
 fn every_model_agrees_with_the_interpreter_and_finite_differences() {
-    let compiled: Vec<(PathBuf, Module, String)> = all_models()
+    let compiled: Vec<(PathBuf, ValidModule, String)> = all_models()
         .into_iter()
         .map(|path| {
             let (module, source) = compile(&path);
@@ -89,7 +82,7 @@ fn every_model_agrees_with_the_interpreter_and_finite_differences() {
                 let enzyme = load(module, path, source, &cache);
                 let loaded = started.elapsed();
                 let instance = sim::instance(module, 1).expect("instance");
-                let interp = Interp { module };
+                let interp = Interp::new(module);
                 let table = compare::compare(module, &instance, &[&interp, &enzyme], 8, 1, 1e-6, 1e-12).expect("runs");
                 eprintln!(
                     "{}: {} in {:.1} s; largest difference {:.3e}",
@@ -135,7 +128,7 @@ fn every_model_agrees_with_the_interpreter_and_finite_differences() {
 
 /// A backend that is wrong in one way, to show that the comparison notices.
 struct Broken<'m> {
-    module: &'m Module,
+    module: &'m ValidModule,
     /// Adds to the first VJP output instead of overwriting it.
     accumulates: bool,
 }
@@ -160,7 +153,7 @@ impl Backend for Broken<'_> {
         let slot = |b: usize| unsafe { &mut *pointers.bases[adjoint].add(b * len) };
         let before: Vec<f64> = (start..end).map(|b| *slot(b)).collect();
         // SAFETY: the caller's guarantee, passed on.
-        unsafe { Interp { module }.run_range(kernel, pointers, start, end) }?;
+        unsafe { Interp::new(module).run_range(kernel, pointers, start, end) }?;
         if kernel == Kernel::Vjp {
             for (b, old) in (start..end).zip(before) {
                 *slot(b) += if self.accumulates { old } else { 1e-3 };
@@ -174,7 +167,7 @@ impl Backend for Broken<'_> {
 fn a_backend_that_disagrees_is_caught() {
     let (module, _) = compile(&common::root().join("models/switched_lqr.hmdp"));
     let instance = sim::instance(&module, 1).expect("instance");
-    let interp = Interp { module: &module };
+    let interp = Interp::new(&module);
     for accumulates in [false, true] {
         let broken = Broken { module: &module, accumulates };
         let table = compare::compare(&module, &instance, &[&interp, &broken], 3, 1, 1e-6, 1e-12).expect("runs");
@@ -232,7 +225,7 @@ fn the_cache_is_hit_the_second_time_and_concurrent_builds_share_it() {
 }
 
 /// Runs the step on a few scenarios with both backends and requires identical outputs.
-fn run_step_like_the_interpreter(module: &Module, enzyme: &Enzyme) {
+fn run_step_like_the_interpreter(module: &ValidModule, enzyme: &Enzyme) {
     let instance = sim::instance(module, 0).expect("instance");
     let mut a = Batch::new(module, &instance, 3);
     for (id, b) in module.buffers.iter().enumerate() {
@@ -243,7 +236,7 @@ fn run_step_like_the_interpreter(module: &Module, enzyme: &Enzyme) {
         }
     }
     let mut b = a.clone();
-    backend::run(&Interp { module }, Kernel::Step, &mut a).expect("interp");
+    backend::run(&Interp::new(module), Kernel::Step, &mut a).expect("interp");
     backend::run(enzyme, Kernel::Step, &mut b).expect("enzyme");
     assert_eq!(a.values, b.values);
 }
@@ -256,7 +249,7 @@ fn an_index_outside_its_set_is_the_interpreters_located_error() {
     let instance = sim::instance(&module, 0).expect("instance");
     for kernel in [Kernel::Step, Kernel::Vjp] {
         let batch = Batch::new(&module, &instance, 70);
-        let expected = backend::run(&Interp { module: &module }, kernel, &mut batch.clone()).expect_err("interp fails");
+        let expected = backend::run(&Interp::new(&module), kernel, &mut batch.clone()).expect_err("interp fails");
         let got = backend::run(&enzyme, kernel, &mut batch.clone()).expect_err("enzyme fails");
         assert_eq!(got, expected);
         assert!(got.message.contains("index 3 of `c` (dimension 1) is outside `I` = 0..3"), "{}", got.message);
@@ -285,7 +278,7 @@ fn function(lib: &str, head: &str) -> Option<String> {
 
 /// Each model's emitted crate: (model path, module, `src/lib.rs`, the differentiated code with
 /// comments removed).
-fn emitted_crates() -> Vec<(String, Module, String, String)> {
+fn emitted_crates() -> Vec<(String, ValidModule, String, String)> {
     all_models()
         .into_iter()
         .map(|path| {
@@ -655,7 +648,7 @@ fn training_on_enzyme_matches_training_on_the_jit() {
 
 /// `ties.hmdp` with its `top` cost 140 higher: the same buffers, so the library of either runs
 /// on the other's batches, and only the cache's integrity record tells them apart.
-fn shifted_ties() -> (PathBuf, Module, String) {
+fn shifted_ties() -> (PathBuf, ValidModule, String) {
     let source = std::fs::read_to_string(common::root().join("tests/enzyme/ties.hmdp")).expect("model");
     let source = source.replace("cost top = ", "cost top = 140 + ");
     let folder = fresh_folder("enzyme-shifted-model");

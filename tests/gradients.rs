@@ -7,20 +7,24 @@ mod common;
 use std::path::Path;
 
 use hmdp::check::Options;
-use hmdp::ir::{Expr, Module};
+use hmdp::ir::{Expr, Module, ValidModule};
 use hmdp::sim;
 
-fn compile(path: &Path) -> Module {
+fn compile(path: &Path) -> ValidModule {
     let source = std::fs::read_to_string(path).expect("model");
     let folder = common::Folder(path.parent().expect("folder").to_path_buf());
     let model = hmdp::check::check_source(&source, &folder, &Options::default()).model.expect("checks");
     let mut module = hmdp::ir::lower::lower(&model);
     hmdp::passes::ad::differentiate(&mut module);
-    hmdp::ir::validate(&module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
-    module
+    ValidModule::new(module).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()))
 }
 
-fn gradcheck(module: &Module, points: usize) -> sim::gradcheck::Report {
+/// The check of a module the test changed, which must still be valid.
+fn gradcheck_changed(module: Module, points: usize) -> sim::gradcheck::Report {
+    gradcheck(&ValidModule::new(module).expect("the changed module is still valid"), points)
+}
+
+fn gradcheck(module: &ValidModule, points: usize) -> sim::gradcheck::Report {
     let instance = sim::instance(module, 1).expect("instance");
     sim::gradcheck::check(module, &instance, 1, points).expect("gradcheck runs")
 }
@@ -65,14 +69,14 @@ fn vjp_reproduces_a_hand_derived_gradient() {
     buffers.values[find("u")][0] = u;
     buffers.values[find("x'.adj")][0] = next_bar;
     buffers.values[find("c.adj")][0] = cost_bar;
-    sim::Machine::new(&module, &mut buffers, None).run(&module.vjp).expect("vjp runs");
+    hmdp::backend::Machine::new(&module, &mut buffers, None).run(&module.vjp).expect("vjp runs");
     assert_eq!(buffers.values[find("x.adj")][0], 0.7 * next_bar + 2.0 * x * cost_bar);
     assert_eq!(buffers.values[find("u.adj")][0], next_bar + 2.0 * u * cost_bar);
 }
 
 #[test]
 fn a_wrong_gradient_is_caught() {
-    let mut module = compile(&common::root().join("models/switched_lqr.hmdp"));
+    let module = compile(&common::root().join("models/switched_lqr.hmdp"));
     assert!(gradcheck(&module, 2).max_error() <= 1e-6);
     // Perturb, one at a time, the constants that only the VJP uses (nodes created by
     // differentiation): at least one of them must change the gradient, and be caught.
@@ -85,18 +89,18 @@ fn a_wrong_gradient_is_caught() {
     assert!(!vjp_constants.is_empty());
     let mut caught = 0;
     for i in vjp_constants {
-        let mut broken = module.clone();
         let h = hmdp::ir::Handle::<Expr>::new(i);
-        if let Expr::Const(c) = broken.exprs[h] {
-            broken = replace_const(broken, i, c * 1.01 + 0.01);
-            if gradcheck(&broken, 2).max_error() > 1e-6 {
+        if let Expr::Const(c) = module.exprs[h] {
+            let broken = replace_const(module.clone().into_inner(), i, c * 1.01 + 0.01);
+            if gradcheck_changed(broken, 2).max_error() > 1e-6 {
                 caught += 1;
             }
         }
     }
     assert!(caught > 0, "no perturbed VJP constant was detected");
-    module.vjp.body.clear();
-    assert!(gradcheck(&module, 2).max_error() > 1e-6, "an empty VJP must fail the check");
+    let mut empty = module.into_inner();
+    empty.vjp.body.clear();
+    assert!(gradcheck_changed(empty, 2).max_error() > 1e-6, "an empty VJP must fail the check");
 }
 
 fn max_handle_in_step(module: &Module) -> usize {

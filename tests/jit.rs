@@ -4,9 +4,9 @@
 
 mod common;
 
-use hmdp::backend::{self, Batch, Interp, Kernel, compare, jit::Jit};
+use hmdp::backend::{self, Batch, Interp, Kernel, jit::Jit};
 use hmdp::ir::{Expr, Module};
-use hmdp::sim;
+use hmdp::sim::{self, compare};
 
 fn every_model() -> Vec<(std::path::PathBuf, Vec<(&'static str, f64)>)> {
     let mut all: Vec<_> = common::models().into_iter().map(|p| (p, vec![])).collect();
@@ -24,7 +24,7 @@ fn jit_agrees_with_the_interpreter_and_finite_differences_on_every_model() {
         let module = common::compile_file(&path, &overrides);
         let jit = Jit::compile(&module).expect("compiles");
         let instance = sim::instance(&module, 3).expect("instance");
-        let interp = Interp { module: &module };
+        let interp = Interp::new(&module);
         let table = compare::compare(&module, &instance, &[&interp, &jit], 12, 3, 1e-6, 1e-12).expect("runs");
         let name = path.display();
         assert!(table.failures().is_empty(), "{name} {overrides:?}: {}", table.render("model"));
@@ -52,7 +52,7 @@ fn bounds_and_regimes_kernels_agree_with_the_interpreter() {
         for kernel in Kernel::ALL {
             let (mut a, mut b) = (batch.clone(), batch.clone());
             backend::run(&jit, kernel, &mut a).expect("jit runs");
-            backend::run(&Interp { module: &module }, kernel, &mut b).expect("interpreter runs");
+            backend::run(&Interp::new(&module), kernel, &mut b).expect("interpreter runs");
             for (id, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
                 if !defined(&module, kernel, id) {
                     continue;
@@ -115,7 +115,7 @@ fn edge_cases_of_arithmetic_match_the_interpreter_bit_for_bit() {
     for kernel in [Kernel::Step, Kernel::Vjp] {
         let (mut a, mut b) = (batch.clone(), batch.clone());
         backend::run(&jit, kernel, &mut a).expect("jit");
-        backend::run(&Interp { module: &module }, kernel, &mut b).expect("interp");
+        backend::run(&Interp::new(&module), kernel, &mut b).expect("interp");
         for (id, (p, q)) in a.values.iter().zip(&b.values).enumerate() {
             if !defined(&module, kernel, id) {
                 continue;
@@ -151,7 +151,7 @@ horizon 1
     let jit = Jit::compile(&module).expect("compiles");
     let instance = sim::instance(&module, 0).expect("instance");
     let mut batch = Batch::new(&module, &instance, 10);
-    let expected = backend::run(&Interp { module: &module }, Kernel::Step, &mut batch.clone()).expect_err("fails");
+    let expected = backend::run(&Interp::new(&module), Kernel::Step, &mut batch.clone()).expect_err("fails");
     let got = backend::run(&jit, Kernel::Step, &mut batch).expect_err("fails");
     assert_eq!(got, expected);
     assert!(got.message.contains("outside"), "{}", got.message);
@@ -188,9 +188,10 @@ fn a_kernel_that_computes_something_else_is_caught() {
         arena.push(e, module.exprs.span(hmdp::ir::Handle::new(k)));
     }
     wrong.exprs = arena;
+    let wrong = hmdp::ir::ValidModule::new(wrong).expect("a changed constant keeps the module valid");
     let jit = Jit::compile(&wrong).expect("compiles");
     let instance = sim::instance(&module, 0).expect("instance");
-    let interp = Interp { module: &module };
+    let interp = Interp::new(&module);
     let table = compare::compare(&module, &instance, &[&interp, &jit], 4, 0, 1e-6, 1e-12).expect("runs");
     let pair = table.pairs.iter().find(|p| p.right == "jit").expect("interp vs jit");
     assert!(pair.forward.as_ref().is_some_and(|d| d.max_error > 1e-12), "a changed cost went unnoticed");
@@ -246,7 +247,7 @@ horizon 3
         for kernel in [Kernel::Step, Kernel::Vjp] {
             let (mut a, mut b) = (batch.clone(), batch.clone());
             backend::run(&jit, kernel, &mut a).expect("jit");
-            backend::run(&Interp { module: &module }, kernel, &mut b).expect("interp");
+            backend::run(&Interp::new(&module), kernel, &mut b).expect("interp");
             for (id, (p, q)) in a.values.iter().zip(&b.values).enumerate() {
                 if defined(&module, kernel, id) {
                     let same = p.iter().zip(q).all(|(p, q)| p.to_bits() == q.to_bits());

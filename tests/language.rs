@@ -80,7 +80,7 @@ fn a_label_next_to_its_choice_means_the_label_even_when_shadowed() {
     for (order, cost, next) in [(1.0, 1.0, 3.0), (0.0, 0.0, 3.0)] {
         buffers.values[find("order")][0] = order;
         buffers.values[find("x")][0] = 0.0;
-        hmdp::sim::Machine::new(&module, &mut buffers, None).run(&module.step).expect("step");
+        hmdp::backend::Machine::new(&module, &mut buffers, None).run(&module.step).expect("step");
         assert_eq!(buffers.values[find("c")][0], cost, "`order == buy` compares with the label");
         assert_eq!(buffers.values[find("x'")][0], next, "`buy` alone is the parameter");
     }

@@ -126,3 +126,67 @@ fn names_are_at_most_255_characters() {
         }
     }
 }
+
+/// `hmdpc` with `HMDP_MEMORY` set to 8 GiB, so the refusals do not depend on the machine.
+fn hmdpc_in_8_gib(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(args)
+        .current_dir(common::root())
+        .env("HMDP_MEMORY", (8u64 << 30).to_string())
+        .output()
+        .expect("hmdpc runs")
+}
+
+/// A problem whose arrays cannot fit is refused before anything large is allocated: exit code
+/// 1, the estimate against the memory, and the declaration that makes it large. Within the
+/// memory the same commands run.
+#[test]
+fn commands_that_cannot_fit_in_memory_are_refused_at_the_declaration_that_makes_them_large() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("limits");
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let huge = dir.join("huge.hmdp");
+    std::fs::write(
+        &huge,
+        "model huge\nset N = 1..100\nstate x[N, N, N, N, N] = 0\naction u: real in [-1, 1]\nstep {\n  \
+         x'[i, j, k, l, m] = x[i, j, k, l, m] + u\n  cost c = sum(i in N) x[i, i, i, i, i]\n}\nhorizon 3\n",
+    )
+    .expect("model");
+    let long = dir.join("long.hmdp");
+    std::fs::write(
+        &long,
+        "model long\nstate x = 0\nnoise d ~ normal(0, 1)\naction u: real in [-1, 1]\nstep {\n  x' = x + u + d\n  \
+         cost c = x^2\n}\nhorizon 1000000000\n",
+    )
+    .expect("model");
+    let (huge, long) = (huge.to_str().expect("utf-8"), long.to_str().expect("utf-8"));
+    let cases: [(&[&str], &str, &str); 7] = [
+        (&["simulate", huge], "simulate needs at least", "`x` makes it this large"),
+        (&["gradcheck", huge], "gradcheck needs at least", "`x` makes it this large"),
+        (&["instance", huge], "instance needs at least", "`x` makes it this large"),
+        (&["simulate", "models/inventory.hmdp", "--set", "items=100000000"], "simulate needs", "makes it this large"),
+        (&["bench", "models/inventory.hmdp", "--batch", "1000000", "--set", "items=1000"], "bench needs", "--set"),
+        (
+            &["train", "models/inventory.hmdp", "--hidden", "65536,65536", "--out", "/nonexistent/x"],
+            "train needs",
+            "--hidden",
+        ),
+        (&["train", long, "--out", "/nonexistent/x"], "train needs", "`d` makes it this large"),
+    ];
+    for (args, message, place) in cases {
+        let out = hmdpc_in_8_gib(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("hmdp::too-large") && stderr.contains(message), "{args:?}: {stderr}");
+        assert!(stderr.contains("more than this machine's 8.0 GiB") && stderr.contains(place), "{args:?}: {stderr}");
+    }
+    let fits = hmdpc_in_8_gib(&["simulate", "models/inventory.hmdp", "--scenarios", "8"]);
+    assert_eq!(fits.status.code(), Some(0), "{}", text(&fits.stderr));
+}
+
+/// A model file is read to at most 16 MiB: `check /dev/zero` ends at once with a usage error.
+#[test]
+fn a_model_file_is_read_to_at_most_16_mib() {
+    let out = hmdpc(&["check", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /dev/zero: it is larger than 16.0 MiB"), "{}", text(&out.stderr));
+}

@@ -1,11 +1,13 @@
 //! Thousands of mutated models — tokens deleted, duplicated, swapped or replaced, files
 //! truncated, random bytes spliced in — fed to the front end. None may panic, and every
-//! rejected input must come with an error that points into the source.
+//! rejected input must come with an error that points into the source. A sample of the mutants
+//! that pass `check` then goes through every command that runs a model.
 
 mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use hmdp::check::Options;
 
@@ -118,11 +120,11 @@ fn mutate(source: &str, rng: &mut Rng) -> Vec<u8> {
     toks.concat().into_bytes()
 }
 
-#[test]
-fn mutated_models_never_panic_and_rejections_are_located() {
+/// The models mutated: the shipped ones and the diagnostics examples, with their text.
+fn seeds(dirs: &[&str]) -> Vec<(PathBuf, String)> {
     let root = common::root();
     let mut seeds: Vec<(PathBuf, String)> = Vec::new();
-    for dir in ["models", "tests/diagnostics"] {
+    for dir in dirs {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
             .expect("folder")
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -134,6 +136,12 @@ fn mutated_models_never_panic_and_rejections_are_located() {
             seeds.push((p, text));
         }
     }
+    seeds
+}
+
+#[test]
+fn mutated_models_never_panic_and_rejections_are_located() {
+    let seeds = seeds(&["models", "tests/diagnostics"]);
     let per_seed = 20_000 / seeds.len() + 1;
     let mut rng = Rng(20261123);
     let (mut accepted, mut rejected) = (0, 0);
@@ -180,4 +188,83 @@ fn mutated_models_never_panic_and_rejections_are_located() {
     assert!(accepted + rejected >= 20_000);
     // Mutants that still check are fine (a swapped `+` and `-`), but most must be rejected.
     assert!(rejected > accepted, "{rejected} rejected vs {accepted} accepted: are mutations effective?");
+}
+
+/// Mutants of the shipped models that pass `check`, a few of each, go through `compile`,
+/// `simulate`, `gradcheck` and a two-update `train` as a user runs them: each ends with exit
+/// code 0, 1 (a run-time error of the model, a gradient check that fails at a kink, a NaN in
+/// training) or 2, never a panic (3) or a signal.
+#[test]
+fn mutants_that_check_run_through_every_command_without_a_panic() {
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mutants");
+    let _ = std::fs::remove_dir_all(&scratch);
+    // The shipped models' data files, where the mutants' `from "data/..."` finds them.
+    copy_folder(&common::root().join("models/data"), &scratch.join("data"));
+    let mut rng = Rng(20261206);
+    let mut tried = 0;
+    for (path, source) in seeds(&["models"]) {
+        let folder = path.parent().expect("folder").to_path_buf();
+        let mut taken = 0;
+        for _ in 0..400 {
+            if taken == 5 {
+                break;
+            }
+            let bytes = mutate(source.as_str(), &mut rng);
+            if bytes == source.as_bytes() || !common::check_bytes(bytes.clone(), &folder, &Options::default()).2 {
+                continue;
+            }
+            taken += 1;
+            tried += 1;
+            let mutant = scratch.join(format!("mutant-{tried}.hmdp"));
+            std::fs::write(&mutant, &bytes).expect("mutant");
+            let shown = String::from_utf8_lossy(&bytes).into_owned();
+            let (file, out) = (mutant.to_str().expect("utf-8"), scratch.join(format!("run-{tried}")));
+            let runs: [Vec<&str>; 4] = [
+                vec!["compile", file],
+                vec!["simulate", file, "--scenarios", "3"],
+                vec!["gradcheck", file, "--points", "2"],
+                vec![
+                    "train",
+                    file,
+                    "--updates",
+                    "2",
+                    "--hidden",
+                    "4",
+                    "--scenarios",
+                    "4",
+                    "--batch",
+                    "2",
+                    "--quiet",
+                    "--out",
+                    out.to_str().expect("utf-8"),
+                ],
+            ];
+            for args in runs {
+                let run = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+                    .args(&args)
+                    .current_dir(common::root())
+                    .output()
+                    .expect("hmdpc runs");
+                let code = run.status.code();
+                assert!(
+                    matches!(code, Some(0..=2)),
+                    "`hmdpc {}` ended with {code:?} on a mutant of {}:\n{shown}\n{}",
+                    args.join(" "),
+                    path.display(),
+                    String::from_utf8_lossy(&run.stderr)
+                );
+            }
+        }
+    }
+    assert!(tried >= 25, "only {tried} mutants passed check: are the mutations too strong?");
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("folder");
+    for entry in std::fs::read_dir(from).expect("folder") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
 }

@@ -15,7 +15,8 @@ use rand::rngs::ChaCha8Rng;
 use hmdp::backend::{self, Batch, Interp, Kernel, is_accumulated, reference};
 use hmdp::check::Options;
 use hmdp::ir::{BufferKind, Module, ValidModule};
-use hmdp::sim::{self, eval::unit};
+use hmdp::random::unit;
+use hmdp::sim;
 
 const SCENARIOS: usize = 37;
 
@@ -61,11 +62,11 @@ fn random_batch(module: &Module, mut fill: impl FnMut(&mut Batch, usize, &mut Ch
 }
 
 /// `kernel` run on copies of `batch` by the interpreter and by the reference.
-fn run_both(module: &Module, kernel: Kernel, batch: &Batch) -> (Batch, Batch) {
+fn run_both(module: &ValidModule, kernel: Kernel, batch: &Batch) -> (Batch, Batch) {
     let reference = reference::for_module(module).expect("the reference recognises the model");
     assert_eq!(reference.name(), "reference");
     let (mut by_interp, mut by_reference) = (batch.clone(), batch.clone());
-    backend::run(&Interp { module }, kernel, &mut by_interp).expect("the interpreter runs");
+    backend::run(&Interp::new(module), kernel, &mut by_interp).expect("the interpreter runs");
     backend::run_chunked(reference.as_ref(), kernel, &mut by_reference, CHUNK, true).expect("the reference runs");
     (by_interp, by_reference)
 }
@@ -222,19 +223,22 @@ fn only_the_two_models_with_their_exact_interface_are_recognised() {
         let expected = matches!(module.name.as_str(), "joint_replenishment" | "switched_lqr");
         assert_eq!(reference::for_module(&module).is_some(), expected, "{}", path.display());
     }
+    // The reference takes only valid modules: a changed module is validated again first.
+    let valid = |m: Module| ValidModule::new(m).expect("the changed module is still valid");
     let inventory = compile("inventory.hmdp", &[]);
     let mut renamed = (*inventory).clone();
     renamed.buffers[id(&inventory, "post")].name = "leftover".into();
-    assert!(reference::for_module(&renamed).is_none(), "a renamed let");
+    assert!(reference::for_module(&valid(renamed)).is_none(), "a renamed let");
     let mut retyped = (*inventory).clone();
     retyped.buffers[id(&inventory, "q")].kind = BufferKind::Noise;
-    assert!(reference::for_module(&retyped).is_none(), "an action that became noise");
+    let problems = ValidModule::new(retyped).expect_err("an action that became noise is refused before any backend");
+    assert!(problems.iter().any(|p| p.contains("`q`")), "{problems:?}");
     let mut other_name = (*inventory).clone();
     other_name.name = "switched_lqr".into();
-    assert!(reference::for_module(&other_name).is_none(), "another model's name");
+    assert!(reference::for_module(&valid(other_name)).is_none(), "another model's name");
     let source = std::fs::read_to_string(common::root().join("models/switched_lqr.hmdp")).expect("model");
     let model = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &Options::default()).model.expect("checks");
-    let undifferentiated = hmdp::ir::lower::lower(&model);
+    let undifferentiated = valid(hmdp::ir::lower::lower(&model));
     assert!(reference::for_module(&undifferentiated).is_none(), "a module without adjoints");
 }
 
@@ -256,7 +260,7 @@ fn a_mode_outside_its_set_is_the_interpreters_error() {
     let (mut batch, _) = switched_lqr_batch(&module);
     batch.get_mut(id(&module, "mode"), 4)[0] = 2.0;
     for kernel in [Kernel::Step, Kernel::Vjp] {
-        let by_interp = backend::run(&Interp { module: &module }, kernel, &mut batch.clone()).expect_err("interp");
+        let by_interp = backend::run(&Interp::new(&module), kernel, &mut batch.clone()).expect_err("interp");
         let by_reference = backend::run(reference.as_ref(), kernel, &mut batch.clone()).expect_err("reference");
         assert_eq!(by_reference.message, by_interp.message);
     }

@@ -5,7 +5,8 @@ mod common;
 
 use hmdp::check::{NoFiles, Options};
 use hmdp::ir::Module;
-use hmdp::sim::{self, RandomPolicy, ScenarioSet};
+use hmdp::random::{self, ScenarioSet};
+use hmdp::sim::{self, RandomPolicy};
 use rand_distr::Distribution;
 
 fn compile(source: &str) -> Module {
@@ -35,16 +36,16 @@ warmup 1
 fn rollout_matches_a_direct_computation() {
     let module = compile(TINY);
     let instance = sim::instance(&module, 0).expect("instance");
-    for index in 0..20 {
-        let costs = sim::rollout(&module, &instance, &RandomPolicy, 7, ScenarioSet::Test, index).expect("rollout");
+    let all = sim::simulate_on_interpreter(&module, &instance, &RandomPolicy, 7, ScenarioSet::Test, 20).expect("runs");
+    for (index, costs) in (0..20).zip(&all) {
         // The same streams, drawn in the documented order: x0, then per step the noise, then u.
-        let mut world = sim::scenario_stream(7, ScenarioSet::Test, index);
-        let mut own = sim::policy_stream(7, ScenarioSet::Test, index);
-        let mut x = sim::eval::unit(&mut world);
+        let mut world = random::scenario_stream(7, ScenarioSet::Test, index);
+        let mut own = random::policy_stream(7, ScenarioSet::Test, index);
+        let mut x = random::unit(&mut world);
         let (mut quad, mut effort) = (0.0, 0.0);
         for t in 0..5 {
             let e: f64 = rand_distr::Normal::new(0.0, 1.0).expect("normal").sample(&mut world);
-            let u = 2.0 * sim::eval::unit(&mut own);
+            let u = 2.0 * random::unit(&mut own);
             if t >= 1 {
                 quad += x * x;
                 effort += u;

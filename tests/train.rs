@@ -1,19 +1,23 @@
 //! The trainer's gradients are proven, not assumed: the pathwise gradient through the compiled
-//! kernels and the networks matches finite differences; the mixed estimator is unbiased with the
+//! kernels and the networks matches finite differences; the mixed estimator (`mixed_gradient`,
+//! the function every HPO update runs, here with the plain weights) is unbiased with the
 //! cross term, biased without it where later discrete choices read states that continuous actions
-//! move, and unbiased without it where they do not. Training reaches the Riccati optimum of a
-//! small LQR.
+//! move, and unbiased without it where they do not. What training reaches is tested in
+//! `train_outcomes.rs` and `train_cli.rs`.
 
 mod common;
 
+use hmdp::backend::Buffers;
 use hmdp::backend::jit::Jit;
 use hmdp::ir::ValidModule;
-use hmdp::sim::{self, Buffers, ScenarioSet};
+use hmdp::nn::mlp::{Stack, Tape};
+use hmdp::random::ScenarioSet;
+use hmdp::sim;
 use hmdp::train::policy::Nets;
 use hmdp::train::rollout::{Context, Mode, rollout};
 use hmdp::train::scenarios::Scenarios;
 use hmdp::train::spec::Spec;
-use hmdp::train::update::{mixed_gradient, pathwise};
+use hmdp::train::update::{Weights, mixed_gradient, pathwise};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -137,7 +141,24 @@ fn estimator(
     for g in 0..groups {
         let mut rng = ChaCha8Rng::seed_from_u64(1000 + g as u64);
         let mut traj = rollout(&ctx, nets, set, &vec![0; rows], Mode::Sample, true, &mut rng).expect("rollout");
-        let (d, c) = mixed_gradient(&ctx, nets, &mut traj, cross).expect("gradient");
+        // The plain estimator: each choice weighed by the cost to go from it, every step's cost
+        // by 1, averaged over the rows; the trainer runs the same function with its own weights.
+        let horizon = traj.steps.len();
+        let mut score = vec![0.0; horizon * rows];
+        for b in 0..rows {
+            let mut to_go = 0.0;
+            for t in (0..horizon).rev() {
+                to_go += traj.steps[t].costs[b];
+                score[t * rows + b] = to_go / rows as f64;
+            }
+        }
+        let mut tape = Tape::default();
+        tape.concatenate(traj.steps.iter().map(|s| s.discrete_tape.as_ref().expect("recorded")));
+        let weight = |_: usize| 1.0 / rows as f64;
+        let weights = Weights { steps: 0..horizon, score: &score, entropy: 0.0, pathwise: &weight, cross };
+        let (mut d, mut c) = (Vec::new(), Vec::new());
+        mixed_gradient(&ctx, nets, &mut traj, &mut tape, &weights, &mut Stack::new(), &mut d, &mut c)
+            .expect("gradient");
         for (k, v) in d.iter().enumerate() {
             sums[0].0[k] += *v as f64;
             sums[0].1[k] += (*v as f64).powi(2);

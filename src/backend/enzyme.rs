@@ -46,9 +46,8 @@ use libloading::Library;
 use sha2::{Digest, Sha256};
 
 use super::rust::{self, Crate, Origin};
-use super::{Backend, Interp, Kernel, Pointers};
-use crate::ir::Module;
-use crate::sim::RunError;
+use super::{Backend, Interp, Kernel, Pointers, RunError};
+use crate::ir::ValidModule;
 
 /// Overrides the toolchain the kernels are built with (default: the pinned one).
 pub const TOOLCHAIN_ENV: &str = "HMDP_TOOLCHAIN";
@@ -238,7 +237,7 @@ fn has_enzyme(sysroot: &Path) -> bool {
 /// A model's kernels, emitted and matched to their cache entry, ready to load (and build first
 /// when the entry is missing).
 pub struct Prepared<'m> {
-    module: &'m Module,
+    module: &'m ValidModule,
     krate: Crate,
     toolchain: Toolchain,
     /// `<cache>/enzyme`.
@@ -251,7 +250,12 @@ pub struct Prepared<'m> {
 }
 
 /// Emits the model's crate, checks the toolchain, and finds the cache entry.
-pub fn prepare<'m>(module: &'m Module, file: &str, source: &str, settings: &Settings) -> Result<Prepared<'m>, Error> {
+pub fn prepare<'m>(
+    module: &'m ValidModule,
+    file: &str,
+    source: &str,
+    settings: &Settings,
+) -> Result<Prepared<'m>, Error> {
     let toolchain = probe(&settings.toolchain)?;
     // Absolute, because cargo runs in the crate's folder and would read a relative path from there.
     let cache = std::path::absolute(&settings.cache).unwrap_or_else(|_| settings.cache.clone());
@@ -633,7 +637,7 @@ type KernelFn = unsafe extern "C" fn(*const *mut f64, i64, i64) -> i64;
 
 /// A model's kernels, loaded from the shared library the emitted crate builds.
 pub struct Enzyme<'m> {
-    module: &'m Module,
+    module: &'m ValidModule,
     /// Kept alive as long as the kernel pointers are used.
     _library: Library,
     kernels: [KernelFn; 4],
@@ -642,7 +646,7 @@ pub struct Enzyme<'m> {
 }
 
 impl<'m> Enzyme<'m> {
-    fn open(module: &'m Module, path: &Path, built: bool) -> Result<Enzyme<'m>, Error> {
+    fn open(module: &'m ValidModule, path: &Path, built: bool) -> Result<Enzyme<'m>, Error> {
         let fail = |message: String| Error::Load { path: path.to_path_buf(), message };
         // SAFETY: the library is one hmdp built from the emitted crate, whose initialisers do
         // nothing; its symbols have the types the emitter gives them.
@@ -707,7 +711,7 @@ impl Backend for Enzyme<'_> {
         // Scenario `code - 1` read outside a set. Its inputs are untouched, so the interpreter
         // finds the same index and says where in the model it is.
         let b = (code - 1) as usize;
-        let interp = Interp { module: self.module };
+        let interp = Interp::new(self.module);
         // SAFETY: as above, scenario `b` is within `start..end`.
         match unsafe { interp.run_range(kernel, pointers, b, b + 1) } {
             Err(e) => Err(e),

@@ -27,9 +27,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module as _, default_libcall_names};
 
-use super::{Backend, Interp, Kernel, Pointers, is_accumulated, is_shared};
-use crate::ir::{BinaryOp, BufferId, Expr, Handle, Module, ReduceOp, SetId, Stmt, UnaryOp, Var};
-use crate::sim::RunError;
+use super::{Backend, Interp, Kernel, Pointers, RunError, is_accumulated, is_shared};
+use crate::ir::{BinaryOp, BufferId, Expr, Handle, Module, ReduceOp, SetId, Stmt, UnaryOp, ValidModule, Var};
 
 type KernelFn = unsafe extern "C" fn(*const *mut f64, i64, i64) -> i64;
 
@@ -89,7 +88,7 @@ fn fail(what: impl std::fmt::Display) -> JitError {
 
 /// A module's per-step programs, compiled.
 pub struct Jit {
-    module: Module,
+    module: ValidModule,
     kernels: Vec<(Kernel, KernelFn)>,
     /// Buffers that [`Kernel::Vjp`] zeroes before it accumulates, with their element counts.
     accumulated: Vec<(BufferId, usize)>,
@@ -105,7 +104,7 @@ unsafe impl Sync for Jit {}
 
 impl Jit {
     /// Compiles `bounds`, `regimes`, `step` and `vjp` of a validated module.
-    pub fn compile(module: &Module) -> Result<Jit, JitError> {
+    pub fn compile(module: &ValidModule) -> Result<Jit, JitError> {
         let (code, kernels, _) = build(module, false)?;
         let accumulated = module
             .buffers
@@ -118,7 +117,7 @@ impl Jit {
     }
 
     /// The Cranelift IR of every kernel, as text (`hmdpc compile --emit clif`).
-    pub fn clif(module: &Module) -> Result<String, JitError> {
+    pub fn clif(module: &ValidModule) -> Result<String, JitError> {
         let (_, _, text) = build(module, true)?;
         Ok(text)
     }
@@ -158,7 +157,7 @@ impl Backend for Jit {
         // The interpreter finds and locates the error: the kernel wrote no input, so it sees what
         // the kernel saw.
         // SAFETY: as for this call.
-        unsafe { Interp { module: &self.module }.run_range(kernel, pointers, start, end) }?;
+        unsafe { Interp::new(&self.module).run_range(kernel, pointers, start, end) }?;
         Err(RunError {
             span: Default::default(),
             message: format!("the JIT's `{}` kernel failed where the interpreter did not", kernel.name()),
@@ -698,9 +697,9 @@ impl Emitter<'_, '_, '_> {
         }
         let value = match &self.module.exprs[h] {
             Expr::Const(c) => Some(*c),
-            Expr::Unary { op, arg } => self.constant(*arg).map(|x| crate::sim::eval::unary(*op, x)),
+            Expr::Unary { op, arg } => self.constant(*arg).map(|x| super::interp::unary(*op, x)),
             Expr::Binary { op, lhs, rhs } => match (self.constant(*lhs), self.constant(*rhs)) {
-                (Some(a), Some(b)) => Some(crate::sim::eval::binary(*op, a, b)),
+                (Some(a), Some(b)) => Some(super::interp::binary(*op, a, b)),
                 _ => None,
             },
             _ => None,

@@ -4,12 +4,10 @@
 //! Every backend works on the same [`Batch`] layout and answers to the same [`Backend`] trait,
 //! so the trainer, `simulate`, `gradcheck` and `bench` can swap them:
 //!
-//! - [`Interp`]: the IR interpreter, one scenario at a time; the oracle;
+//! - [`Interp`]: the IR interpreter ([`interp`]), one scenario at a time; the oracle;
 //! - [`jit::Jit`]: Cranelift-compiled kernels that loop over the batch in generated code;
 //! - [`enzyme::Enzyme`]: the Rust crate [`rust`] emits, whose VJP rustc's autodiff (Enzyme)
 //!   generates, built once per model and cached.
-//!
-//! [`compare`] runs several backends on the same batch and tells how far apart they are.
 //!
 //! # Layout
 //!
@@ -31,8 +29,8 @@
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
 
-pub mod compare;
 pub mod enzyme;
+pub mod interp;
 pub mod jit;
 pub mod reference;
 pub mod rust;
@@ -40,7 +38,7 @@ pub mod rust;
 use rayon::prelude::*;
 
 use crate::ir::{BufferKind, Module, Program};
-use crate::sim::{Buffers, Machine, RunError};
+pub use interp::{Buffers, Interp, Machine, RunError};
 
 /// The per-step programs a backend compiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -192,56 +190,4 @@ pub fn run_chunked(
     // and the ranges are disjoint.
     let one = |&(start, end): &(usize, usize)| unsafe { backend.run_range(kernel, pointers, start, end) };
     if parallel { ranges.par_iter().try_for_each(one) } else { ranges.iter().try_for_each(one) }
-}
-
-/// The interpreter as a backend: copies each scenario out of the batch, runs the IR program on
-/// it, and copies it back. Slow, and the reference every other backend is checked against.
-pub struct Interp<'m> {
-    pub module: &'m Module,
-}
-
-impl Backend for Interp<'_> {
-    fn name(&self) -> &'static str {
-        "interp"
-    }
-
-    unsafe fn run_range(
-        &self,
-        kernel: Kernel,
-        pointers: Pointers<'_>,
-        start: usize,
-        end: usize,
-    ) -> Result<(), RunError> {
-        let module = self.module;
-        let shared: Vec<bool> = module.buffers.iter().map(|b| is_shared(b.kind)).collect();
-        let program = kernel.program(module);
-        for b in start..end {
-            let slices: Vec<(*mut f64, usize)> = (0..module.buffers.len())
-                .map(|id| {
-                    let len = module.len(id);
-                    // SAFETY: the caller guarantees the batch has scenario `b` of every buffer.
-                    let base = unsafe { if shared[id] { pointers.bases[id] } else { pointers.bases[id].add(b * len) } };
-                    (base, len)
-                })
-                .collect();
-            // SAFETY: as above; each slice is one buffer of one scenario.
-            let read = |&(p, n): &(*mut f64, usize)| unsafe { std::slice::from_raw_parts(p, n) }.to_vec();
-            let mut buffers = Buffers { values: slices.iter().map(read).collect() };
-            if kernel == Kernel::Vjp {
-                for (id, buffer) in module.buffers.iter().enumerate() {
-                    if is_accumulated(module, buffer.kind) {
-                        buffers.values[id].iter_mut().for_each(|v| *v = 0.0);
-                    }
-                }
-            }
-            Machine::new(module, &mut buffers, None).run(program)?;
-            for (id, &(p, n)) in slices.iter().enumerate() {
-                if !shared[id] {
-                    // SAFETY: scenario `b` of a per-scenario buffer belongs to this call alone.
-                    unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&buffers.values[id]);
-                }
-            }
-        }
-        Ok(())
-    }
 }

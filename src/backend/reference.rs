@@ -28,13 +28,12 @@
 use std::ops::Range;
 use std::slice;
 
-use super::{Backend, Kernel, Pointers};
+use super::{Backend, Kernel, Pointers, RunError};
 use crate::diagnostics::Span;
-use crate::ir::{BufferId, BufferKind, Module};
-use crate::sim::RunError;
+use crate::ir::{BufferId, BufferKind, Module, ValidModule};
 
 /// The hand-written reference for `module`, when it is one of the two models this file knows.
-pub fn for_module(module: &Module) -> Option<Box<dyn Backend>> {
+pub fn for_module(module: &ValidModule) -> Option<Box<dyn Backend>> {
     match module.name.as_str() {
         "joint_replenishment" => Some(Box::new(Inventory::recognise(module)?)),
         "switched_lqr" => Some(Box::new(SwitchedLqr::recognise(module)?)),

@@ -10,12 +10,12 @@
 //! [`super::Backend::run_range`] on the [`super::Batch`] layout; `backend::enzyme` builds and
 //! loads it. `hmdpc compile FILE --emit rust -o DIR` writes it for the user.
 //!
-//! The emitted step reproduces the interpreter (`sim::eval`) exactly: the same `f64` operations in
-//! the same order, the same math functions from `std`, an index outside its set reported (as a
-//! fault that the host turns into the interpreter's located error) rather than undefined. Where
-//! the derivative has a convention (`max` ties go to the first operand, `abs` has derivative 0 at
-//! 0, see `passes::ad`), the crate implements the operation with branches that carry that
-//! convention, because Enzyme's rules for LLVM's `maxnum`/`fabs` differ at ties.
+//! The emitted step reproduces the interpreter (`backend::interp`) exactly: the same `f64`
+//! operations in the same order, the same math functions from `std`, an index outside its set
+//! reported (as a fault that the host turns into the interpreter's located error) rather than
+//! undefined. Where the derivative has a convention (`max` ties go to the first operand, `abs`
+//! has derivative 0 at 0, see `passes::ad`), the crate implements the operation with branches
+//! that carry that convention, because Enzyme's rules for LLVM's `maxnum`/`fabs` differ at ties.
 //!
 //! What the emitted code avoids, because rustc's autodiff gets it silently wrong or rejects it
 //! (`reference/rust-notes.md` §2.5; `tests/enzyme.rs` guards each): function pointers, `dyn` and
@@ -27,7 +27,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use crate::diagnostics::pad;
-use crate::ir::{BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, Var};
+use crate::ir::{
+    BinaryOp, BufferId, BufferKind, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, UnaryOp, ValidModule, Var,
+};
 
 use super::{Kernel, is_accumulated, is_shared};
 
@@ -78,7 +80,7 @@ pub const BUFFER_COUNT_SYMBOL: &str = "hmdp_buffer_count";
 pub const BUFFER_LEN_SYMBOL: &str = "hmdp_buffer_len";
 
 /// Emits the crate for a validated, differentiated module.
-pub fn emit(module: &Module, origin: &Origin) -> Crate {
+pub fn emit(module: &ValidModule, origin: &Origin) -> Crate {
     let package = format!("hmdp-{}", crate_name(&module.name));
     let lib_name = package.replace('-', "_");
     let lib = Emitter::new(module, origin).lib();
@@ -1430,8 +1432,7 @@ mod tests {
     use super::*;
 
     fn step_of(ir: &str) -> String {
-        let module = crate::ir::text::parse(ir).expect("parses");
-        crate::ir::validate(&module).expect("valid");
+        let module = ValidModule::new(crate::ir::text::parse(ir).expect("parses")).expect("valid");
         let krate = emit(&module, &Origin { file: "m.hmdp", source: "", toolchain: "t" });
         let lib = krate.file("src/lib.rs").expect("lib.rs");
         let start = lib.find("pub fn step(").expect("step");

@@ -14,9 +14,16 @@
 // Broken input is data: nothing here may panic on what a user wrote (STYLE.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+mod calls;
+mod checker;
+mod constant;
 mod data;
-mod expr;
+mod decls;
+mod exprs;
 pub mod model;
+mod settings;
+mod sizes;
+mod step;
 mod suggest;
 
 pub use model::*;
@@ -74,7 +81,7 @@ pub fn check_source(source: &str, files: &dyn DataFiles, options: &Options) -> O
 
 /// Checks a parsed model.
 pub fn check(ast: &ast::Model, files: &dyn DataFiles, options: &Options) -> Outcome {
-    let mut checker = expr::Checker::new(files, options);
+    let mut checker = checker::Checker::new(files, options);
     let model = checker.model(ast);
     let mut diagnostics = checker.diagnostics;
     diagnostics.sort_by_key(|d| (d.primary.span.start, d.primary.span.end));
@@ -126,6 +133,19 @@ pub(crate) fn duplicate(kind: &str, name: &str, span: Span, first: Span) -> Diag
     Diagnostic::error("duplicate", message, span, format!("second {kind} `{name}`"))
         .with_label(first, "first here")
         .with_help(help)
+}
+
+/// A cost named like an earlier declaration or `let`, or a `let` named like an earlier cost: each
+/// becomes a named value of the compiled model, so costs share the one namespace of declarations.
+pub(crate) fn name_taken(kind: &str, name: &str, span: Span, first_kind: &str, first: Span) -> Diagnostic {
+    Diagnostic::error(
+        "duplicate",
+        format!("`{name}` names both a {first_kind} and a {kind}"),
+        span,
+        format!("{kind} `{name}`"),
+    )
+    .with_label(first, format!("{first_kind} `{name}`"))
+    .with_help("declarations, `let`s and costs share one namespace: rename one of them")
 }
 
 pub(crate) use data::{parse_csv, parse_json};

@@ -40,7 +40,12 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let (module, name) = (&compiled.module, &compiled.source.name);
-    let fail = |e: hmdp::sim::RunError| super::run_error(&compiled, e);
+    let fail = |e: hmdp::backend::RunError| super::run_error(&compiled, e);
+    // The batch, and the copy each measured backend works on.
+    let need = hmdp::resources::Need::new().model(module).scenarios_at_once(module, batch.saturating_mul(2));
+    if let Err(code) = super::fits(&compiled, need, "bench") {
+        return code;
+    }
     let started = std::time::Instant::now();
     let jit = match super::compile_jit(module) {
         Ok(jit) => jit,

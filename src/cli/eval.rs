@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::sim::{self, Estimate, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::sim::{self, Estimate};
 use hmdp::train::folder::{Checkpoint, OpenError, Run};
 use hmdp::train::scenarios::Scenarios;
 
@@ -48,6 +49,10 @@ pub fn run(args: Args) -> u8 {
     let module = &compiled.module;
     let cfg = run.config();
     let scenarios = args.scenarios.map_or(cfg.scenarios, |n| n as usize);
+    let need = hmdp::resources::Need::new().model(module).stored_scenarios(module, "test", scenarios, module.horizon);
+    if let Err(code) = super::fits(compiled, need, "eval") {
+        return code;
+    }
     let instance = match sim::instance(module, cfg.instance_seed) {
         Ok(i) => i,
         Err(e) => return super::run_error(compiled, e),
@@ -67,7 +72,7 @@ pub fn run(args: Args) -> u8 {
     };
     let (label, per_scenario, term_names) = match checkpoint {
         None => {
-            let per_scenario = match sim::simulate_per_scenario(
+            let per_scenario = match sim::simulate_on_interpreter(
                 module,
                 &instance,
                 &sim::RandomPolicy,

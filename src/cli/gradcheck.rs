@@ -56,11 +56,16 @@ pub fn run(args: Args) -> u8 {
     let module = &compiled.module;
     let name = &compiled.source.name;
     let (points, seed, tolerance) = (args.points as usize, args.seed, args.tolerance);
+    // The instance, a point and its perturbed copies.
+    let need = hmdp::resources::Need::new().model(module).scenarios_at_once(module, 3);
+    if let Err(code) = super::fits(&compiled, need, "gradcheck") {
+        return code;
+    }
     let instance = match hmdp::sim::instance(module, seed) {
         Ok(instance) => instance,
         Err(e) => return super::run_error(&compiled, e),
     };
-    let interp = Interp { module };
+    let interp = Interp::new(module);
     if args.backend.0 == [BackendChoice::Interp] {
         return against_differences(&compiled, &interp, &instance, points, seed, tolerance);
     }
@@ -75,7 +80,7 @@ pub fn run(args: Args) -> u8 {
     }
     let mut all: Vec<&dyn Backend> = vec![&interp];
     all.extend(loaded.iter().map(Kernels::backend));
-    let table = match hmdp::backend::compare::compare(module, &instance, &all, points, seed, tolerance, AGREEMENT) {
+    let table = match hmdp::sim::compare::compare(module, &instance, &all, points, seed, tolerance, AGREEMENT) {
         Ok(table) => table,
         Err(e) => return super::run_error(&compiled, e),
     };
@@ -109,7 +114,7 @@ pub fn run(args: Args) -> u8 {
 fn against_differences(
     compiled: &hmdp::pipeline::Compiled,
     interp: &Interp,
-    instance: &hmdp::sim::Buffers,
+    instance: &hmdp::backend::Buffers,
     points: usize,
     seed: u64,
     tolerance: f64,

@@ -26,6 +26,9 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let module = &compiled.module;
+    if let Err(code) = super::fits(&compiled, hmdp::resources::Need::new().model(module), "instance") {
+        return code;
+    }
     let instance = match hmdp::sim::instance(module, args.seed) {
         Ok(i) => i,
         Err(e) => return super::run_error(&compiled, e),

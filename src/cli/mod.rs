@@ -112,6 +112,15 @@ fn compile_model(path: &Path, overrides: &[(String, f64)]) -> Result<Compiled, u
     Ok(compiled)
 }
 
+/// Refuses a command whose memory need is above this machine's memory, at the declaration
+/// that makes it large; returns the exit code.
+fn fits(compiled: &Compiled, need: hmdp::resources::Need, command: &str) -> Result<(), u8> {
+    let Some(memory) = hmdp::resources::machine_memory() else {
+        return Ok(());
+    };
+    need.fits(memory, command).map_err(|refused| fail(pipeline::too_large(compiled, refused)))
+}
+
 /// Prints a compile failure and gives its exit code.
 fn fail(failure: Failure) -> u8 {
     eprint!("{}", failure.render(color()));
@@ -123,7 +132,7 @@ fn fail(failure: Failure) -> u8 {
 }
 
 /// Prints a located run-time error of a model and returns its exit code.
-fn run_error(compiled: &Compiled, e: hmdp::sim::RunError) -> u8 {
+fn run_error(compiled: &Compiled, e: hmdp::backend::RunError) -> u8 {
     let d = Diagnostic::error("run", e.message, e.span, "while evaluating this");
     eprint!("{}", compiled.source.render(&[d], false));
     exit::FAILED
@@ -184,7 +193,7 @@ impl<'m> Kernels<'m> {
     /// Compiles or loads the chosen backend for a compiled model.
     fn load(choice: BackendChoice, compiled: &'m Compiled) -> Result<Kernels<'m>, u8> {
         Ok(match choice {
-            BackendChoice::Interp => Kernels::Interp(Interp { module: &compiled.module }),
+            BackendChoice::Interp => Kernels::Interp(Interp::new(&compiled.module)),
             BackendChoice::Jit => Kernels::Jit(Box::new(compile_jit(&compiled.module)?)),
             BackendChoice::Enzyme => Kernels::Enzyme(load_enzyme(compiled)?),
         })

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hmdp::sim::{self, ScenarioSet};
+use hmdp::random::ScenarioSet;
+use hmdp::resources::Need;
+use hmdp::sim;
 use hmdp::train::config::parse_override;
 
 use super::{BackendChoice, Kernels, exit};
@@ -56,6 +58,15 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let module = &compiled.module;
+    let n = args.scenarios as usize;
+    let at_once = match args.backend {
+        BackendChoice::Interp => rayon::current_num_threads(),
+        _ => n.min(1024),
+    };
+    let need = Need::new().model(module).scenarios_at_once(module, at_once);
+    if let Err(code) = super::fits(&compiled, need, "simulate") {
+        return code;
+    }
     let instance = match sim::instance(module, args.instance_seed) {
         Ok(instance) => instance,
         Err(e) => return super::run_error(&compiled, e),
@@ -68,16 +79,15 @@ pub fn run(args: Args) -> u8 {
     let policy_name = match args.policy {
         PolicyChoice::Random => "random",
     };
-    let n = args.scenarios as usize;
     let policy = sim::RandomPolicy;
     let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_per_scenario(module, &instance, &policy, args.seed, set, n),
+        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, args.seed, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_batched(module, &instance, kernels.backend(), &policy, args.seed, set, n)
+            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, args.seed, set, n)
         }
     };
     let summary = match per_scenario {

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::builtins;
 use crate::check::{self, ActionType, CheckedModel, Definition, Observed, ReportScale, Symbol};
 use crate::syntax::ast::{self, ExprKind};
 
@@ -537,7 +538,7 @@ impl<'a> Lowering<'a> {
             // `truncated(dist(args), lo, hi)`: one sample node with the truncation attached.
             if let (Some(ast::Expr { kind: ExprKind::Call { func, args: inner }, .. }), Some(lo), Some(hi)) =
                 (args.first(), args.get(1), args.get(2))
-                && let Some(dist) = distribution(&func.name)
+                && let Some(dist) = builtins::distribution(&func.name).map(|d| d.dist)
             {
                 let values: Vec<Handle<Expr>> = inner.iter().map(|a| self.expr(a, env)).collect();
                 let lo = self.expr(lo, env);
@@ -546,57 +547,24 @@ impl<'a> Lowering<'a> {
             }
             return self.constant(f64::NAN, span);
         }
-        let dist = distribution(name);
         let values: Vec<Handle<Expr>> = args.iter().map(|a| self.expr(a, env)).collect();
-        if let Some(dist) = dist {
-            return self.push(Expr::Sample { dist, args: values, truncate: None }, span);
+        if let Some(d) = builtins::distribution(name) {
+            return self.push(Expr::Sample { dist: d.dist, args: values, truncate: None }, span);
         }
-        let first = values.first().copied();
-        let Some(x) = first else { return self.constant(f64::NAN, span) };
-        let unary = match name {
-            "exp" => Some(UnaryOp::Exp),
-            "log" => Some(UnaryOp::Log),
-            "sqrt" => Some(UnaryOp::Sqrt),
-            "tanh" => Some(UnaryOp::Tanh),
-            "sigmoid" => Some(UnaryOp::Sigmoid),
-            "softplus" => Some(UnaryOp::Softplus),
-            "sin" => Some(UnaryOp::Sin),
-            "cos" => Some(UnaryOp::Cos),
-            "abs" => Some(UnaryOp::Abs),
-            "floor" => Some(UnaryOp::Floor),
-            "ceil" => Some(UnaryOp::Ceil),
-            "round" => Some(UnaryOp::Round),
-            _ => None,
+        let (Some(function), Some(&x)) = (builtins::function(name), values.first()) else {
+            return self.constant(f64::NAN, span);
         };
-        if let Some(op) = unary {
-            return self.unary(op, x, span);
-        }
-        match (name, values.as_slice()) {
-            ("max" | "min", [_, rest @ ..]) => {
-                let op = if name == "max" { BinaryOp::Max } else { BinaryOp::Min };
+        match (function.lowering, values.as_slice()) {
+            (builtins::Lowering::Unary(op), _) => self.unary(op, x, span),
+            (builtins::Lowering::Binary(op), [_, y]) => self.binary(op, x, *y, span),
+            (builtins::Lowering::Fold(op), [_, rest @ ..]) => {
                 rest.iter().fold(x, |acc, v| self.binary(op, acc, *v, span))
             }
-            ("clamp", [_, lo, hi]) => {
+            (builtins::Lowering::Clamp, [_, lo, hi]) => {
                 let above = self.binary(BinaryOp::Max, x, *lo, span);
                 self.binary(BinaryOp::Min, above, *hi, span)
             }
-            ("pow", [_, y]) => self.binary(BinaryOp::Pow, x, *y, span),
             _ => self.constant(f64::NAN, span),
         }
     }
-}
-
-fn distribution(name: &str) -> Option<Dist> {
-    Some(match name {
-        "uniform" => Dist::Uniform,
-        "normal" => Dist::Normal,
-        "lognormal" => Dist::LogNormal,
-        "poisson" => Dist::Poisson,
-        "binomial" => Dist::Binomial,
-        "negbinomial" => Dist::NegBinomial,
-        "gamma" => Dist::Gamma,
-        "bernoulli" => Dist::Bernoulli,
-        "categorical" => Dist::Categorical,
-        _ => return None,
-    })
 }

@@ -226,67 +226,9 @@ pub struct Buffer {
     pub data: Option<Vec<f64>>,
 }
 
-/// Unary operations. Classes: `Neg` smooth; `Exp`, `Log`, `Sqrt`, `Tanh`, `Sigmoid`, `Softplus`,
-/// `Sin`, `Cos` smooth (where defined); `Abs` kink; `Floor`, `Ceil`, `Round` jump; `Not` on a
-/// condition: see [`Expr::Select`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnaryOp {
-    Neg,
-    Not,
-    Exp,
-    Log,
-    Sqrt,
-    Tanh,
-    Sigmoid,
-    Softplus,
-    Sin,
-    Cos,
-    Abs,
-    Floor,
-    Ceil,
-    Round,
-}
-
-/// Binary operations. Classes: `Add`, `Sub`, `Mul`, `Div`, `Pow` smooth; `Min`, `Max` kink;
-/// `Rem` jump; comparisons and `And`/`Or` give a 0/1 condition whose class is `Regime` when
-/// its operands do not depend on active inputs and `Jump` when they do (a condition used as a
-/// number, as in `K * (q > 0)`, is a step function of `q`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Rem,
-    Pow,
-    Min,
-    Max,
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    And,
-    Or,
-}
-
-impl BinaryOp {
-    /// Comparisons and logic: the result is a 0/1 condition, with derivative 0.
-    pub fn is_condition(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Eq
-                | BinaryOp::Ne
-                | BinaryOp::Lt
-                | BinaryOp::Le
-                | BinaryOp::Gt
-                | BinaryOp::Ge
-                | BinaryOp::And
-                | BinaryOp::Or
-        )
-    }
-}
+// The scalar operations and distributions, with their names, values and smoothness, are the
+// table of built-ins shared with the checker; the IR re-exports them as its own vocabulary.
+pub use crate::builtins::{BinaryOp, Dist, UnaryOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
@@ -303,29 +245,6 @@ pub enum ReduceOp {
     ArgMax,
     /// The element at which `body` is smallest (the first one on ties).
     ArgMin,
-}
-
-/// A distribution for [`Expr::Sample`], with its arguments in this order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dist {
-    /// `(low, high)`
-    Uniform,
-    /// `(mean, sd)`
-    Normal,
-    /// `(mu, sigma)` of the underlying normal.
-    LogNormal,
-    /// `(rate)`
-    Poisson,
-    /// `(trials, p)`
-    Binomial,
-    /// `(r, p)`: failures before the r-th success.
-    NegBinomial,
-    /// `(shape, scale)`
-    Gamma,
-    /// `(p)`: 1 with probability p.
-    Bernoulli,
-    /// `(w0, w1, ...)`: k with probability proportional to wk.
-    Categorical,
 }
 
 /// An expression node. Evaluated where a [`Stmt::Store`] needs it, with the enclosing loop and

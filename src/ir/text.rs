@@ -93,9 +93,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::{
-    Arena, BinaryOp, Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, ReduceOp, Report,
-    Set, SetId, Stmt, UnaryOp, Var,
+    Arena, BinaryOp, Buffer, BufferId, BufferKind, ElemType, Expr, Handle, Module, Program, ReduceOp, Report, Set,
+    SetId, Stmt, UnaryOp, Var,
 };
+use crate::builtins::DISTRIBUTIONS;
 use crate::diagnostics::Span;
 
 /// Expressions nested deeper than this are refused by `parse`, so that garbled input such as
@@ -112,23 +113,6 @@ const PROGRAMS: [&str; 7] = ["instance", "init", "noise", "bounds", "regimes", "
 fn programs(module: &Module) -> [&Program; 7] {
     [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
 }
-
-const UNARY: [(UnaryOp, &str); 14] = [
-    (UnaryOp::Neg, "neg"),
-    (UnaryOp::Not, "not"),
-    (UnaryOp::Exp, "exp"),
-    (UnaryOp::Log, "log"),
-    (UnaryOp::Sqrt, "sqrt"),
-    (UnaryOp::Tanh, "tanh"),
-    (UnaryOp::Sigmoid, "sigmoid"),
-    (UnaryOp::Softplus, "softplus"),
-    (UnaryOp::Sin, "sin"),
-    (UnaryOp::Cos, "cos"),
-    (UnaryOp::Abs, "abs"),
-    (UnaryOp::Floor, "floor"),
-    (UnaryOp::Ceil, "ceil"),
-    (UnaryOp::Round, "round"),
-];
 
 /// Binary operators written infix; `Min` and `Max` are written as calls.
 const INFIX: [(BinaryOp, &str); 14] = [
@@ -155,18 +139,6 @@ const REDUCE: [(ReduceOp, &str); 6] = [
     (ReduceOp::Min, "min"),
     (ReduceOp::ArgMax, "argmax"),
     (ReduceOp::ArgMin, "argmin"),
-];
-
-const DISTS: [(Dist, &str); 9] = [
-    (Dist::Uniform, "uniform"),
-    (Dist::Normal, "normal"),
-    (Dist::LogNormal, "lognormal"),
-    (Dist::Poisson, "poisson"),
-    (Dist::Binomial, "binomial"),
-    (Dist::NegBinomial, "negbinomial"),
-    (Dist::Gamma, "gamma"),
-    (Dist::Bernoulli, "bernoulli"),
-    (Dist::Categorical, "categorical"),
 ];
 
 const ELEMS: [(ElemType, &str); 3] = [(ElemType::Real, "real"), (ElemType::Int, "int"), (ElemType::Bool, "bool")];
@@ -235,10 +207,10 @@ fn is_var_word(word: &str) -> bool {
 fn is_reserved(word: &str) -> bool {
     KEYWORDS.contains(&word)
         || is_var_word(word)
-        || item_named(&UNARY, word).is_some()
+        || UnaryOp::named(word).is_some()
         || item_named(&INFIX, word).is_some()
         || item_named(&REDUCE, word).is_some()
-        || item_named(&DISTS, word).is_some()
+        || crate::builtins::distribution(word).is_some()
         || item_named(&ELEMS, word).is_some()
 }
 
@@ -471,7 +443,7 @@ impl Printer<'_> {
                 Ok(())
             }
             Expr::Unary { op, arg } => {
-                write!(f, "{}(", name_of(&UNARY, *op))?;
+                write!(f, "{}(", op.name())?;
                 self.expr(f, *arg, here)?;
                 f.write_str(")")
             }
@@ -503,7 +475,7 @@ impl Printer<'_> {
                 self.expr(f, *body, here)
             }
             Expr::Sample { dist, args, truncate } => {
-                write!(f, "sample {}(", name_of(&DISTS, *dist))?;
+                write!(f, "sample {}(", dist.name())?;
                 self.list(f, args, here)?;
                 f.write_str(")")?;
                 if let Some((lo, hi)) = truncate {
@@ -1275,7 +1247,7 @@ impl Parser {
             let var = self.var()?;
             return Ok(self.push(Expr::Var(var)));
         }
-        if let Some(op) = item_named(&UNARY, word) {
+        if let Some(op) = UnaryOp::named(word) {
             self.bump();
             self.punct("(")?;
             let arg = self.expr(depth + 1)?;
@@ -1367,11 +1339,11 @@ impl Parser {
     fn sample(&mut self, depth: usize) -> Parsed<Handle<Expr>> {
         self.word("sample")?;
         let dist = match &self.peek().tok {
-            Tok::Word(word) => item_named(&DISTS, word),
+            Tok::Word(word) => crate::builtins::distribution(word).map(|d| d.dist),
             _ => None,
         };
         let Some(dist) = dist else {
-            let names: Vec<String> = DISTS.iter().map(|(_, name)| format!("`{name}`")).collect();
+            let names: Vec<String> = DISTRIBUTIONS.iter().map(|d| format!("`{}`", d.name)).collect();
             return self.expected(&format!("a distribution ({})", names.join(", ")));
         };
         self.bump();
@@ -1404,7 +1376,7 @@ impl Parser {
 mod tests {
     use super::super::validate::tests::{Build, accumulate, differentiated, each, minimal, store};
     use super::*;
-    use crate::ir::validate;
+    use crate::ir::{Dist, validate};
 
     /// Asserts the round trip every module keeps, and returns the parsed module.
     #[track_caller]
@@ -1553,9 +1525,9 @@ vjp {
         let mu = b.buffer("mu", BufferKind::Param, &[i], ElemType::Real);
         let w = b.buffer("w", BufferKind::Param, &[i, c], ElemType::Real);
         b.m.buffers[w].data = Some(vec![0.5, 1e-7, -0.0, 1e300, 0.1, f64::MIN_POSITIVE]);
-        let draws: Vec<BufferId> = DISTS
+        let draws: Vec<BufferId> = DISTRIBUTIONS
             .iter()
-            .map(|(_, name)| b.buffer(&format!("draw_{name}"), BufferKind::Param, &[], ElemType::Real))
+            .map(|d| b.buffer(&format!("draw_{}", d.name), BufferKind::Param, &[], ElemType::Real))
             .collect();
         let quoted = b.buffer("cost", BufferKind::Param, &[], ElemType::Int);
         let x = b.buffer("x", BufferKind::State, &[i], ElemType::Real);
@@ -1590,7 +1562,7 @@ vjp {
         // instance: one draw per distribution, one truncated.
         let scale = b.sample(Dist::Uniform, &[6.0, 14.0]);
         b.m.instance.body.push(each(0, i, vec![store(mu, &[0], scale)]));
-        for ((dist, _), draw) in DISTS.iter().zip(&draws) {
+        for (dist, draw) in DISTRIBUTIONS.iter().map(|d| &d.dist).zip(&draws) {
             let args: &[f64] = match dist {
                 Dist::Poisson | Dist::Bernoulli => &[0.25],
                 Dist::Categorical => &[1.0, 3.0, 4.0, 2.0],
@@ -1636,7 +1608,7 @@ vjp {
             let after = b.bin(BinaryOp::Add, left, bought);
             let arrived = b.load(post, &[0]);
             let mut chain = b.load(s, &[]);
-            for (op, _) in UNARY.iter().rev() {
+            for op in UnaryOp::ALL.iter().rev() {
                 chain = b.e(Expr::Unary { op: *op, arg: chain });
             }
             let unary_value = chain;

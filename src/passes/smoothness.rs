@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use crate::builtins::Smoothness;
 use crate::diagnostics::{Span, pad};
 use crate::ir::*;
 
@@ -26,6 +27,15 @@ pub enum Class {
 }
 
 impl Class {
+    /// The class an operation gives to operands that are not constant.
+    fn of(smoothness: Smoothness) -> Class {
+        match smoothness {
+            Smoothness::Smooth => Class::Smooth,
+            Smoothness::Kink => Class::Kink,
+            Smoothness::Jump => Class::Jump,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Constant => "constant",
@@ -185,21 +195,11 @@ impl Analyzer<'_> {
             },
             Expr::Unary { op, arg } => {
                 let inner = self.class(arg);
-                match op {
-                    _ if inner == Class::Constant => Class::Constant,
-                    UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Not => Class::Jump,
-                    UnaryOp::Abs => inner.max(Class::Kink),
-                    _ => inner,
-                }
+                if inner == Class::Constant { Class::Constant } else { inner.max(Class::of(op.smoothness())) }
             }
             Expr::Binary { op, lhs, rhs } => {
                 let inner = self.class(lhs).max(self.class(rhs));
-                match op {
-                    _ if inner == Class::Constant => Class::Constant,
-                    BinaryOp::Min | BinaryOp::Max => inner.max(Class::Kink),
-                    _ if op == BinaryOp::Rem || op.is_condition() => Class::Jump,
-                    _ => inner,
-                }
+                if inner == Class::Constant { Class::Constant } else { inner.max(Class::of(op.smoothness())) }
             }
             Expr::Select { cond, then, otherwise } => {
                 let branches = self.class(then).max(self.class(otherwise));

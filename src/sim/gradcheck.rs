@@ -12,10 +12,12 @@
 
 use rand::rngs::ChaCha8Rng;
 
-use super::eval::{self, Buffers, Machine, RunError};
-use super::{RandomPolicy, ScenarioSet, policy_stream, scenario_stream};
+use super::RandomPolicy;
+use super::protocol::{self, Scenario, Scenariowise, World};
+use crate::backend::interp::{self, Buffers, Machine, RunError};
 use crate::backend::{self, Backend, Batch, Interp, Kernel};
-use crate::ir::{BufferId, BufferKind, Dist, Module};
+use crate::ir::{BufferId, BufferKind, Dist, Module, ValidModule};
+use crate::random::{self, ScenarioSet, policy_stream};
 
 /// The result for one input buffer (a state or a continuous action).
 #[derive(Clone, Debug)]
@@ -43,26 +45,16 @@ impl Report {
 
 /// Where a point comes from: the state after `steps` steps of scenario `index`.
 pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Result<Buffers, RunError> {
-    let mut buffers = instance.clone();
-    let mut world = scenario_stream(seed, ScenarioSet::Test, index);
+    let mut world = Scenario::start(module, instance, seed, ScenarioSet::Test, index)?;
     let mut own = policy_stream(seed, ScenarioSet::Test, index);
-    Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
-    let steps = (eval::unit(&mut own) * module.horizon as f64) as u64;
-    for t in 0..=steps {
-        Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
-        super::decide(module, &mut buffers, &RandomPolicy, &mut own)?;
-        if t == steps {
-            break;
-        }
-        Machine::new(module, &mut buffers, None).run(&module.step)?;
-        for (id, b) in module.buffers.iter().enumerate() {
-            if let BufferKind::Next { of } = b.kind {
-                let next = buffers.values[id].clone();
-                buffers.values[of] = next;
-            }
-        }
+    let steps = (random::unit(&mut own) * module.horizon as f64) as usize;
+    let mut policy = Scenariowise { module, policy: &RandomPolicy, streams: std::slice::from_mut(&mut own) };
+    for t in 0..steps {
+        protocol::period(&mut world, &mut policy, t)?;
+        world.advance();
     }
-    Ok(buffers)
+    protocol::decide(&mut world, &mut policy, steps)?;
+    Ok(world.buffers)
 }
 
 /// The weighted sum of the step's outputs.
@@ -102,7 +94,7 @@ pub fn points(module: &Module, instance: &Buffers, seed: u64, count: usize) -> R
             let mut weights = Vec::new();
             for id in outputs(module) {
                 let w: Vec<f64> = (0..module.len(id))
-                    .map(|_| eval::sample(Dist::Normal, &[0.0, 1.0], None, &mut rng))
+                    .map(|_| interp::sample(Dist::Normal, &[0.0, 1.0], None, &mut rng))
                     .collect::<Result<_, _>>()
                     .map_err(|message| RunError { span: Default::default(), message })?;
                 weights.push((id, w));
@@ -222,8 +214,8 @@ pub fn against_differences(module: &Module, vjp: &Batch, differences: &[Vec<Vec<
 }
 
 /// Checks a differentiated module's `vjp`, run by the interpreter, at `points` random points.
-pub fn check(module: &Module, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
-    check_backend(&Interp { module }, module, instance, seed, points)
+pub fn check(module: &ValidModule, instance: &Buffers, seed: u64, points: usize) -> Result<Report, RunError> {
+    check_backend(&Interp::new(module), module, instance, seed, points)
 }
 
 /// Checks the VJP kernel of a backend at `points` random points.

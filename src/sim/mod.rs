@@ -1,76 +1,35 @@
-//! Simulation: instances, scenario sets and rollouts of a policy, on the IR interpreter.
+//! Simulation: instances, scenario sets, and rollouts of a policy through the per-period
+//! protocol ([`protocol`]) on the interpreter or a backend's kernels.
 //!
-//! Randomness is organised so that results never depend on scheduling. An *instance* (the
-//! parameters) is drawn from the instance seed. Each *scenario* of a set (train, dev, test) has
-//! its own counter-based ChaCha8 stream, chosen by the scenario's index: it draws the initial
-//! state and then the noise of every step. A policy's own randomness comes from a separate stream
-//! per scenario, so two policies see exactly the same initial states and noise (common random
-//! numbers), and a seed gives the same numbers on any number of threads.
+//! Every random number comes from the streams of [`crate::random`]: an instance from the instance
+//! seed, each scenario's initial state and noise from its own stream, a policy's choices from
+//! another per scenario, so two policies meet the same scenarios and no figure depends on the
+//! number of threads.
 
-pub mod eval;
+pub mod compare;
 pub mod gradcheck;
+pub mod protocol;
 
-use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
-use rayon::prelude::*;
 
-pub use eval::{Buffers, Machine, RunError};
-
+use crate::backend::interp;
+use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferKind, Module};
-
-/// The three fixed scenario sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScenarioSet {
-    Train,
-    Dev,
-    Test,
-}
-
-impl ScenarioSet {
-    fn tag(self) -> u64 {
-        match self {
-            ScenarioSet::Train => 1,
-            ScenarioSet::Dev => 2,
-            ScenarioSet::Test => 3,
-        }
-    }
-}
-
-/// SplitMix64 finaliser: turns (seed, purpose) pairs into unrelated 64-bit seeds.
-fn mix(seed: u64, purpose: u64) -> u64 {
-    let mut z = seed ^ purpose.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn stream(seed: u64, purpose: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, purpose));
-    rng.set_stream(index);
-    rng
-}
-
-/// The random stream of scenario `index` of a set.
-pub fn scenario_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
-    stream(seed, set.tag(), index)
-}
-
-/// The random stream a policy uses in scenario `index` of a set.
-pub fn policy_stream(seed: u64, set: ScenarioSet, index: u64) -> ChaCha8Rng {
-    stream(seed, 16 + set.tag(), index)
-}
+use crate::random::{self, ScenarioSet};
+pub use protocol::{simulate_on_backend, simulate_on_interpreter};
 
 /// Draws the parameters of an instance: all buffers, with the parameters filled in.
 pub fn instance(module: &Module, seed: u64) -> Result<Buffers, RunError> {
     let mut buffers = Buffers::new(module);
-    let mut rng = stream(seed, 0, 0);
+    let mut rng = random::instance_stream(seed);
     Machine::new(module, &mut buffers, Some(&mut rng)).run(&module.instance)?;
     Ok(buffers)
 }
 
-/// Chooses the actions of one step, in two phases: the discrete actions first; then, after the
-/// `regimes` program has computed which continuous actions act and within which bounds (the
-/// chosen piece of a reformulated action), the continuous actions.
+/// Chooses the actions of one scenario's period, in the two phases of [`protocol::Decide`]: the
+/// discrete actions first; then, after the `regimes` program has computed which continuous
+/// actions act and within which bounds (the chosen piece of a reformulated action), the
+/// continuous actions. [`protocol::Scenariowise`] runs it on every scenario of a world.
 pub trait Policy: Sync {
     fn discrete(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
     fn continuous(&self, module: &Module, buffers: &mut Buffers, rng: &mut ChaCha8Rng) -> Result<(), RunError>;
@@ -110,35 +69,6 @@ fn bound_span(module: &Module, action: usize) -> crate::diagnostics::Span {
     }
 }
 
-/// Runs a step's decision: the policy's discrete choice, the `regimes` program, the continuous
-/// actions, and the rule that a continuous action outside its regime is 0.
-pub fn decide(
-    module: &Module,
-    buffers: &mut Buffers,
-    policy: &dyn Policy,
-    rng: &mut ChaCha8Rng,
-) -> Result<(), RunError> {
-    Machine::new(module, buffers, None).run(&module.bounds)?;
-    policy.discrete(module, buffers, rng)?;
-    Machine::new(module, buffers, None).run(&module.regimes)?;
-    policy.continuous(module, buffers, rng)?;
-    mask_inactive(module, buffers);
-    Ok(())
-}
-
-/// Sets every continuous action outside its regime (its `Regime` mask is 0) to 0.
-pub fn mask_inactive(module: &Module, buffers: &mut Buffers) {
-    for (mask, b) in module.buffers.iter().enumerate() {
-        if let BufferKind::Regime { action } = b.kind {
-            for k in 0..buffers.values[action].len() {
-                if buffers.values[mask][k] == 0.0 {
-                    buffers.values[action][k] = 0.0;
-                }
-            }
-        }
-    }
-}
-
 /// Uniformly random actions: each discrete action picks a label uniformly; a continuous action
 /// is uniform on `[lo, hi]` when both bounds exist, `lo + Exp(1)` or `hi - Exp(1)` on a
 /// half-line, and standard normal when unbounded.
@@ -150,7 +80,7 @@ impl Policy for RandomPolicy {
             if b.kind == BufferKind::Discrete {
                 let labels = b.labels.len().max(1) as f64;
                 for v in &mut buffers.values[id] {
-                    *v = (eval::unit(rng) * labels).floor().min(labels - 1.0);
+                    *v = (random::unit(rng) * labels).floor().min(labels - 1.0);
                 }
             }
         }
@@ -171,57 +101,18 @@ impl Policy for RandomPolicy {
                         message: format!("the bounds of `{}` (element {k}) are empty here: {l} > {h}", b.name),
                     });
                 }
-                let u = eval::unit(rng);
+                let u = random::unit(rng);
                 buffers.values[id][k] = match (lo, hi) {
                     (Some(l), Some(h)) => l + (h - l).max(0.0) * u,
                     (Some(l), None) => l - (1.0 - u).ln(),
                     (None, Some(h)) => h + (1.0 - u).ln(),
-                    (None, None) => eval::sample(crate::ir::Dist::Normal, &[0.0, 1.0], None, rng)
+                    (None, None) => interp::sample(crate::ir::Dist::Normal, &[0.0, 1.0], None, rng)
                         .map_err(|message| RunError { span: Default::default(), message })?,
                 };
             }
         }
         Ok(())
     }
-}
-
-/// One scenario's costs: per cost term, the sum over reported periods (from `warmup` on).
-pub fn rollout(
-    module: &Module,
-    instance: &Buffers,
-    policy: &dyn Policy,
-    seed: u64,
-    set: ScenarioSet,
-    index: u64,
-) -> Result<Vec<f64>, RunError> {
-    let mut buffers = instance.clone();
-    let mut world = scenario_stream(seed, set, index);
-    let mut own = policy_stream(seed, set, index);
-    Machine::new(module, &mut buffers, Some(&mut world)).run(&module.init)?;
-    let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
-    let next = module.next_states();
-    let mut totals = vec![0.0; costs.len()];
-    for t in 0..module.horizon {
-        Machine::new(module, &mut buffers, Some(&mut world)).run(&module.noise)?;
-        decide(module, &mut buffers, policy, &mut own)?;
-        Machine::new(module, &mut buffers, None).run(&module.step)?;
-        if t >= module.warmup {
-            for (total, &id) in totals.iter_mut().zip(&costs) {
-                *total += buffers.values[id][0];
-            }
-        }
-        for &(next, state) in &next {
-            let (a, b) = if next < state {
-                let (left, right) = buffers.values.split_at_mut(state);
-                (&left[next], &mut right[0])
-            } else {
-                let (left, right) = buffers.values.split_at_mut(next);
-                (&right[0], &mut left[state])
-            };
-            b.copy_from_slice(a);
-        }
-    }
-    Ok(totals)
 }
 
 /// A mean over scenarios with the half-width of its 95% confidence interval.
@@ -270,88 +161,6 @@ pub fn report_unit(module: &Module) -> String {
     if unit.is_empty() { "total over the horizon".into() } else { unit }
 }
 
-/// Runs `scenarios` scenarios of a set in parallel; per scenario, each cost term's reported
-/// figure (summed from `warmup` on and scaled as the model's `report` says).
-pub fn simulate_per_scenario(
-    module: &Module,
-    instance: &Buffers,
-    policy: &dyn Policy,
-    seed: u64,
-    set: ScenarioSet,
-    scenarios: usize,
-) -> Result<Vec<Vec<f64>>, RunError> {
-    let scale = report_scale(module);
-    (0..scenarios as u64)
-        .into_par_iter()
-        .map(|i| rollout(module, instance, policy, seed, set, i).map(|c| c.iter().map(|v| v / scale).collect()))
-        .collect()
-}
-
-/// [`simulate_per_scenario`] with the per-step programs run by a backend's kernels on batches of
-/// scenarios. The policy still decides scenario by scenario, on the same random streams, so the
-/// numbers are those of the interpreter (bit for bit with a backend that agrees with it).
-pub fn simulate_batched(
-    module: &Module,
-    instance: &Buffers,
-    backend: &dyn crate::backend::Backend,
-    policy: &dyn Policy,
-    seed: u64,
-    set: ScenarioSet,
-    scenarios: usize,
-) -> Result<Vec<Vec<f64>>, RunError> {
-    use crate::backend::{self, Batch, Kernel};
-    let scale = report_scale(module);
-    let costs: Vec<usize> = module.costs().map(|(id, _)| id).collect();
-    let next = module.next_states();
-    let mut out = Vec::with_capacity(scenarios);
-    for start in (0..scenarios).step_by(1024) {
-        let indices: Vec<usize> = (start..(start + 1024).min(scenarios)).collect();
-        let mut batch = Batch::new(module, instance, indices.len());
-        let mut worlds: Vec<ChaCha8Rng> = indices.iter().map(|&i| scenario_stream(seed, set, i as u64)).collect();
-        let mut owns: Vec<ChaCha8Rng> = indices.iter().map(|&i| policy_stream(seed, set, i as u64)).collect();
-        let mut totals = vec![vec![0.0; costs.len()]; indices.len()];
-        // Initial states, then every step: noise (interpreted, it draws), the decision, the step.
-        let per_scenario = |batch: &mut Batch, work: &mut dyn FnMut(usize, &mut Buffers) -> Result<(), RunError>| {
-            for b in 0..batch.size {
-                let mut buffers = batch.scenario(b);
-                work(b, &mut buffers)?;
-                batch.set_scenario(b, &buffers);
-            }
-            Ok::<(), RunError>(())
-        };
-        per_scenario(&mut batch, &mut |b, buffers| {
-            Machine::new(module, buffers, Some(&mut worlds[b])).run(&module.init)
-        })?;
-        for t in 0..module.horizon {
-            per_scenario(&mut batch, &mut |b, buffers| {
-                Machine::new(module, buffers, Some(&mut worlds[b])).run(&module.noise)
-            })?;
-            backend::run(backend, Kernel::Bounds, &mut batch)?;
-            per_scenario(&mut batch, &mut |b, buffers| policy.discrete(module, buffers, &mut owns[b]))?;
-            backend::run(backend, Kernel::Regimes, &mut batch)?;
-            per_scenario(&mut batch, &mut |b, buffers| {
-                policy.continuous(module, buffers, &mut owns[b])?;
-                mask_inactive(module, buffers);
-                Ok(())
-            })?;
-            backend::run(backend, Kernel::Step, &mut batch)?;
-            if t >= module.warmup {
-                for (b, total) in totals.iter_mut().enumerate() {
-                    for (sum, &id) in total.iter_mut().zip(&costs) {
-                        *sum += batch.get(id, b)[0];
-                    }
-                }
-            }
-            for &(n, state) in &next {
-                let values = batch.values[n].clone();
-                batch.values[state].copy_from_slice(&values);
-            }
-        }
-        out.extend(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>()));
-    }
-    Ok(out)
-}
-
 /// Runs `scenarios` scenarios of a set in parallel and summarises their reported costs.
 pub fn simulate(
     module: &Module,
@@ -361,7 +170,7 @@ pub fn simulate(
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Summary, RunError> {
-    let per_scenario = simulate_per_scenario(module, instance, policy, seed, set, scenarios)?;
+    let per_scenario = simulate_on_interpreter(module, instance, policy, seed, set, scenarios)?;
     Ok(summarise(module, &per_scenario, scenarios))
 }
 

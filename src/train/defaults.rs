@@ -13,9 +13,8 @@
 use std::collections::BTreeMap;
 
 use super::scenarios::Scenarios;
-use crate::backend::{self, Backend, Batch, Kernel};
+use crate::backend::{self, Backend, Batch, Buffers, Kernel, RunError};
 use crate::ir::{BufferId, BufferKind, Expr, Handle, Module, Stmt};
-use crate::sim::{Buffers, RunError};
 
 /// The scale chosen for one continuous action, and why.
 #[derive(Clone, Debug, PartialEq)]

@@ -902,7 +902,7 @@ mod tests {
         opt.value.step(&mut params, &grad);
         opt.value.step(&mut params, &grad);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let _ = crate::sim::eval::unit(&mut rng);
+        let _ = crate::random::unit(&mut rng);
         // A cost whose shortest decimal form a fast parser reads one unit in the last place off.
         let running_train = 907.3038322028689;
         let state = TrainingState { opt: &opt, rng: &rng, order: &[2, 0, 1], running_train };
@@ -921,7 +921,7 @@ mod tests {
             )
         );
         let mut rng_back = decode_checkpoint(&bytes, &mut back, Some(&mut opt_back)).unwrap().1.unwrap().rng;
-        assert_eq!(crate::sim::eval::unit(&mut rng_back), crate::sim::eval::unit(&mut rng));
+        assert_eq!(crate::random::unit(&mut rng_back), crate::random::unit(&mut rng));
         assert_eq!(opt_back.value.moments(), opt.value.moments());
         assert_eq!(opt_back.value.steps(), 2);
         // Read without an optimiser (as `eval` reads it), the state is skipped.

@@ -21,7 +21,7 @@ pub mod update;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use crate::sim::RunError;
+use crate::backend::RunError;
 use policy::Nets;
 use rollout::{Context, Mode};
 use scenarios::Scenarios;
@@ -65,6 +65,12 @@ pub enum TrainError {
     NoActions,
     RunFolder(String),
     Internal(String),
+}
+
+impl From<RunError> for TrainError {
+    fn from(e: RunError) -> TrainError {
+        TrainError::Run(e)
+    }
 }
 
 impl std::fmt::Display for TrainError {

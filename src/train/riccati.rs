@@ -1,14 +1,16 @@
 //! The exact optimum of the one-mode switched LQR (`models/switched_lqr.hmdp` with `modes = 1`):
 //! finite-horizon Riccati recursion, so that `eval` can print a trained policy's optimality gap.
+//! Its one step ([`step`]) also serves the switched optimum of `tests/train_outcomes.rs`, which
+//! enumerates mode sequences.
 //!
 //! The model is recognised by its shape: a state `x[D]`, an action `u[D]`, parameters `A[D, D]`
 //! and `B[M, D]` with one mode, and the cost `sum x² + 0.1 sum u²` of the shipped model (checked
 //! by evaluating the step on unit vectors, so an edited cost is not mistaken for it). The clamp at
 //! ±100 is ignored; the optimal trajectories stay far inside it.
 
+use crate::backend::Buffers;
 use crate::backend::{self, Backend, Batch, Kernel};
 use crate::ir::{BufferKind, Module};
-use crate::sim::Buffers;
 
 /// `x₀ᵀ P₀ x₀` and the feedback gains `u_t = −K_t x_t`, per step.
 pub struct Riccati {
@@ -70,19 +72,28 @@ fn solve(s: &[f64], rhs: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// One step of the recursion for `x' = A x + B u` with stage cost `xᵀQx + uᵀRu`: from the cost
+/// to go `xᵀPx` after the step, the cost to go before it and the optimal gain `u = −K x`.
+/// Matrices are row-major `n × n`; `None` when `R + BᵀPB` is singular. A switched LQR's
+/// optimum for a given mode sequence chains these steps with each period's `B`.
+pub fn step(a: &[f64], b: &[f64], q: &[f64], r: &[f64], p: &[f64], n: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    let (at, bt) = (transpose(a, n), transpose(b, n));
+    let pb = matmul(p, b, n);
+    let s: Vec<f64> = matmul(&bt, &pb, n).iter().zip(r).map(|(x, y)| x + y).collect();
+    let k = solve(&s, &matmul(&bt, &matmul(p, a, n), n), n)?;
+    let apa = matmul(&at, &matmul(p, a, n), n);
+    let apbk = matmul(&at, &matmul(&pb, &k, n), n);
+    Some(((0..n * n).map(|i| q[i] + apa[i] - apbk[i]).collect(), k))
+}
+
 /// The recursion for `x' = A x + B u` with stage cost `xᵀQx + uᵀRu` over `horizon` steps, no
 /// terminal cost. Matrices are row-major `n × n`.
 pub fn recursion(a: &[f64], b: &[f64], q: &[f64], r: &[f64], n: usize, horizon: usize) -> Option<Riccati> {
-    let (at, bt) = (transpose(a, n), transpose(b, n));
     let mut p = vec![0.0; n * n];
     let mut gains = vec![Vec::new(); horizon];
     for t in (0..horizon).rev() {
-        let pb = matmul(&p, b, n);
-        let s: Vec<f64> = matmul(&bt, &pb, n).iter().zip(r).map(|(x, y)| x + y).collect();
-        let k = solve(&s, &matmul(&bt, &matmul(&p, a, n), n), n)?;
-        let apa = matmul(&at, &matmul(&p, a, n), n);
-        let apbk = matmul(&at, &matmul(&pb, &k, n), n);
-        p = (0..n * n).map(|i| q[i] + apa[i] - apbk[i]).collect();
+        let (before, k) = step(a, b, q, r, &p, n)?;
+        p = before;
         gains[t] = k;
     }
     Some(Riccati { n, p0: p, gains })

@@ -1,8 +1,8 @@
 //! Batched rollouts of the policy through the compiled kernels, recording what the updates need.
 //!
-//! One step of a rollout follows the two-phase protocol of `sim::decide`: noise from the
-//! scenario set, the `bounds` kernel, the features, the discrete choice, the `regimes` kernel,
-//! the continuous actions (squashed into the bounds or the chosen piece's bounds; 0 outside their
+//! One step of a rollout is a period of the protocol of `sim::protocol`: noise from the scenario
+//! set, the `bounds` kernel, the features and the discrete choice, the `regimes` kernel, the
+//! continuous actions (squashed into the bounds or the chosen piece's bounds; 0 outside their
 //! regime), then the `step` kernel. A recording rollout keeps, per step, the batch as the step
 //! saw it (for the VJP), the continuous network's tape (for backpropagation through time), the
 //! chosen labels and their log-probabilities.
@@ -13,10 +13,11 @@ use super::TrainError;
 use super::policy::{Nets, log_softmax};
 use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash};
-use crate::backend::{self, Backend, Batch, Kernel};
+use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
 use crate::ir::Module;
 use crate::nn::mlp::Tape;
-use crate::sim::{Buffers, eval::unit};
+use crate::random::{standard_normal, unit};
+use crate::sim::protocol::{self, Batched, Decide, World};
 
 /// How actions are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,20 +111,155 @@ fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], mut raw
 
 /// The raw features every scenario of a set shows at its first step (states from `init`, the
 /// first step's noise, bounds), rows × features.
-pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, crate::sim::RunError> {
-    let mut batch = Batch::new(ctx.module, ctx.instance, set.count);
-    for (id, values) in set.init.iter().chain(set.noise.first().into_iter().flatten()) {
-        batch.values[*id].copy_from_slice(values);
-    }
-    backend::run(ctx.backend, Kernel::Bounds, &mut batch)?;
+pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, RunError> {
+    let rows: Vec<usize> = (0..set.count).collect();
+    let mut world = Batched::drawn(ctx.module, ctx.instance, ctx.backend, &set.init, &set.noise, &rows);
+    world.noise(0)?;
+    world.run(Kernel::Bounds)?;
     let features = ctx.spec.features;
     let (center, scale) = (vec![0.0; features], vec![1.0; features]);
     let mut raw = Vec::with_capacity(set.count * features);
-    self::features(ctx, &batch, &center, &scale, Some(&mut raw));
+    self::features(ctx, &world.batch, &center, &scale, Some(&mut raw));
     Ok(raw)
 }
 
-/// Runs the policy on scenarios `indices` of a set for the whole horizon.
+/// The networks deciding for a whole batch, and what they record of the period they decide.
+struct Networks<'a, 'r> {
+    ctx: &'a Context<'a>,
+    nets: &'a Nets,
+    mode: Mode<'a>,
+    rng: &'r mut ChaCha8Rng,
+    center: Vec<f64>,
+    scale: Vec<f64>,
+    /// This period's features, continuous outputs and tapes, and what the policy chose.
+    features: Vec<f32>,
+    outputs: Option<Vec<f32>>,
+    tape: Tape,
+    discrete_tape: Tape,
+    chosen: Vec<u32>,
+    log_prob: Vec<f64>,
+    used: Vec<Used>,
+}
+
+impl Decide<Batched<'_>> for Networks<'_, '_> {
+    type Error = TrainError;
+
+    /// Runs both networks on the features (side by side: they read only the features; the
+    /// continuous outputs wait until the labels and regimes are known) and chooses the labels.
+    fn discrete(&mut self, world: &mut Batched<'_>, t: usize) -> Result<(), TrainError> {
+        let (spec, nets, batch) = (self.ctx.spec, self.nets, &mut world.batch);
+        let rows = batch.size;
+        self.features = features(self.ctx, batch, &self.center, &self.scale, None);
+        let x = &self.features;
+        let (mut tape, mut discrete_tape) = (Tape::default(), Tape::default());
+        let (logits, z) = rayon::join(
+            || (spec.logits > 0).then(|| nets.discrete.forward(x, rows, &mut discrete_tape).to_vec()),
+            || (spec.outputs > 0).then(|| nets.continuous.forward(x, rows, &mut tape).to_vec()),
+        );
+        (self.tape, self.discrete_tape, self.outputs) = (tape, discrete_tape, z);
+        let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+        self.chosen = vec![0u32; rows * discrete_len];
+        self.log_prob = vec![0.0f64; rows];
+        let Some(logits) = logits else { return Ok(()) };
+        let mut lp = Vec::new();
+        for b in 0..rows {
+            let mut e = 0;
+            for head in &spec.discrete {
+                lp.resize(head.labels, 0.0);
+                for k in 0..head.len {
+                    let start = b * spec.logits + head.offset + k * head.labels;
+                    log_softmax(&logits[start..start + head.labels], &mut lp);
+                    let label = match self.mode {
+                        Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
+                        Mode::Forced(labels) => {
+                            let at = (t * rows + b) * discrete_len + e;
+                            (labels.get(at).copied().unwrap_or(0) as usize).min(head.labels - 1)
+                        }
+                        Mode::Sample | Mode::Gaussian => {
+                            let mut u = unit(self.rng);
+                            let mut pick = head.labels - 1;
+                            for (l, &p) in lp.iter().enumerate() {
+                                u -= p.exp();
+                                if u < 0.0 {
+                                    pick = l;
+                                    break;
+                                }
+                            }
+                            pick
+                        }
+                    };
+                    self.chosen[b * discrete_len + e] = label as u32;
+                    self.log_prob[b] += lp[label];
+                    batch.get_mut(head.buffer, b)[k] = label as f64;
+                    e += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the continuous outputs (or PPO's Gaussian draws around them) into the bounds or the
+    /// chosen piece's bounds; an element outside its regime is left to the protocol, which sets
+    /// it to 0.
+    fn continuous(&mut self, world: &mut Batched<'_>, t: usize) -> Result<(), TrainError> {
+        let (module, spec, batch) = (self.ctx.module, self.ctx.spec, &mut world.batch);
+        let rows = batch.size;
+        let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+        self.used = vec![Used::default(); rows * continuous_len];
+        let Some(z) = &self.outputs else { return Ok(()) };
+        for b in 0..rows {
+            let mut e = 0;
+            for head in &spec.continuous {
+                for k in 0..head.len {
+                    let active = head.mask.is_none_or(|m| batch.get(m, b)[k] != 0.0);
+                    let value = if active {
+                        let regime = match head.regime {
+                            RegimeSource::None => 0,
+                            RegimeSource::Shared { buffer, .. } => batch.get(buffer, b)[0] as usize,
+                            RegimeSource::Elementwise { buffer, .. } => batch.get(buffer, b)[k] as usize,
+                        };
+                        let output = head.offset + k * head.regime.labels() + regime;
+                        let mean = z[b * spec.outputs + output];
+                        let raw = match self.mode {
+                            Mode::Gaussian => {
+                                let sigma = self.nets.log_std[output].clamp(-20.0, 2.0).exp();
+                                let eps = standard_normal(self.rng);
+                                let draw = mean + sigma * eps as f32;
+                                self.log_prob[b] += -0.5 * eps * eps
+                                    - self.nets.log_std[output].clamp(-20.0, 2.0) as f64
+                                    - 0.5 * (2.0 * std::f64::consts::PI).ln();
+                                draw
+                            }
+                            Mode::Sample | Mode::Greedy | Mode::Forced(_) => mean,
+                        };
+                        let lo = head.lower.map_or(f64::NEG_INFINITY, |l| batch.get(l, b)[k]);
+                        let hi = head.upper.map_or(f64::INFINITY, |h| batch.get(h, b)[k]);
+                        if lo > hi {
+                            return Err(TrainError::EmptyBounds {
+                                action: module.buffers[head.buffer].name.clone(),
+                                element: k,
+                                step: t,
+                                lo,
+                                hi,
+                            });
+                        }
+                        let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
+                        self.used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
+                        v
+                    } else {
+                        0.0
+                    };
+                    batch.get_mut(head.buffer, b)[k] = value;
+                    e += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the policy on scenarios `indices` of a set for the whole horizon, period by period in
+/// the protocol of [`crate::sim::protocol`].
 pub fn rollout(
     ctx: &Context,
     nets: &Nets,
@@ -135,131 +271,28 @@ pub fn rollout(
 ) -> Result<Trajectory, TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
     let rows = indices.len();
-    let mut batch = Batch::new(module, ctx.instance, rows);
-    for (id, values) in &scenarios.init {
-        let len = batch.lens[*id];
-        for (b, &s) in indices.iter().enumerate() {
-            batch.get_mut(*id, b).copy_from_slice(&values[s * len..(s + 1) * len]);
-        }
-    }
-    let center = nets.normalizer.center();
-    let scale = nets.normalizer.scale();
-    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
-    let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+    let mut world = Batched::drawn(module, ctx.instance, ctx.backend, &scenarios.init, &scenarios.noise, indices);
+    let mut networks = Networks {
+        ctx,
+        nets,
+        mode,
+        rng,
+        center: nets.normalizer.center(),
+        scale: nets.normalizer.scale(),
+        features: Vec::new(),
+        outputs: None,
+        tape: Tape::default(),
+        discrete_tape: Tape::default(),
+        chosen: Vec::new(),
+        log_prob: Vec::new(),
+        used: Vec::new(),
+    };
     let terms = spec.costs.len();
-    let mut steps = Vec::with_capacity(module.horizon as usize);
-    for (t, noise) in scenarios.noise.iter().enumerate().take(module.horizon as usize) {
-        for (id, values) in noise {
-            let len = batch.lens[*id];
-            for (b, &s) in indices.iter().enumerate() {
-                batch.get_mut(*id, b).copy_from_slice(&values[s * len..(s + 1) * len]);
-            }
-        }
-        backend::run(ctx.backend, Kernel::Bounds, &mut batch).map_err(TrainError::Run)?;
-        let x = features(ctx, &batch, &center, &scale, None);
-
-        // Both networks read only the features, so they run side by side; the continuous
-        // outputs wait until the labels and regimes are known.
-        let (mut tape, mut discrete_tape) = (Tape::default(), Tape::default());
-        let (logits, z) = rayon::join(
-            || (spec.logits > 0).then(|| nets.discrete.forward(&x, rows, &mut discrete_tape).to_vec()),
-            || (spec.outputs > 0).then(|| nets.continuous.forward(&x, rows, &mut tape).to_vec()),
-        );
-
-        // Discrete phase.
-        let mut chosen = vec![0u32; rows * discrete_len];
-        let mut log_prob = vec![0.0f64; rows];
-        if let Some(logits) = logits {
-            let mut lp = Vec::new();
-            for b in 0..rows {
-                let mut e = 0;
-                for head in &spec.discrete {
-                    lp.resize(head.labels, 0.0);
-                    for k in 0..head.len {
-                        let start = b * spec.logits + head.offset + k * head.labels;
-                        log_softmax(&logits[start..start + head.labels], &mut lp);
-                        let label = match mode {
-                            Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
-                            Mode::Forced(labels) => {
-                                let at = (t * rows + b) * discrete_len + e;
-                                (labels.get(at).copied().unwrap_or(0) as usize).min(head.labels - 1)
-                            }
-                            Mode::Sample | Mode::Gaussian => {
-                                let mut u = unit(rng);
-                                let mut pick = head.labels - 1;
-                                for (l, &p) in lp.iter().enumerate() {
-                                    u -= p.exp();
-                                    if u < 0.0 {
-                                        pick = l;
-                                        break;
-                                    }
-                                }
-                                pick
-                            }
-                        };
-                        chosen[b * discrete_len + e] = label as u32;
-                        log_prob[b] += lp[label];
-                        batch.get_mut(head.buffer, b)[k] = label as f64;
-                        e += 1;
-                    }
-                }
-            }
-        }
-        backend::run(ctx.backend, Kernel::Regimes, &mut batch).map_err(TrainError::Run)?;
-
-        // Continuous phase.
-        let mut used = vec![Used::default(); rows * continuous_len];
-        if let Some(z) = z {
-            for b in 0..rows {
-                let mut e = 0;
-                for head in &spec.continuous {
-                    for k in 0..head.len {
-                        let active = head.mask.is_none_or(|m| batch.get(m, b)[k] != 0.0);
-                        let value = if active {
-                            let regime = match head.regime {
-                                RegimeSource::None => 0,
-                                RegimeSource::Shared { buffer, .. } => batch.get(buffer, b)[0] as usize,
-                                RegimeSource::Elementwise { buffer, .. } => batch.get(buffer, b)[k] as usize,
-                            };
-                            let output = head.offset + k * head.regime.labels() + regime;
-                            let mean = z[b * spec.outputs + output];
-                            let raw = match mode {
-                                Mode::Gaussian => {
-                                    let sigma = nets.log_std[output].clamp(-20.0, 2.0).exp();
-                                    let eps = standard_normal(rng);
-                                    let draw = mean + sigma * eps as f32;
-                                    log_prob[b] += -0.5 * eps * eps
-                                        - nets.log_std[output].clamp(-20.0, 2.0) as f64
-                                        - 0.5 * (2.0 * std::f64::consts::PI).ln();
-                                    draw
-                                }
-                                Mode::Sample | Mode::Greedy | Mode::Forced(_) => mean,
-                            };
-                            let lo = head.lower.map_or(f64::NEG_INFINITY, |l| batch.get(l, b)[k]);
-                            let hi = head.upper.map_or(f64::INFINITY, |h| batch.get(h, b)[k]);
-                            if lo > hi {
-                                return Err(TrainError::EmptyBounds {
-                                    action: module.buffers[head.buffer].name.clone(),
-                                    element: k,
-                                    step: t,
-                                    lo,
-                                    hi,
-                                });
-                            }
-                            let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
-                            used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
-                            v
-                        } else {
-                            0.0
-                        };
-                        batch.get_mut(head.buffer, b)[k] = value;
-                        e += 1;
-                    }
-                }
-            }
-        }
-
-        backend::run(ctx.backend, Kernel::Step, &mut batch).map_err(TrainError::Run)?;
+    let periods = (module.horizon as usize).min(scenarios.noise.len());
+    let mut steps = Vec::with_capacity(periods);
+    for t in 0..periods {
+        protocol::period(&mut world, &mut networks, t)?;
+        let batch = &world.batch;
         let mut costs = vec![0.0; rows * terms];
         for b in 0..rows {
             for (j, &id) in spec.costs.iter().enumerate() {
@@ -270,28 +303,19 @@ pub fn rollout(
                 costs[b * terms + j] = c;
             }
         }
+        let n = &mut networks;
         steps.push(Step {
             batch: record.then(|| batch.clone()),
-            features: x,
-            tape: record.then_some(tape),
-            discrete_tape: (record && spec.logits > 0).then_some(discrete_tape),
-            chosen,
-            log_prob,
-            used,
+            features: std::mem::take(&mut n.features),
+            tape: record.then(|| std::mem::take(&mut n.tape)),
+            discrete_tape: (record && spec.logits > 0).then(|| std::mem::take(&mut n.discrete_tape)),
+            chosen: std::mem::take(&mut n.chosen),
+            log_prob: std::mem::take(&mut n.log_prob),
+            used: std::mem::take(&mut n.used),
             costs,
         });
-        for &(next, state) in &spec.next {
-            let (n, s) = (batch.values[next].clone(), &mut batch.values[state]);
-            s.copy_from_slice(&n);
-        }
+        world.advance();
     }
-    let final_features = features(ctx, &batch, &center, &scale, None);
+    let final_features = features(ctx, &world.batch, &networks.center, &networks.scale, None);
     Ok(Trajectory { rows, steps, final_features })
-}
-
-/// A standard normal draw (Box–Muller on the policy's stream).
-pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1 = 1.0 - unit(rng);
-    let u2 = unit(rng);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }

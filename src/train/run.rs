@@ -17,9 +17,10 @@ use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
 use super::update::{Optimizers, Phases, Workspace, update};
 use super::{Algo, Config, Evaluation, TrainError, defaults, evaluate, spec_with_scales};
-use crate::backend::Backend;
+use crate::backend::{Backend, Buffers};
 use crate::pipeline::Compiled;
-use crate::sim::{self, Buffers, ScenarioSet};
+use crate::random::{self, ScenarioSet};
+use crate::sim;
 
 /// What a finished (or stopped) run reports.
 pub struct Outcome {
@@ -192,17 +193,14 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         }
         let position = u % per_epoch;
         if position == 0 {
-            for i in (1..order.len()).rev() {
-                let j = (crate::sim::eval::unit(&mut rng) * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
+            random::shuffle(&mut order, &mut rng);
         }
         let indices = &order[position * cfg.batch..((position + 1) * cfg.batch).min(order.len())];
         let entropy =
             cfg.entropy_start + (cfg.entropy_end - cfg.entropy_start) * (u as f64 / (cfg.updates.max(2) - 1) as f64);
         let t0 = Instant::now();
         let step = (|| -> Result<f64, TrainError> {
-            let mut policy_rng = sim::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
+            let mut policy_rng = random::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
             let clock = Instant::now();
             let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
             phases.rollout += clock.elapsed().as_secs_f64();

@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferId, BufferKind, Module};
-use crate::sim::{Buffers, Machine, RunError, ScenarioSet, scenario_stream};
+use crate::random::{ScenarioSet, scenario_stream};
 
 #[derive(Clone, Debug)]
 pub struct Scenarios {

@@ -16,16 +16,17 @@
 //! how the continuous actions change later discrete choices. `hpo-nocross` leaves it out.
 
 use rand::rngs::ChaCha8Rng;
+use std::ops::Range;
 use std::time::Instant;
 
 use super::policy::{Nets, log_softmax};
 use super::rollout::{Context, Trajectory};
+use super::spec::Spec;
 use super::{Config, TrainError};
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
-use crate::nn::mlp::{Mlp, Stack, Tape};
+use crate::nn::mlp::{Stack, Tape};
 use crate::nn::optim::{Adam, norm};
-use crate::sim::eval::unit;
 
 /// One Adam optimiser per parameter group, each clipped on its own.
 pub struct Optimizers {
@@ -70,7 +71,7 @@ pub struct Phases {
     pub values: f64,
     /// The first, full-batch step's losses and their gradients.
     pub first_step: f64,
-    /// HPO's backpropagation through time.
+    /// HPO's mixed gradient: the score function's backward pass and backpropagation through time.
     pub pathwise: f64,
     /// The minibatch steps' losses and gradients.
     pub minibatches: f64,
@@ -132,12 +133,6 @@ fn std_dev(values: &[f64]) -> f64 {
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
     if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 }
-}
-
-fn forward_all(net: &Mlp, features: &[f32], rows: usize) -> (Vec<f32>, Tape) {
-    let mut tape = Tape::default();
-    let out = net.forward(features, rows, &mut tape).to_vec();
-    (out, tape)
 }
 
 /// Rewards, values, GAE; the samples of the slice; the reward scale. Leaves on `tape` the value
@@ -226,8 +221,8 @@ fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut Vec<f32> {
 
 /// What one PPO-style step on the samples `which` measured; its gradients are in the workspace.
 struct Losses {
-    /// d loss / d features of each sample in `which` (the cross term), when asked for.
-    features: Option<Vec<f32>>,
+    /// d loss / d log π(k | s) of each sample in `which`: the clipped surrogate's score weights.
+    score: Vec<f64>,
     approx_kl: f64,
     clip_fraction: f64,
     entropy: f64,
@@ -250,7 +245,9 @@ struct Recorded {
     value: bool,
 }
 
-/// Clipped surrogate, entropy and value losses on the samples `which`, differentiated.
+/// Clipped surrogate, entropy and value losses on the samples `which`, differentiated. With
+/// `mixed`, the discrete network's gradient is left to [`mixed_gradient`], which takes the
+/// returned score weights and the discrete network's forward pass left in the workspace.
 #[allow(clippy::too_many_arguments)]
 fn ppo_losses(
     ctx: &Context,
@@ -260,7 +257,7 @@ fn ppo_losses(
     cfg: &Config,
     entropy_coef: f64,
     gaussian: bool,
-    want_features: bool,
+    mixed: bool,
     work: &mut Workspace,
     recorded: Recorded,
 ) -> Losses {
@@ -284,7 +281,6 @@ fn ppo_losses(
         let mut log_prob = vec![0.0f64; n];
         let mut entropy = vec![0.0f64; n];
         let mut lp = Vec::new();
-        let mut probs_of = vec![0.0f64; n * spec.logits];
         for (r, &i) in which.iter().enumerate() {
             let mut e = 0;
             for head in &spec.discrete {
@@ -294,9 +290,8 @@ fn ppo_losses(
                     log_softmax(&logits[start..start + head.labels], &mut lp);
                     let label = s.chosen[i * discrete_len + e] as usize;
                     log_prob[r] += lp[label];
-                    for (l, &v) in lp.iter().enumerate() {
+                    for &v in &lp {
                         let p = v.exp();
-                        probs_of[start + l] = p;
                         if p > 0.0 {
                             entropy[r] -= p * v;
                         }
@@ -320,7 +315,7 @@ fn ppo_losses(
         let sd = (adv.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
         let adv: Vec<f64> = adv.iter().map(|a| (a - mean) / (sd + 1e-8)).collect();
 
-        let mut dlogits = vec![0.0f32; n * spec.logits];
+        let mut score = vec![0.0f64; n];
         let mut dmeans = vec![0.0f32; n * spec.outputs];
         let dlog_std = zeroed(sgrad, spec.outputs);
         let (mut approx_kl, mut clipped) = (0.0, 0usize);
@@ -337,23 +332,7 @@ fn ppo_losses(
             }
             // d(−min(ρA, clip(ρ)A))/d log π.
             let dlp = if outside { 0.0 } else { -adv[r] * ratio / n as f64 };
-            let mut e = 0;
-            for head in &spec.discrete {
-                for k in 0..head.len {
-                    let start = r * spec.logits + head.offset + k * head.labels;
-                    let label = s.chosen[i * discrete_len + e] as usize;
-                    let h: f64 =
-                        (0..head.labels).map(|l| probs_of[start + l]).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
-                    for l in 0..head.labels {
-                        let p = probs_of[start + l];
-                        let onehot = if l == label { 1.0 } else { 0.0 };
-                        // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
-                        let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
-                        dlogits[start + l] = (dlp * (onehot - p) - entropy_coef * dh / n as f64) as f32;
-                    }
-                    e += 1;
-                }
-            }
+            score[r] = dlp;
             if gaussian {
                 for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
                     if let Some(o) = output {
@@ -368,10 +347,15 @@ fn ppo_losses(
             }
         }
 
-        let discrete = zeroed(dgrad, nets.discrete.params().len());
-        let mut dx = want_features.then(|| vec![0.0f32; n * f]);
-        if spec.logits > 0 {
-            nets.discrete.backward(dtape, &dlogits, discrete, dx.as_deref_mut());
+        if !mixed {
+            let discrete = zeroed(dgrad, nets.discrete.params().len());
+            if spec.logits > 0 {
+                let chosen: Vec<u32> =
+                    which.iter().flat_map(|&i| &s.chosen[i * discrete_len..(i + 1) * discrete_len]).copied().collect();
+                let mut dlogits = vec![0.0f32; n * spec.logits];
+                score_function(spec, &logits, &chosen, &score, entropy_coef, &mut dlogits);
+                nets.discrete.backward(dtape, &dlogits, discrete, None);
+            }
         }
         // Only PPO's Gaussian loss reaches the continuous network here; HPO's gradient for it
         // comes from `pathwise`.
@@ -381,7 +365,7 @@ fn ppo_losses(
                 nets.continuous.backward(ctape, &dmeans, continuous, None);
             }
         }
-        (dx, approx_kl, clipped, entropy)
+        (score, approx_kl, clipped, entropy)
     };
     let value = || {
         let values = if recorded.value { vtape.output() } else { nets.value.forward(&x, n, vtape) };
@@ -392,9 +376,9 @@ fn ppo_losses(
             .collect();
         nets.value.backward(vtape, &dv, zeroed(vgrad, nets.value.params().len()), None);
     };
-    let ((dx, approx_kl, clipped, entropy), ()) = rayon::join(policy, value);
+    let ((score, approx_kl, clipped, entropy), ()) = rayon::join(policy, value);
     Losses {
-        features: dx,
+        score,
         approx_kl: approx_kl / n as f64,
         clip_fraction: clipped as f64 / n as f64,
         entropy: entropy.iter().sum::<f64>() / n as f64,
@@ -525,7 +509,92 @@ fn pathwise_into(
     Ok(())
 }
 
-/// One update from one rollout. `pathwise_on` selects HPO (with `cross`) over PPO.
+/// The score-function gradient on the discrete network's logits, for samples `n = 0..score.len()`
+/// whose logits are rows of `logits` and whose chosen labels (one per discrete element) are
+/// rows of `chosen`: the gradient of `Σ_n score[n] · log π(k_n | s_n) − entropy · mean_n H_n`,
+/// written into `dlogits`. The one softmax gradient of the trainer: PPO's steps and
+/// [`mixed_gradient`] both use it.
+pub fn score_function(spec: &Spec, logits: &[f32], chosen: &[u32], score: &[f64], entropy: f64, dlogits: &mut [f32]) {
+    let n = score.len();
+    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+    let mut lp = Vec::new();
+    for (r, &weight) in score.iter().enumerate() {
+        let mut e = 0;
+        for head in &spec.discrete {
+            lp.resize(head.labels, 0.0);
+            for k in 0..head.len {
+                let start = r * spec.logits + head.offset + k * head.labels;
+                log_softmax(&logits[start..start + head.labels], &mut lp);
+                let p = |l: usize| lp[l].exp();
+                let label = chosen[r * discrete_len + e] as usize;
+                let h: f64 = (0..head.labels).map(p).filter(|p| *p > 0.0).map(|p| -p * p.ln()).sum();
+                for l in 0..head.labels {
+                    let p = p(l);
+                    let onehot = if l == label { 1.0 } else { 0.0 };
+                    // d log p_label / d logit_l = 1{l = label} − p_l; dH/dlogit_l = −p_l (log p_l + H).
+                    let dh = if p > 0.0 { -p * (p.ln() + h) } else { 0.0 };
+                    dlogits[start + l] = (weight * (onehot - p) - entropy * dh / n as f64) as f32;
+                }
+                e += 1;
+            }
+        }
+    }
+}
+
+/// How [`mixed_gradient`] weighs a rollout. The samples are the rows of the steps `steps`, step
+/// by step, row by row.
+pub struct Weights<'a> {
+    pub steps: Range<usize>,
+    /// d loss / d log π(k_n | s_n) of each sample: the cost to go (less a baseline) in the plain
+    /// estimator, the clipped surrogate's weights of normalised advantages in training.
+    pub score: &'a [f64],
+    /// The entropy bonus: the loss has `− entropy · mean_n H(π(· | s_n))`.
+    pub entropy: f64,
+    /// d loss / d cost of each step, for the pathwise gradient.
+    pub pathwise: &'a dyn Fn(usize) -> f64,
+    /// Whether the score function's gradient on the states flows back into the continuous
+    /// network (the cross term: how continuous actions move later discrete choices).
+    pub cross: bool,
+}
+
+/// HPO's mixed gradient of one rollout: the discrete network's score-function gradient, and the
+/// continuous network's pathwise gradient with the discrete labels held fixed, plus, with
+/// `weights.cross`, the score function's gradient through the states. `tape` holds the discrete
+/// network's forward pass on the samples (the rollout's, concatenated, or a fresh one). The
+/// trainer runs it in the first step of every HPO update; `tests/train.rs` proves it unbiased
+/// with the plain weights. The gradients are written into `discrete` and `continuous`.
+#[allow(clippy::too_many_arguments)]
+pub fn mixed_gradient(
+    ctx: &Context,
+    nets: &Nets,
+    traj: &mut Trajectory,
+    tape: &mut Tape,
+    weights: &Weights,
+    stack: &mut Stack,
+    discrete: &mut Vec<f32>,
+    continuous: &mut Vec<f32>,
+) -> Result<(), TrainError> {
+    let spec = ctx.spec;
+    let rows = traj.rows;
+    let n = weights.steps.len() * rows;
+    if weights.score.len() != n || weights.steps.end > traj.steps.len() || (spec.logits > 0 && tape.rows() != n) {
+        return Err(TrainError::Internal("mixed gradient: samples, weights and tape disagree".into()));
+    }
+    let discrete = zeroed(discrete, nets.discrete.params().len());
+    let mut dx = weights.cross.then(|| vec![0.0f32; n * spec.features]);
+    if spec.logits > 0 {
+        let steps = &traj.steps[weights.steps.clone()];
+        let chosen: Vec<u32> = steps.iter().flat_map(|s| &s.chosen).copied().collect();
+        let mut dlogits = vec![0.0f32; n * spec.logits];
+        score_function(spec, tape.output(), &chosen, weights.score, weights.entropy, &mut dlogits);
+        nets.discrete.backward(tape, &dlogits, discrete, dx.as_deref_mut());
+    }
+    let origin: Vec<(usize, usize)> = weights.steps.clone().flat_map(|t| (0..rows).map(move |b| (t, b))).collect();
+    let cross = dx.as_deref().map(|dx| (dx, origin.as_slice()));
+    pathwise_into(ctx, nets, traj, weights.pathwise, cross, stack, continuous)
+}
+
+/// One update from one rollout, by `cfg.algo`: HPO (with or without the cross term) or PPO.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
     ctx: &Context,
@@ -560,16 +629,15 @@ pub fn update(
             vec![all.clone()]
         } else {
             let mut order = all.clone();
-            for i in (1..n).rev() {
-                let j = (unit(rng) * (i + 1) as f64) as usize;
-                order.swap(i, j.min(i));
-            }
+            crate::random::shuffle(&mut order, rng);
             let per = n.div_ceil(cfg.minibatches.max(1));
             order.chunks(per.max(1)).map(<[usize]>::to_vec).collect()
         };
         for which in batches {
             let first = epoch == 0;
             let phase = if first { &mut stats.phases.first_step } else { &mut stats.phases.minibatches };
+            // HPO's first step: the mixed gradient, on the discrete network's pass of this step.
+            let mixed = first && !gaussian;
             let l = timed(phase, || {
                 ppo_losses(
                     ctx,
@@ -579,7 +647,7 @@ pub fn update(
                     cfg,
                     entropy_coef,
                     gaussian,
-                    first && cross,
+                    mixed,
                     work,
                     if first { first_recorded } else { Recorded::default() },
                 )
@@ -593,13 +661,17 @@ pub fn update(
                 stats.clip_fraction = l.clip_fraction;
                 stats.entropy = l.entropy;
             }
-            if first && !gaussian {
-                let cross_term = l.features.as_deref().map(|dx| (dx, s.origin.as_slice()));
+            if mixed {
                 let range = slice(cfg, ctx.module, traj.steps.len());
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
-                let (stack, grad) = (&mut work.stack, &mut work.grads.continuous);
-                timed(&mut stats.phases.pathwise, || pathwise_into(ctx, nets, traj, &weight, cross_term, stack, grad))?;
+                let weights =
+                    Weights { steps: range.clone(), score: &l.score, entropy: entropy_coef, pathwise: &weight, cross };
+                let Workspace { discrete: tape, stack, grads, .. } = work;
+                let (discrete, continuous) = (&mut grads.discrete, &mut grads.continuous);
+                timed(&mut stats.phases.pathwise, || {
+                    mixed_gradient(ctx, nets, traj, tape, &weights, stack, discrete, continuous)
+                })?;
             }
             // The gradients that step, with their norms; a norm is finite only if its gradient is,
             // so no network moves when any gradient is NaN or infinite.
@@ -622,66 +694,4 @@ pub fn update(
         }
     }
     Ok(stats)
-}
-
-/// The plain mixed-gradient estimate of `∇ E[Σ_t cost_t]` from one rollout, averaged over its
-/// rows: the pathwise gradient with the labels held fixed, plus the score function
-/// `Σ_t C_{≥t} ∇ log π(k_t | s_t)` with no baseline, and with `cross` its part through the states
-/// (how earlier continuous actions move later discrete choices). No scaling, clipping or
-/// baseline: this is the estimator whose unbiasedness the tests check; `update` is built on it.
-/// Returns the gradients of the discrete and continuous networks.
-pub fn mixed_gradient(
-    ctx: &Context,
-    nets: &Nets,
-    traj: &mut Trajectory,
-    cross: bool,
-) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
-    let spec = ctx.spec;
-    let (horizon, rows, f) = (traj.steps.len(), traj.rows, spec.features);
-    let terms = spec.costs.len().max(1);
-    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
-    // Cost to go per (step, row).
-    let mut to_go = vec![0.0f64; horizon * rows];
-    for b in 0..rows {
-        let mut acc = 0.0;
-        for t in (0..horizon).rev() {
-            acc += traj.steps[t].costs[b * terms..(b + 1) * terms].iter().sum::<f64>();
-            to_go[t * rows + b] = acc;
-        }
-    }
-    let mut features = Vec::with_capacity(horizon * rows * f);
-    let mut origin = Vec::with_capacity(horizon * rows);
-    for (t, step) in traj.steps.iter().enumerate() {
-        features.extend_from_slice(&step.features);
-        origin.extend((0..rows).map(|b| (t, b)));
-    }
-    let n = horizon * rows;
-    let mut discrete = vec![0.0f32; nets.discrete.params().len()];
-    let mut dx = vec![0.0f32; n * f];
-    if spec.logits > 0 {
-        let (logits, mut tape) = forward_all(&nets.discrete, &features, n);
-        let mut dlogits = vec![0.0f32; n * spec.logits];
-        let mut lp = Vec::new();
-        for (r, &(t, b)) in origin.iter().enumerate() {
-            let coef = to_go[t * rows + b] / rows as f64;
-            let mut e = 0;
-            for head in &spec.discrete {
-                lp.resize(head.labels, 0.0);
-                for k in 0..head.len {
-                    let start = r * spec.logits + head.offset + k * head.labels;
-                    log_softmax(&logits[start..start + head.labels], &mut lp);
-                    let label = traj.steps[t].chosen[b * discrete_len + e] as usize;
-                    for l in 0..head.labels {
-                        let onehot = if l == label { 1.0 } else { 0.0 };
-                        dlogits[start + l] = (coef * (onehot - lp[l].exp())) as f32;
-                    }
-                    e += 1;
-                }
-            }
-        }
-        nets.discrete.backward(&mut tape, &dlogits, &mut discrete, Some(&mut dx));
-    }
-    let weight = |_: usize| 1.0 / rows as f64;
-    let continuous = pathwise(ctx, nets, traj, &weight, cross.then_some((dx.as_slice(), origin.as_slice())))?;
-    Ok((discrete, continuous))
 }

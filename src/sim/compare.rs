@@ -1,7 +1,7 @@
 //! Backends checked against each other and against finite differences (`hmdpc gradcheck
 //! --backend all`).
 //!
-//! On the points of `sim::gradcheck` (states a random policy reaches, random actions, random
+//! On the points of [`gradcheck`] (states a random policy reaches, random actions, random
 //! normal adjoints of the next states and costs), every backend runs [`Kernel::Step`] and
 //! [`Kernel::Vjp`] on the same [`Batch`]. For every pair of backends the table gives the largest
 //! relative difference of the forward outputs (next states, lets, costs) and of the VJP outputs
@@ -13,10 +13,9 @@
 //! only one is NaN. Before the VJP runs, the adjoints it must overwrite are set to NaN, so a
 //! backend that accumulates into them instead of overwriting them is caught.
 
-use super::{Backend, Batch, Kernel, is_accumulated};
+use super::gradcheck::{self, InputReport};
+use crate::backend::{self, Backend, Batch, Buffers, Kernel, RunError, is_accumulated};
 use crate::ir::{BufferId, BufferKind, Module};
-use crate::sim::gradcheck::{self, InputReport};
-use crate::sim::{Buffers, RunError};
 
 /// What the last column of a finite-difference row is compared with.
 pub const FINITE_DIFFERENCES: &str = "finite differences";
@@ -134,14 +133,14 @@ pub fn compare(
     let mut runs: Vec<(Batch, Batch)> = Vec::new();
     for backend in backends {
         let mut forward = base.clone();
-        super::run(*backend, Kernel::Step, &mut forward)?;
+        backend::run(*backend, Kernel::Step, &mut forward)?;
         let mut vjp = base.clone();
         for (id, b) in module.buffers.iter().enumerate() {
             if is_accumulated(module, b.kind) {
                 vjp.values[id].iter_mut().for_each(|v| *v = f64::NAN);
             }
         }
-        super::run(*backend, Kernel::Vjp, &mut vjp)?;
+        backend::run(*backend, Kernel::Vjp, &mut vjp)?;
         runs.push((forward, vjp));
     }
 

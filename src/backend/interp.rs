@@ -1,9 +1,11 @@
 //! The IR interpreter: runs a program on one scenario's buffers. It is the reference every
-//! backend is checked against, so it is written for clarity, not speed.
+//! backend is checked against, so it is written for clarity, not speed. [`Interp`] runs it on a
+//! [`Batch`](super::Batch) as a backend, scenario by scenario.
 
 use rand::rngs::ChaCha8Rng;
 use rand_distr::Distribution;
 
+use super::{Backend, Kernel, Pointers, is_accumulated, is_shared};
 use crate::diagnostics::Span;
 use crate::ir::{BinaryOp, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
 
@@ -203,45 +205,11 @@ impl<'a> Machine<'a> {
 }
 
 pub fn unary(op: UnaryOp, x: f64) -> f64 {
-    match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Not => f64::from(u8::from(x == 0.0)),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        // Stable for large |x|: max(x, 0) + log(1 + exp(-|x|)).
-        UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Floor => x.floor(),
-        UnaryOp::Ceil => x.ceil(),
-        UnaryOp::Round => x.round(),
-    }
+    op.apply(x)
 }
 
 pub fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
-    let truth = |c: bool| f64::from(u8::from(c));
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Rem => a % b,
-        BinaryOp::Pow => a.powf(b),
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Eq => truth(a == b),
-        BinaryOp::Ne => truth(a != b),
-        BinaryOp::Lt => truth(a < b),
-        BinaryOp::Le => truth(a <= b),
-        BinaryOp::Gt => truth(a > b),
-        BinaryOp::Ge => truth(a >= b),
-        BinaryOp::And => truth(a != 0.0 && b != 0.0),
-        BinaryOp::Or => truth(a != 0.0 || b != 0.0),
-    }
+    op.apply(a, b)
 }
 
 /// Rejection sampling gives up after this many tries, so a truncation to a region of tiny
@@ -270,7 +238,7 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
             if !lo.is_finite() || !hi.is_finite() || lo >= hi {
                 return Err(bad("`uniform` needs finite low < high"));
             }
-            lo + (hi - lo) * unit(rng)
+            lo + (hi - lo) * crate::random::unit(rng)
         }
         Dist::Normal => rand_distr::Normal::new(arg(0), arg(1))
             .map_err(|_| bad("`normal` needs a finite mean and sd >= 0"))?
@@ -307,14 +275,14 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad("`bernoulli` needs 0 <= p <= 1"));
             }
-            f64::from(u8::from(unit(rng) < p))
+            f64::from(u8::from(crate::random::unit(rng) < p))
         }
         Dist::Categorical => {
             let total: f64 = args.iter().sum();
             if args.iter().any(|w| !w.is_finite() || *w < 0.0) || total.is_nan() || total <= 0.0 {
                 return Err(bad("`categorical` needs weights >= 0 with a positive sum"));
             }
-            let mut u = unit(rng) * total;
+            let mut u = crate::random::unit(rng) * total;
             let mut chosen = args.len() - 1;
             for (k, w) in args.iter().enumerate() {
                 if u < *w {
@@ -328,15 +296,68 @@ fn draw(dist: Dist, args: &[f64], rng: &mut ChaCha8Rng) -> Result<f64, String> {
     })
 }
 
-/// A uniform draw in [0, 1) with 53 random bits.
-pub fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    use rand::Rng;
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
 fn poisson(rate: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
     if rate == 0.0 {
         return Some(0.0);
     }
     Some(rand_distr::Poisson::new(rate).ok()?.sample(rng))
+}
+
+/// The interpreter as a backend: copies each scenario out of the batch, runs the IR program on
+/// it, and copies it back. Slow, and the reference every other backend is checked against.
+pub struct Interp<'m> {
+    module: &'m Module,
+}
+
+impl<'m> Interp<'m> {
+    /// The interpreter's kernels for a validated module.
+    pub fn new(module: &'m crate::ir::ValidModule) -> Interp<'m> {
+        Interp { module }
+    }
+}
+
+impl Backend for Interp<'_> {
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    unsafe fn run_range(
+        &self,
+        kernel: Kernel,
+        pointers: Pointers<'_>,
+        start: usize,
+        end: usize,
+    ) -> Result<(), RunError> {
+        let module = self.module;
+        let shared: Vec<bool> = module.buffers.iter().map(|b| is_shared(b.kind)).collect();
+        let program = kernel.program(module);
+        for b in start..end {
+            let slices: Vec<(*mut f64, usize)> = (0..module.buffers.len())
+                .map(|id| {
+                    let len = module.len(id);
+                    // SAFETY: the caller guarantees the batch has scenario `b` of every buffer.
+                    let base = unsafe { if shared[id] { pointers.bases[id] } else { pointers.bases[id].add(b * len) } };
+                    (base, len)
+                })
+                .collect();
+            // SAFETY: as above; each slice is one buffer of one scenario.
+            let read = |&(p, n): &(*mut f64, usize)| unsafe { std::slice::from_raw_parts(p, n) }.to_vec();
+            let mut buffers = Buffers { values: slices.iter().map(read).collect() };
+            if kernel == Kernel::Vjp {
+                for (id, buffer) in module.buffers.iter().enumerate() {
+                    if is_accumulated(module, buffer.kind) {
+                        buffers.values[id].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+            }
+            Machine::new(module, &mut buffers, None).run(program)?;
+            for (id, &(p, n)) in slices.iter().enumerate() {
+                if !shared[id] {
+                    // SAFETY: scenario `b` of a per-scenario buffer belongs to this call alone.
+                    unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&buffers.values[id]);
+                }
+            }
+        }
+        Ok(())
+    }
 }
