@@ -480,7 +480,8 @@ fn the_riccati_policy_attains_the_printed_optimum() {
 
 /// Training outcome on a problem with a known optimum: HPO on a 2-dimensional one-mode LQR gets
 /// within 3% of the Riccati optimum on the test scenarios in 200 updates (1.8% when this test was
-/// written; the shipped 8-dimensional LQR reaches 0.26% in 1000 updates with the defaults).
+/// written; the shipped 8-dimensional LQR reached 0.26% in 1000 updates with the paper's 512×512 networks,
+/// now `--preset paper`).
 #[test]
 fn hpo_approaches_the_riccati_optimum_of_a_small_lqr() {
     let out = scratch("riccati");
@@ -661,4 +662,134 @@ fn a_run_repeats_from_its_run_json() {
     let refused = hmdpc(&["train", "models/inventory.hmdp", "--config", s(&bad), "--out", s(&scratch("bad"))]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(text(&refused.stderr).contains("updatez"), "{}", text(&refused.stderr));
+}
+
+/// Each continuous action's scale comes from the model: a half-line's from the states it changes
+/// (here `level`, which starts at 50, through `pipe`), a whole line's from the noise in the
+/// equation of the state it changes (`shock`, of mean size about 8), another half-line's from the
+/// parameter that scales the shock in its state's equation (`mu`), 1 when nothing gives a size,
+/// and none on a finite interval, whose bounds (here depending on the state) are printed instead.
+/// `train` says so, `run.json` records it, and `--action-scale` overrides it.
+#[test]
+fn the_default_action_scales_follow_the_model() {
+    let model = model_file(
+        "scales.hmdp",
+        "model scales\n\
+         state level = 50\n\
+         state pipe = 0\n\
+         state x = 0\n\
+         state y = 0\n\
+         state stock = 0\n\
+         param mu = 40\n\
+         noise shock ~ uniform(-16, 0)\n\
+         noise z ~ uniform(0.5, 1.5)\n\
+         action q: real >= 0\n\
+         action u: real\n\
+         action v: real\n\
+         action w: real in [0, 100 - level]\n\
+         action r: real >= 0\n\
+         step {\n\
+           pipe' = q\n\
+           level' = clamp(level - 1 + pipe - w, 0, 100)\n\
+           x' = 0.5 * x + u + shock\n\
+           y' = 0\n\
+           stock' = stock + r - mu * z\n\
+           cost c = (level - 50)^2 + x^2 + v^2 + w + stock^2\n\
+         }\n\
+         horizon 5\n",
+    );
+    let out = scratch("scales");
+    let args = ["train", s(&model), "--hidden", "8", "--scenarios", "64", "--updates", "1", "--out", s(&out)];
+    let run = hmdpc(&args);
+    let stdout = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}{}", text(&run.stderr));
+    assert!(
+        stdout.contains("action scale: q 50 (the mean size of `level` at the start, a state it changes)"),
+        "{stdout}"
+    );
+    let u = stdout.lines().find(|l| l.starts_with("action scale: u ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(u.contains("the noise `shock`"), "{u}");
+    assert!(stdout.contains("action scale: v 1 (nothing in the model gives its size)"), "{stdout}");
+    let r = "action scale: r 40 (the mean size of the parameter `mu`, in the equations of the states it changes)";
+    assert!(stdout.contains(r), "{stdout}");
+    assert!(stdout.contains("action w: squashed between its bounds [0, 50] at the start; no scale"), "{stdout}");
+    assert!(!stdout.contains("networks:"), "--hidden was given: {stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    let scales = record.pointer("/config/action_scales").unwrap_or_else(|| panic!("{record:#}"));
+    assert_eq!(scales.get("q"), Some(&serde_json::json!(50.0)), "{scales}");
+    assert_eq!(scales.get("v"), Some(&serde_json::json!(1.0)), "{scales}");
+    assert!(scales.get("w").is_none(), "{scales}");
+    let shock = scales.get("u").and_then(|u| u.as_f64()).unwrap_or_default();
+    assert!((shock - 8.0).abs() < 0.5, "the mean size of uniform(-16, 0) is 8: {shock}");
+
+    // `--action-scale` sets every scale, and is not explained; `--quiet` prints no reasons.
+    let given = hmdpc(&[
+        "train",
+        s(&model),
+        "--scenarios",
+        "64",
+        "--updates",
+        "1",
+        "--out",
+        s(&out),
+        "--force",
+        "--action-scale",
+        "3",
+    ]);
+    let stdout = text(&given.stdout);
+    assert_eq!(given.status.code(), Some(0), "{stdout}{}", text(&given.stderr));
+    assert!(!stdout.contains("action scale:") && stdout.contains("networks: 128×128"), "{stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    let three = serde_json::json!({"q": 3.0, "r": 3.0, "u": 3.0, "v": 3.0});
+    assert_eq!(record.pointer("/config/action_scales"), Some(&three));
+    let quiet =
+        hmdpc(&["train", s(&model), "--scenarios", "64", "--updates", "1", "--out", s(&out), "--force", "--quiet"]);
+    assert!(!text(&quiet.stdout).contains("action scale"), "{}", text(&quiet.stdout));
+}
+
+/// A run folder recorded before the per-action scales (no `action_scales`) scaled only its
+/// half-line actions, by `action_scale`: it evaluates as it did, which for a model whose actions
+/// are all on half-lines is exactly the run that records that scale per action.
+#[test]
+fn a_run_recorded_before_the_per_action_scales_evaluates_as_it_did() {
+    let out = scratch("legacy-scales");
+    let mut args = vec!["train", "models/inventory.hmdp", "--set", "items=2", "--out", s(&out)];
+    args.extend(SMALL);
+    args.push("4");
+    let run = hmdpc(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let path = out.join("run.json");
+    let recorded = std::fs::read_to_string(&path).expect("run.json");
+    let mut record: serde_json::Value = serde_json::from_str(&recorded).expect("json");
+    let scale = record.pointer("/config/action_scales/q").cloned().unwrap_or_else(|| panic!("{record:#}"));
+    let now = hmdpc(&["eval", s(&out)]);
+    assert_eq!(now.status.code(), Some(0), "{}", text(&now.stderr));
+    let config = record.get_mut("config").and_then(|c| c.as_object_mut()).expect("config");
+    config.remove("action_scales");
+    config.insert("action_scale".into(), scale);
+    std::fs::write(&path, serde_json::to_string_pretty(&record).expect("json")).expect("run.json");
+    let old = hmdpc(&["eval", s(&out)]);
+    assert_eq!(old.status.code(), Some(0), "{}", text(&old.stderr));
+    assert_eq!(text(&old.stdout), text(&now.stdout));
+    // The whole line of the LQR was not scaled then: the same scale recorded the old way gives
+    // another policy.
+    let lqr = scratch("legacy-lqr");
+    let mut args = vec!["train", "models/switched_lqr.hmdp", "--set", "n=2", "--out", s(&lqr)];
+    args.extend(SMALL);
+    args.push("4");
+    assert_eq!(hmdpc(&args).status.code(), Some(0));
+    let path = lqr.join("run.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("run")).expect("json");
+    let now = hmdpc(&["eval", s(&lqr)]);
+    let config = record.get_mut("config").and_then(|c| c.as_object_mut()).expect("config");
+    let scale = config.remove("action_scales").and_then(|s| s.get("u").cloned()).expect("u's scale");
+    assert_ne!(scale, serde_json::json!(1.0));
+    config.insert("action_scale".into(), scale);
+    std::fs::write(&path, serde_json::to_string_pretty(&record).expect("json")).expect("run.json");
+    let old = hmdpc(&["eval", s(&lqr)]);
+    assert_eq!(old.status.code(), Some(0), "{}", text(&old.stderr));
+    assert_ne!(text(&old.stdout), text(&now.stdout));
 }

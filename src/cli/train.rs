@@ -220,7 +220,7 @@ fn train_error(compiled: &Compiled, e: TrainError) -> u8 {
 fn need(module: &hmdp::ir::Module, config: &Config) -> hmdp::resources::Need {
     let spec = hmdp::train::spec::Spec::of(module);
     let mut widths = vec![spec.features];
-    widths.extend(&config.hidden);
+    widths.extend(config.hidden());
     widths.push(spec.logits.max(spec.outputs).max(1));
     hmdp::resources::Need::new()
         .model(module)

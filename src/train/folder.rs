@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::policy::Nets;
 use super::spec::Spec;
 use super::update::Optimizers;
-use super::{Config, spec_with_squash};
+use super::{Config, spec_with_scales, spec_with_squash};
 use crate::ir::Module;
 use crate::nn::optim::Adam;
 use crate::pipeline::{self, Compiled, Failure, Snapshot, describe_io};
@@ -822,9 +822,14 @@ pub fn read_curve(text: &str) -> Vec<CurveRow> {
 
 /// Networks shaped for a module and settings, parameters from a checkpoint.
 pub fn load_nets(module: &Module, cfg: &Config, bytes: &[u8]) -> Result<(Nets, Spec), String> {
-    let spec = spec_with_squash(module, cfg.action_scale.unwrap_or(1.0), cfg.action_shift);
+    // A run recorded before the per-action scales scaled its half-lines by `action_scale` alone.
+    let spec = if cfg.action_scales.is_empty() {
+        spec_with_squash(module, cfg.action_scale.unwrap_or(1.0), cfg.action_shift)
+    } else {
+        spec_with_scales(module, &cfg.action_scales, cfg.action_shift)
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
+    let mut nets = Nets::new(&spec, &cfg.hidden(), cfg.normalize, &mut rng);
     decode_checkpoint(bytes, &mut nets, None)?;
     Ok((nets, spec))
 }

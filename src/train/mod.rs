@@ -8,6 +8,7 @@
 //! and the best parameters so far are kept. [`run`] writes all of it to a run folder.
 
 pub mod config;
+pub mod defaults;
 pub mod folder;
 pub mod policy;
 pub mod riccati;
@@ -131,7 +132,8 @@ pub fn evaluate(ctx: &Context, nets: &Nets, set: &Scenarios) -> Result<Evaluatio
 }
 
 /// The spec of a module with the scale and shift of its half-line actions set (actions on an
-/// interval or the whole line are neither scaled nor shifted).
+/// interval or the whole line are neither scaled nor shifted): how runs recorded before the
+/// per-action scales squashed, kept so that their folders evaluate as they did.
 pub fn spec_with_squash(module: &crate::ir::Module, scale: f64, shift: f64) -> Spec {
     let mut spec = Spec::of(module);
     for head in &mut spec.continuous {
@@ -139,6 +141,21 @@ pub fn spec_with_squash(module: &crate::ir::Module, scale: f64, shift: f64) -> S
             head.scale = scale;
             head.shift = shift;
         }
+    }
+    spec
+}
+
+/// The spec of a module with each continuous action's scale taken from `scales` (by name; 1 when
+/// absent) and every action shifted by `shift` (which only a half-line uses).
+pub fn spec_with_scales(
+    module: &crate::ir::Module,
+    scales: &std::collections::BTreeMap<String, f64>,
+    shift: f64,
+) -> Spec {
+    let mut spec = Spec::of(module);
+    for head in &mut spec.continuous {
+        head.scale = scales.get(&module.buffers[head.buffer].name).copied().unwrap_or(1.0);
+        head.shift = shift;
     }
     spec
 }

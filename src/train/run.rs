@@ -16,7 +16,7 @@ use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
 use super::update::{Optimizers, Phases, Workspace, update};
-use super::{Algo, Config, Evaluation, TrainError, evaluate, spec_with_squash};
+use super::{Algo, Config, Evaluation, TrainError, defaults, evaluate, spec_with_scales};
 use crate::backend::{Backend, Buffers};
 use crate::pipeline::Compiled;
 use crate::random::{self, ScenarioSet};
@@ -73,9 +73,17 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         .map_err(TrainError::Run)?;
     let dev_set = Scenarios::draw(module, &instance, cfg.scenario_seed, ScenarioSet::Dev, cfg.scenarios)
         .map_err(TrainError::Run)?;
-    let mut cfg = cfg.resolved(module);
-    let scale = *cfg.action_scale.get_or_insert_with(|| train_set.noise_scale());
-    let spec = spec_with_squash(module, scale, cfg.action_shift);
+    let asked = cfg;
+    let mut cfg = asked.resolved(module);
+    let derived = defaults::action_scales(module, &instance, inputs.backend, &train_set).map_err(TrainError::Run)?;
+    let (scales, scale_lines) = defaults::resolve(asked.action_scale, &asked.action_scales, &derived);
+    cfg.action_scales = scales;
+    if inputs.progress {
+        asked.explain(&cfg, module).iter().chain(&scale_lines).for_each(|line| println!("{line}"));
+    }
+    // Features that do not vary at the start are divided by the model's typical size.
+    let typical = cfg.action_scale.unwrap_or_else(|| train_set.noise_scale());
+    let spec = spec_with_scales(module, &cfg.action_scales, cfg.action_shift);
     let ctx = Context { module, spec: &spec, backend: inputs.backend, instance: &instance };
 
     let folder = &inputs.folder;
@@ -106,7 +114,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
 
     // The training randomness: initial weights, sampling, the order of the train set.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7473);
-    let mut nets = Nets::new(&spec, &cfg.hidden, cfg.normalize, &mut rng);
+    let mut nets = Nets::new(&spec, &cfg.hidden(), cfg.normalize, &mut rng);
     let mut opt = Optimizers::new(&nets, &cfg);
     let mut work = Workspace::default();
     let mut first_update = 0;
@@ -133,7 +141,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         }
         None => {
             let start = super::rollout::initial_features(&ctx, &train_set).map_err(TrainError::Run)?;
-            nets.normalizer.fit(&start, spec.features, scale);
+            nets.normalizer.fit(&start, spec.features, typical);
         }
     }
     let names: Vec<String> = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();

@@ -49,8 +49,8 @@ pub struct ContinuousHead {
     pub mask: Option<BufferId>,
     /// The first raw output of this action in the continuous network's output.
     pub offset: usize,
-    /// Multiplies a softplus on a half-line, so that the first actions have a sensible size
-    /// (1 for actions on an interval or the whole line).
+    /// Multiplies a softplus on a half-line and the raw output on the whole line, so that the
+    /// first actions have a sensible size (unused on an interval).
     pub scale: f64,
     /// Added to the raw output inside a softplus on a half-line (0 for other actions).
     pub shift: f64,
@@ -136,8 +136,8 @@ impl Spec {
 }
 
 /// Puts a raw output `z` into `[lo, hi]`: a sigmoid on a finite interval, a scaled and shifted
-/// softplus on a half-line, the identity on the whole line. Returns the value and its derivative
-/// in `z`.
+/// softplus on a half-line, the scaled raw output on the whole line. Returns the value and its
+/// derivative in `z`.
 pub fn squash(z: f64, lo: f64, hi: f64, scale: f64, shift: f64) -> (f64, f64) {
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
@@ -148,7 +148,7 @@ pub fn squash(z: f64, lo: f64, hi: f64, scale: f64, shift: f64) -> (f64, f64) {
         }
         (true, false) => (lo + scale * softplus(z + shift), scale * sigmoid(z + shift)),
         (false, true) => (hi - scale * softplus(shift - z), scale * sigmoid(shift - z)),
-        (false, false) => (z, 1.0),
+        (false, false) => (scale * z, scale),
     }
 }
 
