@@ -264,6 +264,14 @@ impl Checker<'_> {
             (Definition::Data(v), true) => v.first().copied(),
             _ => None,
         };
+        let overridden = dims.is_empty() && self.override_for(&d.name.name).is_some();
+        if let (Definition::Value(e), None, false) = (&definition, constant, overridden)
+            && self.value_at_run_time(e, &scope).is_some_and(|v| !v.is_finite())
+        {
+            self.broken.insert(symbol);
+            self.not_finite(&d.name.name, e, &scope, self.value_at_run_time(e, &scope).unwrap_or(f64::NAN));
+            return;
+        }
         let mut definition = definition;
         // `--set` replaces the value of a scalar parameter and keeps its type.
         if let Some(v) = self.override_for(&d.name.name).filter(|_| dims.is_empty()) {
@@ -306,6 +314,26 @@ impl Checker<'_> {
             param.definition = definition;
             param.constant = constant;
         }
+    }
+
+    /// A parameter whose value, known at compile time, is infinite or not a number: the error
+    /// points at the part that made it so.
+    fn not_finite(&mut self, name: &str, e: &ast::Expr, scope: &Scope, whole: f64) {
+        let (part, value) = self.non_finite(e, scope).unwrap_or_else(|| (e.clone(), whole));
+        let what = if whole.is_nan() { "not a number" } else { "infinite" };
+        let cause = match &part.kind {
+            ast::ExprKind::Binary { op: ast::BinaryOp::Div | ast::BinaryOp::Rem, rhs, .. }
+                if self.constant(rhs, scope) == Some(0.0) =>
+            {
+                "a division by zero"
+            }
+            _ if value.is_nan() => "not a number (NaN)",
+            _ => "infinite",
+        };
+        self.error(
+            Diagnostic::error("not-finite", format!("the value of parameter `{name}` is {what}"), part.span, cause)
+                .with_help("a parameter must be a finite number: check for a division by zero, `log` of 0, `sqrt` of a negative number or an overflow"),
+        );
     }
 
     /// The element type a declaration gets from its value's type and its annotation.
