@@ -217,6 +217,20 @@ fn every_two_kinds_of_name_collide_with_a_located_error() {
     );
 }
 
+/// A refused size is reported once: what only follows from it (the sets over it, the arrays over
+/// those sets, the indices inferred from them) stays quiet.
+#[test]
+fn a_refused_size_is_the_only_error() {
+    let path = common::root().join("models/inventory.hmdp");
+    let source = std::fs::read_to_string(&path).expect("models/inventory.hmdp is readable");
+    for items in [0.0, -3.0, 2.5] {
+        let options = hmdp::check::Options { overrides: vec![("items".to_string(), items)] };
+        let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &options);
+        let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["bad-size"], "--set items={items}");
+    }
+}
+
 /// A parameter known only once its instance is drawn is checked then: an infinite or NaN value
 /// is a located run-time error that names it, not a `null` in `instance` or NaN in `simulate`.
 #[test]

@@ -55,6 +55,8 @@ impl Checker<'_> {
                     self.set_named(set_name)
                 }
                 None => match self.globals.get(&dim.first.name).map(|g| g.symbol) {
+                    // A broken set was reported where it is declared; what follows from it is not.
+                    Some(Symbol::Set(s)) if self.broken.contains(&Symbol::Set(s)) => None,
                     Some(Symbol::Set(s)) => Some(s),
                     Some(other) => {
                         let kind = self.kind_name(other);
@@ -120,6 +122,11 @@ impl Checker<'_> {
         let mut found: Vec<(SetId, Span)> = Vec::new();
         for e in uses {
             self.collect_index_uses(e, &index.name, &mut found);
+        }
+        // An array over a set that did not resolve (reported where it is declared) says nothing
+        // about the index: stay quiet rather than report a conflict with a set `?`.
+        if found.iter().any(|(s, _)| *s == UNRESOLVED || self.broken.contains(&Symbol::Set(*s))) {
+            return None;
         }
         let sets: HashSet<SetId> = found.iter().map(|(s, _)| *s).collect();
         match sets.len() {
