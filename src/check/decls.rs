@@ -638,10 +638,7 @@ impl Checker<'_> {
                 ActionType::Discrete { labels: labels.iter().map(|l| l.name.clone()).collect(), over_set: None }
             }
             ast::ActionKind::OverSet(set) => match self.set_named(set) {
-                Some(s) => {
-                    let (lo, hi) = self.m.sets.get(s).map_or((0, 0), |s| (s.lo, s.hi));
-                    ActionType::Discrete { labels: (lo..hi).map(|v| v.to_string()).collect(), over_set: Some(s) }
-                }
+                Some(s) => ActionType::Discrete { labels: Vec::new(), over_set: Some(s) },
                 None => {
                     self.broken.insert(symbol);
                     ActionType::Discrete { labels: Vec::new(), over_set: None }
