@@ -97,10 +97,14 @@ impl Checker<'_> {
         let ty = |a: ActionId| self.m.actions.get(a).map(|a| &a.ty);
         match (ty(x), ty(y)) {
             _ if x == y => true,
-            (Some(ActionType::Discrete { over_set: Some(s), .. }), Some(ActionType::Discrete { over_set: Some(t), .. })) => {
-                self.m.sets.get(*s).map(|s| (s.lo, s.hi)) == self.m.sets.get(*t).map(|t| (t.lo, t.hi))
-            }
-            (Some(ActionType::Discrete { labels: a, over_set: None }), Some(ActionType::Discrete { labels: b, over_set: None })) => a == b,
+            (
+                Some(ActionType::Discrete { over_set: Some(s), .. }),
+                Some(ActionType::Discrete { over_set: Some(t), .. }),
+            ) => self.m.sets.get(*s).map(|s| (s.lo, s.hi)) == self.m.sets.get(*t).map(|t| (t.lo, t.hi)),
+            (
+                Some(ActionType::Discrete { labels: a, over_set: None }),
+                Some(ActionType::Discrete { labels: b, over_set: None }),
+            ) => a == b,
             _ => false,
         }
     }

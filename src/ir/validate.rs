@@ -581,9 +581,7 @@ impl Validator<'_> {
                     kind_word(&b.kind),
                     b.name
                 )),
-                Some(b) if !listed.insert(*id) => {
-                    self.error(format!("observe lists `{}` twice", b.name))
-                }
+                Some(b) if !listed.insert(*id) => self.error(format!("observe lists `{}` twice", b.name)),
                 Some(_) => {}
             }
         }
