@@ -214,6 +214,18 @@ horizon 3
     assert_eq!(model.label_position(a, "999999999"), Some(999_999_999));
     assert_eq!(model.label_position(a, "1000000000"), None);
     assert!(hmdp::check::summary(&model).contains("1000000000 choices"));
+
+    // Messages about such a choice list a few of its labels and say how many there are.
+    for (wrong, code, tail) in [
+        ("match a { 0 => 1, 7 => 2 }", "non-exhaustive", "… and 999999978 more"),
+        ("match a { 0 => 1, 1000000000 => 2, _ => x }", "unknown-label", "… (1000000000 in all)"),
+    ] {
+        let source = source.replace("match a { 0 => 1, 999999999 => 2, _ => x }", wrong);
+        let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &hmdp::check::Options::default());
+        let rendered = hmdp::diagnostics::render(&outcome.diagnostics, "model.hmdp", &source, false);
+        assert_eq!(outcome.diagnostics.iter().map(|d| d.code).collect::<Vec<_>>(), [code], "{rendered}");
+        assert!(rendered.contains(tail) && rendered.len() < 2_000, "{rendered}");
+    }
 }
 
 /// Compiling (check, lowering, validation, smoothness analysis) is near-linear in the number of

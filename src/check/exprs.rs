@@ -9,6 +9,9 @@ use super::{did_you_mean, duplicate};
 use crate::diagnostics::{Diagnostic, Span};
 use crate::syntax::ast::{self, BinaryOp, ExprKind, UnaryOp};
 
+/// How many labels of a `choice[SET]` a message lists before it says how many there are.
+const SHOWN_LABELS: usize = 20;
+
 impl Checker<'_> {
     pub(super) fn numeric(&mut self, ty: Ty, span: Span, what: &str) -> bool {
         match ty {
@@ -82,6 +85,19 @@ impl Checker<'_> {
     /// and [`Self::has_label`].
     fn labels(&self, action: ActionId) -> Vec<String> {
         self.m.actions.get(action).map(|a| self.m.labels(a)).unwrap_or_default()
+    }
+
+    /// The labels of a choice for a message: all of them, or for a `choice[SET]` with more than
+    /// [`SHOWN_LABELS`] the first ones and how many there are, so a choice over 10^9 elements
+    /// gives a short message.
+    fn label_list(&self, action: ActionId) -> String {
+        match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+            Some(set) if set.len() > SHOWN_LABELS => {
+                let first: Vec<String> = (set.lo..set.hi).take(SHOWN_LABELS).map(|v| v.to_string()).collect();
+                format!("{}, … ({} in all)", first.join(", "), set.len())
+            }
+            _ => self.labels(action).join(", "),
+        }
     }
 
     fn label_count(&self, action: ActionId) -> usize {
@@ -640,7 +656,7 @@ impl Checker<'_> {
                         "mismatched comparison",
                     );
                     if let Ty::Choice(x) = a {
-                        d = d.with_help(format!("compare it with one of its labels: {}", self.labels(x).join(", ")));
+                        d = d.with_help(format!("compare it with one of its labels: {}", self.label_list(x)));
                     }
                     self.error(d);
                     return Ty::Error;
@@ -746,14 +762,13 @@ impl Checker<'_> {
             };
             if let Some((key, span)) = key {
                 if !self.has_label(action, &key) {
-                    let shown = if over_set { self.labels(action) } else { labels.clone() };
                     let mut d = Diagnostic::error(
                         "unknown-label",
                         format!("choice `{action_name}` has no label `{key}`"),
                         span,
-                        format!("not one of {{{}}}", shown.join(", ")),
+                        format!("not one of {{{}}}", self.label_list(action)),
                     );
-                    if let Some(hint) = did_you_mean(&key, shown.iter().map(String::as_str)) {
+                    if let Some(hint) = did_you_mean(&key, labels.iter().map(String::as_str)) {
                         d = d.with_help(hint);
                     }
                     self.error(d);
@@ -791,9 +806,20 @@ impl Checker<'_> {
             );
         }
         if wildcard.is_none() && !all_covered && ok {
-            let all = if over_set { self.labels(action) } else { labels };
-            let list: Vec<String> =
-                all.iter().filter(|l| !covered.contains_key(*l)).map(|m| format!("`{m}`")).collect();
+            let missing = self.label_count(action).saturating_sub(covered.len());
+            let mut list: Vec<String> = match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+                // Element by element, stopping after the few a message shows.
+                Some(set) => (set.lo..set.hi)
+                    .map(|v| v.to_string())
+                    .filter(|l| !covered.contains_key(l))
+                    .take(SHOWN_LABELS)
+                    .map(|m| format!("`{m}`"))
+                    .collect(),
+                None => labels.iter().filter(|l| !covered.contains_key(*l)).map(|m| format!("`{m}`")).collect(),
+            };
+            if missing > list.len() {
+                list.push(format!("… and {} more", missing - list.len()));
+            }
             self.error(
                 Diagnostic::error(
                     "non-exhaustive",
