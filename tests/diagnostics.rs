@@ -216,3 +216,45 @@ fn every_two_kinds_of_name_collide_with_a_located_error() {
         failures.join("\n\n")
     );
 }
+
+/// A refused size is reported once: what only follows from it (the sets over it, the arrays over
+/// those sets, the indices inferred from them) stays quiet.
+#[test]
+fn a_refused_size_is_the_only_error() {
+    let path = common::root().join("models/inventory.hmdp");
+    let source = std::fs::read_to_string(&path).expect("models/inventory.hmdp is readable");
+    for items in [0.0, -3.0, 2.5] {
+        let options = hmdp::check::Options { overrides: vec![("items".to_string(), items)] };
+        let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &options);
+        let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["bad-size"], "--set items={items}");
+    }
+}
+
+/// A parameter known only once its instance is drawn is checked then: an infinite or NaN value
+/// is a located run-time error that names it, not a `null` in `instance` or NaN in `simulate`.
+#[test]
+fn a_drawn_parameter_that_is_not_finite_stops_the_instance() {
+    let source = "model shop
+param mu ~ uniform(0, 1)
+param scale = log(mu - 2)
+param fine = mu + 1
+state stock = 0
+action order: real >= 0
+step {
+  stock' = stock + order - 5
+  cost holding = scale * stock^2 + fine
+}
+horizon 10
+";
+    let module = common::compile_text(source, &common::root(), &[]);
+    let error = hmdp::sim::instance(&module, 0).expect_err("`scale` is NaN in every instance");
+    assert!(error.message.contains("parameter `scale`"), "{}", error.message);
+    assert!(error.message.contains("NaN"), "{}", error.message);
+    assert_eq!(&source[error.span.start..error.span.end], "log(mu - 2)");
+
+    let fine = source.replace("log(mu - 2)", "log(mu + 2)");
+    let module = common::compile_text(&fine, &common::root(), &[]);
+    let instance = hmdp::sim::instance(&module, 0).expect("every parameter is finite");
+    assert!(instance.values.iter().flatten().all(|v| v.is_finite()));
+}

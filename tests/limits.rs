@@ -190,3 +190,84 @@ fn a_model_file_is_read_to_at_most_16_mib() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read /dev/zero: it is larger than 16.0 MiB"), "{}", text(&out.stderr));
 }
+
+/// A `choice[SET]`'s labels are the set's elements: the checker keeps the set and never writes
+/// them out, so a choice over 10^9 elements (the largest size) checks at once. Writing them out,
+/// as it once did, takes tens of gigabytes and minutes (65 s and 5.5 GB at 10^8).
+#[test]
+fn a_choice_over_a_billion_elements_is_checked_without_writing_its_labels() {
+    let source = "model m
+set M = 0..1000000000
+state x = 0
+action a: choice[M]
+step {
+  x' = x + a
+  cost c = if a == 3 then x^2 else match a { 0 => 1, 999999999 => 2, _ => x }
+}
+horizon 3
+";
+    let outcome = hmdp::check::check_source(source, &hmdp::check::NoFiles, &hmdp::check::Options::default());
+    let model = outcome.model.expect("the model checks");
+    let a = model.actions.first().expect("one action");
+    assert!(matches!(&a.ty, hmdp::check::ActionType::Discrete { labels, over_set: Some(_) } if labels.is_empty()));
+    assert_eq!(model.label_count(a), 1_000_000_000);
+    assert_eq!(model.label_position(a, "999999999"), Some(999_999_999));
+    assert_eq!(model.label_position(a, "1000000000"), None);
+    assert!(hmdp::check::summary(&model).contains("1000000000 choices"));
+
+    // Messages about such a choice list a few of its labels and say how many there are.
+    for (wrong, code, tail) in [
+        ("match a { 0 => 1, 7 => 2 }", "non-exhaustive", "… and 999999978 more"),
+        ("match a { 0 => 1, 1000000000 => 2, _ => x }", "unknown-label", "… (1000000000 in all)"),
+    ] {
+        let source = source.replace("match a { 0 => 1, 999999999 => 2, _ => x }", wrong);
+        let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &hmdp::check::Options::default());
+        let rendered = hmdp::diagnostics::render(&outcome.diagnostics, "model.hmdp", &source, false);
+        assert_eq!(outcome.diagnostics.iter().map(|d| d.code).collect::<Vec<_>>(), [code], "{rendered}");
+        assert!(rendered.contains(tail) && rendered.len() < 2_000, "{rendered}");
+    }
+}
+
+/// Compiling (check, lowering, validation, smoothness analysis) is near-linear in the number of
+/// `let`s: a chain 16 times longer takes about 16–20 times as long (measured: 20), where a pass
+/// that searches a list per buffer or per node (as the validator's name checks and the smoothness
+/// walk once did) makes it far more (with only the smoothness walk left quadratic, 8 times the
+/// lets took 24 times as long, so 16 times take about 100). This is a timing, so it has a wide margin both ways for a noisy machine: the best
+/// of three runs of each size, measured in one process, and a bound of 48 times.
+#[test]
+fn compile_is_near_linear_in_the_number_of_lets() {
+    let chain = |lets: usize| {
+        let mut source = String::from("model m\nstate x = 0\naction a: real in [0, 1]\nstep {\n  let v0 = x + a\n");
+        for i in 1..lets {
+            source.push_str(&format!("  let v{i} = v{} + 1\n", i - 1));
+        }
+        let last = lets - 1;
+        source.push_str(&format!("  x' = v{last}\n  cost c = max(v{last}, 0)^2\n}}\nhorizon 3\n"));
+        source
+    };
+    let best_of_three = |source: &str| {
+        (0..3)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                let compiled = common::compiled_text(source, &common::root(), &[]);
+                // `hmdpc compile`'s report: the cost reads the whole chain through its lets.
+                let analysis = hmdp::passes::smoothness::analyze(&compiled.module);
+                let elapsed = started.elapsed().as_secs_f64();
+                assert_eq!(analysis.costs.len(), 1);
+                elapsed
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    // On the stack `hmdpc` gives its command (src/main.rs): the passes recurse through lets.
+    let (t_short, t_long) = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || (best_of_three(&chain(4_000)), best_of_three(&chain(64_000))))
+        .expect("a thread")
+        .join()
+        .expect("compiling does not panic");
+    let ratio = t_long / t_short.max(1e-3);
+    assert!(
+        ratio < 48.0,
+        "64,000 lets took {t_long:.3} s, 4,000 took {t_short:.3} s: {ratio:.1} times for 16 times the lets"
+    );
+}

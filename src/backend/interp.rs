@@ -7,7 +7,7 @@ use rand_distr::Distribution;
 
 use super::{Backend, Kernel, Pointers, is_accumulated, is_shared};
 use crate::diagnostics::Span;
-use crate::ir::{BinaryOp, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
+use crate::ir::{BinaryOp, BufferKind, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
 
 /// A failure while running a model: where in the model, and what.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +80,21 @@ impl<'a> Machine<'a> {
                 let v = self.eval(*value)?;
                 let position: Vec<f64> = index.iter().map(|var| self.vars[var.0 as usize]).collect();
                 let offset = self.offset(*buffer, &position, Span::default())?;
+                let b = &self.module.buffers[*buffer];
+                // A parameter drawn or computed per instance is read by every step: infinite or
+                // NaN, it would spoil every figure without a word.
+                if b.kind == BufferKind::Param && !v.is_finite() {
+                    let element = if position.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}]", position.iter().map(f64::to_string).collect::<Vec<_>>().join(", "))
+                    };
+                    let what = if v.is_nan() { "not a number (NaN)" } else { "infinite" };
+                    return Err(RunError {
+                        span: self.module.exprs.span(*value),
+                        message: format!("parameter `{}{element}` is {what} in this instance", b.name),
+                    });
+                }
                 self.buffers.values[*buffer][offset] = v;
                 Ok(())
             }

@@ -9,10 +9,42 @@ impl Checker<'_> {
     /// The value of an expression known at compile time: numbers, sizes, constant parameters,
     /// arithmetic and math functions on them. `None` for anything else.
     pub(super) fn constant(&self, e: &ast::Expr, scope: &Scope) -> Option<f64> {
-        let value = match &e.kind {
+        self.fold(e, scope, true).filter(|v| v.is_finite())
+    }
+
+    /// The value of `e` when infinities and NaN flow through the arithmetic as they do at run
+    /// time: `min(1/0, 3)` is 3, `0 * (1/0)` is NaN. `None` when `e` is not known at compile time.
+    pub(super) fn value_at_run_time(&self, e: &ast::Expr, scope: &Scope) -> Option<f64> {
+        self.fold(e, scope, false)
+    }
+
+    /// The innermost part of `e` whose operands are known and finite but whose own value is
+    /// infinite or not a number (`1/0`, `log(0)`, `5 % 0`), with that value. `None` when every
+    /// part that can be folded is finite.
+    pub(super) fn non_finite(&self, e: &ast::Expr, scope: &Scope) -> Option<(ast::Expr, f64)> {
+        let inner = match &e.kind {
+            ExprKind::Paren(inner) => return self.non_finite(inner, scope),
+            ExprKind::Unary { operand, .. } => self.non_finite(operand, scope),
+            ExprKind::Binary { lhs, rhs, .. } => self.non_finite(lhs, scope).or_else(|| self.non_finite(rhs, scope)),
+            ExprKind::If { cond, then, otherwise } => match self.constant(cond, scope) {
+                Some(c) if c != 0.0 => self.non_finite(then, scope),
+                Some(_) => self.non_finite(otherwise, scope),
+                None => self.non_finite(cond, scope),
+            },
+            ExprKind::Call { args, .. } => args.iter().find_map(|a| self.non_finite(a, scope)),
+            _ => None,
+        };
+        inner.or_else(|| self.fold(e, scope, true).filter(|v| !v.is_finite()).map(|v| (e.clone(), v)))
+    }
+
+    /// The value of `e`, which may be infinite or NaN, from the values of its parts: their
+    /// [`Self::constant`] values when `finite_parts`, else their own folded values.
+    fn fold(&self, e: &ast::Expr, scope: &Scope, finite_parts: bool) -> Option<f64> {
+        let part = |p: &ast::Expr| if finite_parts { self.constant(p, scope) } else { self.fold(p, scope, false) };
+        Some(match &e.kind {
             ExprKind::Number { value, .. } => *value,
             ExprKind::Bool(b) => f64::from(u8::from(*b)),
-            ExprKind::Paren(inner) => self.constant(inner, scope)?,
+            ExprKind::Paren(inner) => part(inner)?,
             ExprKind::Access { name, primed: false, indices } if indices.is_empty() => {
                 if scope.binder(&name.name).is_some() {
                     return None;
@@ -23,11 +55,11 @@ impl Checker<'_> {
                     _ => return None,
                 }
             }
-            ExprKind::Unary { op: UnaryOp::Neg, operand } => -self.constant(operand, scope)?,
-            ExprKind::Unary { op: UnaryOp::Not, operand } => f64::from(u8::from(self.constant(operand, scope)? == 0.0)),
+            ExprKind::Unary { op: UnaryOp::Neg, operand } => -part(operand)?,
+            ExprKind::Unary { op: UnaryOp::Not, operand } => f64::from(u8::from(part(operand)? == 0.0)),
             ExprKind::Binary { op, lhs, rhs } => {
-                let a = self.constant(lhs, scope)?;
-                let b = self.constant(rhs, scope)?;
+                let a = part(lhs)?;
+                let b = part(rhs)?;
                 let truth = |c: bool| f64::from(u8::from(c));
                 match op {
                     BinaryOp::Add => a + b,
@@ -47,19 +79,18 @@ impl Checker<'_> {
                 }
             }
             ExprKind::If { cond, then, otherwise } => {
-                if self.constant(cond, scope)? != 0.0 {
-                    self.constant(then, scope)?
+                if part(cond)? != 0.0 {
+                    part(then)?
                 } else {
-                    self.constant(otherwise, scope)?
+                    part(otherwise)?
                 }
             }
             ExprKind::Call { func, args } => {
                 let function = crate::builtins::function(&func.name)?;
-                let v: Vec<f64> = args.iter().map(|a| self.constant(a, scope)).collect::<Option<_>>()?;
+                let v: Vec<f64> = args.iter().map(part).collect::<Option<_>>()?;
                 function.fold(&v)?
             }
             _ => return None,
-        };
-        value.is_finite().then_some(value)
+        })
     }
 }

@@ -55,6 +55,8 @@ impl Checker<'_> {
                     self.set_named(set_name)
                 }
                 None => match self.globals.get(&dim.first.name).map(|g| g.symbol) {
+                    // A broken set was reported where it is declared; what follows from it is not.
+                    Some(Symbol::Set(s)) if self.broken.contains(&Symbol::Set(s)) => None,
                     Some(Symbol::Set(s)) => Some(s),
                     Some(other) => {
                         let kind = self.kind_name(other);
@@ -120,6 +122,11 @@ impl Checker<'_> {
         let mut found: Vec<(SetId, Span)> = Vec::new();
         for e in uses {
             self.collect_index_uses(e, &index.name, &mut found);
+        }
+        // An array over a set that did not resolve (reported where it is declared) says nothing
+        // about the index: stay quiet rather than report a conflict with a set `?`.
+        if found.iter().any(|(s, _)| *s == UNRESOLVED || self.broken.contains(&Symbol::Set(*s))) {
+            return None;
         }
         let sets: HashSet<SetId> = found.iter().map(|(s, _)| *s).collect();
         match sets.len() {
@@ -264,6 +271,14 @@ impl Checker<'_> {
             (Definition::Data(v), true) => v.first().copied(),
             _ => None,
         };
+        let overridden = dims.is_empty() && self.override_for(&d.name.name).is_some();
+        if let (Definition::Value(e), None, false) = (&definition, constant, overridden)
+            && self.value_at_run_time(e, &scope).is_some_and(|v| !v.is_finite())
+        {
+            self.broken.insert(symbol);
+            self.not_finite(&d.name.name, e, &scope, self.value_at_run_time(e, &scope).unwrap_or(f64::NAN));
+            return;
+        }
         let mut definition = definition;
         // `--set` replaces the value of a scalar parameter and keeps its type.
         if let Some(v) = self.override_for(&d.name.name).filter(|_| dims.is_empty()) {
@@ -306,6 +321,26 @@ impl Checker<'_> {
             param.definition = definition;
             param.constant = constant;
         }
+    }
+
+    /// A parameter whose value, known at compile time, is infinite or not a number: the error
+    /// points at the part that made it so.
+    fn not_finite(&mut self, name: &str, e: &ast::Expr, scope: &Scope, whole: f64) {
+        let (part, value) = self.non_finite(e, scope).unwrap_or_else(|| (e.clone(), whole));
+        let what = if whole.is_nan() { "not a number" } else { "infinite" };
+        let cause = match &part.kind {
+            ast::ExprKind::Binary { op: ast::BinaryOp::Div | ast::BinaryOp::Rem, rhs, .. }
+                if self.constant(rhs, scope) == Some(0.0) =>
+            {
+                "a division by zero"
+            }
+            _ if value.is_nan() => "not a number (NaN)",
+            _ => "infinite",
+        };
+        self.error(
+            Diagnostic::error("not-finite", format!("the value of parameter `{name}` is {what}"), part.span, cause)
+                .with_help("a parameter must be a finite number: check for a division by zero, `log` of 0, `sqrt` of a negative number or an overflow"),
+        );
     }
 
     /// The element type a declaration gets from its value's type and its annotation.
@@ -603,10 +638,7 @@ impl Checker<'_> {
                 ActionType::Discrete { labels: labels.iter().map(|l| l.name.clone()).collect(), over_set: None }
             }
             ast::ActionKind::OverSet(set) => match self.set_named(set) {
-                Some(s) => {
-                    let (lo, hi) = self.m.sets.get(s).map_or((0, 0), |s| (s.lo, s.hi));
-                    ActionType::Discrete { labels: (lo..hi).map(|v| v.to_string()).collect(), over_set: Some(s) }
-                }
+                Some(s) => ActionType::Discrete { labels: Vec::new(), over_set: Some(s) },
                 None => {
                     self.broken.insert(symbol);
                     ActionType::Discrete { labels: Vec::new(), over_set: None }

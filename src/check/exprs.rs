@@ -9,6 +9,9 @@ use super::{did_you_mean, duplicate};
 use crate::diagnostics::{Diagnostic, Span};
 use crate::syntax::ast::{self, BinaryOp, ExprKind, UnaryOp};
 
+/// How many labels of a `choice[SET]` a message lists before it says how many there are.
+const SHOWN_LABELS: usize = 20;
+
 impl Checker<'_> {
     pub(super) fn numeric(&mut self, ty: Ty, span: Span, what: &str) -> bool {
         match ty {
@@ -46,7 +49,11 @@ impl Checker<'_> {
             Ty::Error => false,
             Ty::Choice(a) => {
                 let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
-                let label = self.labels(a).first().cloned().unwrap_or_default();
+                let label = match (self.over_set(a).and_then(|s| self.m.sets.get(s)), self.m.actions.get(a)) {
+                    (Some(set), _) => set.lo.to_string(),
+                    (None, Some(action)) => self.m.labels(action).first().cloned().unwrap_or_default(),
+                    (None, None) => String::new(),
+                };
                 self.error(
                     Diagnostic::error(
                         "type",
@@ -73,10 +80,48 @@ impl Checker<'_> {
         }
     }
 
+    /// Every label of a choice, written out: for messages and labelled choices, whose labels are
+    /// few. A `choice[SET]` may have 10^9: count or find its labels with [`Self::label_count`]
+    /// and [`Self::has_label`].
     fn labels(&self, action: ActionId) -> Vec<String> {
-        match self.m.actions.get(action).map(|a| &a.ty) {
-            Some(ActionType::Discrete { labels, .. }) => labels.clone(),
-            _ => Vec::new(),
+        self.m.actions.get(action).map(|a| self.m.labels(a)).unwrap_or_default()
+    }
+
+    /// The labels of a choice for a message: all of them, or for a `choice[SET]` with more than
+    /// [`SHOWN_LABELS`] the first ones and how many there are, so a choice over 10^9 elements
+    /// gives a short message.
+    fn label_list(&self, action: ActionId) -> String {
+        match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+            Some(set) if set.len() > SHOWN_LABELS => {
+                let first: Vec<String> = (set.lo..set.hi).take(SHOWN_LABELS).map(|v| v.to_string()).collect();
+                format!("{}, … ({} in all)", first.join(", "), set.len())
+            }
+            _ => self.labels(action).join(", "),
+        }
+    }
+
+    fn label_count(&self, action: ActionId) -> usize {
+        self.m.actions.get(action).map_or(0, |a| self.m.label_count(a))
+    }
+
+    fn has_label(&self, action: ActionId, label: &str) -> bool {
+        self.m.actions.get(action).and_then(|a| self.m.label_position(a, label)).is_some()
+    }
+
+    /// Two choices whose values can be compared: the same action, or the same labels.
+    fn same_labels(&self, x: ActionId, y: ActionId) -> bool {
+        let ty = |a: ActionId| self.m.actions.get(a).map(|a| &a.ty);
+        match (ty(x), ty(y)) {
+            _ if x == y => true,
+            (
+                Some(ActionType::Discrete { over_set: Some(s), .. }),
+                Some(ActionType::Discrete { over_set: Some(t), .. }),
+            ) => self.m.sets.get(*s).map(|s| (s.lo, s.hi)) == self.m.sets.get(*t).map(|t| (t.lo, t.hi)),
+            (
+                Some(ActionType::Discrete { labels: a, over_set: None }),
+                Some(ActionType::Discrete { labels: b, over_set: None }),
+            ) => a == b,
+            _ => false,
         }
     }
 
@@ -513,7 +558,7 @@ impl Checker<'_> {
             // name is spelt the same; the clash gets a warning.
             for (choice, other) in [(lhs, rhs), (rhs, lhs)] {
                 if let (Some(action), Some(name)) = (labelled_choice(self, choice), bare_name(other))
-                    && self.labels(action).contains(&name.name)
+                    && self.has_label(action, &name.name)
                     && self.is_known(&name.name, scope)
                 {
                     let declared = self.globals.get(&name.name).map(|g| g.span);
@@ -594,7 +639,7 @@ impl Checker<'_> {
             }
             BinaryOp::Eq | BinaryOp::Ne => {
                 let comparable = match (a, b) {
-                    (Ty::Choice(x), Ty::Choice(y)) => x == y || self.labels(x) == self.labels(y),
+                    (Ty::Choice(x), Ty::Choice(y)) => self.same_labels(x, y),
                     (Ty::Choice(x), other) | (other, Ty::Choice(x)) => {
                         self.over_set(x).is_some() && matches!(other, Ty::Int | Ty::Index(_))
                     }
@@ -611,7 +656,7 @@ impl Checker<'_> {
                         "mismatched comparison",
                     );
                     if let Ty::Choice(x) = a {
-                        d = d.with_help(format!("compare it with one of its labels: {}", self.labels(x).join(", ")));
+                        d = d.with_help(format!("compare it with one of its labels: {}", self.label_list(x)));
                     }
                     self.error(d);
                     return Ty::Error;
@@ -675,9 +720,10 @@ impl Checker<'_> {
                 return Ty::Error;
             }
         };
-        let labels = self.labels(action);
         let action_name = self.m.actions.get(action).map_or("?", |a| a.name.as_str()).to_string();
         let over_set = self.over_set(action).is_some();
+        // A `choice[SET]`'s labels are not written out: the set may hold 10^9 elements.
+        let labels = if over_set { Vec::new() } else { self.labels(action) };
         let mut covered: HashMap<String, Span> = HashMap::new();
         let mut wildcard = None;
         let mut result: Option<(Ty, Span)> = None;
@@ -715,12 +761,12 @@ impl Checker<'_> {
                 }
             };
             if let Some((key, span)) = key {
-                if !labels.contains(&key) {
+                if !self.has_label(action, &key) {
                     let mut d = Diagnostic::error(
                         "unknown-label",
                         format!("choice `{action_name}` has no label `{key}`"),
                         span,
-                        format!("not one of {{{}}}", labels.join(", ")),
+                        format!("not one of {{{}}}", self.label_list(action)),
                     );
                     if let Some(hint) = did_you_mean(&key, labels.iter().map(String::as_str)) {
                         d = d.with_help(hint);
@@ -743,9 +789,10 @@ impl Checker<'_> {
                 }
             });
         }
-        let missing: Vec<&String> = labels.iter().filter(|l| !covered.contains_key(*l)).collect();
+        // Every covered key is a distinct label, so the count tells whether any is missing.
+        let all_covered = covered.len() >= self.label_count(action);
         if let Some(span) = wildcard
-            && missing.is_empty()
+            && all_covered
             && ok
         {
             self.error(
@@ -758,8 +805,21 @@ impl Checker<'_> {
                 .with_help("remove it"),
             );
         }
-        if wildcard.is_none() && !missing.is_empty() && ok {
-            let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
+        if wildcard.is_none() && !all_covered && ok {
+            let missing = self.label_count(action).saturating_sub(covered.len());
+            let mut list: Vec<String> = match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+                // Element by element, stopping after the few a message shows.
+                Some(set) => (set.lo..set.hi)
+                    .map(|v| v.to_string())
+                    .filter(|l| !covered.contains_key(l))
+                    .take(SHOWN_LABELS)
+                    .map(|m| format!("`{m}`"))
+                    .collect(),
+                None => labels.iter().filter(|l| !covered.contains_key(*l)).map(|m| format!("`{m}`")).collect(),
+            };
+            if missing > list.len() {
+                list.push(format!("… and {} more", missing - list.len()));
+            }
             self.error(
                 Diagnostic::error(
                     "non-exhaustive",

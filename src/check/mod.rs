@@ -100,8 +100,8 @@ pub fn summary(model: &CheckedModel) -> String {
     let regimes: Vec<String> = discrete
         .iter()
         .map(|a| match &a.ty {
-            ActionType::Discrete { labels, .. } => {
-                let n = labels.len();
+            ActionType::Discrete { .. } => {
+                let n = model.label_count(a);
                 let copies = values(&a.dims);
                 if copies == 1 { format!("{n}") } else { format!("{copies}×{n}") }
             }

@@ -124,7 +124,10 @@ pub struct Noise {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum ActionType {
-    /// A discrete choice; `over_set` for `choice[SET]`, whose labels are the set's elements.
+    /// A discrete choice: its `labels`, or for `choice[SET]` (`over_set`) none, because its labels
+    /// are the set's elements and a set may hold up to 10^9 of them: ask
+    /// [`CheckedModel::label_count`], [`CheckedModel::label_position`] or
+    /// [`CheckedModel::labels`].
     Discrete { labels: Vec<String>, over_set: Option<SetId> },
     /// A continuous action with optional bounds, acting only in the regimes where `when` holds.
     Continuous { lo: Option<Expr>, hi: Option<Expr>, when: Option<Expr> },
@@ -211,5 +214,40 @@ impl CheckedModel {
     /// Number of scalar values of an array with these dimensions.
     pub fn count(&self, dims: &[Dimension]) -> usize {
         dims.iter().map(|d| self.sets.get(d.set).map_or(0, IndexSet::len)).product()
+    }
+
+    /// How many labels a discrete action has (0 for a continuous one).
+    pub fn label_count(&self, action: &Action) -> usize {
+        match &action.ty {
+            ActionType::Discrete { over_set: Some(set), .. } => self.sets.get(*set).map_or(0, IndexSet::len),
+            ActionType::Discrete { labels, over_set: None } => labels.len(),
+            ActionType::Continuous { .. } => 0,
+        }
+    }
+
+    /// The position of `label` among the labels of a discrete action; a `choice[SET]`'s labels
+    /// are the set's elements written as integers.
+    pub fn label_position(&self, action: &Action, label: &str) -> Option<usize> {
+        match &action.ty {
+            ActionType::Discrete { over_set: Some(set), .. } => {
+                let set = self.sets.get(*set)?;
+                let element: i64 = label.parse().ok()?;
+                (set.lo..set.hi).contains(&element).then(|| usize::try_from(element - set.lo).ok()).flatten()
+            }
+            ActionType::Discrete { labels, over_set: None } => labels.iter().position(|l| l == label),
+            ActionType::Continuous { .. } => None,
+        }
+    }
+
+    /// Every label of a discrete action, in order. A `choice[SET]`'s are written out here, so
+    /// call this where the labels are needed one by one (the IR), not to count or find one.
+    pub fn labels(&self, action: &Action) -> Vec<String> {
+        match &action.ty {
+            ActionType::Discrete { over_set: Some(set), .. } => {
+                self.sets.get(*set).map(|s| (s.lo..s.hi).map(|v| v.to_string()).collect()).unwrap_or_default()
+            }
+            ActionType::Discrete { labels, over_set: None } => labels.clone(),
+            ActionType::Continuous { .. } => Vec::new(),
+        }
     }
 }

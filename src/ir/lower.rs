@@ -131,9 +131,9 @@ impl<'a> Lowering<'a> {
         }
         for a in &m.actions {
             let id = match &a.ty {
-                ActionType::Discrete { labels, .. } => {
+                ActionType::Discrete { .. } => {
                     let id = self.buffer(a.name.clone(), BufferKind::Discrete, &a.dims, ElemType::Int);
-                    self.module.buffers[id].labels = labels.clone();
+                    self.module.buffers[id].labels = m.labels(a);
                     id
                 }
                 ActionType::Continuous { .. } => {
@@ -325,10 +325,7 @@ impl<'a> Lowering<'a> {
 
     /// The position of `label` among the labels of `action` (`choice[SET]` labels are numbers).
     fn label_position(&self, action: check::ActionId, label: &str) -> Option<usize> {
-        match &self.model.actions.get(action)?.ty {
-            ActionType::Discrete { labels, .. } => labels.iter().position(|l| l == label),
-            ActionType::Continuous { .. } => None,
-        }
+        self.model.label_position(self.model.actions.get(action)?, label)
     }
 
     fn is_label(&self, e: &ast::Expr, env: &Env) -> Option<String> {

@@ -181,7 +181,7 @@ pub enum ElemType {
 }
 
 /// What a buffer is, which decides which program writes it and who reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BufferKind {
     /// Drawn or computed once per instance by `instance` (or given as `data`).
     Param,

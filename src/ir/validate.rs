@@ -49,7 +49,7 @@
 // The validator's input is by definition possibly malformed: it must not panic on any module.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, SetId, Stmt, Var};
@@ -281,11 +281,12 @@ impl Validator<'_> {
 
     fn sets(&mut self) {
         let sets = &self.module.sets;
+        let mut names = HashSet::new();
         for (id, set) in sets.iter().enumerate() {
             if set.name.is_empty() {
                 self.error(format!("set #{id} has no name"));
             }
-            if sets.iter().take(id).any(|s| s.name == set.name) {
+            if !names.insert(set.name.as_str()) {
                 self.error(format!("set `{}` is declared twice", set.name));
             }
             if set.lo >= set.hi {
@@ -296,12 +297,13 @@ impl Validator<'_> {
 
     fn buffers(&mut self) {
         let m = self.module;
+        let mut names = HashSet::new();
         for (id, buffer) in m.buffers.iter().enumerate() {
             let what = format!("{} `{}`", kind_word(&buffer.kind), buffer.name);
             if buffer.name.is_empty() {
                 self.error(format!("buffer #{id} has no name"));
             }
-            if m.buffers.iter().take(id).any(|b| b.name == buffer.name) {
+            if !names.insert(buffer.name.as_str()) {
                 self.error(format!("{what}: another buffer has the same name"));
             }
             for (axis, set) in buffer.dims.iter().enumerate() {
@@ -347,8 +349,9 @@ impl Validator<'_> {
             if buffer.labels.is_empty() {
                 self.error(format!("{what} has no labels"));
             }
-            for (i, label) in buffer.labels.iter().enumerate() {
-                if buffer.labels.iter().take(i).any(|l| l == label) {
+            let mut seen = HashSet::new();
+            for label in &buffer.labels {
+                if !seen.insert(label.as_str()) {
                     self.error(format!("{what}: label `{label}` appears twice"));
                 }
             }
@@ -400,12 +403,18 @@ impl Validator<'_> {
     /// continuous action; at most one adjoint per buffer.
     fn partners_unique(&mut self) {
         let m = self.module;
+        // Buffers per kind, counted once: a search per buffer would be quadratic in the buffers.
+        let mut of_kind: HashMap<BufferKind, usize> = HashMap::new();
+        for b in &m.buffers {
+            *of_kind.entry(b.kind).or_default() += 1;
+        }
+        let count = |kind: BufferKind| of_kind.get(&kind).copied().unwrap_or(0);
         for (id, buffer) in m.buffers.iter().enumerate() {
-            let nexts = m.buffers.iter().filter(|b| b.kind == BufferKind::Next { of: id }).count();
+            let nexts = count(BufferKind::Next { of: id });
             if buffer.kind == BufferKind::State && nexts != 1 {
                 self.error(format!("state `{}` has {nexts} next states; it needs exactly one", buffer.name));
             }
-            let adjoints = m.buffers.iter().filter(|b| b.kind == BufferKind::Adjoint { of: id }).count();
+            let adjoints = count(BufferKind::Adjoint { of: id });
             if adjoints > 1 {
                 self.error(format!(
                     "{} `{}` has {adjoints} adjoints; it may have one",
@@ -423,9 +432,9 @@ impl Validator<'_> {
                 (BufferKind::PieceBound { action: id, upper: true }, "upper piece bounds"),
                 (BufferKind::Regime { action: id }, "regime masks"),
             ] {
-                let count = m.buffers.iter().filter(|b| b.kind == kind).count();
-                if count > 1 {
-                    self.error(format!("continuous action `{}` has {count} {word}; it may have one", buffer.name));
+                let n = count(kind);
+                if n > 1 {
+                    self.error(format!("continuous action `{}` has {n} {word}; it may have one", buffer.name));
                 }
             }
         }
@@ -563,7 +572,8 @@ impl Validator<'_> {
 
     fn observe(&mut self) {
         let m = self.module;
-        for (i, id) in m.observe.iter().enumerate() {
+        let mut listed = HashSet::new();
+        for id in &m.observe {
             match m.buffers.get(*id) {
                 None => self.error(format!("observe lists buffer #{id}, which does not exist")),
                 Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param) => self.error(format!(
@@ -571,9 +581,7 @@ impl Validator<'_> {
                     kind_word(&b.kind),
                     b.name
                 )),
-                Some(b) if m.observe.iter().take(i).any(|other| other == id) => {
-                    self.error(format!("observe lists `{}` twice", b.name))
-                }
+                Some(b) if !listed.insert(*id) => self.error(format!("observe lists `{}` twice", b.name)),
                 Some(_) => {}
             }
         }

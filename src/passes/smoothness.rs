@@ -7,7 +7,7 @@
 //! an active input, a *jump* when its condition reads an active input. A `let` passes on the
 //! class of its value, so a kink inside a `let` shows in every cost that reads it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::builtins::Smoothness;
 use crate::diagnostics::{Span, pad};
@@ -89,7 +89,7 @@ pub fn analyze(module: &Module) -> Analysis {
         let class = a.class(value);
         let mut sites = Vec::new();
         let mut regimes = Vec::new();
-        a.sites(value, &mut sites, &mut regimes, &mut Vec::new());
+        a.sites(value, &mut sites, &mut regimes, &mut HashSet::new());
         // A term that is constant in the active inputs may still depend on a discrete choice
         // (a fixed cost): the score-function gradient's business.
         a.walk(value, &mut |m, e| {
@@ -161,7 +161,7 @@ impl Analyzer<'_> {
     /// Visits every node under `h`, following `let`s into their values.
     fn walk(&self, h: Handle<Expr>, f: &mut dyn FnMut(&Module, &Expr)) {
         let mut stack = vec![h];
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         while let Some(h) = stack.pop() {
             if !seen.insert(h) {
                 continue;
@@ -232,12 +232,13 @@ impl Analyzer<'_> {
         h: Handle<Expr>,
         sites: &mut Vec<Site>,
         regimes: &mut Vec<BufferId>,
-        seen: &mut Vec<Handle<Expr>>,
+        seen: &mut HashSet<Handle<Expr>>,
     ) {
+        // A set, not a list: through `let`s one term may reach every node of the step.
         if seen.contains(&h) || self.class(h) == Class::Constant {
             return;
         }
-        seen.push(h);
+        seen.insert(h);
         let span = self.module.exprs.span(h);
         let node = self.module.exprs[h].clone();
         let mut site = |class: Class, what: &str| sites.push(Site { span, class, what: what.to_string() });
