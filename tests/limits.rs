@@ -232,8 +232,9 @@ horizon 3
 /// `let`s: a chain 16 times longer takes about 16–20 times as long (measured: 20), where a pass
 /// that searches a list per buffer or per node (as the validator's name checks and the smoothness
 /// walk once did) makes it far more (with only the smoothness walk left quadratic, 8 times the
-/// lets took 24 times as long, so 16 times take about 100). This is a timing, so it has a wide margin both ways for a noisy machine: the best
-/// of three runs of each size, measured in one process, and a bound of 48 times.
+/// lets took 24 times as long, so 16 times take about 100). This is a timing, so it has a wide
+/// margin both ways for a noisy machine: the best of three runs of each size, measured in one
+/// process, and a bound of 64 times (a quadratic pass gives 256).
 #[test]
 fn compile_is_near_linear_in_the_number_of_lets() {
     let chain = |lets: usize| {
@@ -267,7 +268,7 @@ fn compile_is_near_linear_in_the_number_of_lets() {
         .expect("compiling does not panic");
     let ratio = t_long / t_short.max(1e-3);
     assert!(
-        ratio < 48.0,
+        ratio < 64.0,
         "64,000 lets took {t_long:.3} s, 4,000 took {t_short:.3} s: {ratio:.1} times for 16 times the lets"
     );
 }
