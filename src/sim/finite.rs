@@ -100,14 +100,8 @@ pub fn first(stops: impl IntoIterator<Item = Stop>) -> Option<Stop> {
 /// After the step of period `step`: the first scenario of the world (in row order) with a cost,
 /// then a next state, that is NaN or infinite, located in the model.
 pub fn check<W: World + ?Sized>(module: &Module, world: &W, step: usize) -> Result<(), NonFinite> {
-    let watched: Vec<BufferId> = module
-        .buffers
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.kind == BufferKind::Cost)
-        .chain(module.buffers.iter().enumerate().filter(|(_, b)| matches!(b.kind, BufferKind::Next { .. })))
-        .map(|(id, _)| id)
-        .collect();
+    let watched: Vec<BufferId> =
+        module.costs().map(|(id, _)| id).chain(module.next_states().into_iter().map(|(next, _)| next)).collect();
     for row in 0..world.rows() {
         for &id in &watched {
             if let Some(element) = world.get(id, row).iter().position(|v| !v.is_finite()) {
