@@ -14,7 +14,8 @@
 //! - a [`Decide`] chooses the actions: [`Scenariowise`] runs a [`Policy`] scenario by scenario on
 //!   each scenario's own policy stream, the trainer's networks decide for a whole batch.
 //!
-//! [`costs`] runs a whole horizon and sums the reported costs; [`simulate_on_interpreter`] and
+//! [`costs`] runs a whole horizon and sums the reported costs, stopping at the first cost or next
+//! state that is not finite ([`super::finite`]); [`simulate_on_interpreter`] and
 //! [`simulate_on_backend`] run a scenario set through it, chunk by chunk in parallel. A scenario's
 //! numbers depend only on its own streams, so they are the same on every world, every chunking and
 //! every thread count (bit for bit with a backend that agrees with the interpreter).
