@@ -23,6 +23,15 @@ pub enum ScenarioSet {
 }
 
 impl ScenarioSet {
+    /// The set's name, as `--scenario-set` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScenarioSet::Train => "train",
+            ScenarioSet::Dev => "dev",
+            ScenarioSet::Test => "test",
+        }
+    }
+
     fn tag(self) -> u64 {
         match self {
             ScenarioSet::Train => 1,

@@ -225,6 +225,62 @@ fn run_time_errors_point_at_the_model() {
     assert!(stderr.contains("empty_bound.hmdp:3:20]"), "{stderr}");
 }
 
+/// `simulate` of `model` on the interpreter and the JIT: both exit 1 with the same message and
+/// print no figures; the diagnostic is returned.
+fn simulate_fails_alike(name: &str, model: &str, scenarios: &str) -> String {
+    let path = scratch(name, model.as_bytes());
+    let mut messages = Vec::new();
+    for backend in ["interp", "jit"] {
+        let out = hmdpc(&["simulate", path_str(&path), "--scenarios", scenarios, "--backend", backend]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {stderr}");
+        assert!(out.stdout.is_empty(), "{backend}: no figures: {}", text(&out.stdout));
+        assert!(stderr.contains("hmdp::run"), "{stderr}");
+        messages.push(stderr);
+    }
+    assert_eq!(messages[0], messages[1], "the backends name the same place");
+    // The message as one line, as a terminal of any width shows it.
+    messages[0].replace("\n  │ ", " ")
+}
+
+#[test]
+fn a_nan_or_infinite_value_stops_simulate_at_its_place() {
+    // `log` of a `let` that reaches 0 at the third step: the place is the `log` in the `let`.
+    let stderr = simulate_fails_alike(
+        "log_zero.hmdp",
+        "model m\nstate x = 3\naction u: real in [0, 1]\nstep {\n  let d = x - 1\n  let l = log(d) * 2\n  x' = max(x - 1, 0)\n  cost wall = l + u\n}\nhorizon 5\n",
+        "20",
+    );
+    assert!(
+        stderr.contains("cost `wall` is -inf at step 2 of scenario 0 of the test set: `log` of 0 is -inf"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("log_zero.hmdp:6:11]"), "{stderr}");
+
+    // `sqrt` of a negative draw: the first step at which a scenario fails, and the first such
+    // scenario, on both backends (the JIT runs 1024 scenarios at a time, the interpreter one).
+    let stderr = simulate_fails_alike(
+        "sqrt_negative.hmdp",
+        "model m\nstate x = 0\nnoise d ~ uniform(0, 1)\naction u: real in [0, 1]\nstep {\n  x' = x + u\n  cost c = sqrt(d - 0.0001) + u\n}\nhorizon 20\n",
+        "3000",
+    );
+    assert!(stderr.contains("cost `c` is NaN at step "), "{stderr}");
+    assert!(stderr.contains(" of the test set: `sqrt` of -"), "{stderr}");
+    assert!(stderr.contains("sqrt_negative.hmdp:7:12]"), "{stderr}");
+
+    // A division by zero in an update, element by element.
+    let stderr = simulate_fails_alike(
+        "divide_by_zero.hmdp",
+        "model m\nset I = 1..3\nstate x[i in I] = i - 2\naction u: real in [0, 1]\nstep {\n  x'[i] = 1 / x[i] + u\n  cost c = u\n}\nhorizon 5\n",
+        "5",
+    );
+    assert!(
+        stderr.contains("next state `x'[2]` is inf at step 0 of scenario 0 of the test set: 1 / 0 is inf"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("divide_by_zero.hmdp:6:11]"), "{stderr}");
+}
+
 /// Output into a pipe whose reader has gone: a quiet stop with exit code 141, no panic message.
 #[test]
 fn a_closed_pipe_exits_141_quietly() {

@@ -401,6 +401,49 @@ fn a_resumed_run_continues_from_its_latest_checkpoint() {
     }
 }
 
+/// A cost that becomes NaN as training pushes the action up: reported with the update, the
+/// scenario of its set and the step, at the operation in the model; the run folder is written as
+/// after Ctrl-C.
+#[test]
+fn a_nan_in_the_middle_of_training_is_located() {
+    let drift = model_file(
+        "drift.hmdp",
+        "model drift\nstate x = 1\nnoise d ~ uniform(0, 0.4)\naction u: real in [0, 2]\nstep {\n  x' = 1.6 - u + d\n  cost wall = sqrt(x)\n}\nhorizon 3\n",
+    );
+    let out = scratch("drift");
+    let args = ["train", s(&drift), "--out", s(&out), "--lr", "0.01", "--hidden", "16,16", "--scenarios", "64"];
+    let run = hmdpc(&[&args[..], &["--batch", "16", "--quiet", "--updates", "400"]].concat());
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert_eq!(run.status.code(), Some(1), "{stdout}{stderr}");
+    let done: usize = stdout
+        .split("stopped by an error after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(done >= 1, "{stdout}");
+    // In the rollouts of the next update (on the train set), or evaluating the last one's policy
+    // (on the dev set).
+    let message = stderr.split("× ").nth(1).unwrap_or_else(|| panic!("{stderr}")).replace("\n  │ ", " ");
+    assert!(message.starts_with("cost `wall` is NaN at step 1 of scenario "), "{message}");
+    let scenario: usize = message["cost `wall` is NaN at step 1 of scenario ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(scenario < 64, "{message}");
+    let during = [
+        format!("of the train set, in update {}: `sqrt` of -", done + 1),
+        format!("of the dev set, evaluating the policy after update {done}: `sqrt` of -"),
+    ];
+    assert!(during.iter().any(|d| message.contains(d.as_str())), "{message}");
+    assert!(message.contains("is NaN; training stopped (checkpoints written so far are kept)"), "{message}");
+    assert!(stderr.contains("drift.hmdp:7:15]"), "{stderr}");
+    for file in ["best.ckpt", "final.ckpt", "curve.csv", "curve.svg"] {
+        assert!(out.join(file).exists(), "{file} is written");
+    }
+}
+
 #[test]
 fn bad_training_input_is_refused_clearly() {
     let nan = model_file(
@@ -413,8 +456,18 @@ fn bad_training_input_is_refused_clearly() {
     args.push("4");
     let run = hmdpc(&args);
     assert_eq!(run.status.code(), Some(1));
-    let stderr = text(&run.stderr);
-    assert!(stderr.contains("cost `root` is NaN at step 1"), "{stderr}");
+    // The message as one line, as a terminal of any width shows it.
+    let stderr = text(&run.stderr).replace("\n  │ ", " ");
+    // Every scenario starts alike and the untrained policy is deterministic: scenario 0 of the
+    // dev set is the first to fail, at `sqrt` in the cost.
+    assert!(
+        stderr.contains(
+            "cost `root` is NaN at step 1 of scenario 0 of the dev set, evaluating the untrained policy: `sqrt` of -"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("training stopped before its first update"), "{stderr}");
+    assert!(stderr.contains("nan.hmdp:6:15]"), "{stderr}");
 
     let idle = model_file("idle.hmdp", "model idle\nstate x = 1\nstep {\n  x' = x\n  cost c = x\n}\nhorizon 5\n");
     let run = hmdpc(&["train", s(&idle), "--out", s(&scratch("idle"))]);

@@ -7,7 +7,7 @@ use rand_distr::Distribution;
 
 use super::{Backend, Kernel, Pointers, is_accumulated, is_shared};
 use crate::diagnostics::Span;
-use crate::ir::{BinaryOp, BufferKind, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
+use crate::ir::{BinaryOp, BufferId, BufferKind, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
 
 /// A failure while running a model: where in the model, and what.
 #[derive(Clone, Debug, PartialEq)]
@@ -217,6 +217,131 @@ impl<'a> Machine<'a> {
             }
         })
     }
+}
+
+/// Where a value that came out NaN or infinite first became so: the operation whose operands
+/// were all finite, and what it computed. A run's costs and next states are checked after each
+/// period; the interpreter then says where a non-finite one came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub span: Span,
+    /// The operation with its operands, e.g. "`sqrt` of -1 is NaN".
+    pub cause: String,
+}
+
+impl Machine<'_> {
+    /// Where element `element` (row-major) of `buffer`, as `program` stores it, first became
+    /// NaN or infinite; `None` when it is finite. `program` must have run on these buffers, so
+    /// that what the element's store read (the `let`s before it) holds what it read then.
+    pub fn origin(&mut self, program: &Program, buffer: BufferId, element: usize) -> Result<Option<Origin>, RunError> {
+        let Some((index, value)) = store_of(&program.body, buffer) else { return Ok(None) };
+        let b = &self.module.buffers[buffer];
+        let mut rest = element;
+        for (var, &set) in index.iter().zip(&b.dims).rev() {
+            let set = &self.module.sets[set];
+            let len = set.len().max(1);
+            self.set_var(*var, (set.lo + (rest % len) as i64) as f64);
+            rest /= len;
+        }
+        self.trace(program, value)
+    }
+
+    /// Follows a non-finite value down to the first operation that made it so: into the
+    /// operand that was already non-finite (the branch taken, the element of a reduction), and
+    /// through a load into the store of `program` that wrote the element.
+    fn trace(&mut self, program: &Program, handle: Handle<Expr>) -> Result<Option<Origin>, RunError> {
+        let module = self.module;
+        let value = self.eval(handle)?;
+        if value.is_finite() {
+            return Ok(None);
+        }
+        let span = module.exprs.span(handle);
+        let made = |cause: String| Ok(Some(Origin { span, cause: format!("{cause} is {}", number(value)) }));
+        match &module.exprs[handle] {
+            Expr::Load { buffer, index } => {
+                let mut position = Vec::with_capacity(index.len());
+                for i in index {
+                    position.push(self.eval(*i)?);
+                }
+                let offset = self.offset(*buffer, &position, span)?;
+                if let Some(origin) = self.origin(program, *buffer, offset)? {
+                    return Ok(Some(origin));
+                }
+                let b = &module.buffers[*buffer];
+                let at = if position.is_empty() {
+                    String::new()
+                } else {
+                    let p: Vec<String> = position.iter().map(|v| number(*v)).collect();
+                    format!("[{}]", p.join(", "))
+                };
+                made(format!("`{}{at}`", b.name))
+            }
+            Expr::Unary { op, arg } => {
+                let x = self.eval(*arg)?;
+                if !x.is_finite() {
+                    return self.trace(program, *arg);
+                }
+                made(format!("`{}` of {}", op.name(), number(x)))
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let a = self.eval(*lhs)?;
+                if !a.is_finite() {
+                    return self.trace(program, *lhs);
+                }
+                let b = self.eval(*rhs)?;
+                if !b.is_finite() {
+                    return self.trace(program, *rhs);
+                }
+                made(match op {
+                    BinaryOp::Add => format!("{} + {}", number(a), number(b)),
+                    BinaryOp::Sub => format!("{} - {}", number(a), number(b)),
+                    BinaryOp::Mul => format!("{} * {}", number(a), number(b)),
+                    BinaryOp::Div => format!("{} / {}", number(a), number(b)),
+                    BinaryOp::Rem => format!("{} % {}", number(a), number(b)),
+                    BinaryOp::Pow => format!("{} ^ {}", number(a), number(b)),
+                    other => format!("`{}` of {} and {}", format!("{other:?}").to_lowercase(), number(a), number(b)),
+                })
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let chosen = if self.eval(*cond)? != 0.0 { *then } else { *otherwise };
+                self.trace(program, chosen)
+            }
+            Expr::Reduce { op, var, set, body } => {
+                // A maximum or minimum comes from the element that attains it; a sum or product
+                // from its first non-finite element.
+                let range = module.sets[*set].lo..module.sets[*set].hi;
+                for element in range {
+                    self.set_var(*var, element as f64);
+                    let v = self.eval(*body)?;
+                    let culprit = match op {
+                        ReduceOp::Max | ReduceOp::Min => v == value || (v.is_nan() && value.is_nan()),
+                        ReduceOp::Sum | ReduceOp::Prod | ReduceOp::ArgMax | ReduceOp::ArgMin => !v.is_finite(),
+                    };
+                    if culprit {
+                        return self.trace(program, *body);
+                    }
+                }
+                let name = if *op == ReduceOp::Prod { "product" } else { "sum" };
+                made(format!("the {name} over `{}`", module.sets[*set].name))
+            }
+            Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => made("this value".into()),
+        }
+    }
+}
+
+/// The statement of `body` that stores into `buffer`: its index variables and its value.
+fn store_of(body: &[Stmt], buffer: BufferId) -> Option<(&[Var], Handle<Expr>)> {
+    body.iter().find_map(|s| match s {
+        Stmt::For { body, .. } => store_of(body, buffer),
+        Stmt::Store { buffer: b, index, value } if *b == buffer => Some((index.as_slice(), *value)),
+        _ => None,
+    })
+}
+
+/// A number as a message shows it: whole numbers without a fraction, very large and very small
+/// ones with an exponent.
+pub fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e16 { format!("{v}") } else { format!("{v:?}") }
 }
 
 pub fn unary(op: UnaryOp, x: f64) -> f64 {

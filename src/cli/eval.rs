@@ -98,11 +98,13 @@ pub fn run(args: Args) -> u8 {
             let ctx = hmdp::train::rollout::Context { module, spec: &spec, backend: &jit, instance: &instance };
             let evaluation = match hmdp::train::evaluate(&ctx, &nets, &test) {
                 Ok(e) => e,
-                Err(hmdp::train::TrainError::Run(e)) => return super::run_error(compiled, e),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILED;
-                }
+                Err(e) => match e.located() {
+                    Some(located) => return super::run_error(compiled, located),
+                    None => {
+                        eprintln!("error: {e}");
+                        return exit::FAILED;
+                    }
+                },
             };
             let names = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
             (format!("{} checkpoint", which.file().trim_end_matches(".ckpt")), evaluation.per_scenario, names)

@@ -205,10 +205,11 @@ fn report(compiled: &Compiled, folder: &Path, outcome: Outcome, breakdown: bool)
     }
 }
 
+/// Prints why training stopped, located in the model when it has a place there.
 fn train_error(compiled: &Compiled, e: TrainError) -> u8 {
-    match e {
-        TrainError::Run(e) => super::run_error(compiled, e),
-        e => {
+    match e.located() {
+        Some(located) => super::run_error(compiled, located),
+        None => {
             eprintln!("error: {e}");
             exit::FAILED
         }

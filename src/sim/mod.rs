@@ -7,6 +7,7 @@
 //! number of threads.
 
 pub mod compare;
+pub mod finite;
 pub mod gradcheck;
 pub mod protocol;
 

@@ -14,7 +14,8 @@
 //! - a [`Decide`] chooses the actions: [`Scenariowise`] runs a [`Policy`] scenario by scenario on
 //!   each scenario's own policy stream, the trainer's networks decide for a whole batch.
 //!
-//! [`costs`] runs a whole horizon and sums the reported costs; [`simulate_on_interpreter`] and
+//! [`costs`] runs a whole horizon and sums the reported costs, stopping at the first cost or next
+//! state that is not finite ([`super::finite`]); [`simulate_on_interpreter`] and
 //! [`simulate_on_backend`] run a scenario set through it, chunk by chunk in parallel. A scenario's
 //! numbers depend only on its own streams, so they are the same on every world, every chunking and
 //! every thread count (bit for bit with a backend that agrees with the interpreter).
@@ -24,6 +25,7 @@ use std::ops::Range;
 use rand::rngs::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::finite::{self, NonFinite, Stop};
 use super::{Policy, report_scale};
 use crate::backend::{self, Backend, Batch, Buffers, Kernel, Machine, RunError};
 use crate::ir::{BufferId, BufferKind, Module};
@@ -35,6 +37,10 @@ pub trait World {
     fn rows(&self) -> usize;
     /// Buffer `id` of scenario `row`.
     fn get(&self, id: BufferId, row: usize) -> &[f64];
+    /// A copy of every buffer of scenario `row`, as the interpreter holds them.
+    fn buffers(&self, row: usize) -> Buffers;
+    /// Which scenario `row` is: its set and its index in the set.
+    fn scenario(&self, row: usize) -> (ScenarioSet, usize);
     /// Draws (or loads) the noise of `period`.
     fn noise(&mut self, period: usize) -> Result<(), RunError>;
     /// Runs one of the per-period programs (`bounds`, `regimes`, `step`).
@@ -54,7 +60,7 @@ pub type Visit<'v> = dyn Fn(&mut Buffers, &mut ChaCha8Rng) -> Result<(), RunErro
 /// program; then, after the `regimes` program has computed which continuous actions act and
 /// within which bounds (the chosen piece of a reformulated action), the continuous actions.
 pub trait Decide<W: ?Sized> {
-    type Error: From<RunError>;
+    type Error: From<RunError> + From<NonFinite>;
     fn discrete(&mut self, world: &mut W, period: usize) -> Result<(), Self::Error>;
     fn continuous(&mut self, world: &mut W, period: usize) -> Result<(), Self::Error>;
 }
@@ -79,7 +85,7 @@ pub fn period<W: World + ?Sized, D: Decide<W>>(world: &mut W, policy: &mut D, pe
 }
 
 /// Runs the whole horizon; per scenario, each cost term summed over the reported periods (from
-/// `warmup` on).
+/// `warmup` on). A cost or next state that is NaN or infinite stops it ([`finite::check`]).
 pub fn costs<W: World + ?Sized, D: Decide<W>>(
     module: &Module,
     world: &mut W,
@@ -89,6 +95,7 @@ pub fn costs<W: World + ?Sized, D: Decide<W>>(
     let mut totals = vec![vec![0.0; terms.len()]; world.rows()];
     for t in 0..module.horizon {
         period(world, policy, t as usize)?;
+        finite::check(module, world, t as usize)?;
         if t >= module.warmup {
             for (row, total) in totals.iter_mut().enumerate() {
                 for (sum, &id) in total.iter_mut().zip(&terms) {
@@ -134,6 +141,8 @@ pub struct Scenario<'m> {
     module: &'m Module,
     pub buffers: Buffers,
     stream: ChaCha8Rng,
+    set: ScenarioSet,
+    index: usize,
 }
 
 impl<'m> Scenario<'m> {
@@ -149,7 +158,7 @@ impl<'m> Scenario<'m> {
         let mut buffers = instance.clone();
         let mut stream = scenario_stream(seed, set, index);
         Machine::new(module, &mut buffers, Some(&mut stream)).run(&module.init)?;
-        Ok(Scenario { module, buffers, stream })
+        Ok(Scenario { module, buffers, stream, set, index: index as usize })
     }
 }
 
@@ -160,6 +169,14 @@ impl World for Scenario<'_> {
 
     fn get(&self, id: BufferId, _row: usize) -> &[f64] {
         &self.buffers.values[id]
+    }
+
+    fn buffers(&self, _row: usize) -> Buffers {
+        self.buffers.clone()
+    }
+
+    fn scenario(&self, _row: usize) -> (ScenarioSet, usize) {
+        (self.set, self.index)
     }
 
     fn noise(&mut self, _period: usize) -> Result<(), RunError> {
@@ -198,6 +215,9 @@ pub struct Batched<'a> {
     backend: &'a dyn Backend,
     pub batch: Batch,
     noise: Noise<'a>,
+    /// The set of the scenarios, and the index in it of each row's scenario.
+    set: ScenarioSet,
+    scenarios: Vec<usize>,
 }
 
 impl<'a> Batched<'a> {
@@ -212,26 +232,27 @@ impl<'a> Batched<'a> {
         indices: Range<usize>,
     ) -> Result<Batched<'a>, RunError> {
         let mut batch = Batch::new(module, instance, indices.len());
-        let mut streams: Vec<ChaCha8Rng> = indices.map(|i| scenario_stream(seed, set, i as u64)).collect();
+        let mut streams: Vec<ChaCha8Rng> = indices.clone().map(|i| scenario_stream(seed, set, i as u64)).collect();
         each_scenario(&mut batch, &mut streams, &|buffers, stream| {
             Machine::new(module, buffers, Some(stream)).run(&module.init)
         })?;
-        Ok(Batched { module, backend, batch, noise: Noise::Streams(streams) })
+        Ok(Batched { module, backend, batch, noise: Noise::Streams(streams), set, scenarios: indices.collect() })
     }
 
-    /// Scenarios `rows` of a set drawn beforehand: `init` per state buffer and `periods` per
+    /// Scenarios `rows` of `set` drawn beforehand: `init` per state buffer and `periods` per
     /// period and noise buffer, the values of every scenario of the set (scenario-major).
     pub fn drawn(
         module: &'a Module,
         instance: &Buffers,
         backend: &'a dyn Backend,
+        set: ScenarioSet,
         init: &[(BufferId, Vec<f64>)],
         periods: &'a [Vec<(BufferId, Vec<f64>)>],
         rows: &'a [usize],
     ) -> Batched<'a> {
         let mut batch = Batch::new(module, instance, rows.len());
         copy_rows(&mut batch, init, rows);
-        Batched { module, backend, batch, noise: Noise::Drawn { periods, rows } }
+        Batched { module, backend, batch, noise: Noise::Drawn { periods, rows }, set, scenarios: rows.to_vec() }
     }
 }
 
@@ -263,6 +284,14 @@ impl World for Batched<'_> {
 
     fn get(&self, id: BufferId, row: usize) -> &[f64] {
         self.batch.get(id, row)
+    }
+
+    fn buffers(&self, row: usize) -> Buffers {
+        self.batch.scenario(row)
+    }
+
+    fn scenario(&self, row: usize) -> (ScenarioSet, usize) {
+        (self.set, self.scenarios[row])
     }
 
     fn noise(&mut self, period: usize) -> Result<(), RunError> {
@@ -305,23 +334,23 @@ pub struct Scenariowise<'a> {
 }
 
 impl<W: World + ?Sized> Decide<W> for Scenariowise<'_> {
-    type Error = RunError;
+    type Error = Stop;
 
-    fn discrete(&mut self, world: &mut W, _period: usize) -> Result<(), RunError> {
+    fn discrete(&mut self, world: &mut W, _period: usize) -> Result<(), Stop> {
         let (module, policy) = (self.module, self.policy);
-        world.each_scenario(self.streams, &|buffers, stream| policy.discrete(module, buffers, stream))
+        Ok(world.each_scenario(self.streams, &|buffers, stream| policy.discrete(module, buffers, stream))?)
     }
 
-    fn continuous(&mut self, world: &mut W, _period: usize) -> Result<(), RunError> {
+    fn continuous(&mut self, world: &mut W, _period: usize) -> Result<(), Stop> {
         let (module, policy) = (self.module, self.policy);
-        world.each_scenario(self.streams, &|buffers, stream| policy.continuous(module, buffers, stream))
+        Ok(world.each_scenario(self.streams, &|buffers, stream| policy.continuous(module, buffers, stream))?)
     }
 }
 
 /// Runs `scenarios` scenarios of a set, `chunk` at a time in parallel, each chunk in the world
 /// `start` makes for its scenario indices; per scenario, each cost term's reported figure (summed
-/// from `warmup` on and scaled as the model's `report` says). The first error by scenario order
-/// is returned.
+/// from `warmup` on and scaled as the model's `report` says). Of the chunks that stop, the one
+/// [`finite::first`] chooses is reported.
 fn over_scenarios<W: World>(
     module: &Module,
     policy: &dyn Policy,
@@ -333,7 +362,7 @@ fn over_scenarios<W: World>(
 ) -> Result<Vec<Vec<f64>>, RunError> {
     let scale = report_scale(module);
     let chunks: Vec<Range<usize>> = (0..scenarios).step_by(chunk).map(|s| s..(s + chunk).min(scenarios)).collect();
-    let per_chunk: Vec<Result<Vec<Vec<f64>>, RunError>> = chunks
+    let per_chunk: Vec<Result<Vec<Vec<f64>>, Stop>> = chunks
         .into_par_iter()
         .map(|indices| {
             let mut streams: Vec<ChaCha8Rng> =
@@ -343,10 +372,17 @@ fn over_scenarios<W: World>(
         })
         .collect();
     let mut out = Vec::with_capacity(scenarios);
+    let mut stops = Vec::new();
     for totals in per_chunk {
-        out.extend(totals?.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>()));
+        match totals {
+            Ok(totals) => out.extend(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>())),
+            Err(stop) => stops.push(stop),
+        }
     }
-    Ok(out)
+    match finite::first(stops) {
+        Some(stop) => Err(stop.into()),
+        None => Ok(out),
+    }
 }
 
 /// Runs `scenarios` scenarios of a set on the interpreter, each on its own buffers, in parallel;

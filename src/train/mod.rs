@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
 use crate::backend::RunError;
+use crate::sim::finite::NonFinite;
 use policy::Nets;
 use rollout::{Context, Mode};
 use scenarios::Scenarios;
@@ -59,9 +60,20 @@ impl Algo {
 #[derive(Debug)]
 pub enum TrainError {
     Run(RunError),
-    NotFinite { term: String, step: usize, value: f64 },
+    /// A cost or next state that is NaN or infinite, and when in the run it came up (the loop
+    /// of [`run`] says; `None` outside it).
+    NotFinite {
+        found: NonFinite,
+        during: Option<During>,
+    },
     NotFiniteGradient,
-    EmptyBounds { action: String, element: usize, step: usize, lo: f64, hi: f64 },
+    EmptyBounds {
+        action: String,
+        element: usize,
+        step: usize,
+        lo: f64,
+        hi: f64,
+    },
     NoActions,
     RunFolder(String),
     Internal(String),
@@ -73,15 +85,55 @@ impl From<RunError> for TrainError {
     }
 }
 
+impl From<NonFinite> for TrainError {
+    fn from(found: NonFinite) -> TrainError {
+        TrainError::NotFinite { found, during: None }
+    }
+}
+
+/// When in a run a problem came up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum During {
+    /// The rollouts of update `n` (counted from 1).
+    Update(usize),
+    /// The evaluation of the policy after `n` updates.
+    Evaluation(usize),
+}
+
+impl TrainError {
+    /// The error with when in the run it came up, if it is one that says.
+    pub fn during(self, when: During) -> TrainError {
+        match self {
+            TrainError::NotFinite { found, during: None } => TrainError::NotFinite { found, during: Some(when) },
+            e => e,
+        }
+    }
+
+    /// The error as a located diagnostic of the model, when it has a place in the model.
+    pub fn located(&self) -> Option<RunError> {
+        match self {
+            TrainError::Run(e) => Some(e.clone()),
+            TrainError::NotFinite { found, .. } => Some(RunError { span: found.span, message: self.to_string() }),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TrainError::Run(e) => write!(f, "{}", e.message),
-            TrainError::NotFinite { term, step, value } => {
-                write!(
-                    f,
-                    "cost `{term}` is {value} at step {step}; training stopped (checkpoints written so far are kept)"
-                )
+            TrainError::NotFinite { found, during } => {
+                let kept = "; training stopped (checkpoints written so far are kept)";
+                let (during, after) = match during {
+                    Some(During::Update(n)) => (format!(", in update {n}"), kept),
+                    Some(During::Evaluation(0)) => {
+                        (", evaluating the untrained policy".to_string(), "; training stopped before its first update")
+                    }
+                    Some(During::Evaluation(n)) => (format!(", evaluating the policy after update {n}"), kept),
+                    None => (String::new(), ""),
+                };
+                write!(f, "{}{after}", found.message(&during))
             }
             TrainError::NotFiniteGradient => {
                 write!(

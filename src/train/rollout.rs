@@ -17,6 +17,7 @@ use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
 use crate::ir::Module;
 use crate::nn::mlp::Tape;
 use crate::random::{standard_normal, unit};
+use crate::sim::finite;
 use crate::sim::protocol::{self, Batched, Decide, World};
 
 /// How actions are chosen.
@@ -113,7 +114,7 @@ fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], mut raw
 /// first step's noise, bounds), rows × features.
 pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, RunError> {
     let rows: Vec<usize> = (0..set.count).collect();
-    let mut world = Batched::drawn(ctx.module, ctx.instance, ctx.backend, &set.init, &set.noise, &rows);
+    let mut world = Batched::drawn(ctx.module, ctx.instance, ctx.backend, set.set, &set.init, &set.noise, &rows);
     world.noise(0)?;
     world.run(Kernel::Bounds)?;
     let features = ctx.spec.features;
@@ -264,7 +265,8 @@ pub fn rollout(
 ) -> Result<Trajectory, TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
     let rows = indices.len();
-    let mut world = Batched::drawn(module, ctx.instance, ctx.backend, &scenarios.init, &scenarios.noise, indices);
+    let mut world =
+        Batched::drawn(module, ctx.instance, ctx.backend, scenarios.set, &scenarios.init, &scenarios.noise, indices);
     let mut networks = Networks {
         ctx,
         nets,
@@ -285,15 +287,12 @@ pub fn rollout(
     let mut steps = Vec::with_capacity(periods);
     for t in 0..periods {
         protocol::period(&mut world, &mut networks, t)?;
+        finite::check(module, &world, t)?;
         let batch = &world.batch;
         let mut costs = vec![0.0; rows * terms];
         for b in 0..rows {
             for (j, &id) in spec.costs.iter().enumerate() {
-                let c = batch.get(id, b)[0];
-                if !c.is_finite() {
-                    return Err(TrainError::NotFinite { term: module.buffers[id].name.clone(), step: t, value: c });
-                }
-                costs[b * terms + j] = c;
+                costs[b * terms + j] = batch.get(id, b)[0];
             }
         }
         let n = &mut networks;

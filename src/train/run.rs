@@ -16,7 +16,7 @@ use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
 use super::scenarios::Scenarios;
 use super::update::{Optimizers, Phases, Workspace, update};
-use super::{Algo, Config, Evaluation, TrainError, defaults, evaluate, spec_with_scales};
+use super::{Algo, Config, During, Evaluation, TrainError, defaults, evaluate, spec_with_scales};
 use crate::backend::{Backend, Buffers};
 use crate::pipeline::Compiled;
 use crate::random::{self, ScenarioSet};
@@ -162,7 +162,10 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             .map_err(io)
     };
     let mut last_save = Instant::now();
-    let evaluate_dev = |nets: &Nets| -> Result<Evaluation, TrainError> { evaluate(&ctx, nets, &dev_set) };
+    // `after`: the number of updates the evaluated policy has had.
+    let evaluate_dev = |nets: &Nets, after: usize| -> Result<Evaluation, TrainError> {
+        evaluate(&ctx, nets, &dev_set).map_err(|e| e.during(During::Evaluation(after)))
+    };
 
     // The policy before any update is the first point of the curve and the first best; a
     // resumed run's best is the one its best checkpoint holds.
@@ -173,10 +176,10 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             decode_checkpoint(checkpoint, &mut held, None).map_err(|e| {
                 TrainError::RunFolder(format!("--resume: {}: {e}", folder.join(folder::BEST).display()))
             })?;
-            (evaluate_dev(&held)?.total(), *update)
+            (evaluate_dev(&held, *update)?.total(), *update)
         }
         Some(folder::Best::Missing) | None => {
-            let first = evaluate_dev(&nets)?;
+            let first = evaluate_dev(&nets, first_update)?;
             if resumed.is_none() {
                 curve.push(CurveRow::new(first_update, started.elapsed().as_secs_f64(), f64::NAN, first.terms.clone()));
             }
@@ -208,7 +211,8 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             phases.add(&stats.phases);
             let totals = traj.totals(terms, module.warmup as usize);
             Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
-        })();
+        })()
+        .map_err(|e| e.during(During::Update(u + 1)));
         let seconds = t0.elapsed().as_secs_f64();
         in_updates += seconds;
         update_seconds.push(seconds);
@@ -227,7 +231,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         // checkpoint include the updates it made.
         let stopping = inputs.stop.load(Ordering::Relaxed);
         if done % eval_every == 0 || done == last || stopping {
-            match evaluate_dev(&nets) {
+            match evaluate_dev(&nets, done) {
                 Ok(dev) => {
                     curve.push(CurveRow::new(
                         done,
