@@ -124,6 +124,16 @@ impl Batch {
         Buffers { values: (0..self.values.len()).map(|id| self.get(id, b).to_vec()).collect() }
     }
 
+    /// Overwrites `buffers`, which hold a scenario of this batch, with scenario `b`'s, parameters
+    /// excepted: they are the same for every scenario, so a large table is not copied again.
+    pub fn load_scenario(&self, b: usize, buffers: &mut Buffers) {
+        for (id, values) in buffers.values.iter_mut().enumerate() {
+            if !self.shared[id] {
+                values.copy_from_slice(self.get(id, b));
+            }
+        }
+    }
+
     /// Writes scenario `b`'s buffers from `buffers`, parameters excepted.
     pub fn set_scenario(&mut self, b: usize, buffers: &Buffers) {
         for (id, values) in buffers.values.iter().enumerate() {

@@ -267,12 +267,21 @@ fn copy_rows(batch: &mut Batch, values: &[(BufferId, Vec<f64>)], rows: &[usize])
 }
 
 /// Runs `visit` on a copy of each scenario of a batch in turn, writing each copy back before
-/// the next is taken (so one scenario's copy is in memory at a time).
+/// the next is taken (so one scenario's copy is in memory at a time). The parameters are copied
+/// once, not once per scenario: a model whose parameters are large data tables would otherwise
+/// spend its time copying them.
 fn each_scenario(batch: &mut Batch, streams: &mut [ChaCha8Rng], visit: &Visit<'_>) -> Result<(), RunError> {
+    let mut copy: Option<Buffers> = None;
     for (b, stream) in streams.iter_mut().enumerate() {
-        let mut buffers = batch.scenario(b);
-        visit(&mut buffers, stream)?;
-        batch.set_scenario(b, &buffers);
+        let buffers = match &mut copy {
+            Some(buffers) => {
+                batch.load_scenario(b, buffers);
+                buffers
+            }
+            None => copy.insert(batch.scenario(b)),
+        };
+        visit(buffers, stream)?;
+        batch.set_scenario(b, buffers);
     }
     Ok(())
 }
