@@ -328,8 +328,20 @@ fn a_lost_curve_does_not_demote_the_best_checkpoint() {
 #[test]
 fn a_second_run_into_a_folder_in_use_is_refused() {
     let out = scratch("in-use");
-    let args =
-        ["train", "models/switched_lqr.hmdp", "--out", s(&out), "--scenarios", "50000", "--hidden", "16,16", "--quiet"];
+    // A run that outlasts the test by far: it is killed at the end.
+    let args = [
+        "train",
+        "models/switched_lqr.hmdp",
+        "--out",
+        s(&out),
+        "--scenarios",
+        "50000",
+        "--hidden",
+        "16,16",
+        "--updates",
+        "1000000",
+        "--quiet",
+    ];
     let first = start(&args);
     wait_for(|| out.join("curve.csv").exists(), "no run folder was started in time");
     let run_json = std::fs::read(out.join("run.json")).expect("run.json");
@@ -635,8 +647,20 @@ horizon 5
 #[test]
 fn a_second_ctrl_c_exits_130() {
     let out = scratch("twice");
-    // A large dev set, so that the evaluation after the first Ctrl-C outlasts the pause.
-    let args = ["train", "models/switched_lqr.hmdp", "--out", s(&out), "--scenarios", "50000", "--hidden", "16,16"];
+    // A dev set large enough, on the interpreter, that the evaluation after the first Ctrl-C
+    // (about two seconds) outlasts the pause between the signals many times over.
+    let args = [
+        "train",
+        "models/switched_lqr.hmdp",
+        "--out",
+        s(&out),
+        "--scenarios",
+        "20000",
+        "--hidden",
+        "16,16",
+        "--backend",
+        "interp",
+    ];
     let child = start(&args);
     // The handler is set before the run folder is started.
     wait_for(|| out.join("curve.csv").exists(), "no run folder was started in time");
