@@ -3,7 +3,7 @@
 
 use super::checker::*;
 use super::model::*;
-use crate::syntax::ast::{self, BinaryOp, ExprKind, UnaryOp};
+use crate::syntax::ast::{self, ExprKind, UnaryOp};
 
 impl Checker<'_> {
     /// The value of an expression known at compile time: numbers, sizes, constant parameters,
@@ -57,27 +57,8 @@ impl Checker<'_> {
             }
             ExprKind::Unary { op: UnaryOp::Neg, operand } => -part(operand)?,
             ExprKind::Unary { op: UnaryOp::Not, operand } => f64::from(u8::from(part(operand)? == 0.0)),
-            ExprKind::Binary { op, lhs, rhs } => {
-                let a = part(lhs)?;
-                let b = part(rhs)?;
-                let truth = |c: bool| f64::from(u8::from(c));
-                match op {
-                    BinaryOp::Add => a + b,
-                    BinaryOp::Sub => a - b,
-                    BinaryOp::Mul => a * b,
-                    BinaryOp::Div => a / b,
-                    BinaryOp::Rem => a % b,
-                    BinaryOp::Pow => a.powf(b),
-                    BinaryOp::Eq => truth(a == b),
-                    BinaryOp::Ne => truth(a != b),
-                    BinaryOp::Lt => truth(a < b),
-                    BinaryOp::Le => truth(a <= b),
-                    BinaryOp::Gt => truth(a > b),
-                    BinaryOp::Ge => truth(a >= b),
-                    BinaryOp::And => truth(a != 0.0 && b != 0.0),
-                    BinaryOp::Or => truth(a != 0.0 || b != 0.0),
-                }
-            }
+            // Folded as the interpreter computes it.
+            ExprKind::Binary { op, lhs, rhs } => op.operation().apply(part(lhs)?, part(rhs)?),
             ExprKind::If { cond, then, otherwise } => {
                 if part(cond)? != 0.0 {
                     part(then)?

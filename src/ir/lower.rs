@@ -465,23 +465,7 @@ impl<'a> Lowering<'a> {
         }
         let a = self.expr(lhs, env);
         let b = self.expr(rhs, env);
-        let op = match op {
-            A::Add => BinaryOp::Add,
-            A::Sub => BinaryOp::Sub,
-            A::Mul => BinaryOp::Mul,
-            A::Div => BinaryOp::Div,
-            A::Rem => BinaryOp::Rem,
-            A::Pow => BinaryOp::Pow,
-            A::Eq => BinaryOp::Eq,
-            A::Ne => BinaryOp::Ne,
-            A::Lt => BinaryOp::Lt,
-            A::Le => BinaryOp::Le,
-            A::Gt => BinaryOp::Gt,
-            A::Ge => BinaryOp::Ge,
-            A::And => BinaryOp::And,
-            A::Or => BinaryOp::Or,
-        };
-        self.binary(op, a, b, span)
+        self.binary(op.operation(), a, b, span)
     }
 
     /// A `match` becomes a chain of selects on the label's position, tested in arm order; the

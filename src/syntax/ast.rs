@@ -194,6 +194,27 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// The IR operation it lowers to, whose `apply` is its value.
+    pub fn operation(self) -> crate::builtins::BinaryOp {
+        use crate::builtins::BinaryOp as Op;
+        match self {
+            BinaryOp::Add => Op::Add,
+            BinaryOp::Sub => Op::Sub,
+            BinaryOp::Mul => Op::Mul,
+            BinaryOp::Div => Op::Div,
+            BinaryOp::Rem => Op::Rem,
+            BinaryOp::Pow => Op::Pow,
+            BinaryOp::Eq => Op::Eq,
+            BinaryOp::Ne => Op::Ne,
+            BinaryOp::Lt => Op::Lt,
+            BinaryOp::Le => Op::Le,
+            BinaryOp::Gt => Op::Gt,
+            BinaryOp::Ge => Op::Ge,
+            BinaryOp::And => Op::And,
+            BinaryOp::Or => Op::Or,
+        }
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             BinaryOp::Add => "+",
