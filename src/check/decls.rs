@@ -226,18 +226,26 @@ impl Checker<'_> {
         }
     }
 
+    /// The dimensions of a parameter or a state, inferred with what its definition reads, and
+    /// whether they resolved; a declaration whose dimensions do not resolve is marked broken, so
+    /// later errors about it stay quiet.
+    fn declared_dims(&mut self, symbol: Symbol, dims: &[ast::Dim], def: &ast::Definition) -> (Vec<Dimension>, bool) {
+        let uses: Vec<&ast::Expr> = match def {
+            ast::Definition::Value(e) | ast::Definition::Random(e) => vec![e],
+            ast::Definition::File { .. } => vec![],
+        };
+        let (dims, dims_ok) = self.dims(dims, &uses);
+        if !dims_ok {
+            self.broken.insert(symbol);
+        }
+        (dims, dims_ok)
+    }
+
     pub(super) fn param(&mut self, d: &ast::ParamDecl) {
         let Some(Global { symbol: Symbol::Param(id), .. }) = self.globals.get(&d.name.name) else { return };
         let id = *id;
         let symbol = Symbol::Param(id);
-        let uses: Vec<&ast::Expr> = match &d.def {
-            ast::Definition::Value(e) | ast::Definition::Random(e) => vec![e],
-            ast::Definition::File { .. } => vec![],
-        };
-        let (dims, dims_ok) = self.dims(&d.dims, &uses);
-        if !dims_ok {
-            self.broken.insert(symbol);
-        }
+        let (dims, dims_ok) = self.declared_dims(symbol, &d.dims, &d.def);
         if let Some(param) = self.m.params.get_mut(id) {
             param.dims = dims.clone();
         }
@@ -525,14 +533,7 @@ impl Checker<'_> {
         let Some(Global { symbol: Symbol::State(id), .. }) = self.globals.get(&d.name.name) else { return };
         let id = *id;
         let symbol = Symbol::State(id);
-        let uses: Vec<&ast::Expr> = match &d.def {
-            ast::Definition::Value(e) | ast::Definition::Random(e) => vec![e],
-            ast::Definition::File { .. } => vec![],
-        };
-        let (dims, dims_ok) = self.dims(&d.dims, &uses);
-        if !dims_ok {
-            self.broken.insert(symbol);
-        }
+        let (dims, dims_ok) = self.declared_dims(symbol, &d.dims, &d.def);
         let mut scope = Scope::with_dims(Context::StateInit, &dims);
         let (ty, initial) = match &d.def {
             ast::Definition::Value(e) => (self.expr(e, &mut scope), Definition::Value(e.clone())),
