@@ -17,7 +17,7 @@ use hmdp::train::policy::Nets;
 use hmdp::train::rollout::{Context, Mode, rollout};
 use hmdp::train::scenarios::Scenarios;
 use hmdp::train::spec::Spec;
-use hmdp::train::update::{Weights, mixed_gradient, pathwise};
+use hmdp::train::update::{Weights, mixed_gradient};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -247,36 +247,34 @@ fn pathwise_gradient_through_time_matches_finite_differences() {
     let lqr = std::fs::read_to_string(common::root().join("models/switched_lqr.hmdp")).expect("model");
     for (source, overrides) in [(lqr.as_str(), vec![("n", 3.0), ("modes", 2.0)]), (SQUASHED, vec![])] {
         let s = setup(source, &overrides);
-        let set = Scenarios::draw(&s.module, &s.instance, 0, ScenarioSet::Train, 3).expect("scenarios");
-        let nets = random_nets(&s.spec, 3, 0.3);
-        let ctx = Context { module: &s.module, spec: &s.spec, backend: &s.jit, instance: &s.instance };
-        let horizon = s.module.horizon as usize;
-        let discrete_len: usize = s.spec.discrete.iter().map(|d| d.len).sum();
-        let labels: Vec<u32> =
-            (0..horizon * 3 * discrete_len).map(|i| (i % 3 % 2) as u32 + (i % 5 == 0) as u32).collect();
-        let cost = |nets: &Nets| {
-            let mut rng = ChaCha8Rng::seed_from_u64(0);
-            let traj = rollout(&ctx, nets, &set, &[0, 1, 2], Mode::Forced(&labels), true, &mut rng).expect("rollout");
-            let total: f64 = traj.steps.iter().flat_map(|st| st.costs.iter()).sum::<f64>() / 3.0;
-            (total, traj)
-        };
-        let (_, mut traj) = cost(&nets);
-        let weight = |_: usize| 1.0 / 3.0;
-        let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
-        let mut worst = 0.0f64;
-        let mut largest = 0.0f64;
-        for (k, &ad) in grad.iter().enumerate() {
-            let h = 1e-3f32;
-            let (mut plus, mut minus) = (nets.clone(), nets.clone());
-            plus.continuous.params_mut()[k] += h;
-            minus.continuous.params_mut()[k] -= h;
-            let width = (plus.continuous.params()[k] - minus.continuous.params()[k]) as f64;
-            let fd = (cost(&plus).0 - cost(&minus).0) / width;
-            let error = (fd - ad as f64).abs() / fd.abs().max(ad.abs() as f64).max(1.0);
-            worst = worst.max(error);
-            largest = largest.max(fd.abs());
-        }
+        let (worst, largest) = common::pathwise_against_finite_differences(&s.module, &s.jit, 3);
         assert!(largest > 0.1, "{}: the gradient is trivial ({largest})", s.module.name);
         assert!(worst < 2e-2, "{}: largest relative error {worst}", s.module.name);
+    }
+}
+
+/// An action squashed into bounds that read the state moves with the state through its bounds:
+/// the pathwise gradient follows it (the `bounds_vjp` kernel), on the interpreter and the JIT
+/// (the Enzyme backend in `enzyme.rs`), and without that term it is measurably wrong.
+#[test]
+fn pathwise_gradient_follows_bounds_that_read_the_state() {
+    let lost_sales = std::fs::read_to_string(common::root().join("models/lost_sales.hmdp")).expect("model");
+    let energy = std::fs::read_to_string(common::root().join("models/energy_storage.hmdp")).expect("model");
+    for (source, overrides) in [(energy.as_str(), vec![]), (lost_sales.as_str(), vec![("items", 2.0)])] {
+        let s = setup(source, &overrides);
+        assert!(!s.module.bounds_vjp.body.is_empty(), "{}: the bounds read the state", s.module.name);
+        let interp = hmdp::backend::Interp::new(&s.module);
+        for backend in [&interp as &dyn hmdp::backend::Backend, &s.jit] {
+            let (worst, largest) = common::pathwise_against_finite_differences(&s.module, backend, 3);
+            let at = format!("{} on {}", s.module.name, backend.name());
+            assert!(largest > 0.1, "{at}: the gradient is trivial ({largest})");
+            assert!(worst < 2e-2, "{at}: largest relative error {worst}");
+        }
+        let mut blind = s.module.clone().into_inner();
+        blind.bounds_vjp.body.clear();
+        let blind = ValidModule::new(blind).expect("still valid");
+        let jit = Jit::compile(&blind).expect("compiles");
+        let (worst, _) = common::pathwise_against_finite_differences(&blind, &jit, 3);
+        assert!(worst > 0.1, "{}: ignoring the bounds must be caught ({worst})", s.module.name);
     }
 }

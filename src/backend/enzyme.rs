@@ -640,7 +640,7 @@ pub struct Enzyme<'m> {
     module: &'m ValidModule,
     /// Kept alive as long as the kernel pointers are used.
     _library: Library,
-    kernels: [KernelFn; 4],
+    kernels: [KernelFn; 5],
     built: bool,
     path: PathBuf,
 }
@@ -656,7 +656,13 @@ impl<'m> Enzyme<'m> {
             // SAFETY: the emitter defines every kernel symbol with exactly this signature.
             unsafe { library.get::<KernelFn>(name) }.map(|s| *s).map_err(|e| fail(e.to_string()))
         };
-        let kernels = [kernel(Kernel::Bounds)?, kernel(Kernel::Regimes)?, kernel(Kernel::Step)?, kernel(Kernel::Vjp)?];
+        let kernels = [
+            kernel(Kernel::Bounds)?,
+            kernel(Kernel::Regimes)?,
+            kernel(Kernel::Step)?,
+            kernel(Kernel::Vjp)?,
+            kernel(Kernel::BoundsVjp)?,
+        ];
         // SAFETY: as above; both functions only read a constant table.
         let count = unsafe { library.get::<extern "C" fn() -> u64>(rust::BUFFER_COUNT_SYMBOL) }
             .map(|s| *s)
@@ -700,6 +706,7 @@ impl Backend for Enzyme<'_> {
             Kernel::Regimes => 1,
             Kernel::Step => 2,
             Kernel::Vjp => 3,
+            Kernel::BoundsVjp => 4,
         };
         let run = self.kernels[index];
         // SAFETY: the caller guarantees `pointers` is a batch of this module with `end`

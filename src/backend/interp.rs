@@ -5,7 +5,7 @@
 use rand::rngs::ChaCha8Rng;
 use rand_distr::Distribution;
 
-use super::{Backend, Kernel, Pointers, is_accumulated, is_shared};
+use super::{Backend, Kernel, Pointers, is_shared, zeroed_by};
 use crate::diagnostics::Span;
 use crate::ir::{BinaryOp, BufferId, BufferKind, Dist, Expr, Handle, Module, Program, ReduceOp, Stmt, UnaryOp, Var};
 
@@ -483,11 +483,9 @@ impl Backend for Interp<'_> {
             // SAFETY: as above; each slice is one buffer of one scenario.
             let read = |&(p, n): &(*mut f64, usize)| unsafe { std::slice::from_raw_parts(p, n) }.to_vec();
             let mut buffers = Buffers { values: slices.iter().map(read).collect() };
-            if kernel == Kernel::Vjp {
-                for (id, buffer) in module.buffers.iter().enumerate() {
-                    if is_accumulated(module, buffer.kind) {
-                        buffers.values[id].iter_mut().for_each(|v| *v = 0.0);
-                    }
+            for (id, buffer) in module.buffers.iter().enumerate() {
+                if zeroed_by(module, kernel, buffer.kind) {
+                    buffers.values[id].iter_mut().for_each(|v| *v = 0.0);
                 }
             }
             Machine::new(module, &mut buffers, None).run(program)?;

@@ -27,7 +27,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module as _, default_libcall_names};
 
-use super::{Backend, Interp, Kernel, Pointers, RunError, is_accumulated, is_shared};
+use super::{Backend, Interp, Kernel, Pointers, RunError, is_shared, zeroed_by};
 use crate::ir::{BinaryOp, BufferId, Expr, Handle, Module, ReduceOp, SetId, Stmt, UnaryOp, ValidModule, Var};
 
 type KernelFn = unsafe extern "C" fn(*const *mut f64, i64, i64) -> i64;
@@ -90,8 +90,8 @@ fn fail(what: impl std::fmt::Display) -> JitError {
 pub struct Jit {
     module: ValidModule,
     kernels: Vec<(Kernel, KernelFn)>,
-    /// Buffers that [`Kernel::Vjp`] zeroes before it accumulates, with their element counts.
-    accumulated: Vec<(BufferId, usize)>,
+    /// Buffers that a kernel zeroes before it accumulates, with their element counts.
+    accumulated: Vec<(Kernel, BufferId, usize)>,
     /// Owns the code the kernels point into; never touched after compilation.
     _code: JITModule,
 }
@@ -103,15 +103,20 @@ unsafe impl Send for Jit {}
 unsafe impl Sync for Jit {}
 
 impl Jit {
-    /// Compiles `bounds`, `regimes`, `step` and `vjp` of a validated module.
+    /// Compiles `bounds`, `regimes`, `step`, `vjp` and `bounds_vjp` of a validated module.
     pub fn compile(module: &ValidModule) -> Result<Jit, JitError> {
         let (code, kernels, _) = build(module, false)?;
-        let accumulated = module
-            .buffers
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| is_accumulated(module, b.kind))
-            .map(|(id, _)| (id, module.len(id)))
+        let accumulated = Kernel::ALL
+            .into_iter()
+            .flat_map(|kernel| {
+                let module: &Module = module;
+                module
+                    .buffers
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, b)| zeroed_by(module, kernel, b.kind))
+                    .map(move |(id, _)| (kernel, id, module.len(id)))
+            })
             .collect();
         Ok(Jit { module: module.clone(), kernels, accumulated, _code: code })
     }
@@ -142,12 +147,10 @@ impl Backend for Jit {
         let Some(function) = self.kernel(kernel) else {
             return Err(RunError { span: Default::default(), message: format!("no `{}` kernel", kernel.name()) });
         };
-        if kernel == Kernel::Vjp {
-            for &(id, len) in &self.accumulated {
-                // SAFETY: the caller guarantees scenarios start..end of buffer `id` are ours.
-                unsafe { std::slice::from_raw_parts_mut(pointers.bases[id].add(start * len), (end - start) * len) }
-                    .fill(0.0);
-            }
+        for &(_, id, len) in self.accumulated.iter().filter(|(k, _, _)| *k == kernel) {
+            // SAFETY: the caller guarantees scenarios start..end of buffer `id` are ours.
+            unsafe { std::slice::from_raw_parts_mut(pointers.bases[id].add(start * len), (end - start) * len) }
+                .fill(0.0);
         }
         // SAFETY: the kernel was compiled for this module's buffers, which `pointers` holds.
         let status = unsafe { function(pointers.bases.as_ptr(), start as i64, end as i64) };
@@ -211,7 +214,7 @@ fn build(module: &Module, keep_text: bool) -> Result<Built, JitError> {
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let imports = Imports { jit: &mut jit, ids: &hosts, refs: HashMap::new() };
-            emit_kernel(module, kernel.program(module), &mut b, imports, pointer, kernel == Kernel::Vjp)?;
+            emit_kernel(module, kernel, &mut b, imports, pointer)?;
             b.seal_all_blocks();
             b.finalize(jit.target_config());
         }
@@ -263,12 +266,13 @@ const LANES: usize = 4;
 /// pass accumulated into are zeroed again first, as the host zeroed them before the call.
 fn emit_kernel(
     module: &Module,
-    program: &crate::ir::Program,
+    kernel: Kernel,
     b: &mut FunctionBuilder<'_>,
     hosts: Imports<'_>,
     pointer: clif::Type,
-    vjp: bool,
 ) -> Result<(), JitError> {
+    let program = kernel.program(module);
+    let vjp = kernel == Kernel::Vjp;
     let entry = b.create_block();
     let header = b.create_block();
     let single = b.create_block();
@@ -297,7 +301,7 @@ fn emit_kernel(
     // into a buffer the scenarios share, and no accumulation into a buffer the host did not zero.
     let lockstep = written.iter().all(|&(id, accumulated)| {
         !is_shared(module.buffers[id].kind)
-            && (!accumulated || (vjp && is_accumulated(module, module.buffers[id].kind)))
+            && (!accumulated || zeroed_by(module, kernel, module.buffers[id].kind))
     });
     let context = Context { module, written: &written, vjp };
 

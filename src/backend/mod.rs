@@ -1,5 +1,5 @@
-//! Backends: the per-step programs of a module (`bounds`, `regimes`, `step`, `vjp`) run on a
-//! whole batch of scenarios at once.
+//! Backends: the per-step programs of a module (`bounds`, `regimes`, `step`, `vjp`, `bounds_vjp`)
+//! run on a whole batch of scenarios at once.
 //!
 //! Every backend works on the same [`Batch`] layout and answers to the same [`Backend`] trait,
 //! so the trainer, `simulate`, `gradcheck` and `bench` can swap them:
@@ -23,8 +23,11 @@
 //! states, continuous actions and lets: a backend zeroes them before accumulating, so the caller
 //! never has to. What the adjoints of lets hold afterwards differs between backends (they are
 //! scratch), and so do the next states and costs: a backend may store them again or leave them
-//! as they were (the JIT leaves them, since the derivative never reads them). The other kernels
-//! write exactly what their IR program writes.
+//! as they were (the JIT leaves them, since the derivative never reads them).
+//! [`Kernel::BoundsVjp`] reads the adjoints of the bounds and piece bounds that have one,
+//! *overwrites* the adjoints of the states, and adds into the adjoints of bounds that other
+//! bounds read (a piece bound's contribution to the action's bound). The other kernels write
+//! exactly what their IR program writes.
 //!
 //! Invariant: a kernel run on scenarios `start..end` touches no other scenario's data and never
 //! writes a parameter, so chunks of a batch can run on different threads at once.
@@ -47,10 +50,12 @@ pub enum Kernel {
     Regimes,
     Step,
     Vjp,
+    /// The derivative of the bounds in the states (`bounds_vjp`).
+    BoundsVjp,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 4] = [Kernel::Bounds, Kernel::Regimes, Kernel::Step, Kernel::Vjp];
+    pub const ALL: [Kernel; 5] = [Kernel::Bounds, Kernel::Regimes, Kernel::Step, Kernel::Vjp, Kernel::BoundsVjp];
 
     pub fn program(self, module: &Module) -> &Program {
         match self {
@@ -58,6 +63,7 @@ impl Kernel {
             Kernel::Regimes => &module.regimes,
             Kernel::Step => &module.step,
             Kernel::Vjp => &module.vjp,
+            Kernel::BoundsVjp => &module.bounds_vjp,
         }
     }
 
@@ -67,6 +73,7 @@ impl Kernel {
             Kernel::Regimes => "regimes",
             Kernel::Step => "step",
             Kernel::Vjp => "vjp",
+            Kernel::BoundsVjp => "bounds_vjp",
         }
     }
 }
@@ -83,6 +90,18 @@ pub fn is_accumulated(module: &Module, kind: BufferKind) -> bool {
             .buffers
             .get(of)
             .is_some_and(|b| matches!(b.kind, BufferKind::State | BufferKind::Continuous | BufferKind::Let)),
+        _ => false,
+    }
+}
+
+/// Whether `kernel` zeroes a buffer before it accumulates into it: for [`Kernel::Vjp`], see
+/// [`is_accumulated`]; for [`Kernel::BoundsVjp`], the adjoints of the states.
+pub fn zeroed_by(module: &Module, kernel: Kernel, kind: BufferKind) -> bool {
+    match (kernel, kind) {
+        (Kernel::Vjp, _) => is_accumulated(module, kind),
+        (Kernel::BoundsVjp, BufferKind::Adjoint { of }) => {
+            module.buffers.get(of).is_some_and(|b| b.kind == BufferKind::State)
+        }
         _ => false,
     }
 }

@@ -285,7 +285,7 @@ impl Backend for Inventory {
                     step.backward(&mut bar, b);
                 }
             }
-            Kernel::Bounds | Kernel::Regimes => return Err(only_step_and_vjp(kernel)),
+            Kernel::Bounds | Kernel::Regimes | Kernel::BoundsVjp => return Err(only_step_and_vjp(kernel)),
         }
         Ok(())
     }
@@ -517,7 +517,7 @@ impl Backend for SwitchedLqr {
                     step.backward(&mut bar, b, &drive)?;
                 }
             }
-            Kernel::Bounds | Kernel::Regimes => return Err(only_step_and_vjp(kernel)),
+            Kernel::Bounds | Kernel::Regimes | Kernel::BoundsVjp => return Err(only_step_and_vjp(kernel)),
         }
         Ok(())
     }

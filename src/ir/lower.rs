@@ -84,6 +84,7 @@ impl<'a> Lowering<'a> {
                 regimes: Program::default(),
                 step: Program::default(),
                 vjp: Program::default(),
+                bounds_vjp: Program::default(),
                 observe: Vec::new(),
                 horizon: model.horizon,
                 warmup: model.warmup,

@@ -2,7 +2,7 @@
 //!
 //! A [`Module`] holds everything a backend needs to simulate a model: the index sets (sizes
 //! already resolved), the arrays ([`Buffer`]s) the programs read and write, one arena of
-//! expression nodes shared by all programs, and six [`Program`]s:
+//! expression nodes shared by all programs, and eight [`Program`]s:
 //!
 //! | program    | runs                         | reads                               | writes                 |
 //! |------------|------------------------------|-------------------------------------|------------------------|
@@ -13,11 +13,19 @@
 //! | `regimes`  | every step, after the discrete choice | params, states, discrete actions | regime masks, piece bounds |
 //! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
 //! | `vjp`      | for a gradient, after `step` | what `step` reads, adjoints         | what `step` writes; adds to adjoints |
+//! | `bounds_vjp` | for a gradient, after `vjp` | what `bounds` and `regimes` read, adjoints | adds to adjoints |
 //!
 //! `vjp` is produced by `passes::ad`: it recomputes the step, then adds into the adjoints of
 //! states, continuous actions and lets ([`Stmt::Accumulate`]) from the adjoints of next states
 //! and costs, which the caller writes before running it. Adjoint buffers of states, continuous
 //! actions and lets are zero when `vjp` starts.
+//!
+//! `bounds_vjp`, also produced by `passes::ad`, is the vector-Jacobian product of the bounds the
+//! policy squashes its continuous actions into: given the adjoints of the bounds and piece bounds
+//! that read the state (written by the caller, from the derivative of the squashing), it adds
+//! into the adjoints of the states, visiting the piece-bound (and, for a bound that reads a
+//! discrete action, bound) stores of `regimes` backwards, then the stores of `bounds`. The
+//! adjoints of states are zero when it starts. It is empty when no bound reads the state.
 //!
 //! Loops over index sets stay loops ([`Stmt::For`], [`Expr::Reduce`]): the size of a module does
 //! not depend on the sizes of the model, so a 10 000-item model compiles as fast as a 10-item one.
@@ -376,6 +384,9 @@ pub struct Module {
     pub step: Program,
     /// The vector-Jacobian product of `step`; empty until `passes::ad::differentiate` runs.
     pub vjp: Program,
+    /// The vector-Jacobian product of the bounds (`bounds`, and the bounds `regimes` computes) in
+    /// the states; empty until `passes::ad::differentiate` runs, and when no bound reads a state.
+    pub bounds_vjp: Program,
     /// The buffers the policy sees, in order.
     pub observe: Vec<BufferId>,
     pub horizon: u64,
@@ -419,7 +430,16 @@ impl Module {
                 next = next.max(v.0 + 1);
             }
         }
-        for p in [&self.instance, &self.init, &self.noise, &self.bounds, &self.regimes, &self.step, &self.vjp] {
+        for p in [
+            &self.instance,
+            &self.init,
+            &self.noise,
+            &self.bounds,
+            &self.regimes,
+            &self.step,
+            &self.vjp,
+            &self.bounds_vjp,
+        ] {
             in_stmts(&p.body, &mut next);
         }
         next

@@ -54,7 +54,7 @@
 //!
 //! Buffers are listed in `BufferId` order and the six programs in the order a run executes them
 //! (empty ones too), then `vjp` if it is not empty (once the module is differentiated; a text
-//! without `vjp` has an empty one). Statements are `for VAR in SET { ... }`, `store
+//! without `vjp` has an empty one), then `bounds_vjp` likewise. Statements are `for VAR in SET { ... }`, `store
 //! BUFFER[VAR, ...] = EXPR`, `if EXPR { ... } else { ... }` (the `else` part printed only when
 //! it is not empty) and `accumulate BUFFER[EXPR, ...] += EXPR`. Each expression is printed as a
 //! tree at the statement that uses it; binary operators are infix and always parenthesised, so
@@ -108,10 +108,19 @@ pub fn print(module: &Module) -> String {
     Printer(module).to_string()
 }
 
-const PROGRAMS: [&str; 7] = ["instance", "init", "noise", "bounds", "regimes", "step", "vjp"];
+const PROGRAMS: [&str; 8] = ["instance", "init", "noise", "bounds", "regimes", "step", "vjp", "bounds_vjp"];
 
-fn programs(module: &Module) -> [&Program; 7] {
-    [&module.instance, &module.init, &module.noise, &module.bounds, &module.regimes, &module.step, &module.vjp]
+fn programs(module: &Module) -> [&Program; 8] {
+    [
+        &module.instance,
+        &module.init,
+        &module.noise,
+        &module.bounds,
+        &module.regimes,
+        &module.step,
+        &module.vjp,
+        &module.bounds_vjp,
+    ]
 }
 
 /// Binary operators written infix; `Min` and `Max` are written as calls.
@@ -145,7 +154,7 @@ const ELEMS: [(ElemType, &str); 3] = [(ElemType::Real, "real"), (ElemType::Int, 
 
 /// Words with a meaning somewhere in the format. A name spelled like one is printed quoted, so
 /// a bare word is never both a keyword and a name, wherever it appears.
-const KEYWORDS: [&str; 43] = [
+const KEYWORDS: [&str; 44] = [
     "module",
     "horizon",
     "warmup",
@@ -178,6 +187,7 @@ const KEYWORDS: [&str; 43] = [
     "regimes",
     "step",
     "vjp",
+    "bounds_vjp",
     "for",
     "in",
     "store",
@@ -276,8 +286,9 @@ impl fmt::Display for Printer<'_> {
         f.write_str("\n")?;
 
         for (name, program) in PROGRAMS.iter().zip(programs(m)) {
-            // `vjp` is empty until the module is differentiated; then it is printed last.
-            if *name == "vjp" && program.body.is_empty() {
+            // `vjp` and `bounds_vjp` are empty until the module is differentiated; then they are
+            // printed last.
+            if (*name == "vjp" || *name == "bounds_vjp") && program.body.is_empty() {
                 continue;
             }
             writeln!(f, "\n{name} {{")?;
@@ -713,7 +724,7 @@ struct Header {
     discount: Option<f64>,
     report: Option<Report>,
     observe: Option<Vec<BufferId>>,
-    programs: [Option<Program>; 7],
+    programs: [Option<Program>; 8],
 }
 
 impl Parser {
@@ -934,7 +945,7 @@ impl Parser {
                             "a declaration (`horizon`, `warmup`, `discount`, `report`, `set`, `param`, `state`, \
                              `next`, `noise`, `discrete`, `continuous`, `bound`, `regime`, `let`, `cost`, \
                              `adjoint`, `observe`) or a program (`instance`, `init`, `noise`, `bounds`, `regimes`, \
-                             `step`, `vjp`)",
+                             `step`, `vjp`, `bounds_vjp`)",
                         );
                     }
                 },
@@ -966,7 +977,8 @@ impl Parser {
         let Some(horizon) = header.horizon else {
             return Err(format!("{}: the module has no `horizon`", self.end.end));
         };
-        let [instance, init, noise, bounds, regimes, step, vjp] = header.programs.map(Option::unwrap_or_default);
+        let [instance, init, noise, bounds, regimes, step, vjp, bounds_vjp] =
+            header.programs.map(Option::unwrap_or_default);
         Ok(Module {
             name,
             sets: self.sets,
@@ -979,6 +991,7 @@ impl Parser {
             regimes,
             step,
             vjp,
+            bounds_vjp,
             observe,
             horizon,
             warmup: header.warmup.unwrap_or(0),

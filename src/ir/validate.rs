@@ -94,7 +94,7 @@ impl std::ops::Deref for ValidModule {
     }
 }
 
-/// The seven programs, in the order a run executes them.
+/// The eight programs, in the order a run executes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     Instance,
@@ -104,11 +104,20 @@ enum Stage {
     Regimes,
     Step,
     Vjp,
+    BoundsVjp,
 }
 
 impl Stage {
-    const ALL: [Stage; 7] =
-        [Stage::Instance, Stage::Init, Stage::Noise, Stage::Bounds, Stage::Regimes, Stage::Step, Stage::Vjp];
+    const ALL: [Stage; 8] = [
+        Stage::Instance,
+        Stage::Init,
+        Stage::Noise,
+        Stage::Bounds,
+        Stage::Regimes,
+        Stage::Step,
+        Stage::Vjp,
+        Stage::BoundsVjp,
+    ];
 
     fn program(self, module: &Module) -> &Program {
         match self {
@@ -119,6 +128,7 @@ impl Stage {
             Stage::Regimes => &module.regimes,
             Stage::Step => &module.step,
             Stage::Vjp => &module.vjp,
+            Stage::BoundsVjp => &module.bounds_vjp,
         }
     }
 
@@ -154,6 +164,7 @@ impl Stage {
             Stage::Regimes => "params, states and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
             Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
+            Stage::BoundsVjp => "params, states, discrete actions, bounds, piece bounds and adjoints",
         }
     }
 
@@ -163,8 +174,11 @@ impl Stage {
         match (self, buffer.kind) {
             (Stage::Instance, BufferKind::Param) => buffer.data.is_some() || stored,
             (_, BufferKind::Param) => true,
-            (Stage::Bounds | Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::State) => true,
-            (Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::Discrete) => true,
+            (Stage::Bounds | Stage::Regimes | Stage::Step | Stage::Vjp | Stage::BoundsVjp, BufferKind::State) => true,
+            (Stage::Regimes | Stage::Step | Stage::Vjp | Stage::BoundsVjp, BufferKind::Discrete) => true,
+            (Stage::BoundsVjp, BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Adjoint { .. }) => {
+                true
+            }
             (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
             (Stage::Vjp, BufferKind::Adjoint { .. }) => true,
@@ -187,6 +201,7 @@ impl fmt::Display for Stage {
             Stage::Regimes => "regimes",
             Stage::Step => "step",
             Stage::Vjp => "vjp",
+            Stage::BoundsVjp => "bounds_vjp",
         })
     }
 }
@@ -324,7 +339,8 @@ impl Validator<'_> {
                     self.error(format!("{what} has {} dimensions; a cost is a scalar", buffer.dims.len()))
                 }
                 BufferKind::Adjoint { of } => {
-                    self.partner(buffer, &what, of, "state, continuous action, let, next state or cost", |k| {
+                    let kinds = "state, continuous action, let, next state, cost, bound or piece bound";
+                    self.partner(buffer, &what, of, kinds, |k| {
                         matches!(
                             k,
                             BufferKind::State
@@ -332,6 +348,8 @@ impl Validator<'_> {
                                 | BufferKind::Let
                                 | BufferKind::Next { .. }
                                 | BufferKind::Cost
+                                | BufferKind::Bound { .. }
+                                | BufferKind::PieceBound { .. }
                         )
                     });
                     if buffer.elem != ElemType::Real {
@@ -683,8 +701,8 @@ impl Walk<'_> {
                 Stmt::Store { buffer, index, value } => self.store(v, nodes, *buffer, index, *value),
                 Stmt::If { cond, then, otherwise } => {
                     let at = v.context(stage, stmt);
-                    if stage != Stage::Vjp {
-                        v.error(format!("{at}: only vjp has `if` statements"));
+                    if !matches!(stage, Stage::Vjp | Stage::BoundsVjp) {
+                        v.error(format!("{at}: only vjp and bounds_vjp have `if` statements"));
                     }
                     self.expr(v, nodes, &at, "the condition", *cond);
                     // An `if` binds nothing: its branches see the enclosing loops only.
@@ -752,8 +770,8 @@ impl Walk<'_> {
         value: Handle<Expr>,
     ) {
         let stage = self.stage;
-        if stage != Stage::Vjp {
-            v.error(format!("{at}: only vjp accumulates"));
+        if !matches!(stage, Stage::Vjp | Stage::BoundsVjp) {
+            v.error(format!("{at}: only vjp and bounds_vjp accumulate"));
         }
         match v.module.buffers.get(id) {
             None => v.error(format!("{stage}: accumulate into buffer #{id}, which does not exist")),
@@ -896,6 +914,7 @@ pub(crate) mod tests {
                     regimes: Program::default(),
                     step: Program::default(),
                     vjp: Program::default(),
+                    bounds_vjp: Program::default(),
                     observe: Vec::new(),
                     horizon: 10,
                     warmup: 2,
@@ -1377,7 +1396,7 @@ pub(crate) mod tests {
         b.m.buffers[Q_ADJ].elem = ElemType::Int;
         b.m.buffers[POST_ADJ].data = Some(vec![0.0; 3]);
         b.m.observe.push(HOLDING_ADJ);
-        let kinds = "state, continuous action, let, next state or cost";
+        let kinds = "state, continuous action, let, next state, cost, bound or piece bound";
         reports(&b.m, &format!("adjoint `mu.adj` is of param `mu`, not of a {kinds}"));
         reports(&b.m, "adjoint `ghost.adj` is of buffer #99, which does not exist");
         reports(&b.m, "state `x` has 2 adjoints; it may have one");
@@ -1419,9 +1438,9 @@ pub(crate) mod tests {
         });
         let zero = b.num(0.0);
         b.m.regimes.body.push(accumulate(HOLDING_ADJ, &[], zero));
-        reports(&b.m, &format!("step: `if` on {order:?}: only vjp has `if` statements"));
-        reports(&b.m, "step: accumulate into `x.adj`: only vjp accumulates");
-        reports(&b.m, "regimes: accumulate into `holding.adj`: only vjp accumulates");
+        reports(&b.m, &format!("step: `if` on {order:?}: only vjp and bounds_vjp have `if` statements"));
+        reports(&b.m, "step: accumulate into `x.adj`: only vjp and bounds_vjp accumulate");
+        reports(&b.m, "regimes: accumulate into `holding.adj`: only vjp and bounds_vjp accumulate");
         assert_eq!(errors(&b.m).len(), 3, "{:#?}", errors(&b.m));
     }
 

@@ -1,4 +1,5 @@
-//! Reverse-mode differentiation of the step, as IR: `step` ↦ `vjp`.
+//! Reverse-mode differentiation of the step, as IR: `step` ↦ `vjp`, and of the bounds that read
+//! the state: `bounds` (and the bounds `regimes` computes) ↦ `bounds_vjp`.
 //!
 //! For the step `(s, d, u, ξ) → (s', c)` the `vjp` program computes, given the adjoints of the
 //! next states `s̄'` and of the costs `c̄` (written by the caller into their adjoint buffers),
@@ -19,6 +20,12 @@
 //! (minimiser); `abs` has derivative 0 at 0; `floor`, `ceil`, `round` have derivative 0.
 //!
 //! Adjoint buffers of states, continuous actions and `let`s are zero when `vjp` starts.
+//!
+//! A continuous action is the squashing of a network output into its bounds, so when a bound
+//! reads the state, the action moves with the state through the bound. `bounds_vjp` carries
+//! that: the trainer writes the adjoints of the bounds (the action's adjoint times the
+//! squashing's derivative in each bound) and runs it, and it adds `∂bound/∂state` times them into
+//! the adjoints of the states, with the same conventions as `vjp`.
 
 use std::collections::HashMap;
 
@@ -83,6 +90,49 @@ impl<'m> Ad<'m> {
             body.extend(self.reverse(stmt));
         }
         self.module.vjp = Program { body };
+        self.bounds();
+    }
+
+    /// The `bounds_vjp` program: the bounds that read the state (directly, or through another
+    /// bound) get adjoint buffers, and their stores — those of `regimes` (piece bounds, bounds
+    /// that read a discrete action), then those of `bounds` — are visited backwards, adding into
+    /// the adjoints of the states. A bound whose store is inactive gets no adjoint, so a model
+    /// whose bounds are constants has an empty `bounds_vjp` and its module is unchanged.
+    fn bounds(&mut self) {
+        let is_bound = |kind: BufferKind| matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. });
+        // In the order the programs store them, so that a bound read by a later one (a piece
+        // bound clipped to the action's bounds) already has its adjoint when that one is visited.
+        let stores: Vec<(BufferId, Handle<Expr>)> = [&self.module.bounds, &self.module.regimes]
+            .into_iter()
+            .flat_map(|p| stores(&p.body))
+            .filter(|(buffer, _)| is_bound(self.module.buffers[*buffer].kind))
+            .collect();
+        // Only states and bounds carry derivatives here: the step's lets and actions are not read.
+        self.active.clear();
+        for (buffer, value) in stores {
+            if self.is_active(value) && !self.adjoint.contains_key(&buffer) {
+                let b = &self.module.buffers[buffer];
+                let adjoint = Buffer {
+                    name: format!("{}.adj", b.name),
+                    kind: BufferKind::Adjoint { of: buffer },
+                    dims: b.dims.clone(),
+                    elem: ElemType::Real,
+                    labels: Vec::new(),
+                    data: None,
+                };
+                self.module.buffers.push(adjoint);
+                self.adjoint.insert(buffer, self.module.buffers.len() - 1);
+                // Expressions that read this bound are active from now on.
+                self.active.clear();
+            }
+        }
+        let mut body = Vec::new();
+        for program in [self.module.regimes.body.clone(), self.module.bounds.body.clone()] {
+            for stmt in program.iter().rev() {
+                body.extend(self.reverse(stmt));
+            }
+        }
+        self.module.bounds_vjp = Program { body };
     }
 
     /// The adjoint statements of one forward statement (a store inside its loops).
@@ -421,4 +471,21 @@ impl<'m> Ad<'m> {
 
 fn differentiable_unary(op: UnaryOp) -> bool {
     !matches!(op, UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round)
+}
+
+/// Every store of a program, with its value, in program order.
+fn stores(body: &[Stmt]) -> Vec<(BufferId, Handle<Expr>)> {
+    let mut out = Vec::new();
+    for stmt in body {
+        match stmt {
+            Stmt::For { body, .. } => out.extend(stores(body)),
+            Stmt::Store { buffer, value, .. } => out.push((*buffer, *value)),
+            Stmt::If { then, otherwise, .. } => {
+                out.extend(stores(then));
+                out.extend(stores(otherwise));
+            }
+            Stmt::Accumulate { .. } => {}
+        }
+    }
+    out
 }

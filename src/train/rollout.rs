@@ -12,7 +12,7 @@ use rand::rngs::ChaCha8Rng;
 use super::TrainError;
 use super::policy::{Choice, Nets, each_choice};
 use super::scenarios::Scenarios;
-use super::spec::{RegimeSource, Spec, squash};
+use super::spec::{RegimeSource, Spec, squash, squash_bounds_slopes};
 use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
 use crate::ir::Module;
 use crate::nn::mlp::Tape;
@@ -49,6 +49,8 @@ pub struct Used {
     pub output: Option<u32>,
     /// d(action)/d(raw output).
     pub slope: f64,
+    /// d(action)/d(lower bound) and d(action)/d(upper bound) of the bounds it was squashed into.
+    pub bound_slopes: (f64, f64),
     /// The raw value squashed (the network's output, or PPO's Gaussian draw).
     pub raw: f32,
 }
@@ -238,7 +240,9 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
                             });
                         }
                         let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
-                        self.used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
+                        let bound_slopes = squash_bounds_slopes(raw as f64, lo, hi);
+                        self.used[b * continuous_len + e] =
+                            Used { output: Some(output as u32), slope, bound_slopes, raw };
                         v
                     } else {
                         0.0

@@ -152,9 +152,38 @@ pub fn squash(z: f64, lo: f64, hi: f64, scale: f64, shift: f64) -> (f64, f64) {
     }
 }
 
+/// The derivatives of [`squash`]'s value in its bounds, `(d/d lo, d/d hi)`: how a continuous
+/// action moves when a bound that reads the state moves (0 for an infinite bound).
+pub fn squash_bounds_slopes(z: f64, lo: f64, hi: f64) -> (f64, f64) {
+    match (lo.is_finite(), hi.is_finite()) {
+        (true, true) => {
+            let s = 1.0 / (1.0 + (-z).exp());
+            (1.0 - s, s)
+        }
+        (true, false) => (1.0, 0.0),
+        (false, true) => (0.0, 1.0),
+        (false, false) => (0.0, 0.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::squash;
+    use super::{squash, squash_bounds_slopes};
+
+    #[test]
+    fn bound_slopes_match_finite_differences() {
+        let inf = f64::INFINITY;
+        for (lo, hi) in [(0.0, 10.0), (2.0, inf), (-inf, 5.0), (-inf, inf), (-3.0, 0.5)] {
+            for z in [-8.0, -0.3, 0.0, 1.1, 6.0] {
+                let (dlo, dhi) = squash_bounds_slopes(z, lo, hi);
+                let h = 1e-6;
+                let value = |lo: f64, hi: f64| squash(z, lo, hi, 7.0, 1.0).0;
+                let fd_lo = if lo.is_finite() { (value(lo + h, hi) - value(lo - h, hi)) / (2.0 * h) } else { 0.0 };
+                let fd_hi = if hi.is_finite() { (value(lo, hi + h) - value(lo, hi - h)) / (2.0 * h) } else { 0.0 };
+                assert!((fd_lo - dlo).abs() < 1e-6 && (fd_hi - dhi).abs() < 1e-6, "z {z} [{lo}, {hi}]");
+            }
+        }
+    }
 
     #[test]
     fn squash_derivatives_match_finite_differences() {

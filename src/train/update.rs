@@ -449,6 +449,15 @@ fn pathwise_into(
             }
         }
         backend::run(ctx.backend, Kernel::Vjp, &mut batch).map_err(TrainError::Run)?;
+        for (k, &s) in states.iter().enumerate() {
+            match adjoint_of(s) {
+                Some(a) => state_bar[k].copy_from_slice(&batch.values[a]),
+                None => state_bar[k].fill(0.0),
+            }
+        }
+        if !module.bounds_vjp.body.is_empty() {
+            through_bounds(ctx, &mut batch, &step.used, &states, &mut state_bar)?;
+        }
 
         // Continuous actions → raw outputs → the continuous network.
         let mut dx = vec![0.0f32; rows * f];
@@ -475,14 +484,10 @@ fn pathwise_into(
                 *d += c;
             }
         }
-        // Features → observed states, then the state adjoints before this step.
+        // Features → observed states: the state adjoints before this step.
         for (k, &s) in states.iter().enumerate() {
             let len = module.len(s);
             let bar = &mut state_bar[k];
-            match adjoint_of(s) {
-                Some(a) => bar.copy_from_slice(&batch.values[a]),
-                None => bar.fill(0.0),
-            }
             let mut offset = 0;
             for &(id, n) in &spec.observe {
                 if id == s {
@@ -498,6 +503,57 @@ fn pathwise_into(
     }
     if spec.outputs > 0 {
         nets.continuous.add_stacked_grad(stack, grad);
+    }
+    Ok(())
+}
+
+/// Adds to the adjoints of the states, `state_bar` (per state of `states`), how the continuous
+/// actions of a step moved with the states through their bounds: each bound's adjoint is the
+/// action's adjoint (which the `vjp` kernel left in `batch`) times the squashing's derivative in
+/// that bound, and the `bounds_vjp` kernel carries those into the states.
+fn through_bounds(
+    ctx: &Context,
+    batch: &mut backend::Batch,
+    used: &[super::rollout::Used],
+    states: &[usize],
+    state_bar: &mut [Vec<f64>],
+) -> Result<(), TrainError> {
+    let (module, spec) = (ctx.module, ctx.spec);
+    let adjoint_of = |of: usize| module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of });
+    for (id, b) in module.buffers.iter().enumerate() {
+        if let BufferKind::Adjoint { of } = b.kind
+            && matches!(module.buffers[of].kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
+        {
+            batch.values[id].fill(0.0);
+        }
+    }
+    let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
+    for b in 0..batch.size {
+        let mut e = 0;
+        for head in &spec.continuous {
+            let action = adjoint_of(head.buffer);
+            let lower = head.lower.and_then(adjoint_of);
+            let upper = head.upper.and_then(adjoint_of);
+            for k in 0..head.len {
+                let u = used[b * continuous_len + e];
+                e += 1;
+                let (Some(_), Some(a)) = (u.output, action) else { continue };
+                let bar = batch.get(a, b)[k];
+                for (bound, slope) in [(lower, u.bound_slopes.0), (upper, u.bound_slopes.1)] {
+                    if let Some(id) = bound {
+                        batch.get_mut(id, b)[k] = bar * slope;
+                    }
+                }
+            }
+        }
+    }
+    backend::run(ctx.backend, Kernel::BoundsVjp, batch).map_err(TrainError::Run)?;
+    for (k, &s) in states.iter().enumerate() {
+        if let Some(a) = adjoint_of(s) {
+            for (total, part) in state_bar[k].iter_mut().zip(&batch.values[a]) {
+                *total += part;
+            }
+        }
     }
     Ok(())
 }

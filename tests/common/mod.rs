@@ -94,3 +94,74 @@ pub fn compiled_file(path: &Path, overrides: &[(&str, f64)]) -> hmdp::pipeline::
 pub fn compile_file(path: &Path, overrides: &[(&str, f64)]) -> hmdp::ir::ValidModule {
     compiled_file(path, overrides).module
 }
+
+/// How the trainer's pathwise gradient of a whole rollout's cost, in the continuous network's
+/// parameters, compares with central finite differences of that cost, on `backend`: the largest
+/// relative error over the parameters, and the largest derivative (so that a trivial gradient
+/// cannot pass). The discrete labels are held fixed, so the cost is a smooth function of the
+/// parameters away from kinks; the networks are small with every weight random.
+pub fn pathwise_against_finite_differences(
+    module: &hmdp::ir::ValidModule,
+    backend: &dyn hmdp::backend::Backend,
+    seed: u64,
+) -> (f64, f64) {
+    use hmdp::random::ScenarioSet;
+    use hmdp::train::policy::Nets;
+    use hmdp::train::rollout::{Context, Mode, rollout};
+    use hmdp::train::scenarios::Scenarios;
+    use hmdp::train::spec::Spec;
+    use hmdp::train::update::pathwise;
+    use rand::SeedableRng;
+    use rand::rngs::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    let spec = Spec::of(module);
+    let instance = hmdp::sim::instance(module, 0).expect("instance");
+    let set = Scenarios::draw(module, &instance, 0, ScenarioSet::Train, 3).expect("scenarios");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut nets = Nets::new(&spec, &[6], false, &mut rng);
+    for net in [&mut nets.discrete, &mut nets.continuous] {
+        for p in net.params_mut() {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            *p = 0.3 * z as f32;
+        }
+    }
+    let ctx = Context { module, spec: &spec, backend, instance: &instance };
+    let horizon = module.horizon as usize;
+    let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
+    let labels: Vec<u32> = (0..horizon * 3 * discrete_len).map(|i| (i % 3 % 2) as u32 + (i % 5 == 0) as u32).collect();
+    let cost = |nets: &Nets| {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let traj = rollout(&ctx, nets, &set, &[0, 1, 2], Mode::Forced(&labels), true, &mut rng).expect("rollout");
+        let total: f64 = traj.steps.iter().flat_map(|st| st.costs.iter()).sum::<f64>() / 3.0;
+        (total, traj)
+    };
+    let (_, mut traj) = cost(&nets);
+    let weight = |_: usize| 1.0 / 3.0;
+    let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
+    let pairs: Vec<(f64, f64)> = grad
+        .iter()
+        .enumerate()
+        .map(|(k, &ad)| {
+            let h = 1e-3f32;
+            let (mut plus, mut minus) = (nets.clone(), nets.clone());
+            plus.continuous.params_mut()[k] += h;
+            minus.continuous.params_mut()[k] -= h;
+            let width = (plus.continuous.params()[k] - minus.continuous.params()[k]) as f64;
+            (ad as f64, (cost(&plus).0 - cost(&minus).0) / width)
+        })
+        .collect();
+    let largest = pairs.iter().map(|(_, fd)| fd.abs()).fold(0.0, f64::max);
+    // Relative to the element, or to 1% of the largest element for the small ones: the networks
+    // run in f32, so a difference quotient of a large total cost carries an absolute error.
+    let floor = (0.01 * largest).max(1.0);
+    let mut worst = 0.0f64;
+    for (k, &(ad, fd)) in pairs.iter().enumerate() {
+        let error = (fd - ad).abs() / fd.abs().max(ad.abs()).max(floor);
+        if std::env::var("HMDP_DEBUG_PATHWISE").is_ok() {
+            eprintln!("{} {k}: ad {ad} fd {fd} error {error}", backend.name());
+        }
+        worst = worst.max(error);
+    }
+    (worst, largest)
+}
