@@ -120,3 +120,18 @@ fn replace_const(module: Module, index: usize, value: f64) -> Module {
     }
     Module { exprs, ..module }
 }
+
+/// Where bounds read the state, the check covers their derivative too (`bounds_vjp`, added to
+/// the step's): a `bounds_vjp` missing any one of its statements is caught.
+#[test]
+fn a_derivative_that_ignores_a_bound_is_caught() {
+    let module = compile(&common::root().join("models/energy_storage.hmdp"));
+    assert!(gradcheck(&module, 16).max_error() <= 1e-6);
+    let statements = module.bounds_vjp.body.len();
+    assert!(statements >= 2, "both actions' upper bounds read the state");
+    for k in 0..statements {
+        let mut broken = module.clone().into_inner();
+        broken.bounds_vjp.body.remove(k);
+        assert!(gradcheck_changed(broken, 16).max_error() > 1e-6, "statement {k} of bounds_vjp left out unnoticed");
+    }
+}

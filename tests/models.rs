@@ -78,3 +78,38 @@ fn data_files_are_loaded_with_their_shape() {
         assert_eq!(values.len(), m.count(&p.dims), "{} has one value per element", p.name);
     }
 }
+
+/// The battery's bounds follow its state of charge, so a policy that stays within them never
+/// overfills or overdraws it; and within those bounds it is the same problem as
+/// `tests/models/energy_storage_min.hmdp`, which bounds the actions by the rating alone and
+/// takes a `min` in the step.
+#[test]
+fn energy_storage_bounds_follow_the_state_of_charge() {
+    let m = check_model("energy_storage.hmdp", &[]);
+    for name in ["charge", "discharge"] {
+        let a = m.actions.iter().find(|a| a.name == name).expect(name);
+        assert!(matches!(&a.ty, ActionType::Continuous { lo: Some(_), hi: Some(_), when: None }), "{name}");
+    }
+    let module = common::compile_file(&common::root().join("models/energy_storage.hmdp"), &[]);
+    let with_min = common::compile_file(&common::root().join("tests/models/energy_storage_min.hmdp"), &[]);
+    assert!(!module.bounds_vjp.body.is_empty(), "the bounds read the state and are differentiated");
+    assert!(with_min.bounds_vjp.body.is_empty(), "constant bounds have no derivative");
+    let find = |module: &hmdp::ir::Module, name: &str| module.buffers.iter().position(|b| b.name == name).expect(name);
+    let instance = hmdp::sim::instance(&module, 0).expect("instance");
+    let other = hmdp::sim::instance(&with_min, 0).expect("instance");
+    for point in 0..40 {
+        let mut at = hmdp::sim::gradcheck::prepare(&module, &instance, 7, point).expect("a random policy runs");
+        let soc = at.values[find(&module, "soc")][0];
+        assert!((0.0..=100.0 + 1e-9).contains(&soc), "point {point}: state of charge {soc}");
+        hmdp::backend::Machine::new(&module, &mut at, None).run(&module.step).expect("step");
+        let mut same = other.clone();
+        for name in ["soc", "price", "shock", "charge", "discharge"] {
+            same.values[find(&with_min, name)].clone_from(&at.values[find(&module, name)]);
+        }
+        hmdp::backend::Machine::new(&with_min, &mut same, None).run(&with_min.step).expect("step");
+        for name in ["soc'", "energy", "wear"] {
+            let (a, b) = (at.values[find(&module, name)][0], same.values[find(&with_min, name)][0]);
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "point {point}: `{name}` {a} vs {b}");
+        }
+    }
+}

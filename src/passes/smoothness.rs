@@ -434,9 +434,15 @@ pub fn render(
             jumps.len()
         );
     }
+    // The derivative through bounds that read the state, when there is one.
+    let bounds = if module.bounds_vjp.body.is_empty() {
+        String::new()
+    } else {
+        format!(", bounds_vjp {} statements", count(&module.bounds_vjp.body))
+    };
     let _ = writeln!(
         out,
-        "  kernel: {} IR nodes, step {} statements, vjp {} statements",
+        "  kernel: {} IR nodes, step {} statements, vjp {} statements{bounds}",
         module.exprs.len(),
         count(&module.step.body),
         count(&module.vjp.body)

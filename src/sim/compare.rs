@@ -140,7 +140,7 @@ pub fn compare(
                 vjp.values[id].iter_mut().for_each(|v| *v = f64::NAN);
             }
         }
-        backend::run(*backend, Kernel::Vjp, &mut vjp)?;
+        gradcheck::vjp_with_bounds(*backend, module, &mut vjp)?;
         runs.push((forward, vjp));
     }
 

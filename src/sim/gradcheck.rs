@@ -6,6 +6,10 @@
 //! `(f(x + h) − f(x − h)) / 2h`. Elements where the one-sided differences disagree sit on a kink
 //! or a jump (the derivative does not exist there) and are skipped and counted.
 //!
+//! When bounds read the state (the module's `bounds_vjp` is not empty), those bounds are outputs
+//! too: `f` adds their weighted sum, computed by `bounds` and `regimes`, and the derivative is
+//! that of `vjp` plus that of `bounds_vjp` ([`vjp_with_bounds`]), as the trainer uses them.
+//!
 //! The error of an element is `max(0, |ad − fd| − noise) / max(1, |ad|, |fd|)`, where `noise`
 //! bounds the rounding error of the difference quotient (`8 ε max|f| / h`), so that a model
 //! with large costs is not failed for rounding it cannot avoid.
@@ -57,8 +61,12 @@ pub fn prepare(module: &Module, instance: &Buffers, seed: u64, index: u64) -> Re
     Ok(world.buffers)
 }
 
-/// The weighted sum of the step's outputs.
+/// The weighted sum of the step's outputs (and of the bounds that read the state).
 fn objective(module: &Module, buffers: &mut Buffers, weights: &[(BufferId, Vec<f64>)]) -> Result<f64, RunError> {
+    if !module.bounds_vjp.body.is_empty() {
+        Machine::new(module, buffers, None).run(&module.bounds)?;
+        Machine::new(module, buffers, None).run(&module.regimes)?;
+    }
     Machine::new(module, buffers, None).run(&module.step)?;
     Ok(weights.iter().map(|(id, w)| w.iter().zip(&buffers.values[*id]).map(|(a, b)| a * b).sum::<f64>()).sum())
 }
@@ -72,9 +80,53 @@ pub fn inputs(module: &Module) -> Vec<BufferId> {
     module.buffers_of(|k| matches!(k, BufferKind::State | BufferKind::Continuous)).map(|(id, _)| id).collect()
 }
 
-/// The outputs of the step that the derivative starts from: next states and costs.
+/// The outputs that the derivative starts from: next states and costs, and the bounds and piece
+/// bounds that read the state (those with an adjoint).
 pub fn outputs(module: &Module) -> Vec<BufferId> {
-    module.buffers_of(|k| matches!(k, BufferKind::Next { .. } | BufferKind::Cost)).map(|(id, _)| id).collect()
+    module
+        .buffers_of(|k| {
+            matches!(k, BufferKind::Next { .. } | BufferKind::Cost | BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
+        })
+        .filter(|&(id, b)| {
+            !matches!(b.kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) || adjoint_of(module, id).is_some()
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Runs [`Kernel::Vjp`] and, when bounds read the state, [`Kernel::BoundsVjp`] on a batch whose
+/// adjoints of the outputs are written, and leaves in the adjoints of the states the sum of both:
+/// the derivative of the step's and the bounds' weighted outputs together. The adjoints of the
+/// states are set to NaN before the second kernel, which must overwrite them.
+pub fn vjp_with_bounds(backend: &dyn Backend, module: &Module, batch: &mut Batch) -> Result<(), RunError> {
+    // The bounds kernel adds piece bounds' adjoints into bounds' ones: keep the seeds.
+    let seeds: Vec<(BufferId, Vec<f64>)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufferKind::Adjoint { of } if matches!(module.buffers[of].kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })))
+        .map(|(id, _)| (id, batch.values[id].clone()))
+        .collect();
+    backend::run(backend, Kernel::Vjp, batch)?;
+    if module.bounds_vjp.body.is_empty() {
+        return Ok(());
+    }
+    let states: Vec<BufferId> =
+        module.buffers_of(|k| *k == BufferKind::State).filter_map(|(id, _)| adjoint_of(module, id)).collect();
+    let from_step: Vec<Vec<f64>> = states.iter().map(|&a| std::mem::replace(&mut batch.values[a], Vec::new())).collect();
+    for (&a, values) in states.iter().zip(&from_step) {
+        batch.values[a] = vec![f64::NAN; values.len()];
+    }
+    backend::run(backend, Kernel::BoundsVjp, batch)?;
+    for (&a, values) in states.iter().zip(&from_step) {
+        for (total, step) in batch.values[a].iter_mut().zip(values) {
+            *total += step;
+        }
+    }
+    for (id, seed) in seeds {
+        batch.values[id] = seed;
+    }
+    Ok(())
 }
 
 /// A point of the check: a scenario's buffers at a random state with random actions, and random
@@ -228,7 +280,7 @@ pub fn check_backend(
 ) -> Result<Report, RunError> {
     let at = self::points(module, instance, seed, points)?;
     let mut vjp = batch(module, instance, &at);
-    backend::run(backend, Kernel::Vjp, &mut vjp)?;
+    vjp_with_bounds(backend, module, &mut vjp)?;
     let differences = at.iter().map(|p| finite_differences(module, p)).collect::<Result<Vec<_>, _>>()?;
     Ok(Report { inputs: against_differences(module, &vjp, &differences), points })
 }
