@@ -827,3 +827,19 @@ fn stopping_hmdpc_mid_build_ends_the_build_and_the_next_run_cleans_up() {
         .collect();
     assert!(left.iter().all(|e| e.starts_with("failed-")), "{left:?}");
 }
+
+/// The trainer's pathwise gradient on the Enzyme backend, through bounds that read the state
+/// (`d_bounds`, which Enzyme derives from the emitted `bounds`), agrees with finite differences
+/// of a whole rollout's cost, as on the interpreter and the JIT (`train.rs`).
+#[test]
+fn the_pathwise_gradient_through_state_bounds_matches_finite_differences() {
+    let path = common::root().join("models/energy_storage.hmdp");
+    let (module, source) = compile(&path);
+    let enzyme = load(&module, &path, &source, &shared_cache());
+    let lib = rust::emit(&module, &rust::Origin { file: "energy_storage.hmdp", source: &source, toolchain: "nightly" });
+    let lib = lib.file("src/lib.rs").expect("lib.rs");
+    assert!(lib.contains("d_bounds,") && lib.contains("d_bounds("), "Enzyme derives the bounds' derivative");
+    let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
+    assert!(largest > 0.1, "the gradient is trivial ({largest})");
+    assert!(worst < 2e-2, "largest relative error {worst}");
+}
