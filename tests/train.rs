@@ -255,12 +255,16 @@ fn pathwise_gradient_through_time_matches_finite_differences() {
 
 /// An action squashed into bounds that read the state moves with the state through its bounds:
 /// the pathwise gradient follows it (the `bounds_vjp` kernel), on the interpreter and the JIT
-/// (the Enzyme backend in `enzyme.rs`), and without that term it is measurably wrong.
+/// (the Enzyme backend in `enzyme.rs`), and without that term it is measurably wrong. The bounds
+/// of `mode_bounds` also read the discrete action, so `regimes` computes them after the choice.
 #[test]
 fn pathwise_gradient_follows_bounds_that_read_the_state() {
     let lost_sales = std::fs::read_to_string(common::root().join("models/lost_sales.hmdp")).expect("model");
     let energy = std::fs::read_to_string(common::root().join("models/energy_storage.hmdp")).expect("model");
-    for (source, overrides) in [(energy.as_str(), vec![]), (lost_sales.as_str(), vec![("items", 2.0)])] {
+    let mode_bounds = std::fs::read_to_string(common::root().join("tests/gradients/mode_bounds.hmdp")).expect("model");
+    for (source, overrides) in
+        [(energy.as_str(), vec![]), (lost_sales.as_str(), vec![("items", 2.0)]), (mode_bounds.as_str(), vec![])]
+    {
         let s = setup(source, &overrides);
         assert!(!s.module.bounds_vjp.body.is_empty(), "{}: the bounds read the state", s.module.name);
         let interp = hmdp::backend::Interp::new(&s.module);

@@ -47,6 +47,8 @@ impl Context {
             (Context::Setting | Context::StateInit | Context::Noise, _) => false,
             (Context::Param, _) => false,
             (Context::ActionBound, State(_)) => true,
+            // Bounds that read a discrete action are computed after the discrete choice.
+            (Context::ActionBound, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
             (Context::ActionBound, _) => false,
             (Context::When, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
             (Context::When, _) => false,
@@ -65,7 +67,7 @@ impl Context {
             Context::Noise => {
                 "noise is drawn independently of the state and the actions: it can use sizes and parameters"
             }
-            Context::ActionBound => "an action's bound can use sizes, parameters and the state",
+            Context::ActionBound => "an action's bound can use sizes, parameters, the state and discrete actions",
             Context::When => "a `when` condition selects regimes: it can use discrete actions, sizes and parameters",
             Context::Step => "the step can use sizes, parameters, state, noise, actions and earlier `let`s",
             Context::Setting => "this setting must be a constant: it can use sizes and constant parameters",

@@ -204,7 +204,13 @@ impl<'a> Lowering<'a> {
                     let name = format!("{}.{}", a.name, if upper { "hi" } else { "lo" });
                     let id = self.buffer(name, BufferKind::Bound { action, upper }, &a.dims, ElemType::Real);
                     let stmt = self.store(id, &a.dims, |this, env| this.expr(e, env));
-                    self.module.bounds.body.push(stmt);
+                    // A bound that reads a discrete action is known only after the choice: the
+                    // `regimes` program computes it, before any piece bound that reads it.
+                    if reads_discrete(&self.module, &stmt) {
+                        self.module.regimes.body.push(stmt);
+                    } else {
+                        self.module.bounds.body.push(stmt);
+                    }
                 }
             }
             if let Some(e) = when {
@@ -548,5 +554,20 @@ impl<'a> Lowering<'a> {
             }
             _ => self.constant(f64::NAN, span),
         }
+    }
+}
+
+/// Whether a store's value loads a discrete action.
+fn reads_discrete(module: &Module, stmt: &Stmt) -> bool {
+    fn expr(module: &Module, h: Handle<Expr>) -> bool {
+        match &module.exprs[h] {
+            Expr::Load { buffer, .. } if module.buffers[*buffer].kind == BufferKind::Discrete => true,
+            node => node.children().into_iter().any(|c| expr(module, c)),
+        }
+    }
+    match stmt {
+        Stmt::For { body, .. } => body.iter().any(|s| reads_discrete(module, s)),
+        Stmt::Store { value, .. } => expr(module, *value),
+        Stmt::If { .. } | Stmt::Accumulate { .. } => false,
     }
 }

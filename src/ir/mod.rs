@@ -10,7 +10,7 @@
 //! | `init`     | once per scenario, at t = 0  | params                              | states                 |
 //! | `noise`    | every step, before `step`    | params                              | noise                  |
 //! | `bounds`   | every step, before the policy| params, states                      | action bounds          |
-//! | `regimes`  | every step, after the discrete choice | params, states, discrete actions | regime masks, piece bounds |
+//! | `regimes`  | every step, after the discrete choice | params, states, discrete actions | regime masks, piece bounds, bounds that read discrete actions |
 //! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
 //! | `vjp`      | for a gradient, after `step` | what `step` reads, adjoints         | what `step` writes; adds to adjoints |
 //! | `bounds_vjp` | for a gradient, after `vjp` | what `bounds` and `regimes` read, adjoints | adds to adjoints |
@@ -203,7 +203,8 @@ pub enum BufferKind {
     Discrete,
     /// A continuous action: each element holds the value that acts.
     Continuous,
-    /// Lower or upper bound of a continuous action, written by `bounds`; same dims as `action`.
+    /// Lower or upper bound of a continuous action, written by `bounds`, or by `regimes` when it
+    /// reads a discrete action (then it is known only after the choice); same dims as `action`.
     Bound { action: BufferId, upper: bool },
     /// Lower or upper bound of a continuous action within the piece of its domain that the
     /// discrete action made by reformulation chose (`q.piece`), written by `regimes` after that

@@ -25,7 +25,7 @@
 //!   `argmin` included) does not contain another reduction over the same variable.
 //! - **Programs**, statement by statement: a `for` runs over an existing set and does not rebind
 //!   an enclosing loop variable; a store writes a buffer of a kind its program writes (the table
-//!   in `ir/mod.rs`; `vjp` stores what `step` stores); its index has one variable per dimension
+//!   in `ir/mod.rs`; `vjp` stores what `step` stores, `regimes` may store a bound); its index has one variable per dimension
 //!   and the enclosing loops are exactly those variables, outermost first, each over that
 //!   dimension's set, and no `if` encloses it (so every element is stored exactly once); every
 //!   expression a statement evaluates (a store's value, an `if`'s condition, an accumulation's
@@ -149,10 +149,10 @@ impl Stage {
         }
     }
 
-    /// Whether this program stores what `writer` stores: its own buffers, and for `vjp`, which
-    /// recomputes the step, the step's.
+    /// Whether this program stores what `writer` stores: its own buffers, for `vjp`, which
+    /// recomputes the step, the step's, and for `regimes`, the bounds that read a discrete action.
     fn stores(self, writer: Stage) -> bool {
-        writer == self || (self == Stage::Vjp && writer == Stage::Step)
+        writer == self || (self == Stage::Vjp && writer == Stage::Step) || (self == Stage::Regimes && writer == Stage::Bounds)
     }
 
     /// What the program may load, as the table in `ir/mod.rs` says, for messages.

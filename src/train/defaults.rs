@@ -215,6 +215,8 @@ fn initial_bounds(
         batch.values[*id].copy_from_slice(values);
     }
     backend::run(backend, Kernel::Bounds, &mut batch)?;
+    // Bounds that read a discrete action: under the first label of every choice.
+    backend::run(backend, Kernel::Regimes, &mut batch)?;
     Ok(module
         .buffers_of(|k| matches!(k, BufferKind::Bound { .. }))
         .map(|(id, _)| (id, batch.values[id].clone()))
