@@ -64,7 +64,8 @@ fn a_bound_that_reads_the_discrete_action_is_computed_after_the_choice() {
 
 #[test]
 fn a_bound_still_cannot_read_a_continuous_action() {
-    let source = SIGNED_POWER.replace("action u: real in [-umax[mode], umax[mode]]", "action u: real in [0, 1]\naction v: real in [0, u]");
+    let source = SIGNED_POWER
+        .replace("action u: real in [-umax[mode], umax[mode]]", "action u: real in [0, 1]\naction v: real in [0, u]");
     let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &hmdp::check::Options::default());
     let messages: Vec<&str> = outcome.diagnostics.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(messages, ["an action's bound cannot use continuous action `u`"]);

@@ -300,8 +300,7 @@ fn emit_kernel(
     // Lockstep is sound only when re-running a pass's scenarios redoes all of its work: no store
     // into a buffer the scenarios share, and no accumulation into a buffer the host did not zero.
     let lockstep = written.iter().all(|&(id, accumulated)| {
-        !is_shared(module.buffers[id].kind)
-            && (!accumulated || zeroed_by(module, kernel, module.buffers[id].kind))
+        !is_shared(module.buffers[id].kind) && (!accumulated || zeroed_by(module, kernel, module.buffers[id].kind))
     });
     let context = Context { module, written: &written, vjp };
 

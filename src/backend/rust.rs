@@ -1416,12 +1416,15 @@ impl Emitter<'_> {
     ) {
         let module = self.module;
         let adjoint_of = |id: BufferId| module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of: id });
-        lines.line("/// The vector-Jacobian product of the bounds on scenarios `start..end`: reads the adjoints of the");
+        lines
+            .line("/// The vector-Jacobian product of the bounds on scenarios `start..end`: reads the adjoints of the");
         lines.line("/// bounds that read the state, overwrites those of the states. The bounds are written again, as");
         lines.line("/// `bounds` and `regimes` write them.");
         let derived: Vec<&(Kernel, Vec<Param>, bool)> = [Kernel::Regimes, Kernel::Bounds]
             .iter()
-            .filter_map(|k| signatures.iter().find(|(kernel, params, _)| kernel == k && self.differentiates(*k, params)))
+            .filter_map(|k| {
+                signatures.iter().find(|(kernel, params, _)| kernel == k && self.differentiates(*k, params))
+            })
             .collect();
         let zeroed: Vec<BufferId> = module
             .buffers

@@ -152,7 +152,9 @@ impl Stage {
     /// Whether this program stores what `writer` stores: its own buffers, for `vjp`, which
     /// recomputes the step, the step's, and for `regimes`, the bounds that read a discrete action.
     fn stores(self, writer: Stage) -> bool {
-        writer == self || (self == Stage::Vjp && writer == Stage::Step) || (self == Stage::Regimes && writer == Stage::Bounds)
+        writer == self
+            || (self == Stage::Vjp && writer == Stage::Step)
+            || (self == Stage::Regimes && writer == Stage::Bounds)
     }
 
     /// What the program may load, as the table in `ir/mod.rs` says, for messages.
@@ -176,9 +178,10 @@ impl Stage {
             (_, BufferKind::Param) => true,
             (Stage::Bounds | Stage::Regimes | Stage::Step | Stage::Vjp | Stage::BoundsVjp, BufferKind::State) => true,
             (Stage::Regimes | Stage::Step | Stage::Vjp | Stage::BoundsVjp, BufferKind::Discrete) => true,
-            (Stage::BoundsVjp, BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Adjoint { .. }) => {
-                true
-            }
+            (
+                Stage::BoundsVjp,
+                BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Adjoint { .. },
+            ) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
             (Stage::Vjp, BufferKind::Adjoint { .. }) => true,

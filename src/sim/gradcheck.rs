@@ -85,10 +85,14 @@ pub fn inputs(module: &Module) -> Vec<BufferId> {
 pub fn outputs(module: &Module) -> Vec<BufferId> {
     module
         .buffers_of(|k| {
-            matches!(k, BufferKind::Next { .. } | BufferKind::Cost | BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
+            matches!(
+                k,
+                BufferKind::Next { .. } | BufferKind::Cost | BufferKind::Bound { .. } | BufferKind::PieceBound { .. }
+            )
         })
         .filter(|&(id, b)| {
-            !matches!(b.kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) || adjoint_of(module, id).is_some()
+            !matches!(b.kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
+                || adjoint_of(module, id).is_some()
         })
         .map(|(id, _)| id)
         .collect()
@@ -113,7 +117,7 @@ pub fn vjp_with_bounds(backend: &dyn Backend, module: &Module, batch: &mut Batch
     }
     let states: Vec<BufferId> =
         module.buffers_of(|k| *k == BufferKind::State).filter_map(|(id, _)| adjoint_of(module, id)).collect();
-    let from_step: Vec<Vec<f64>> = states.iter().map(|&a| std::mem::replace(&mut batch.values[a], Vec::new())).collect();
+    let from_step: Vec<Vec<f64>> = states.iter().map(|&a| std::mem::take(&mut batch.values[a])).collect();
     for (&a, values) in states.iter().zip(&from_step) {
         batch.values[a] = vec![f64::NAN; values.len()];
     }

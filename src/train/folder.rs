@@ -868,6 +868,7 @@ mod tests {
             regimes: Default::default(),
             step: Default::default(),
             vjp: Default::default(),
+            bounds_vjp: Default::default(),
             observe: vec![],
             horizon: 1,
             warmup: 0,
