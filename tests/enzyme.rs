@@ -375,32 +375,52 @@ fn integer_data_and_constants_are_const_in_the_autodiff_attribute() {
 }
 
 /// The activity of each argument of `step`: Duplicated exactly for what the derivative flows
-/// through; parameters, noise, discrete actions, masks and the integer fault flag Const.
+/// through; parameters, noise, discrete actions, masks and the integer fault flag Const. Where
+/// bounds read the state, the same for `bounds` and `regimes`: Duplicated exactly for the states
+/// and the bounds that have an adjoint.
 fn check_activities(module: &Module, lib: &str, name: &str) {
-    let attribute =
-        lib.split("#[autodiff_reverse(").nth(1).and_then(|rest| rest.split(")]").next()).expect("attribute");
-    let activities: Vec<&str> =
-        attribute.lines().filter_map(|l| l.trim().split(',').next()).filter(|a| !a.is_empty()).collect();
-    let step = function(lib, "pub fn step(").expect("step");
-    let params: Vec<&str> = step.lines().skip(1).take_while(|l| !l.starts_with(')')).collect();
-    assert_eq!(activities.first(), Some(&"d_step"), "{name}");
-    assert_eq!(activities.len() - 1, params.len(), "{name}: one activity per argument:\n{attribute}\n{step}");
-    for (activity, param) in activities[1..].iter().zip(&params) {
-        let original = param.split('`').nth(1);
-        let active = original.and_then(|o| module.buffers.iter().find(|b| b.name == o)).is_some_and(|b| {
-            matches!(
-                b.kind,
-                BufferKind::State
-                    | BufferKind::Continuous
-                    | BufferKind::Let
-                    | BufferKind::Next { .. }
-                    | BufferKind::Cost
-            )
-        });
-        let expected = if active { "Duplicated" } else { "Const" };
-        assert_eq!(*activity, expected, "{name}: {param}");
-        if param.contains("u32") {
-            assert_eq!(*activity, "Const", "{name}: integer data must be Const: {param}");
+    let has_adjoint = |id: usize| module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: id });
+    let step_active = |kind: BufferKind, _: usize| {
+        matches!(
+            kind,
+            BufferKind::State | BufferKind::Continuous | BufferKind::Let | BufferKind::Next { .. } | BufferKind::Cost
+        )
+    };
+    let bounds_active = |kind: BufferKind, id: usize| {
+        kind == BufferKind::State
+            || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) && has_adjoint(id))
+    };
+    let derived: [(&str, &dyn Fn(BufferKind, usize) -> bool); 3] =
+        [("step", &step_active), ("bounds", &bounds_active), ("regimes", &bounds_active)];
+    for (function_name, active) in derived {
+        let head = format!("pub fn {function_name}(");
+        let Some(before) = lib.split(&head).next().filter(|_| lib.contains(&head)) else { continue };
+        // The attribute right above the function, if it has one.
+        let Some(attribute) = before
+            .rsplit("#[autodiff_reverse(")
+            .next()
+            .filter(|rest| before.contains("#[autodiff_reverse(") && !rest.contains("\n}\n"))
+            .and_then(|rest| rest.split(")]").next())
+        else {
+            assert_ne!(function_name, "step", "{name}: `step` is differentiated");
+            continue;
+        };
+        let activities: Vec<&str> =
+            attribute.lines().filter_map(|l| l.trim().split(',').next()).filter(|a| !a.is_empty()).collect();
+        let function = function(lib, &head).expect("function");
+        let params: Vec<&str> = function.lines().skip(1).take_while(|l| !l.starts_with(')')).collect();
+        assert_eq!(activities.first().copied(), Some(format!("d_{function_name}").as_str()), "{name}");
+        assert_eq!(activities.len() - 1, params.len(), "{name}: one activity per argument:\n{attribute}\n{function}");
+        for (activity, param) in activities[1..].iter().zip(&params) {
+            let original = param.split('`').nth(1);
+            let is_active = original
+                .and_then(|o| module.buffers.iter().position(|b| b.name == o))
+                .is_some_and(|id| active(module.buffers[id].kind, id));
+            let expected = if is_active { "Duplicated" } else { "Const" };
+            assert_eq!(*activity, expected, "{name}: {function_name}: {param}");
+            if param.contains("u32") {
+                assert_eq!(*activity, "Const", "{name}: integer data must be Const: {param}");
+            }
         }
     }
 }
