@@ -390,7 +390,8 @@ fn check_activities(module: &Module, lib: &str, name: &str) {
         kind == BufferKind::State
             || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) && has_adjoint(id))
     };
-    let derived: [(&str, &dyn Fn(BufferKind, usize) -> bool); 3] =
+    type Active<'a> = &'a dyn Fn(BufferKind, usize) -> bool;
+    let derived: [(&str, Active); 3] =
         [("step", &step_active), ("bounds", &bounds_active), ("regimes", &bounds_active)];
     for (function_name, active) in derived {
         let head = format!("pub fn {function_name}(");
