@@ -106,11 +106,15 @@ pub(super) struct Scope {
     pub(super) defined_before: Option<usize>,
     /// The `let` being defined, which its own value cannot read.
     pub(super) defining: Option<String>,
+    /// Inside the branch of an `if` whose condition is known at compile time to choose the
+    /// other branch: the branch is typed, but not lowered, so an index outside its set or an
+    /// empty `max` there is not an error (`if lead >= 2 then pipe[i, 0] else 0` with no slots).
+    pub(super) not_taken: bool,
 }
 
 impl Scope {
     pub(super) fn new(context: Context) -> Scope {
-        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None, defining: None }
+        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None, defining: None, not_taken: false }
     }
 
     pub(super) fn with_dims(context: Context, dims: &[Dimension]) -> Scope {
@@ -206,6 +210,8 @@ impl<'a> Checker<'a> {
                 discount: 1.0,
                 report: Vec::new(),
                 symbols: HashMap::new(),
+                decided: HashMap::new(),
+                before_decision: Vec::new(),
             },
         }
     }

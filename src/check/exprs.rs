@@ -181,6 +181,27 @@ impl Checker<'_> {
                     }
                     let set = self.set_named(&b.set);
                     ok &= set.is_some();
+                    if let (ast::ReduceOp::Max | ast::ReduceOp::Min, Some(empty), false) =
+                        (op, set.and_then(|s| self.m.sets.get(s)).filter(|s| s.is_empty()), scope.not_taken)
+                    {
+                        // A sum over nothing is 0 and a product 1, but a largest or smallest
+                        // element of nothing does not exist (±inf would only surface later as a
+                        // non-finite cost).
+                        let range = format!("{}..{}", empty.lo, empty.hi);
+                        self.error(
+                            Diagnostic::error(
+                                "empty-set",
+                                format!("`{}` over an empty set has no value: `{}` = {range} is empty", op.name(), b.set.name),
+                                b.set.span,
+                                "empty set",
+                            )
+                            .with_help(format!(
+                                "guard it with an `if` on the size that empties the set, or give `{}` at least one element",
+                                b.set.name
+                            )),
+                        );
+                        ok = false;
+                    }
                     // The body is checked even when the set is broken, for errors of its own.
                     scope.binders.push(Binding { name: b.var.name.clone(), set: set.unwrap_or(UNRESOLVED) });
                 }
@@ -209,9 +230,16 @@ impl Checker<'_> {
             ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, scope),
             ExprKind::If { cond, then, otherwise } => {
                 let c = self.expr(cond, scope);
-                self.condition(c, cond.span, "an `if` condition");
+                let decided = self.condition(c, cond.span, "an `if` condition").then(|| self.constant(cond, scope)).flatten();
+                let outer = scope.not_taken;
+                if let Some(value) = decided {
+                    self.m.decided.insert(e.span, value != 0.0);
+                }
+                scope.not_taken = outer || decided == Some(0.0);
                 let a = self.expr(then, scope);
+                scope.not_taken = outer || decided.is_some_and(|v| v != 0.0);
                 let b = self.expr(otherwise, scope);
+                scope.not_taken = outer;
                 self.join(a, b, then.span, otherwise.span, "the two branches of this `if`")
             }
             ExprKind::Match { scrutinee, arms } => self.match_expr(e, scrutinee, arms, scope),
@@ -503,6 +531,7 @@ impl Checker<'_> {
             }
             Ty::Int => {
                 if let Some(v) = self.constant(ix, scope)
+                    && !scope.not_taken
                     && let Some(s) = self.m.sets.get(set)
                     && (v < s.lo as f64 || v >= s.hi as f64)
                 {

@@ -157,6 +157,7 @@ impl<'a> Lowering<'a> {
             .map(|o| match o {
                 Observed::State(s) => self.buffers.states[*s],
                 Observed::Param(p) => self.buffers.params[*p],
+                Observed::Let(l) => self.buffers.lets[*l],
             })
             .collect();
     }
@@ -212,6 +213,14 @@ impl<'a> Lowering<'a> {
                 let stmt = self.store(id, &a.dims, |this, env| this.expr(e, env));
                 self.module.regimes.body.push(stmt);
             }
+        }
+        // The lets the policy observes, computed before the decision; the step computes them
+        // again to the same value, as they read only states and parameters.
+        for &k in &m.before_decision {
+            let l = &m.lets[k];
+            let buffer = self.buffers.lets[k];
+            let stmt = self.store(buffer, &l.dims, |this, env| this.expr(&l.value, env));
+            self.module.bounds.body.push(stmt);
         }
         self.step();
     }
@@ -359,6 +368,12 @@ impl<'a> Lowering<'a> {
             }
             ExprKind::Binary { op, lhs, rhs } => self.binary_expr(*op, lhs, rhs, env, span),
             ExprKind::If { cond, then, otherwise } => {
+                // Decided when the model was compiled: only the branch taken exists.
+                match self.model.decided.get(&span) {
+                    Some(true) => return self.expr(then, env),
+                    Some(false) => return self.expr(otherwise, env),
+                    None => {}
+                }
                 let cond = self.expr(cond, env);
                 let then = self.expr(then, env);
                 let otherwise = self.expr(otherwise, env);

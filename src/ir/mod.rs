@@ -154,7 +154,9 @@ pub type BufferId = usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Var(pub u32);
 
-/// A half-open integer range `lo..hi`, never empty.
+/// A half-open integer range `lo..hi`, with `lo <= hi`. It may be empty (`lo == hi`): loops over
+/// it run no iteration, a `Sum` over it is 0 and a `Prod` 1, and no `Max`, `Min`, `ArgMax` or
+/// `ArgMin` reduces over it (the validator refuses one).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Set {
     pub name: String,
@@ -163,7 +165,7 @@ pub struct Set {
 }
 
 impl Set {
-    /// The number of elements (0 for a malformed range, which the validator rejects).
+    /// The number of elements (0 for an empty or a reversed range, which the validator rejects).
     pub fn len(&self) -> usize {
         self.hi.checked_sub(self.lo).and_then(|n| usize::try_from(n).ok()).unwrap_or(0)
     }

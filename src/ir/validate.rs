@@ -39,7 +39,9 @@
 //!   mask is stored by exactly one statement of its program; discrete and continuous actions,
 //!   params with data and adjoints by none. When `vjp` is not empty (a differentiated module), it
 //!   also stores every next state, let and cost exactly once, as `step` does.
-//! - **Observe**: existing params and states, each once.
+//! - **Observe**: existing params, states and lets, each once; an observed let is stored by `bounds`
+//!   (before the decision) as well as by `step`. `bounds` may store a let at most once, and only
+//!   from params, states and lets it stored before.
 //!
 //! Variables: the rule is "no variable is bound twice in nested scope", so sibling loops may
 //! reuse `v0`, and a node shared by two statements may sit under reductions in both. It holds in
@@ -52,12 +54,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, SetId, Stmt, Var};
+use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, Var};
 
 /// Checks the invariants documented in [`super`] and in this module's doc; returns every
 /// violation, one message each.
 pub fn validate(module: &Module) -> Result<(), Vec<String>> {
-    let mut validator = Validator { module, errors: Vec::new() };
+    let mut validator = Validator { module, errors: Vec::new(), early_lets: vec![0; module.buffers.len()] };
     validator.settings();
     validator.sets();
     validator.buffers();
@@ -150,7 +152,7 @@ impl Stage {
         match self {
             Stage::Instance => "params stored earlier or given as data",
             Stage::Init | Stage::Noise => "params",
-            Stage::Bounds => "params and states",
+            Stage::Bounds => "params, states, and lets stored earlier in bounds",
             Stage::Regimes => "params, states and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
             Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
@@ -167,6 +169,8 @@ impl Stage {
             (Stage::Regimes | Stage::Step | Stage::Vjp, BufferKind::Discrete) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
+            // The lets the policy observes, stored by `bounds` before the decision.
+            (Stage::Bounds, BufferKind::Let) => stored,
             (Stage::Vjp, BufferKind::Adjoint { .. }) => true,
             _ => false,
         }
@@ -232,6 +236,8 @@ struct Nodes {
 struct Validator<'m> {
     module: &'m Module,
     errors: Vec<String>,
+    /// Stores per let by `bounds`, which computes the observed lets before the decision.
+    early_lets: Vec<usize>,
 }
 
 impl Validator<'_> {
@@ -289,8 +295,8 @@ impl Validator<'_> {
             if !names.insert(set.name.as_str()) {
                 self.error(format!("set `{}` is declared twice", set.name));
             }
-            if set.lo >= set.hi {
-                self.error(format!("set `{}` = {}..{} is empty", set.name, set.lo, set.hi));
+            if set.lo > set.hi {
+                self.error(format!("set `{}` = {}..{} is reversed; an empty set is written `lo..lo`", set.name, set.lo, set.hi));
             }
         }
     }
@@ -501,9 +507,13 @@ impl Validator<'_> {
                     )),
                     Some(_) => {}
                 },
-                Expr::Reduce { var, set, .. } => {
-                    if m.sets.get(*set).is_none() {
-                        self.error(format!("{at} reduces over set #{set}, which does not exist"));
+                Expr::Reduce { op, var, set, .. } => {
+                    match m.sets.get(*set) {
+                        None => self.error(format!("{at} reduces over set #{set}, which does not exist")),
+                        Some(s) if s.is_empty() && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) => {
+                            self.error(format!("{at} takes {op:?} over the empty set `{}`, which has no value", s.name));
+                        }
+                        Some(_) => {}
                     }
                     if binds.contains(var) {
                         self.error(format!(
@@ -549,6 +559,9 @@ impl Validator<'_> {
             walk.stmts(self, nodes, &stage.program(m).body);
         }
         for (id, buffer) in m.buffers.iter().enumerate() {
+            if self.early_lets.get(id).is_some_and(|&n| n > 1) {
+                self.error(format!("let `{}` is stored by {} statements of bounds; at most one", buffer.name, self.early_lets[id]));
+            }
             let Some(stage) = Stage::writer(buffer) else { continue };
             self.stored_once(buffer, stage, stores.get(id).copied().unwrap_or(0));
             // A differentiated module's `vjp` recomputes the step before it differentiates it.
@@ -576,9 +589,15 @@ impl Validator<'_> {
         for id in &m.observe {
             match m.buffers.get(*id) {
                 None => self.error(format!("observe lists buffer #{id}, which does not exist")),
-                Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param) => self.error(format!(
-                    "observe lists {} `{}`; the policy observes only states and params",
-                    kind_word(&b.kind),
+                Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param | BufferKind::Let) => {
+                    self.error(format!(
+                        "observe lists {} `{}`; the policy observes only states, params and lets",
+                        kind_word(&b.kind),
+                        b.name
+                    ))
+                }
+                Some(b) if b.kind == BufferKind::Let && self.early_lets.get(*id) != Some(&1) => self.error(format!(
+                    "observe lists let `{}`, which bounds does not store; an observed let is computed before the decision",
                     b.name
                 )),
                 Some(b) if !listed.insert(*id) => self.error(format!("observe lists `{}` twice", b.name)),
@@ -712,6 +731,12 @@ impl Walk<'_> {
                 match Stage::writer(buffer) {
                     Some(writer) if stage.stores(writer) => {
                         if let Some(count) = self.stores.get_mut(id) {
+                            *count += 1;
+                        }
+                    }
+                    // An observed let is also computed before the decision.
+                    Some(Stage::Step) if stage == Stage::Bounds && buffer.kind == BufferKind::Let => {
+                        if let Some(count) = v.early_lets.get_mut(id) {
                             *count += 1;
                         }
                     }
@@ -1125,9 +1150,9 @@ pub(crate) mod tests {
     #[test]
     fn sets() {
         let mut b = minimal();
-        b.set("J", 4, 4);
+        b.set("J", 4, 3);
         b.set("I", 0, 1);
-        reports(&b.m, "set `J` = 4..4 is empty");
+        reports(&b.m, "set `J` = 4..3 is reversed");
         reports(&b.m, "set `I` is declared twice");
     }
 
