@@ -205,3 +205,122 @@ fn a_let_of_noise_or_actions_cannot_be_observed() {
     let rendered = hmdp::diagnostics::render(&outcome.diagnostics, "model.hmdp", source, false);
     assert!(rendered.contains("cannot observe `next`: it reads action `u`"), "{rendered}");
 }
+
+// ---- item 11: the period index and terminal costs ----------------------------------------------
+
+/// A deterministic model: `x` counts the periods, each period costs its index, and the terminal
+/// cost charges the final count.
+const COUNTER: &str = "
+model counter
+state x = 0
+action u: real in [0, 1]
+step {
+  x' = x + 1
+  cost tick = period + 0 * u
+}
+terminal {
+  cost final = 10 * x
+}
+observe { x, period }
+horizon 4
+";
+
+fn total(out: &str) -> f64 {
+    let line = out.lines().find(|l| l.trim_start().starts_with("total")).expect("a total line");
+    line.split_whitespace().nth(1).expect("a figure").parse().expect("a number")
+}
+
+/// `period` runs 0, 1, ..., horizon - 1, and the terminal cost is charged once, on the final
+/// states, in the reported totals, on every backend.
+#[test]
+fn the_period_index_counts_and_the_terminal_cost_is_charged_once() {
+    let folder = std::env::temp_dir().join(format!("hmdp-constructs-counter-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("temp dir");
+    let model = folder.join("counter.hmdp");
+    std::fs::write(&model, COUNTER).expect("write model");
+    for backend in ["interp", "jit"] {
+        let (ok, out, err) = hmdpc(&["simulate", "--backend", backend, "--scenarios", "10", model.to_str().expect("utf-8")]);
+        assert!(ok, "{err}");
+        // 0 + 1 + 2 + 3 for the periods, and 10 × 4 for the final count.
+        assert_eq!(total(&out), 6.0 + 40.0, "{backend}:\n{out}");
+        let final_line = out.lines().find(|l| l.trim_start().starts_with("final")).expect("the terminal cost is reported");
+        assert!(final_line.contains("40.0000"), "{final_line}");
+    }
+    std::fs::remove_dir_all(&folder).ok();
+    // The VJP of the step, terminal cost included (active at the points in the last period),
+    // agrees with finite differences.
+    let salvage = common::compile_file(&common::root().join("tests/constructs/salvage.hmdp"), &[]);
+    assert!(gradient_error(&salvage) <= 1e-6);
+}
+
+#[test]
+fn period_is_reserved_and_read_only_in_the_step() {
+    let diagnose = |source: &str| {
+        let outcome = hmdp::check::check_source(source, &hmdp::check::NoFiles, &hmdp::check::Options::default());
+        hmdp::diagnostics::render(&outcome.diagnostics, "model.hmdp", source, false)
+    };
+    let declared = COUNTER.replace("state x = 0", "state x = 0\nparam period = 3");
+    assert!(diagnose(&declared).contains("a parameter cannot be named `period`"), "{}", diagnose(&declared));
+    let in_bound = COUNTER.replace("real in [0, 1]", "real in [0, period]");
+    assert!(diagnose(&in_bound).contains("an action's bound cannot use the period index"), "{}", diagnose(&in_bound));
+    let terminal_reads_noise = COUNTER.replace("cost final = 10 * x", "cost final = 10 * x + u");
+    assert!(diagnose(&terminal_reads_noise).contains("a terminal cost cannot use"), "{}", diagnose(&terminal_reads_noise));
+}
+
+/// The trainer's pathwise gradient includes the terminal cost: it matches central finite
+/// differences of a whole rollout's cost, terminal cost included, and differs from the gradient
+/// of the same model without it.
+#[test]
+fn the_pathwise_gradient_includes_the_terminal_cost() {
+    use hmdp::backend::jit::Jit;
+    use hmdp::random::ScenarioSet;
+    use hmdp::train::policy::Nets;
+    use hmdp::train::rollout::{Context, Mode, rollout};
+    use hmdp::train::scenarios::Scenarios;
+    use hmdp::train::spec::Spec;
+    use hmdp::train::update::pathwise;
+    use rand::SeedableRng;
+    use rand::rngs::ChaCha8Rng;
+
+    let source = std::fs::read_to_string(common::root().join("tests/constructs/salvage.hmdp")).expect("model");
+    let penalty = source.replace("cost salvage = -v * max(stock, 0)", "cost salvage = v * (stock - 4)^2");
+    let without = penalty.replace("cost salvage = v * (stock - 4)^2", "cost salvage = 0 * stock");
+    let gradient = |source: &str| {
+        let module = common::compile_text(source, &common::root(), &[]);
+        let spec = Spec::of(&module);
+        let jit = Jit::compile(&module).expect("compiles");
+        let instance = sim::instance(&module, 0).expect("instance");
+        let set = Scenarios::draw(&module, &instance, 0, ScenarioSet::Train, 3).expect("scenarios");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut nets = Nets::new(&spec, &[6], false, &mut rng);
+        for (k, p) in nets.continuous.params_mut().iter_mut().enumerate() {
+            *p = 0.3 * ((k * 7919 % 13) as f32 / 6.0 - 1.0);
+        }
+        let ctx = Context { module: &module, spec: &spec, backend: &jit, instance: &instance };
+        let cost = |nets: &Nets| {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let traj = rollout(&ctx, nets, &set, &[0, 1, 2], Mode::Sample, true, &mut rng).expect("rollout");
+            let total: f64 = traj.steps.iter().flat_map(|st| st.costs.iter()).sum::<f64>() / 3.0;
+            (total, traj)
+        };
+        let (_, mut traj) = cost(&nets);
+        let weight = |_: usize| 1.0 / 3.0;
+        let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
+        let mut worst = 0.0f64;
+        for (k, &ad) in grad.iter().enumerate() {
+            let h = 1e-3f32;
+            let (mut plus, mut minus) = (nets.clone(), nets.clone());
+            plus.continuous.params_mut()[k] += h;
+            minus.continuous.params_mut()[k] -= h;
+            let width = (plus.continuous.params()[k] - minus.continuous.params()[k]) as f64;
+            let fd = (cost(&plus).0 - cost(&minus).0) / width;
+            worst = worst.max((fd - ad as f64).abs() / fd.abs().max(ad.abs() as f64).max(1.0));
+        }
+        assert!(worst < 2e-2, "largest relative error {worst}");
+        grad
+    };
+    let with_terminal = gradient(&penalty);
+    let without_terminal = gradient(&without);
+    let difference: f64 = with_terminal.iter().zip(&without_terminal).map(|(a, b)| (a - b).abs() as f64).sum();
+    assert!(difference > 0.1, "the terminal cost does not reach the gradient ({difference})");
+}

@@ -326,6 +326,24 @@ impl Checker<'_> {
             }
             return Ty::Index(set);
         }
+        if name.name == PERIOD && !self.globals.contains_key(PERIOD) {
+            for ix in indices {
+                self.expr(ix, scope);
+            }
+            if !indices.is_empty() {
+                self.error(Diagnostic::error("rank", "the period index `period` is a number and cannot be indexed", e.span, "indexed here"));
+                return Ty::Error;
+            }
+            if scope.context != Context::Step {
+                self.error(
+                    Diagnostic::error("context", format!("{} cannot use the period index `period`", scope.context.describe()), name.span, "the period index")
+                        .with_help("the period index (0, 1, ..., horizon - 1) can be read in the step and observed"),
+                );
+                return Ty::Error;
+            }
+            self.m.reads_period = true;
+            return Ty::Int;
+        }
         let Some(global) = self.globals.get(&name.name) else {
             self.unknown_name(name, scope);
             for ix in indices {
@@ -334,6 +352,22 @@ impl Checker<'_> {
             return Ty::Error;
         };
         let (symbol, declared) = (global.symbol, global.span);
+        if let (Context::Terminal, Symbol::State(_)) = (scope.context, symbol)
+            && let Some(ix) = indices.iter().find(|ix| bare_name(ix).is_none_or(|n| scope.binder(&n.name).is_none()))
+        {
+            // The final state is written out from the state's update, whose index names are
+            // bound to the indices here.
+            self.error(
+                Diagnostic::error(
+                    "context",
+                    format!("a terminal cost reads the final `{}` only at index names", name.name),
+                    ix.span,
+                    "not an index name",
+                )
+                .with_help(format!("sum over the elements: `sum(i in ...) ... {}[i]`", name.name)),
+            );
+            return Ty::Error;
+        }
         if !scope.context.allows(symbol, &self.m) {
             let kind = self.kind_name(symbol);
             let d = if let Symbol::Set(_) = symbol {

@@ -188,6 +188,8 @@ pub enum Observed {
     /// A `let` of the step that reads only states, parameters and such lets: it is also computed
     /// before the decision (see [`CheckedModel::before_decision`]).
     Let(LetId),
+    /// The period index, `period`.
+    Period,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +221,10 @@ pub struct CheckedModel {
     /// constant parameters), by the span of the `if` expression, with the branch taken (`true`:
     /// `then`). Lowering lowers only that branch.
     pub decided: HashMap<Span, bool>,
+    /// The costs of the final states, charged once after the last period (`terminal { ... }`).
+    pub terminal: Vec<Cost>,
+    /// Whether the step or `observe` reads the period index `period`.
+    pub reads_period: bool,
 }
 
 impl CheckedModel {

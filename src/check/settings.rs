@@ -168,6 +168,10 @@ impl Checker<'_> {
                 continue;
             }
             match self.globals.get(&name.name).map(|g| g.symbol) {
+                None if name.name == PERIOD => {
+                    self.m.observe.push(Observed::Period);
+                    self.m.reads_period = true;
+                }
                 Some(Symbol::State(s)) => self.m.observe.push(Observed::State(s)),
                 Some(Symbol::Param(p)) => self.m.observe.push(Observed::Param(p)),
                 Some(Symbol::Let(l)) if self.broken.contains(&Symbol::Let(l)) => {}

@@ -164,6 +164,11 @@ pub struct Set {
     pub hi: i64,
 }
 
+/// The name of the noise buffer that holds the period index (0, 1, ..., horizon - 1) of a model
+/// that reads `period` or has terminal costs. No program writes it: the protocol sets it before
+/// each period. Like noise, it is a per-scenario input the derivative holds constant.
+pub const PERIOD: &str = "period";
+
 impl Set {
     /// The number of elements (0 for an empty or a reversed range, which the validator rejects).
     pub fn len(&self) -> usize {
@@ -388,6 +393,11 @@ pub struct Module {
 
 impl Module {
     /// Number of scalar elements of a buffer.
+    /// The param holding the period index ([`PERIOD`]), if the model has one.
+    pub fn period_index(&self) -> Option<BufferId> {
+        self.buffers.iter().position(|b| b.kind == BufferKind::Noise && b.name == PERIOD)
+    }
+
     pub fn len(&self, buffer: BufferId) -> usize {
         self.buffers.get(buffer).map_or(0, |b| b.dims.iter().map(|d| self.sets.get(*d).map_or(0, Set::len)).product())
     }

@@ -41,7 +41,8 @@
 //!   also stores every next state, let and cost exactly once, as `step` does.
 //! - **Observe**: existing params, states and lets, each once; an observed let is stored by `bounds`
 //!   (before the decision) as well as by `step`. `bounds` may store a let at most once, and only
-//!   from params, states and lets it stored before.
+//!   from params, states and lets it stored before. The period index (the noise `period`, see
+//!   [`super::PERIOD`]) may be observed too; no program stores it.
 //!
 //! Variables: the rule is "no variable is bound twice in nested scope", so sibling loops may
 //! reuse `v0`, and a node shared by two statements may sit under reductions in both. It holds in
@@ -132,6 +133,8 @@ impl Stage {
             BufferKind::Param if buffer.data.is_some() => None,
             BufferKind::Param => Some(Stage::Instance),
             BufferKind::State => Some(Stage::Init),
+            // The period index is set by the protocol.
+            BufferKind::Noise if buffer.name == super::PERIOD && buffer.dims.is_empty() => None,
             BufferKind::Noise => Some(Stage::Noise),
             BufferKind::Bound { .. } => Some(Stage::Bounds),
             BufferKind::PieceBound { .. } => Some(Stage::Regimes),
@@ -589,7 +592,10 @@ impl Validator<'_> {
         for id in &m.observe {
             match m.buffers.get(*id) {
                 None => self.error(format!("observe lists buffer #{id}, which does not exist")),
-                Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param | BufferKind::Let) => {
+                Some(b)
+                if !matches!(b.kind, BufferKind::State | BufferKind::Param | BufferKind::Let)
+                    && !(b.kind == BufferKind::Noise && b.name == super::PERIOD) =>
+            {
                     self.error(format!(
                         "observe lists {} `{}`; the policy observes only states, params and lets",
                         kind_word(&b.kind),
@@ -745,6 +751,7 @@ impl Walk<'_> {
                         let why = match buffer.kind {
                             BufferKind::Param => "is given as data",
                             BufferKind::Adjoint { .. } => "is only accumulated into, by vjp",
+                            BufferKind::Noise => "is the period index, set by the protocol",
                             _ => "is set by the policy",
                         };
                         v.error(format!("{at}: {what} {why}; no program stores it"))
