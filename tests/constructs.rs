@@ -11,8 +11,13 @@ use hmdp::ir::ValidModule;
 use hmdp::sim;
 
 fn hmdpc(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_hmdpc")).args(args).current_dir(common::root()).output().expect("hmdpc runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn buffer(module: &ValidModule, name: &str) -> usize {
@@ -72,10 +77,19 @@ fn a_lead_of_zero_puts_the_order_on_hand_before_the_demand() {
 /// agree, and a short training run beats the random policy by far.
 #[test]
 fn lead_zero_simulates_and_trains() {
-    let (ok, interp, err) = hmdpc(&["simulate", "--scenarios", "100", "--set", "lead=0", "models/inventory_fixed_cost.hmdp"]);
+    let (ok, interp, err) =
+        hmdpc(&["simulate", "--scenarios", "100", "--set", "lead=0", "models/inventory_fixed_cost.hmdp"]);
     assert!(ok, "{err}");
-    let (ok, jit, err) =
-        hmdpc(&["simulate", "--backend", "jit", "--scenarios", "100", "--set", "lead=0", "models/inventory_fixed_cost.hmdp"]);
+    let (ok, jit, err) = hmdpc(&[
+        "simulate",
+        "--backend",
+        "jit",
+        "--scenarios",
+        "100",
+        "--set",
+        "lead=0",
+        "models/inventory_fixed_cost.hmdp",
+    ]);
     assert!(ok, "{err}");
     let total = |out: &str| -> f64 {
         let line = out.lines().find(|l| l.trim_start().starts_with("total")).expect("a total line");
@@ -86,7 +100,19 @@ fn lead_zero_simulates_and_trains() {
     let folder = std::env::temp_dir().join(format!("hmdp-constructs-lead0-{}", std::process::id()));
     let folder_arg = folder.to_str().expect("utf-8 temp dir");
     let (ok, _, err) = hmdpc(&[
-        "train", "--quiet", "--force", "--set", "lead=0", "--updates", "6", "--batch", "32", "--scenarios", "32", "--out", folder_arg,
+        "train",
+        "--quiet",
+        "--force",
+        "--set",
+        "lead=0",
+        "--updates",
+        "6",
+        "--batch",
+        "32",
+        "--scenarios",
+        "32",
+        "--out",
+        folder_arg,
         "models/inventory.hmdp",
     ]);
     assert!(ok, "{err}");
@@ -185,10 +211,36 @@ fn a_model_observing_a_let_simulates_and_trains() {
     let (model_arg, run_arg) = (model.to_str().expect("utf-8"), run.to_str().expect("utf-8"));
     let (ok, _, err) = hmdpc(&["simulate", "--scenarios", "50", model_arg]);
     assert!(ok, "{err}");
-    let (ok, _, err) =
-        hmdpc(&["train", "--quiet", "--updates", "4", "--batch", "32", "--scenarios", "32", "--out", run_arg, model_arg]);
+    let (ok, _, err) = hmdpc(&[
+        "train",
+        "--quiet",
+        "--updates",
+        "4",
+        "--batch",
+        "32",
+        "--scenarios",
+        "32",
+        "--out",
+        run_arg,
+        model_arg,
+    ]);
     assert!(ok, "{err}");
-    let (ok, out, err) = hmdpc(&["train", "--quiet", "--algo", "ppo", "--force", "--updates", "2", "--batch", "32", "--scenarios", "32", "--out", run_arg, model_arg]);
+    let (ok, out, err) = hmdpc(&[
+        "train",
+        "--quiet",
+        "--algo",
+        "ppo",
+        "--force",
+        "--updates",
+        "2",
+        "--batch",
+        "32",
+        "--scenarios",
+        "32",
+        "--out",
+        run_arg,
+        model_arg,
+    ]);
     std::fs::remove_dir_all(&folder).ok();
     assert!(ok, "{out}{err}");
 }
@@ -197,7 +249,8 @@ fn a_model_observing_a_let_simulates_and_trains() {
 /// read, also through another `let`.
 #[test]
 fn a_let_of_noise_or_actions_cannot_be_observed() {
-    let (_, rendered, diagnostics) = common::rendered(&common::root().join("tests/diagnostics/observe_let_reading_noise.hmdp"));
+    let (_, rendered, diagnostics) =
+        common::rendered(&common::root().join("tests/diagnostics/observe_let_reading_noise.hmdp"));
     assert_eq!(diagnostics.iter().map(|d| d.code).collect::<Vec<_>>(), ["observe"]);
     assert!(rendered.contains("reads noise `demand`") && rendered.contains("`post` reads it"), "{rendered}");
     let source = "model t\nstate x = 0\naction u: real\nstep {\n  let next = x + u\n  x' = next\n  cost c = next^2\n}\nobserve { next }\nhorizon 3\n";
@@ -239,11 +292,13 @@ fn the_period_index_counts_and_the_terminal_cost_is_charged_once() {
     let model = folder.join("counter.hmdp");
     std::fs::write(&model, COUNTER).expect("write model");
     for backend in ["interp", "jit"] {
-        let (ok, out, err) = hmdpc(&["simulate", "--backend", backend, "--scenarios", "10", model.to_str().expect("utf-8")]);
+        let (ok, out, err) =
+            hmdpc(&["simulate", "--backend", backend, "--scenarios", "10", model.to_str().expect("utf-8")]);
         assert!(ok, "{err}");
         // 0 + 1 + 2 + 3 for the periods, and 10 × 4 for the final count.
         assert_eq!(total(&out), 6.0 + 40.0, "{backend}:\n{out}");
-        let final_line = out.lines().find(|l| l.trim_start().starts_with("final")).expect("the terminal cost is reported");
+        let final_line =
+            out.lines().find(|l| l.trim_start().starts_with("final")).expect("the terminal cost is reported");
         assert!(final_line.contains("40.0000"), "{final_line}");
     }
     std::fs::remove_dir_all(&folder).ok();
@@ -264,7 +319,11 @@ fn period_is_reserved_and_read_only_in_the_step() {
     let in_bound = COUNTER.replace("real in [0, 1]", "real in [0, period]");
     assert!(diagnose(&in_bound).contains("an action's bound cannot use the period index"), "{}", diagnose(&in_bound));
     let terminal_reads_noise = COUNTER.replace("cost final = 10 * x", "cost final = 10 * x + u");
-    assert!(diagnose(&terminal_reads_noise).contains("a terminal cost cannot use"), "{}", diagnose(&terminal_reads_noise));
+    assert!(
+        diagnose(&terminal_reads_noise).contains("a terminal cost cannot use"),
+        "{}",
+        diagnose(&terminal_reads_noise)
+    );
 }
 
 /// The trainer's pathwise gradient includes the terminal cost: it matches central finite
@@ -323,4 +382,29 @@ fn the_pathwise_gradient_includes_the_terminal_cost() {
     let without_terminal = gradient(&without);
     let difference: f64 = with_terminal.iter().zip(&without_terminal).map(|(a, b)| (a - b).abs() as f64).sum();
     assert!(difference > 0.1, "the terminal cost does not reach the gradient ({difference})");
+}
+
+/// The new constructs survive the textual IR: an observed let stored by `bounds`, the period
+/// index, a terminal cost and an empty set print, parse back, validate and run the same.
+#[test]
+fn the_textual_ir_round_trips_the_new_constructs() {
+    let modules = [
+        common::compile_file(&common::root().join("tests/constructs/salvage.hmdp"), &[]),
+        common::compile_text(&inventory_observing_the_position(), &common::root().join("models"), &[("lead", 0.0)]),
+        common::compile_text(EMPTY, &common::root(), &[]),
+    ];
+    for module in modules {
+        let text = hmdp::ir::text::print(&module);
+        let parsed = hmdp::ir::text::parse(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", module.name));
+        assert_eq!(hmdp::ir::text::print(&parsed), text);
+        let parsed = ValidModule::new(parsed).unwrap_or_else(|p| panic!("{}: parsed IR invalid: {p:?}", module.name));
+        let run = |m: &ValidModule| {
+            let instance = sim::instance(m, 2).expect("instance");
+            let seeds = hmdp::random::Seeds::same(4);
+            sim::simulate(m, &instance, &sim::RandomPolicy, seeds, hmdp::random::ScenarioSet::Dev, 16)
+                .expect("runs")
+                .total
+        };
+        assert_eq!(run(&module), run(&parsed), "{}", module.name);
+    }
 }

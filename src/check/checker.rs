@@ -70,7 +70,9 @@ impl Context {
             Context::ActionBound => "an action's bound can use sizes, parameters and the state",
             Context::When => "a `when` condition selects regimes: it can use discrete actions, sizes and parameters",
             Context::Step => "the step can use sizes, parameters, state, noise, actions and earlier `let`s",
-            Context::Terminal => "a terminal cost is charged on the final states: it can use sizes, parameters and the state",
+            Context::Terminal => {
+                "a terminal cost is charged on the final states: it can use sizes, parameters and the state"
+            }
             Context::Setting => "this setting must be a constant: it can use sizes and constant parameters",
         }
     }
@@ -118,7 +120,15 @@ pub(super) struct Scope {
 
 impl Scope {
     pub(super) fn new(context: Context) -> Scope {
-        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None, defining: None, not_taken: false }
+        Scope {
+            context,
+            binders: Vec::new(),
+            random: false,
+            draws: false,
+            defined_before: None,
+            defining: None,
+            not_taken: false,
+        }
     }
 
     pub(super) fn with_dims(context: Context, dims: &[Dimension]) -> Scope {

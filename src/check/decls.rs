@@ -645,7 +645,10 @@ impl Checker<'_> {
                     self.error(
                         Diagnostic::error(
                             "empty-set",
-                            format!("`{}` has nothing to choose from: set `{}` = {range} is empty", d.name.name, set.name),
+                            format!(
+                                "`{}` has nothing to choose from: set `{}` = {range} is empty",
+                                d.name.name, set.name
+                            ),
                             set.span,
                             "empty set",
                         )

@@ -230,7 +230,8 @@ impl Checker<'_> {
             ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, scope),
             ExprKind::If { cond, then, otherwise } => {
                 let c = self.expr(cond, scope);
-                let decided = self.condition(c, cond.span, "an `if` condition").then(|| self.constant(cond, scope)).flatten();
+                let decided =
+                    self.condition(c, cond.span, "an `if` condition").then(|| self.constant(cond, scope)).flatten();
                 let outer = scope.not_taken;
                 if let Some(value) = decided {
                     self.m.decided.insert(e.span, value != 0.0);
@@ -331,13 +332,23 @@ impl Checker<'_> {
                 self.expr(ix, scope);
             }
             if !indices.is_empty() {
-                self.error(Diagnostic::error("rank", "the period index `period` is a number and cannot be indexed", e.span, "indexed here"));
+                self.error(Diagnostic::error(
+                    "rank",
+                    "the period index `period` is a number and cannot be indexed",
+                    e.span,
+                    "indexed here",
+                ));
                 return Ty::Error;
             }
             if scope.context != Context::Step {
                 self.error(
-                    Diagnostic::error("context", format!("{} cannot use the period index `period`", scope.context.describe()), name.span, "the period index")
-                        .with_help("the period index (0, 1, ..., horizon - 1) can be read in the step and observed"),
+                    Diagnostic::error(
+                        "context",
+                        format!("{} cannot use the period index `period`", scope.context.describe()),
+                        name.span,
+                        "the period index",
+                    )
+                    .with_help("the period index (0, 1, ..., horizon - 1) can be read in the step and observed"),
                 );
                 return Ty::Error;
             }

@@ -132,7 +132,10 @@ impl Checker<'_> {
                         per.span,
                         "a size of 0",
                     )
-                    .with_help(format!("dividing by 0 has no meaning: give `{}` a value of at least 1, or drop `per {}`", per.name, per.name)),
+                    .with_help(format!(
+                        "dividing by 0 has no meaning: give `{}` a value of at least 1, or drop `per {}`",
+                        per.name, per.name
+                    )),
                 ),
                 Some(Symbol::Size(s)) => self.m.report.push(ReportScale::Size(s)),
                 _ => {
@@ -158,7 +161,9 @@ impl Checker<'_> {
         if o.names.is_empty() {
             self.error(
                 Diagnostic::error("observe", "`observe` lists nothing: the policy would see nothing", o.span, "empty")
-                    .with_help("list states, parameters and `let`s of them, or remove `observe` to observe every state"),
+                    .with_help(
+                        "list states, parameters and `let`s of them, or remove `observe` to observe every state",
+                    ),
             );
         }
         let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -183,7 +188,10 @@ impl Checker<'_> {
                     Some(read) => {
                         let mut d = Diagnostic::error(
                             "observe",
-                            format!("cannot observe `{}`: it reads {}, which the policy does not know yet", name.name, read.what),
+                            format!(
+                                "cannot observe `{}`: it reads {}, which the policy does not know yet",
+                                name.name, read.what
+                            ),
                             name.span,
                             "observed here",
                         )
@@ -264,10 +272,18 @@ impl Checker<'_> {
             ExprKind::Access { name, indices, .. } => {
                 match self.globals.get(&name.name).map(|g| g.symbol) {
                     Some(Symbol::Noise(_)) => {
-                        *found = Some(DecisionRead { span: name.span, what: format!("noise `{}`", name.name), through: None })
+                        *found = Some(DecisionRead {
+                            span: name.span,
+                            what: format!("noise `{}`", name.name),
+                            through: None,
+                        })
                     }
                     Some(Symbol::Action(_)) => {
-                        *found = Some(DecisionRead { span: name.span, what: format!("action `{}`", name.name), through: None })
+                        *found = Some(DecisionRead {
+                            span: name.span,
+                            what: format!("action `{}`", name.name),
+                            through: None,
+                        })
                     }
                     Some(Symbol::Let(inner)) => {
                         if let Some(read) = self.decision_read(inner) {

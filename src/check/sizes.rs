@@ -37,11 +37,17 @@ impl Checker<'_> {
                 self.error(
                     Diagnostic::error(
                         "bad-size",
-                        format!("size `{}` must be a whole number, 0 or more, but {what} is {}", d.name.name, fmt_num(v)),
+                        format!(
+                            "size `{}` must be a whole number, 0 or more, but {what} is {}",
+                            d.name.name,
+                            fmt_num(v)
+                        ),
                         span,
                         "not a whole number of at least 0",
                     )
-                    .with_help("sizes count things: use a whole number from 0 to 10^9 (0 makes the sets it bounds empty)"),
+                    .with_help(
+                        "sizes count things: use a whole number from 0 to 10^9 (0 makes the sets it bounds empty)",
+                    ),
                 );
             }
             None => {

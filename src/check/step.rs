@@ -79,7 +79,9 @@ impl Checker<'_> {
     pub(super) fn terminal(&mut self, block: &ast::TerminalBlock) {
         for statement in &block.costs {
             let ast::Statement::Cost { name, value, span } = statement else { continue };
-            if let Some(first) = self.m.costs.iter().chain(&self.m.terminal).find(|c| c.name == name.name).map(|c| c.span) {
+            if let Some(first) =
+                self.m.costs.iter().chain(&self.m.terminal).find(|c| c.name == name.name).map(|c| c.span)
+            {
                 self.error(duplicate("cost", &name.name, name.span, first));
             } else if name.name == PERIOD {
                 self.error(period_taken("cost", name.span));

@@ -299,7 +299,10 @@ impl Validator<'_> {
                 self.error(format!("set `{}` is declared twice", set.name));
             }
             if set.lo > set.hi {
-                self.error(format!("set `{}` = {}..{} is reversed; an empty set is written `lo..lo`", set.name, set.lo, set.hi));
+                self.error(format!(
+                    "set `{}` = {}..{} is reversed; an empty set is written `lo..lo`",
+                    set.name, set.lo, set.hi
+                ));
             }
         }
     }
@@ -514,7 +517,10 @@ impl Validator<'_> {
                     match m.sets.get(*set) {
                         None => self.error(format!("{at} reduces over set #{set}, which does not exist")),
                         Some(s) if s.is_empty() && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) => {
-                            self.error(format!("{at} takes {op:?} over the empty set `{}`, which has no value", s.name));
+                            self.error(format!(
+                                "{at} takes {op:?} over the empty set `{}`, which has no value",
+                                s.name
+                            ));
                         }
                         Some(_) => {}
                     }
@@ -562,8 +568,8 @@ impl Validator<'_> {
             walk.stmts(self, nodes, &stage.program(m).body);
         }
         for (id, buffer) in m.buffers.iter().enumerate() {
-            if self.early_lets.get(id).is_some_and(|&n| n > 1) {
-                self.error(format!("let `{}` is stored by {} statements of bounds; at most one", buffer.name, self.early_lets[id]));
+            if let Some(&n) = self.early_lets.get(id).filter(|&&n| n > 1) {
+                self.error(format!("let `{}` is stored by {n} statements of bounds; at most one", buffer.name));
             }
             let Some(stage) = Stage::writer(buffer) else { continue };
             self.stored_once(buffer, stage, stores.get(id).copied().unwrap_or(0));
