@@ -99,9 +99,14 @@ fn set_overrides_sizes() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("(100 values)"), "50 items × 2 state slots: {}", text(&out.stdout));
 
+    let negative = hmdpc(&["check", "--set", "items=-1", "models/inventory.hmdp"]);
+    assert_eq!(negative.status.code(), Some(1));
+    assert!(text(&negative.stderr).contains("`--set items=-1`"), "{}", text(&negative.stderr));
+
+    // No items is a size, but the model reports its cost per item.
     let zero = hmdpc(&["check", "--set", "items=0", "models/inventory.hmdp"]);
     assert_eq!(zero.status.code(), Some(1));
-    assert!(text(&zero.stderr).contains("`--set items=0`"), "{}", text(&zero.stderr));
+    assert!(text(&zero.stderr).contains("cannot report per `items`: it is 0"), "{}", text(&zero.stderr));
 }
 
 #[test]
@@ -195,7 +200,7 @@ fn compile_reports_and_emits_ir_and_gradcheck_passes() {
     assert_eq!(report.status.code(), Some(0), "{}", text(&report.stderr));
     let stdout = text(&report.stdout);
     assert!(stdout.contains("fixed     set by the regime of q.order"), "{stdout}");
-    assert!(stdout.contains("reformulated at models/inventory_fixed_cost.hmdp:32:24"), "{stdout}");
+    assert!(stdout.contains("reformulated at models/inventory_fixed_cost.hmdp:34:24"), "{stdout}");
 
     let ir = hmdpc(&["compile", "models/inventory.hmdp", "--emit", "ir", "--set", "items=3"]);
     assert_eq!(ir.status.code(), Some(0));

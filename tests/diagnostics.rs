@@ -223,12 +223,17 @@ fn every_two_kinds_of_name_collide_with_a_located_error() {
 fn a_refused_size_is_the_only_error() {
     let path = common::root().join("models/inventory.hmdp");
     let source = std::fs::read_to_string(&path).expect("models/inventory.hmdp is readable");
-    for items in [0.0, -3.0, 2.5] {
+    for items in [-1.0, -3.0, 2.5] {
         let options = hmdp::check::Options { overrides: vec![("items".to_string(), items)] };
         let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &options);
         let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
         assert_eq!(codes, ["bad-size"], "--set items={items}");
     }
+    // 0 items is a size (every set over it is empty), but the cost per item has no value.
+    let options = hmdp::check::Options { overrides: vec![("items".to_string(), 0.0)] };
+    let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &options);
+    let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["report"], "--set items=0");
 }
 
 /// A parameter known only once its instance is drawn is checked then: an infinite or NaN value

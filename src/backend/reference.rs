@@ -169,7 +169,8 @@ impl Inventory {
     fn recognise(module: &Module) -> Option<Inventory> {
         let m = Interface { module };
         let items = m.size("I")?;
-        let lead = m.size("L")?;
+        // The hand-written step has at least one pipeline slot (a lead of 2 or more).
+        let lead = m.size("L").filter(|&slots| slots >= 1)?;
         let (item, pipeline, scalar) = (&[items][..], &[items, lead][..], &[][..]);
         let onhand = m.buffer("onhand", BufferKind::State, item)?;
         let pipe = m.buffer("pipe", BufferKind::State, pipeline)?;

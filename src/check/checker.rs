@@ -34,6 +34,8 @@ pub(super) enum Context {
     ActionBound,
     When,
     Step,
+    /// A terminal cost: the final states, parameters and sizes.
+    Terminal,
     Setting,
 }
 
@@ -46,10 +48,10 @@ impl Context {
             (_, Param(_)) => true,
             (Context::Setting | Context::StateInit | Context::Noise, _) => false,
             (Context::Param, _) => false,
-            (Context::ActionBound, State(_)) => true,
+            (Context::ActionBound | Context::Terminal, State(_)) => true,
             // Bounds that read a discrete action are computed after the discrete choice.
             (Context::ActionBound, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
-            (Context::ActionBound, _) => false,
+            (Context::ActionBound | Context::Terminal, _) => false,
             (Context::When, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
             (Context::When, _) => false,
             (Context::Step, Set(_)) => false,
@@ -70,6 +72,9 @@ impl Context {
             Context::ActionBound => "an action's bound can use sizes, parameters, the state and discrete actions",
             Context::When => "a `when` condition selects regimes: it can use discrete actions, sizes and parameters",
             Context::Step => "the step can use sizes, parameters, state, noise, actions and earlier `let`s",
+            Context::Terminal => {
+                "a terminal cost is charged on the final states: it can use sizes, parameters and the state"
+            }
             Context::Setting => "this setting must be a constant: it can use sizes and constant parameters",
         }
     }
@@ -84,6 +89,7 @@ impl Context {
             Context::ActionBound => "an action's bound",
             Context::When => "a `when` condition",
             Context::Step => "the step",
+            Context::Terminal => "a terminal cost",
             Context::Setting => "a setting",
         }
     }
@@ -108,11 +114,23 @@ pub(super) struct Scope {
     pub(super) defined_before: Option<usize>,
     /// The `let` being defined, which its own value cannot read.
     pub(super) defining: Option<String>,
+    /// Inside the branch of an `if` whose condition is known at compile time to choose the
+    /// other branch: the branch is typed, but not lowered, so an index outside its set or an
+    /// empty `max` there is not an error (`if lead >= 2 then pipe[i, 0] else 0` with no slots).
+    pub(super) not_taken: bool,
 }
 
 impl Scope {
     pub(super) fn new(context: Context) -> Scope {
-        Scope { context, binders: Vec::new(), random: false, draws: false, defined_before: None, defining: None }
+        Scope {
+            context,
+            binders: Vec::new(),
+            random: false,
+            draws: false,
+            defined_before: None,
+            defining: None,
+            not_taken: false,
+        }
     }
 
     pub(super) fn with_dims(context: Context, dims: &[Dimension]) -> Scope {
@@ -208,6 +226,10 @@ impl<'a> Checker<'a> {
                 discount: 1.0,
                 report: Vec::new(),
                 symbols: HashMap::new(),
+                decided: HashMap::new(),
+                terminal: Vec::new(),
+                reads_period: false,
+                before_decision: Vec::new(),
             },
         }
     }
@@ -272,6 +294,19 @@ impl<'a> Checker<'a> {
                 }
                 self.step(first);
             }
+        }
+        let terminals: Vec<&ast::TerminalBlock> =
+            ast.items.iter().filter_map(|i| if let Item::Terminal(t) = i { Some(t) } else { None }).collect();
+        if let [first, rest @ ..] = terminals.as_slice() {
+            for extra in rest {
+                self.error(duplicate(
+                    "block",
+                    "terminal",
+                    Span::new(extra.span.start, extra.span.start + 8),
+                    Span::new(first.span.start, first.span.start + 8),
+                ));
+            }
+            self.terminal(first);
         }
         self.settings(ast);
 
@@ -365,7 +400,10 @@ impl<'a> Checker<'a> {
     }
 
     fn declare(&mut self, name: &ast::Ident, symbol: Symbol, kind: &str) {
-        if let Some(first) = self.globals.get(&name.name) {
+        if name.name == PERIOD {
+            self.error(period_taken(kind, name.span));
+            self.broken.insert(symbol);
+        } else if let Some(first) = self.globals.get(&name.name) {
             let first = first.span;
             self.error(duplicate(kind, &name.name, name.span, first));
             self.broken.insert(symbol);
@@ -373,6 +411,15 @@ impl<'a> Checker<'a> {
             self.globals.insert(name.name.clone(), Global { symbol, span: name.span });
         }
     }
+}
+
+/// The name of the period index, readable in the step and in `observe`.
+pub(super) const PERIOD: &str = "period";
+
+/// `period` is the period index: a declaration cannot take the name.
+pub(super) fn period_taken(kind: &str, span: Span) -> Diagnostic {
+    Diagnostic::error("shadow", format!("a {kind} cannot be named `period`"), span, "the period index")
+        .with_help("`period` is the index of the current period (0, 1, ..., horizon - 1): choose another name")
 }
 
 pub(super) fn plural(n: usize, word: &str) -> String {

@@ -639,6 +639,23 @@ impl Checker<'_> {
                 ActionType::Discrete { labels: labels.iter().map(|l| l.name.clone()).collect(), over_set: None }
             }
             ast::ActionKind::OverSet(set) => match self.set_named(set) {
+                Some(s) if self.m.sets.get(s).is_some_and(IndexSet::is_empty) => {
+                    self.broken.insert(symbol);
+                    let range = self.m.sets.get(s).map_or(String::new(), |s| format!("{}..{}", s.lo, s.hi));
+                    self.error(
+                        Diagnostic::error(
+                            "empty-set",
+                            format!(
+                                "`{}` has nothing to choose from: set `{}` = {range} is empty",
+                                d.name.name, set.name
+                            ),
+                            set.span,
+                            "empty set",
+                        )
+                        .with_help("a choice needs at least one option: give the set at least one element"),
+                    );
+                    ActionType::Discrete { labels: Vec::new(), over_set: None }
+                }
                 Some(s) => ActionType::Discrete { labels: Vec::new(), over_set: Some(s) },
                 None => {
                     self.broken.insert(symbol);

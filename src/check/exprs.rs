@@ -181,6 +181,27 @@ impl Checker<'_> {
                     }
                     let set = self.set_named(&b.set);
                     ok &= set.is_some();
+                    if let (ast::ReduceOp::Max | ast::ReduceOp::Min, Some(empty), false) =
+                        (op, set.and_then(|s| self.m.sets.get(s)).filter(|s| s.is_empty()), scope.not_taken)
+                    {
+                        // A sum over nothing is 0 and a product 1, but a largest or smallest
+                        // element of nothing does not exist (±inf would only surface later as a
+                        // non-finite cost).
+                        let range = format!("{}..{}", empty.lo, empty.hi);
+                        self.error(
+                            Diagnostic::error(
+                                "empty-set",
+                                format!("`{}` over an empty set has no value: `{}` = {range} is empty", op.name(), b.set.name),
+                                b.set.span,
+                                "empty set",
+                            )
+                            .with_help(format!(
+                                "guard it with an `if` on the size that empties the set, or give `{}` at least one element",
+                                b.set.name
+                            )),
+                        );
+                        ok = false;
+                    }
                     // The body is checked even when the set is broken, for errors of its own.
                     scope.binders.push(Binding { name: b.var.name.clone(), set: set.unwrap_or(UNRESOLVED) });
                 }
@@ -209,9 +230,17 @@ impl Checker<'_> {
             ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, scope),
             ExprKind::If { cond, then, otherwise } => {
                 let c = self.expr(cond, scope);
-                self.condition(c, cond.span, "an `if` condition");
+                let decided =
+                    self.condition(c, cond.span, "an `if` condition").then(|| self.constant(cond, scope)).flatten();
+                let outer = scope.not_taken;
+                if let Some(value) = decided {
+                    self.m.decided.insert(e.span, value != 0.0);
+                }
+                scope.not_taken = outer || decided == Some(0.0);
                 let a = self.expr(then, scope);
+                scope.not_taken = outer || decided.is_some_and(|v| v != 0.0);
                 let b = self.expr(otherwise, scope);
+                scope.not_taken = outer;
                 self.join(a, b, then.span, otherwise.span, "the two branches of this `if`")
             }
             ExprKind::Match { scrutinee, arms } => self.match_expr(e, scrutinee, arms, scope),
@@ -298,6 +327,34 @@ impl Checker<'_> {
             }
             return Ty::Index(set);
         }
+        if name.name == PERIOD && !self.globals.contains_key(PERIOD) {
+            for ix in indices {
+                self.expr(ix, scope);
+            }
+            if !indices.is_empty() {
+                self.error(Diagnostic::error(
+                    "rank",
+                    "the period index `period` is a number and cannot be indexed",
+                    e.span,
+                    "indexed here",
+                ));
+                return Ty::Error;
+            }
+            if scope.context != Context::Step {
+                self.error(
+                    Diagnostic::error(
+                        "context",
+                        format!("{} cannot use the period index `period`", scope.context.describe()),
+                        name.span,
+                        "the period index",
+                    )
+                    .with_help("the period index (0, 1, ..., horizon - 1) can be read in the step and observed"),
+                );
+                return Ty::Error;
+            }
+            self.m.reads_period = true;
+            return Ty::Int;
+        }
         let Some(global) = self.globals.get(&name.name) else {
             self.unknown_name(name, scope);
             for ix in indices {
@@ -306,6 +363,22 @@ impl Checker<'_> {
             return Ty::Error;
         };
         let (symbol, declared) = (global.symbol, global.span);
+        if let (Context::Terminal, Symbol::State(_)) = (scope.context, symbol)
+            && let Some(ix) = indices.iter().find(|ix| bare_name(ix).is_none_or(|n| scope.binder(&n.name).is_none()))
+        {
+            // The final state is written out from the state's update, whose index names are
+            // bound to the indices here.
+            self.error(
+                Diagnostic::error(
+                    "context",
+                    format!("a terminal cost reads the final `{}` only at index names", name.name),
+                    ix.span,
+                    "not an index name",
+                )
+                .with_help(format!("sum over the elements: `sum(i in ...) ... {}[i]`", name.name)),
+            );
+            return Ty::Error;
+        }
         if !scope.context.allows(symbol, &self.m) {
             let kind = self.kind_name(symbol);
             let d = if let Symbol::Set(_) = symbol {
@@ -503,6 +576,7 @@ impl Checker<'_> {
             }
             Ty::Int => {
                 if let Some(v) = self.constant(ix, scope)
+                    && !scope.not_taken
                     && let Some(s) = self.m.sets.get(set)
                     && (v < s.lo as f64 || v >= s.hi as f64)
                 {

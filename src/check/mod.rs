@@ -111,8 +111,12 @@ pub fn summary(model: &CheckedModel) -> String {
     let with_values = |count: usize, word: &str, values: usize| {
         if count == 0 { plural(0, word) } else { format!("{} ({})", plural(count, word), plural(values, "value")) }
     };
+    let terminal = match model.terminal.len() {
+        0 => String::new(),
+        n => format!(", {}", plural(n, "terminal cost")),
+    };
     format!(
-        "model {}: {}, {}{}, {}, {}, horizon {}",
+        "model {}: {}, {}{}, {}, {}, horizon {}{}",
         model.name,
         with_values(model.states.len(), "state", state_values),
         plural(discrete.len(), "discrete action"),
@@ -120,6 +124,7 @@ pub fn summary(model: &CheckedModel) -> String {
         with_values(continuous.len(), "continuous action", continuous_values),
         plural(model.costs.len(), "cost term"),
         model.horizon,
+        terminal,
     )
 }
 

@@ -185,6 +185,11 @@ pub enum ReportScale {
 pub enum Observed {
     State(StateId),
     Param(ParamId),
+    /// A `let` of the step that reads only states, parameters and such lets: it is also computed
+    /// before the decision (see [`CheckedModel::before_decision`]).
+    Let(LetId),
+    /// The period index, `period`.
+    Period,
 }
 
 #[derive(Clone, Debug)]
@@ -202,12 +207,24 @@ pub struct CheckedModel {
     /// Exactly one per state, in the order of `states`.
     pub updates: Vec<Update>,
     pub observe: Vec<Observed>,
+    /// The `let`s the observation needs before the decision: the observed ones and the lets they
+    /// read, in step order. They are computed from the states (and parameters) before the
+    /// policy decides, and again in the step, to the same value.
+    pub before_decision: Vec<LetId>,
     pub horizon: u64,
     pub warmup: u64,
     pub discount: f64,
     /// Empty: the reported figure is the total over reported periods.
     pub report: Vec<ReportScale>,
     pub symbols: HashMap<String, Symbol>,
+    /// The `if`s whose condition is known at compile time (it reads only numbers, sizes and
+    /// constant parameters), by the span of the `if` expression, with the branch taken (`true`:
+    /// `then`). Lowering lowers only that branch.
+    pub decided: HashMap<Span, bool>,
+    /// The costs of the final states, charged once after the last period (`terminal { ... }`).
+    pub terminal: Vec<Cost>,
+    /// Whether the step or `observe` reads the period index `period`.
+    pub reads_period: bool,
 }
 
 impl CheckedModel {

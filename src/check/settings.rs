@@ -6,7 +6,7 @@ use super::checker::*;
 use super::model::*;
 use super::{did_you_mean, duplicate};
 use crate::diagnostics::{Diagnostic, Span};
-use crate::syntax::ast::{self, Item};
+use crate::syntax::ast::{self, ExprKind, Item};
 
 impl Checker<'_> {
     pub(super) fn settings(&mut self, ast: &ast::Model) {
@@ -125,6 +125,18 @@ impl Checker<'_> {
                 continue;
             }
             match self.globals.get(&per.name).map(|g| g.symbol) {
+                Some(Symbol::Size(s)) if self.m.sizes.get(s).is_some_and(|s| s.value == 0) => self.error(
+                    Diagnostic::error(
+                        "report",
+                        format!("cannot report per `{}`: it is 0", per.name),
+                        per.span,
+                        "a size of 0",
+                    )
+                    .with_help(format!(
+                        "dividing by 0 has no meaning: give `{}` a value of at least 1, or drop `per {}`",
+                        per.name, per.name
+                    )),
+                ),
                 Some(Symbol::Size(s)) => self.m.report.push(ReportScale::Size(s)),
                 _ => {
                     let mut candidates: Vec<&str> = self.m.sizes.iter().map(|s| s.name.as_str()).collect();
@@ -149,7 +161,9 @@ impl Checker<'_> {
         if o.names.is_empty() {
             self.error(
                 Diagnostic::error("observe", "`observe` lists nothing: the policy would see nothing", o.span, "empty")
-                    .with_help("list states and parameters, or remove `observe` to observe every state"),
+                    .with_help(
+                        "list states, parameters and `let`s of them, or remove `observe` to observe every state",
+                    ),
             );
         }
         let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -159,13 +173,41 @@ impl Checker<'_> {
                 continue;
             }
             match self.globals.get(&name.name).map(|g| g.symbol) {
+                None if name.name == PERIOD => {
+                    self.m.observe.push(Observed::Period);
+                    self.m.reads_period = true;
+                }
                 Some(Symbol::State(s)) => self.m.observe.push(Observed::State(s)),
                 Some(Symbol::Param(p)) => self.m.observe.push(Observed::Param(p)),
+                Some(Symbol::Let(l)) if self.broken.contains(&Symbol::Let(l)) => {}
+                Some(Symbol::Let(l)) => match self.decision_read(l) {
+                    None => {
+                        self.m.observe.push(Observed::Let(l));
+                        self.needed_before_decision(l);
+                    }
+                    Some(read) => {
+                        let mut d = Diagnostic::error(
+                            "observe",
+                            format!(
+                                "cannot observe `{}`: it reads {}, which the policy does not know yet",
+                                name.name, read.what
+                            ),
+                            name.span,
+                            "observed here",
+                        )
+                        .with_label(read.span, format!("reads {}", read.what));
+                        if let Some(through) = read.through {
+                            d = d.with_label(through.0, format!("`{}` reads it", through.1));
+                        }
+                        self.error(d.with_help(
+                            "the policy decides before the noise is drawn: observe a `let` of states and parameters only",
+                        ));
+                    }
+                },
                 Some(other) => {
                     let why = match other {
                         Symbol::Noise(_) => "noise is drawn after the decision, so the policy cannot see it",
                         Symbol::Action(_) => "actions are what the policy decides, not what it sees",
-                        Symbol::Let(_) => "`let`s are computed in the step, after the decision",
                         _ => "the policy observes states and parameters",
                     };
                     let kind = self.kind_name(other);
@@ -199,6 +241,122 @@ impl Checker<'_> {
                     self.error(d);
                 }
             }
+        }
+    }
+}
+
+/// A read that keeps a `let` from being observed: where, of what, and through which other `let`
+/// (its use in the observed one), if not directly.
+struct DecisionRead {
+    span: Span,
+    what: String,
+    through: Option<(Span, String)>,
+}
+
+impl Checker<'_> {
+    /// The first read of noise or an action in the value of `let` `l`, directly or through the
+    /// lets it reads; `None` when it reads only states, parameters, sizes and indices, so it can
+    /// be computed before the decision.
+    fn decision_read(&self, l: LetId) -> Option<DecisionRead> {
+        let value = &self.m.lets.get(l)?.value;
+        let mut found = None;
+        self.first_read(value, &mut found);
+        found
+    }
+
+    fn first_read(&self, e: &ast::Expr, found: &mut Option<DecisionRead>) {
+        if found.is_some() {
+            return;
+        }
+        match &e.kind {
+            ExprKind::Access { name, indices, .. } => {
+                match self.globals.get(&name.name).map(|g| g.symbol) {
+                    Some(Symbol::Noise(_)) => {
+                        *found = Some(DecisionRead {
+                            span: name.span,
+                            what: format!("noise `{}`", name.name),
+                            through: None,
+                        })
+                    }
+                    Some(Symbol::Action(_)) => {
+                        *found = Some(DecisionRead {
+                            span: name.span,
+                            what: format!("action `{}`", name.name),
+                            through: None,
+                        })
+                    }
+                    Some(Symbol::Let(inner)) => {
+                        if let Some(read) = self.decision_read(inner) {
+                            *found = Some(DecisionRead { through: Some((name.span, name.name.clone())), ..read });
+                        }
+                    }
+                    _ => {}
+                }
+                indices.iter().for_each(|i| self.first_read(i, found));
+            }
+            ExprKind::Call { args, .. } => args.iter().for_each(|a| self.first_read(a, found)),
+            ExprKind::Reduce { body, .. } => self.first_read(body, found),
+            ExprKind::Unary { operand, .. } => self.first_read(operand, found),
+            ExprKind::Binary { lhs, rhs, .. } => {
+                self.first_read(lhs, found);
+                self.first_read(rhs, found);
+            }
+            ExprKind::If { cond, then, otherwise } => {
+                self.first_read(cond, found);
+                self.first_read(then, found);
+                self.first_read(otherwise, found);
+            }
+            ExprKind::Match { scrutinee, arms } => {
+                self.first_read(scrutinee, found);
+                arms.iter().for_each(|a| self.first_read(&a.value, found));
+            }
+            ExprKind::Paren(inner) => self.first_read(inner, found),
+            ExprKind::Number { .. } | ExprKind::Bool(_) | ExprKind::Error => {}
+        }
+    }
+
+    /// Adds `l` and every let it reads to [`CheckedModel::before_decision`], kept in step order.
+    fn needed_before_decision(&mut self, l: LetId) {
+        if self.m.before_decision.contains(&l) {
+            return;
+        }
+        let mut reads = Vec::new();
+        if let Some(value) = self.m.lets.get(l).map(|l| l.value.clone()) {
+            self.lets_read(&value, &mut reads);
+        }
+        for inner in reads {
+            self.needed_before_decision(inner);
+        }
+        self.m.before_decision.push(l);
+        self.m.before_decision.sort_unstable();
+    }
+
+    fn lets_read(&self, e: &ast::Expr, out: &mut Vec<LetId>) {
+        match &e.kind {
+            ExprKind::Access { name, indices, .. } => {
+                if let Some(Symbol::Let(l)) = self.globals.get(&name.name).map(|g| g.symbol) {
+                    out.push(l);
+                }
+                indices.iter().for_each(|i| self.lets_read(i, out));
+            }
+            ExprKind::Call { args, .. } => args.iter().for_each(|a| self.lets_read(a, out)),
+            ExprKind::Reduce { body, .. } => self.lets_read(body, out),
+            ExprKind::Unary { operand, .. } => self.lets_read(operand, out),
+            ExprKind::Binary { lhs, rhs, .. } => {
+                self.lets_read(lhs, out);
+                self.lets_read(rhs, out);
+            }
+            ExprKind::If { cond, then, otherwise } => {
+                self.lets_read(cond, out);
+                self.lets_read(then, out);
+                self.lets_read(otherwise, out);
+            }
+            ExprKind::Match { scrutinee, arms } => {
+                self.lets_read(scrutinee, out);
+                arms.iter().for_each(|a| self.lets_read(&a.value, out));
+            }
+            ExprKind::Paren(inner) => self.lets_read(inner, out),
+            ExprKind::Number { .. } | ExprKind::Bool(_) | ExprKind::Error => {}
         }
     }
 }

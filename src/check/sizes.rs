@@ -27,7 +27,7 @@ impl Checker<'_> {
             }
         };
         match value {
-            Some(v) if v.fract() == 0.0 && (1.0..=1e9).contains(&v) => {
+            Some(v) if v.fract() == 0.0 && (0.0..=1e9).contains(&v) => {
                 if let Some(size) = self.m.sizes.get_mut(id) {
                     size.value = v as i64;
                 }
@@ -37,11 +37,17 @@ impl Checker<'_> {
                 self.error(
                     Diagnostic::error(
                         "bad-size",
-                        format!("size `{}` must be a positive integer, but {what} is {}", d.name.name, fmt_num(v)),
+                        format!(
+                            "size `{}` must be a whole number, 0 or more, but {what} is {}",
+                            d.name.name,
+                            fmt_num(v)
+                        ),
                         span,
-                        "not a positive integer",
+                        "not a whole number of at least 0",
                     )
-                    .with_help("sizes count things: use a whole number of at least 1 (and at most 10^9)"),
+                    .with_help(
+                        "sizes count things: use a whole number from 0 to 10^9 (0 makes the sets it bounds empty)",
+                    ),
                 );
             }
             None => {
@@ -90,20 +96,10 @@ impl Checker<'_> {
                 }
             }
         }
+        // A half-open range holds nothing when `hi <= lo`, as in mathematics: `0..lead - 1` is
+        // empty for a lead of 0 or 1. The set is then stored as `lo..lo`.
         let [lo, hi] = bounds;
-        if hi <= lo {
-            self.broken.insert(Symbol::Set(id));
-            self.error(
-                Diagnostic::error(
-                    "empty-set",
-                    format!("set `{}` is empty: {lo}..{hi} contains no integer", d.name.name),
-                    d.lo.span.to(d.hi.span),
-                    "empty range",
-                )
-                .with_help("ranges are half-open: `0..n` holds 0, 1, ..., n-1"),
-            );
-            return;
-        }
+        let hi = hi.max(lo);
         if let Some(set) = self.m.sets.get_mut(id) {
             set.lo = lo;
             set.hi = hi;

@@ -27,6 +27,8 @@ impl Checker<'_> {
                     if let Some(first) = cost_names.get(&name.name) {
                         let first = *first;
                         self.error(duplicate("cost", &name.name, name.span, first));
+                    } else if name.name == PERIOD {
+                        self.error(period_taken("cost", name.span));
                     } else if let Some(g) = self.globals.get(&name.name) {
                         let (kind, first) = (self.kind_name(g.symbol), g.span);
                         self.error(name_taken("cost", &name.name, name.span, kind, first));
@@ -72,7 +74,33 @@ impl Checker<'_> {
         }
     }
 
+    /// `terminal { cost NAME = expr ... }`: costs of the final states, in the one namespace
+    /// with the step's costs.
+    pub(super) fn terminal(&mut self, block: &ast::TerminalBlock) {
+        for statement in &block.costs {
+            let ast::Statement::Cost { name, value, span } = statement else { continue };
+            if let Some(first) =
+                self.m.costs.iter().chain(&self.m.terminal).find(|c| c.name == name.name).map(|c| c.span)
+            {
+                self.error(duplicate("cost", &name.name, name.span, first));
+            } else if name.name == PERIOD {
+                self.error(period_taken("cost", name.span));
+            } else if let Some(g) = self.globals.get(&name.name) {
+                let (kind, first) = (self.kind_name(g.symbol), g.span);
+                self.error(name_taken("cost", &name.name, name.span, kind, first));
+            }
+            let mut scope = Scope::new(Context::Terminal);
+            let ty = self.expr(value, &mut scope);
+            self.numeric(ty, value.span, "a cost");
+            self.m.terminal.push(Cost { name: name.name.clone(), value: value.clone(), span: *span });
+        }
+    }
+
     fn let_binding(&mut self, name: &ast::Ident, dims: &[ast::Dim], value: &ast::Expr, span: Span) {
+        if name.name == PERIOD {
+            self.error(period_taken("`let`", name.span));
+            return;
+        }
         if let Some(g) = self.globals.get(&name.name) {
             let first = g.span;
             self.error(duplicate("`let`", &name.name, name.span, first));

@@ -34,6 +34,8 @@ struct Buffers {
     noises: Vec<BufferId>,
     actions: Vec<BufferId>,
     lets: Vec<BufferId>,
+    /// The param holding the period index, when the model reads it or has terminal costs.
+    period: Option<BufferId>,
     /// The data-file buffer holding a state's initial values, for states read `from` a file.
     initial_data: HashMap<usize, BufferId>,
 }
@@ -43,6 +45,8 @@ struct Lowering<'a> {
     module: Module,
     buffers: Buffers,
     next_var: u32,
+    /// Lowering a terminal cost: a state stands for its next value, its update's expression.
+    final_states: bool,
 }
 
 /// Index names in scope, innermost last.
@@ -93,6 +97,7 @@ impl<'a> Lowering<'a> {
             },
             buffers: Buffers::default(),
             next_var: 0,
+            final_states: false,
         }
     }
 
@@ -152,12 +157,20 @@ impl<'a> Lowering<'a> {
             let id = self.buffer(l.name.clone(), BufferKind::Let, &l.dims, elem(l.ty));
             self.buffers.lets.push(id);
         }
+        if m.reads_period || !m.terminal.is_empty() {
+            // Like noise, an input of each period that the step does not differentiate; the
+            // protocol sets it before each period (see `Module::period_index`).
+            let id = self.buffer(PERIOD.to_string(), BufferKind::Noise, &[], ElemType::Int);
+            self.buffers.period = Some(id);
+        }
         self.module.observe = m
             .observe
             .iter()
             .map(|o| match o {
                 Observed::State(s) => self.buffers.states[*s],
                 Observed::Param(p) => self.buffers.params[*p],
+                Observed::Let(l) => self.buffers.lets[*l],
+                Observed::Period => self.buffers.period.unwrap_or(usize::MAX),
             })
             .collect();
     }
@@ -220,6 +233,14 @@ impl<'a> Lowering<'a> {
                 self.module.regimes.body.push(stmt);
             }
         }
+        // The lets the policy observes, computed before the decision; the step computes them
+        // again to the same value, as they read only states and parameters.
+        for &k in &m.before_decision {
+            let l = &m.lets[k];
+            let buffer = self.buffers.lets[k];
+            let stmt = self.store(buffer, &l.dims, |this, env| this.expr(&l.value, env));
+            self.module.bounds.body.push(stmt);
+        }
         self.step();
     }
 
@@ -262,6 +283,27 @@ impl<'a> Lowering<'a> {
                 }
             };
             self.module.step.body.push(stmt);
+        }
+        self.terminal();
+    }
+
+    /// Each terminal cost, as a cost of the step that is 0 until the last period and then the
+    /// cost of the next states (the final ones), written out from their updates. Charged in the
+    /// last period, it is reported, discounted and differentiated with that period's costs.
+    fn terminal(&mut self) {
+        let m = self.model;
+        let Some(period) = self.buffers.period else { return };
+        for c in &m.terminal {
+            let id = self.buffer(c.name.clone(), BufferKind::Cost, &[], ElemType::Real);
+            self.final_states = true;
+            let cost = self.expr(&c.value, &Env::new());
+            self.final_states = false;
+            let now = self.push(Expr::Load { buffer: period, index: Vec::new() }, c.span);
+            let last = self.constant(m.horizon.saturating_sub(1) as f64, c.span);
+            let cond = self.binary(BinaryOp::Eq, now, last, c.span);
+            let zero = self.constant(0.0, c.span);
+            let value = self.push(Expr::Select { cond, then: cost, otherwise: zero }, c.span);
+            self.module.step.body.push(Stmt::Store { buffer: id, index: Vec::new(), value });
         }
     }
 
@@ -366,6 +408,12 @@ impl<'a> Lowering<'a> {
             }
             ExprKind::Binary { op, lhs, rhs } => self.binary_expr(*op, lhs, rhs, env, span),
             ExprKind::If { cond, then, otherwise } => {
+                // Decided when the model was compiled: only the branch taken exists.
+                match self.model.decided.get(&span) {
+                    Some(true) => return self.expr(then, env),
+                    Some(false) => return self.expr(otherwise, env),
+                    None => {}
+                }
                 let cond = self.expr(cond, env);
                 let then = self.expr(then, env);
                 let otherwise = self.expr(otherwise, env);
@@ -403,6 +451,29 @@ impl<'a> Lowering<'a> {
     fn access(&mut self, name: &str, indices: &[ast::Expr], env: &Env, span: crate::diagnostics::Span) -> Handle<Expr> {
         if let Some((_, var)) = env.iter().rev().find(|(n, _)| n == name) {
             return self.push(Expr::Var(*var), span);
+        }
+        if let (true, Some(Symbol::State(s))) = (self.final_states, self.model.symbols.get(name)) {
+            // The checker lets a terminal cost index a state only by index names in scope.
+            if let Some(update) = self.model.updates.iter().find(|u| u.state == *s) {
+                let mut inner = env.clone();
+                for (index, name) in indices.iter().zip(&update.indices) {
+                    if let ExprKind::Access { name: ix, .. } = &index.kind
+                        && let Some((_, var)) = env.iter().rev().find(|(n, _)| *n == ix.name)
+                    {
+                        inner.push((name.clone(), *var));
+                    }
+                }
+                self.final_states = false;
+                let value = self.expr(&update.value, &inner);
+                self.final_states = true;
+                return value;
+            }
+        }
+        if name == PERIOD
+            && !self.model.symbols.contains_key(name)
+            && let Some(period) = self.buffers.period
+        {
+            return self.push(Expr::Load { buffer: period, index: Vec::new() }, span);
         }
         let index: Vec<Handle<Expr>> = indices.iter().map(|i| self.expr(i, env)).collect();
         let buffer = match self.model.symbols.get(name) {

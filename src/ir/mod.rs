@@ -162,7 +162,9 @@ pub type BufferId = usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Var(pub u32);
 
-/// A half-open integer range `lo..hi`, never empty.
+/// A half-open integer range `lo..hi`, with `lo <= hi`. It may be empty (`lo == hi`): loops over
+/// it run no iteration, a `Sum` over it is 0 and a `Prod` 1, and no `Max`, `Min`, `ArgMax` or
+/// `ArgMin` reduces over it (the validator refuses one).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Set {
     pub name: String,
@@ -170,8 +172,13 @@ pub struct Set {
     pub hi: i64,
 }
 
+/// The name of the noise buffer that holds the period index (0, 1, ..., horizon - 1) of a model
+/// that reads `period` or has terminal costs. No program writes it: the protocol sets it before
+/// each period. Like noise, it is a per-scenario input the derivative holds constant.
+pub const PERIOD: &str = "period";
+
 impl Set {
-    /// The number of elements (0 for a malformed range, which the validator rejects).
+    /// The number of elements (0 for an empty or a reversed range, which the validator rejects).
     pub fn len(&self) -> usize {
         self.hi.checked_sub(self.lo).and_then(|n| usize::try_from(n).ok()).unwrap_or(0)
     }
@@ -398,6 +405,11 @@ pub struct Module {
 
 impl Module {
     /// Number of scalar elements of a buffer.
+    /// The param holding the period index ([`PERIOD`]), if the model has one.
+    pub fn period_index(&self) -> Option<BufferId> {
+        self.buffers.iter().position(|b| b.kind == BufferKind::Noise && b.name == PERIOD)
+    }
+
     pub fn len(&self, buffer: BufferId) -> usize {
         self.buffers.get(buffer).map_or(0, |b| b.dims.iter().map(|d| self.sets.get(*d).map_or(0, Set::len)).product())
     }

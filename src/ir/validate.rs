@@ -39,7 +39,10 @@
 //!   mask is stored by exactly one statement of its program; discrete and continuous actions,
 //!   params with data and adjoints by none. When `vjp` is not empty (a differentiated module), it
 //!   also stores every next state, let and cost exactly once, as `step` does.
-//! - **Observe**: existing params and states, each once.
+//! - **Observe**: existing params, states and lets, each once; an observed let is stored by `bounds`
+//!   (before the decision) as well as by `step`. `bounds` may store a let at most once, and only
+//!   from params, states and lets it stored before. The period index (the noise `period`, see
+//!   [`super::PERIOD`]) may be observed too; no program stores it.
 //!
 //! Variables: the rule is "no variable is bound twice in nested scope", so sibling loops may
 //! reuse `v0`, and a node shared by two statements may sit under reductions in both. It holds in
@@ -52,12 +55,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, SetId, Stmt, Var};
+use super::{Buffer, BufferId, BufferKind, Dist, ElemType, Expr, Handle, Module, Program, ReduceOp, SetId, Stmt, Var};
 
 /// Checks the invariants documented in [`super`] and in this module's doc; returns every
 /// violation, one message each.
 pub fn validate(module: &Module) -> Result<(), Vec<String>> {
-    let mut validator = Validator { module, errors: Vec::new() };
+    let mut validator = Validator { module, errors: Vec::new(), early_lets: vec![0; module.buffers.len()] };
     validator.settings();
     validator.sets();
     validator.buffers();
@@ -140,6 +143,8 @@ impl Stage {
             BufferKind::Param if buffer.data.is_some() => None,
             BufferKind::Param => Some(Stage::Instance),
             BufferKind::State => Some(Stage::Init),
+            // The period index is set by the protocol.
+            BufferKind::Noise if buffer.name == super::PERIOD && buffer.dims.is_empty() => None,
             BufferKind::Noise => Some(Stage::Noise),
             BufferKind::Bound { .. } => Some(Stage::Bounds),
             BufferKind::PieceBound { .. } => Some(Stage::Regimes),
@@ -162,7 +167,7 @@ impl Stage {
         match self {
             Stage::Instance => "params stored earlier or given as data",
             Stage::Init | Stage::Noise => "params",
-            Stage::Bounds => "params and states",
+            Stage::Bounds => "params, states, and lets stored earlier in bounds",
             Stage::Regimes => "params, states and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
             Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
@@ -184,6 +189,8 @@ impl Stage {
             ) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Noise | BufferKind::Continuous) => true,
             (Stage::Step | Stage::Vjp, BufferKind::Let | BufferKind::Cost) => stored,
+            // The lets the policy observes, stored by `bounds` before the decision.
+            (Stage::Bounds, BufferKind::Let) => stored,
             (Stage::Vjp, BufferKind::Adjoint { .. }) => true,
             _ => false,
         }
@@ -250,6 +257,8 @@ struct Nodes {
 struct Validator<'m> {
     module: &'m Module,
     errors: Vec<String>,
+    /// Stores per let by `bounds`, which computes the observed lets before the decision.
+    early_lets: Vec<usize>,
 }
 
 impl Validator<'_> {
@@ -307,8 +316,11 @@ impl Validator<'_> {
             if !names.insert(set.name.as_str()) {
                 self.error(format!("set `{}` is declared twice", set.name));
             }
-            if set.lo >= set.hi {
-                self.error(format!("set `{}` = {}..{} is empty", set.name, set.lo, set.hi));
+            if set.lo > set.hi {
+                self.error(format!(
+                    "set `{}` = {}..{} is reversed; an empty set is written `lo..lo`",
+                    set.name, set.lo, set.hi
+                ));
             }
         }
     }
@@ -522,9 +534,16 @@ impl Validator<'_> {
                     )),
                     Some(_) => {}
                 },
-                Expr::Reduce { var, set, .. } => {
-                    if m.sets.get(*set).is_none() {
-                        self.error(format!("{at} reduces over set #{set}, which does not exist"));
+                Expr::Reduce { op, var, set, .. } => {
+                    match m.sets.get(*set) {
+                        None => self.error(format!("{at} reduces over set #{set}, which does not exist")),
+                        Some(s) if s.is_empty() && !matches!(op, ReduceOp::Sum | ReduceOp::Prod) => {
+                            self.error(format!(
+                                "{at} takes {op:?} over the empty set `{}`, which has no value",
+                                s.name
+                            ));
+                        }
+                        Some(_) => {}
                     }
                     if binds.contains(var) {
                         self.error(format!(
@@ -570,6 +589,9 @@ impl Validator<'_> {
             walk.stmts(self, nodes, &stage.program(m).body);
         }
         for (id, buffer) in m.buffers.iter().enumerate() {
+            if let Some(&n) = self.early_lets.get(id).filter(|&&n| n > 1) {
+                self.error(format!("let `{}` is stored by {n} statements of bounds; at most one", buffer.name));
+            }
             let Some(stage) = Stage::writer(buffer) else { continue };
             self.stored_once(buffer, stage, stores.get(id).copied().unwrap_or(0));
             // A differentiated module's `vjp` recomputes the step before it differentiates it.
@@ -597,9 +619,18 @@ impl Validator<'_> {
         for id in &m.observe {
             match m.buffers.get(*id) {
                 None => self.error(format!("observe lists buffer #{id}, which does not exist")),
-                Some(b) if !matches!(b.kind, BufferKind::State | BufferKind::Param) => self.error(format!(
-                    "observe lists {} `{}`; the policy observes only states and params",
-                    kind_word(&b.kind),
+                Some(b)
+                if !matches!(b.kind, BufferKind::State | BufferKind::Param | BufferKind::Let)
+                    && !(b.kind == BufferKind::Noise && b.name == super::PERIOD) =>
+            {
+                    self.error(format!(
+                        "observe lists {} `{}`; the policy observes only states, params and lets",
+                        kind_word(&b.kind),
+                        b.name
+                    ))
+                }
+                Some(b) if b.kind == BufferKind::Let && self.early_lets.get(*id) != Some(&1) => self.error(format!(
+                    "observe lists let `{}`, which bounds does not store; an observed let is computed before the decision",
                     b.name
                 )),
                 Some(b) if !listed.insert(*id) => self.error(format!("observe lists `{}` twice", b.name)),
@@ -736,11 +767,18 @@ impl Walk<'_> {
                             *count += 1;
                         }
                     }
+                    // An observed let is also computed before the decision.
+                    Some(Stage::Step) if stage == Stage::Bounds && buffer.kind == BufferKind::Let => {
+                        if let Some(count) = v.early_lets.get_mut(id) {
+                            *count += 1;
+                        }
+                    }
                     Some(writer) => v.error(format!("{at}: {what} is stored by {writer}, not by {stage}")),
                     None => {
                         let why = match buffer.kind {
                             BufferKind::Param => "is given as data",
                             BufferKind::Adjoint { .. } => "is only accumulated into, by vjp",
+                            BufferKind::Noise => "is the period index, set by the protocol",
                             _ => "is set by the policy",
                         };
                         v.error(format!("{at}: {what} {why}; no program stores it"))
@@ -1147,9 +1185,9 @@ pub(crate) mod tests {
     #[test]
     fn sets() {
         let mut b = minimal();
-        b.set("J", 4, 4);
+        b.set("J", 4, 3);
         b.set("I", 0, 1);
-        reports(&b.m, "set `J` = 4..4 is empty");
+        reports(&b.m, "set `J` = 4..3 is reversed");
         reports(&b.m, "set `I` is declared twice");
     }
 

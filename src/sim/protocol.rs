@@ -41,7 +41,7 @@ pub trait World {
     fn buffers(&self, row: usize) -> Buffers;
     /// Which scenario `row` is: its set and its index in the set.
     fn scenario(&self, row: usize) -> (ScenarioSet, usize);
-    /// Draws (or loads) the noise of `period`.
+    /// Draws (or loads) the noise of `period`, and sets the period index to `period`.
     fn noise(&mut self, period: usize) -> Result<(), RunError>;
     /// Runs one of the per-period programs (`bounds`, `regimes`, `step`).
     fn run(&mut self, kernel: Kernel) -> Result<(), RunError>;
@@ -179,7 +179,10 @@ impl World for Scenario<'_> {
         (self.set, self.index)
     }
 
-    fn noise(&mut self, _period: usize) -> Result<(), RunError> {
+    fn noise(&mut self, period: usize) -> Result<(), RunError> {
+        if let Some(id) = self.module.period_index() {
+            self.buffers.values[id][0] = period as f64;
+        }
         Machine::new(self.module, &mut self.buffers, Some(&mut self.stream)).run(&self.module.noise)
     }
 
@@ -305,7 +308,7 @@ impl World for Batched<'_> {
 
     fn noise(&mut self, period: usize) -> Result<(), RunError> {
         let module = self.module;
-        match &mut self.noise {
+        let drawn = match &mut self.noise {
             Noise::Streams(streams) => each_scenario(&mut self.batch, streams, &|buffers, stream| {
                 Machine::new(module, buffers, Some(stream)).run(&module.noise)
             }),
@@ -315,7 +318,11 @@ impl World for Batched<'_> {
                 }
                 Ok(())
             }
+        };
+        if let Some(id) = module.period_index() {
+            self.batch.values[id].fill(period as f64);
         }
+        drawn
     }
 
     fn run(&mut self, kernel: Kernel) -> Result<(), RunError> {

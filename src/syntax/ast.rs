@@ -35,6 +35,15 @@ pub enum Item {
     Warmup(Setting),
     Discount(Setting),
     Report(ReportDecl),
+    Terminal(TerminalBlock),
+}
+
+/// `terminal { cost salvage = ... }`: costs of the final states, charged once at the end.
+#[derive(Clone, Debug)]
+pub struct TerminalBlock {
+    /// Each a [`Statement::Cost`].
+    pub costs: Vec<Statement>,
+    pub span: Span,
 }
 
 /// `size items = 10`

@@ -143,6 +143,7 @@ fn friendly(rule: Rule) -> Option<&'static str> {
         Rule::action_decl | Rule::kw_action => "`action`",
         Rule::step_block | Rule::kw_step => "`step`",
         Rule::observe_decl | Rule::kw_observe => "`observe`",
+        Rule::terminal_block | Rule::kw_terminal => "`terminal`",
         Rule::horizon_decl | Rule::kw_horizon => "`horizon`",
         Rule::warmup_decl | Rule::kw_warmup => "`warmup`",
         Rule::discount_decl | Rule::kw_discount => "`discount`",
@@ -447,6 +448,10 @@ impl Builder {
             Rule::step_block => {
                 let statements = inner.filter_map(|s| self.statement(s)).collect();
                 Item::Step(StepBlock { statements, span })
+            }
+            Rule::terminal_block => {
+                let costs = inner.filter_map(|s| self.statement(s)).collect();
+                Item::Terminal(TerminalBlock { costs, span })
             }
             Rule::observe_decl => Item::Observe(ObserveDecl { names: inner.map(ident).collect(), span }),
             Rule::horizon_decl => Item::Horizon(Setting { value: self.expr(inner.next()?), span }),
@@ -911,6 +916,7 @@ fn is_keyword(rule: Rule) -> bool {
     matches!(
         rule,
         Rule::kw_model
+            | Rule::kw_terminal
             | Rule::kw_size
             | Rule::kw_set
             | Rule::kw_param

@@ -14,7 +14,7 @@ use super::policy::{Choice, Nets, each_choice};
 use super::scenarios::Scenarios;
 use super::spec::{RegimeSource, Spec, squash, squash_bounds_slopes};
 use crate::backend::{Backend, Batch, Buffers, Kernel, RunError};
-use crate::ir::Module;
+use crate::ir::{BufferKind, Module};
 use crate::nn::mlp::Tape;
 use crate::random::{standard_normal, unit};
 use crate::sim::finite;
@@ -311,6 +311,10 @@ pub fn rollout(
             costs,
         });
         world.advance();
+    }
+    // An observed `let` holds the last step's value; it is computed afresh from the final states.
+    if ctx.module.observe.iter().any(|&id| ctx.module.buffers[id].kind == BufferKind::Let) {
+        world.run(Kernel::Bounds)?;
     }
     let final_features = features(ctx, &world.batch, &networks.center, &networks.scale, None);
     Ok(Trajectory { rows, steps, final_features })
