@@ -251,13 +251,9 @@ fn a_rollout_has_a_row_per_scenario_and_period_that_add_up_to_eval() {
         .skip(1)
         .map(|l| l.split(',').nth(6).expect("mode").to_string())
         .collect();
-    for scenario in 0..3 {
+    for (scenario, eval_row) in eval_rows.iter().enumerate().take(3) {
         let quad: f64 = rows.iter().filter(|r| r[0] == scenario as f64).map(|r| r[9]).sum();
-        assert!(
-            close(quad, eval_rows[scenario][1], 1e-12),
-            "scenario {scenario}: {quad} vs {}",
-            eval_rows[scenario][1]
-        );
+        assert!(close(quad, eval_row[1], 1e-12), "scenario {scenario}: {quad} vs {}", eval_row[1]);
     }
     // The chosen label is the most likely one.
     for (row, label) in rows.iter().zip(&labels) {
