@@ -145,10 +145,10 @@ pub fn run(args: Args) -> u8 {
     }
     if let Some(path) = &args.per_scenario {
         let prefixes: Vec<String> = (1..=scores.len()).map(|k| format!("{k}:")).collect();
-        let results: Vec<(&str, &[String], &[Vec<f64>])> = prefixes
+        let results: Vec<subject::Figures> = prefixes
             .iter()
             .zip(&scores)
-            .map(|(p, s)| (p.as_str(), s.terms.as_slice(), s.per_scenario.as_slice()))
+            .map(|(prefix, s)| subject::Figures { prefix, terms: &s.terms, per_scenario: &s.per_scenario })
             .collect();
         if let Err(code) = subjects::write(path, &subject::per_scenario_csv(&results)) {
             return code;

@@ -109,7 +109,8 @@ pub fn run(args: Args) -> u8 {
     let summary = sim::summarise(module, &per_scenario, n);
     if let Some(path) = &args.per_scenario {
         let terms: Vec<String> = summary.terms.iter().map(|(name, _)| name.clone()).collect();
-        let csv = hmdp::subject::per_scenario_csv(&[("", &terms, &per_scenario)]);
+        let figures = hmdp::subject::Figures { prefix: "", terms: &terms, per_scenario: &per_scenario };
+        let csv = hmdp::subject::per_scenario_csv(&[figures]);
         if let Err(code) = super::subjects::write(path, &csv) {
             return code;
         }

@@ -79,7 +79,7 @@ impl Decision {
 /// parameter (optional), each a number or a list of numbers (nested lists are read row-major)
 /// with one number per element.
 pub fn read_state(module: &Module, text: &str) -> Result<Vec<(BufferId, Vec<f64>)>, ActError> {
-    let bad = |m: String| ActError::Input(m);
+    let bad = ActError::Input;
     let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("--state is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Err(bad("--state must be a JSON object of states by name, e.g. {\"x\": [1, 2]}".into()));

@@ -243,27 +243,34 @@ impl Score {
 
     /// One row per scenario: its index, each term and the total (`--per-scenario`).
     pub fn per_scenario_csv(&self) -> String {
-        per_scenario_csv(&[("", &self.terms, &self.per_scenario)])
+        per_scenario_csv(&[Figures { prefix: "", terms: &self.terms, per_scenario: &self.per_scenario }])
     }
 }
 
-/// One row per scenario: its index, then for each of several results (a prefix, the cost terms,
-/// each scenario's figure of each term) each term and the total; the prefix, put before a
-/// result's column names, tells the results of `compare` apart. The results are of the same
-/// scenarios.
-pub fn per_scenario_csv(results: &[(&str, &[String], &[Vec<f64>])]) -> String {
+/// A policy's per-scenario figures, for [`per_scenario_csv`].
+pub struct Figures<'a> {
+    /// Put before the policy's column names, to tell the policies of `compare` apart.
+    pub prefix: &'a str,
+    pub terms: &'a [String],
+    /// Per scenario, each term's figure.
+    pub per_scenario: &'a [Vec<f64>],
+}
+
+/// One row per scenario: its index, then for each policy each term and the total. The
+/// policies' figures are of the same scenarios.
+pub fn per_scenario_csv(results: &[Figures]) -> String {
     let mut out = String::from("scenario");
-    for (prefix, terms, _) in results {
+    for Figures { prefix, terms, .. } in results {
         for name in terms.iter().map(String::as_str).chain(["total"]) {
             let _ = write!(out, ",{}", csv_field(&format!("{prefix}{name}")));
         }
     }
     out.push('\n');
-    let count = results.iter().map(|(_, _, rows)| rows.len()).min().unwrap_or(0);
+    let count = results.iter().map(|r| r.per_scenario.len()).min().unwrap_or(0);
     for s in 0..count {
         let _ = write!(out, "{s}");
-        for (_, _, rows) in results {
-            let row = &rows[s];
+        for figures in results {
+            let row = &figures.per_scenario[s];
             for v in row.iter().chain([&row.iter().sum::<f64>()]) {
                 let _ = write!(out, ",{v}");
             }
