@@ -7,11 +7,10 @@
 use rand::rngs::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-use super::{Explained, Odds, Subject, greedy::Greedy, rules};
+use super::{Decides, Explained, Subject, greedy::Greedy, rules};
 use crate::backend::{Backend, Buffers};
 use crate::ir::{BufferId, BufferKind, Module};
 use crate::random::{ScenarioSet, policy_stream};
-use crate::sim::RandomPolicy;
 use crate::sim::protocol::{self, Batched};
 use crate::train::TrainError;
 
@@ -149,7 +148,7 @@ fn flatten(value: &Value, out: &mut Vec<f64>) -> Result<(), &'static str> {
 
 /// The decision of a subject in a state (from [`read_state`]) of an instance. `sample` draws
 /// the discrete labels from the policy's probabilities with that seed instead of taking the
-/// most likely; the random policy always draws, with `sample` (or 0) as its seed.
+/// most likely; a rule (the random policy) draws on a stream of seed `sample` (or 0).
 pub fn act(
     subject: &Subject,
     module: &Module,
@@ -173,14 +172,14 @@ pub fn act(
     let discrete: Vec<BufferId> = module.buffers_of(|k| *k == BufferKind::Discrete).map(|(id, _)| id).collect();
     let stream = |seed: u64| policy_stream(seed, ScenarioSet::Test, 0);
     let mut probabilities = Vec::new();
-    match subject {
-        Subject::Trained { nets, spec, .. } => {
+    match subject.decides() {
+        Decides::Networks { nets, spec } => {
             let mut decider = Greedy::new(module, spec, nets, sample.map(stream));
             decide(&mut world, &mut decider, &mut probabilities)?;
         }
-        Subject::Random => {
+        Decides::Rule { policy, odds } => {
             let mut streams: Vec<ChaCha8Rng> = vec![stream(sample.unwrap_or(0))];
-            let mut decider = rules(module, &RandomPolicy, Odds::Uniform, &mut streams, &discrete);
+            let mut decider = rules(module, policy, odds, &mut streams, &discrete);
             decide(&mut world, &mut decider, &mut probabilities)?;
         }
     }

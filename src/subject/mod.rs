@@ -13,8 +13,9 @@
 //! stream, as in `simulate`.
 //!
 //! A declared policy (`policy NAME { … }` in the model) is one more variant of [`Subject`]: a
-//! [`crate::sim::Policy`] decided scenario by scenario like [`Subject::Random`], with
-//! [`Odds::Chosen`] as its probabilities.
+//! [`crate::sim::Policy`] decided scenario by scenario like [`Subject::Random`]. Its arms are in
+//! [`Subject::label`] and [`Subject::decides`] (`Decides::Rule` with [`Odds::Chosen`]); scoring,
+//! trajectories and `act` then take it as they take the random policy.
 
 pub mod act;
 pub mod export;
@@ -55,6 +56,22 @@ impl Subject {
             Subject::Random => "random policy".to_string(),
         }
     }
+
+    /// How the subject decides: its networks for a whole batch, or a rule scenario by scenario.
+    pub fn decides(&self) -> Decides<'_> {
+        match self {
+            Subject::Trained { nets, spec, .. } => Decides::Networks { nets, spec },
+            Subject::Random => Decides::Rule { policy: &RandomPolicy, odds: Odds::Uniform },
+        }
+    }
+}
+
+/// How a subject decides.
+pub enum Decides<'s> {
+    /// Trained networks, greedily ([`greedy`]).
+    Networks { nets: &'s Nets, spec: &'s Spec },
+    /// A [`Policy`] on each scenario's own policy stream, giving its choices these probabilities.
+    Rule { policy: &'s dyn Policy, odds: Odds },
 }
 
 /// The probabilities a rule-based subject (one that decides scenario by scenario) gives its
@@ -354,15 +371,15 @@ pub fn score(subject: &Subject, testbed: &Testbed, trace: Option<usize>) -> Resu
         );
         let traced = trace.map_or(0, |n| n.saturating_sub(chunk[0]).min(chunk.len()));
         let tracing = recorded.as_mut().filter(|_| traced > 0).map(|t| (t, traced, chunk[0]));
-        let totals = match subject {
-            Subject::Trained { nets, spec, .. } => {
+        let totals = match subject.decides() {
+            Decides::Networks { nets, spec } => {
                 let mut decider = greedy::Greedy::new(module, spec, nets, None);
                 horizon(module, &mut world, &mut decider, &actions, &mut regimes, tracing)?
             }
-            Subject::Random => {
+            Decides::Rule { policy, odds } => {
                 let mut streams: Vec<ChaCha8Rng> =
                     chunk.iter().map(|&i| policy_stream(testbed.seeds.policy, testbed.set.set, i as u64)).collect();
-                let mut decider = rules(module, &RandomPolicy, Odds::Uniform, &mut streams, &actions.discrete);
+                let mut decider = rules(module, policy, odds, &mut streams, &actions.discrete);
                 horizon(module, &mut world, &mut decider, &actions, &mut regimes, tracing)?
             }
         };
