@@ -1,16 +1,16 @@
 //! `hmdpc eval`: a run's policy (or the random policy) on the run's test scenarios, each cost
-//! term and the total with a 95% confidence interval, and the gap to the exact optimum where
-//! one is known.
+//! term and the total with a 95% confidence interval, the gap to the exact optimum where one is
+//! known, and how often each regime is chosen; as text or JSON, and per scenario to a file.
 
 use std::path::PathBuf;
 
-use clap::ValueEnum;
 use hmdp::random::{ScenarioSet, Seeds};
 use hmdp::sim::{self, Estimate};
-use hmdp::train::folder::{Checkpoint, OpenError, Run};
-use hmdp::train::scenarios::Scenarios;
+use hmdp::subject::{self, Testbed};
+use serde_json::json;
 
 use super::exit;
+use super::subjects::{self, RunPolicy};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,32 +18,23 @@ pub struct Args {
     #[arg(value_name = "RUN_DIR")]
     run: PathBuf,
     /// Which policy: the run's `best` (on dev) or `final` checkpoint, or `random`.
-    #[arg(long, value_enum, default_value_t = EvalPolicy::Best)]
-    policy: EvalPolicy,
+    #[arg(long, value_enum, default_value_t = RunPolicy::Best)]
+    policy: RunPolicy,
     /// Number of test scenarios (default: as many as the run's sets).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     scenarios: Option<u64>,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum EvalPolicy {
-    Best,
-    Final,
-    Random,
+    /// Print the figures as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write one row per test scenario (each cost term and the total) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    per_scenario: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> u8 {
-    let run = match Run::open(&args.run) {
+    let run = match subjects::open_run(&args.run) {
         Ok(run) => run,
-        Err(OpenError::Compile(failure)) => return super::fail(failure),
-        Err(e @ OpenError::NotARun(_)) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-        Err(e @ OpenError::Damaged(_)) => {
-            eprintln!("error: {e}");
-            return exit::FAILED;
-        }
+        Err(code) => return code,
     };
     let compiled = &run.compiled;
     let module = &compiled.module;
@@ -61,81 +52,69 @@ pub fn run(args: Args) -> u8 {
         Ok(jit) => jit,
         Err(code) => return code,
     };
-    let test = match Scenarios::draw(module, &instance, cfg.scenario_seed, ScenarioSet::Test, scenarios) {
+    // The random policy draws on the scenario seed's policy streams: the baseline is the same
+    // for every training seed.
+    let seeds = Seeds::same(cfg.scenario_seed);
+    let testbed = match Testbed::draw(module, instance, &jit, seeds, ScenarioSet::Test, scenarios) {
         Ok(t) => t,
         Err(e) => return super::run_error(compiled, e),
     };
-    let checkpoint = match args.policy {
-        EvalPolicy::Best => Some(Checkpoint::Best),
-        EvalPolicy::Final => Some(Checkpoint::Final),
-        EvalPolicy::Random => None,
+    let subject = match subjects::subject(&run, args.policy) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    let (label, per_scenario, term_names) = match checkpoint {
-        None => {
-            let per_scenario = match sim::simulate_on_interpreter(
-                module,
-                &instance,
-                &sim::RandomPolicy,
-                // The baseline is the same for every training seed.
-                Seeds::same(cfg.scenario_seed),
-                ScenarioSet::Test,
-                scenarios,
-            ) {
-                Ok(s) => s,
-                Err(e) => return super::run_error(compiled, e),
-            };
-            let names = module.costs().map(|(_, b)| b.name.clone()).collect::<Vec<_>>();
-            ("random policy".to_string(), per_scenario, names)
-        }
-        Some(which) => {
-            let (nets, spec) = match run.policy(which) {
-                Ok(policy) => policy,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILED;
-                }
-            };
-            let ctx = hmdp::train::rollout::Context { module, spec: &spec, backend: &jit, instance: &instance };
-            let evaluation = match hmdp::train::evaluate(&ctx, &nets, &test) {
-                Ok(e) => e,
-                Err(e) => match e.located() {
-                    Some(located) => return super::run_error(compiled, located),
-                    None => {
-                        eprintln!("error: {e}");
-                        return exit::FAILED;
-                    }
-                },
-            };
-            let names = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
-            (format!("{} checkpoint", which.file().trim_end_matches(".ckpt")), evaluation.per_scenario, names)
-        }
+    let score = match subject::score(&subject, &testbed, None) {
+        Ok((score, _)) => score,
+        Err(e) => return subjects::train_error(compiled, e),
     };
+    if let Some(path) = &args.per_scenario
+        && let Err(code) = subjects::write(path, &score.per_scenario_csv())
+    {
+        return code;
+    }
+    let estimates = score.estimates();
+    let totals = score.totals();
+    // Where the exact optimum is known, the gap to it on the same scenarios.
+    let optimum = hmdp::train::riccati::of_module(module, &testbed.instance, &jit).and_then(|riccati| {
+        let (_, x0) = testbed.set.init.first()?;
+        let n = riccati.n;
+        let optimum: Vec<f64> = x0.chunks(n).map(|x| riccati.cost(x) / sim::report_scale(module)).collect();
+        let best = optimum.iter().sum::<f64>() / optimum.len().max(1) as f64;
+        let gaps: Vec<f64> = totals.iter().zip(&optimum).map(|(t, o)| t - o).collect();
+        Some((best, Estimate::of(&gaps)))
+    });
+    if args.json {
+        let mut out = json!({
+            "run": args.run.display().to_string(),
+            "policy": subject.label(),
+            "scenarios": score.per_scenario.len(),
+            "seed": cfg.seed,
+            "scenario_seed": cfg.scenario_seed,
+            "instance_seed": cfg.instance_seed,
+            "unit": sim::report_unit(module),
+            "costs": subjects::estimates_json(&estimates),
+            "regimes": subjects::regimes_json(&score.regimes),
+        });
+        if let Some((best, gap)) = optimum {
+            out["optimum"] =
+                json!({ "mean": best, "gap": subjects::estimate_json(&gap), "gap_percent": 100.0 * gap.mean / best });
+        }
+        println!("{out:#}");
+        return exit::OK;
+    }
     println!(
-        "eval {}: {label}, {} test scenarios (seed {}, scenario seed {}, instance seed {})",
+        "eval {}: {}, {} test scenarios (seed {}, scenario seed {}, instance seed {})",
         args.run.display(),
-        per_scenario.len(),
+        subject.label(),
+        score.per_scenario.len(),
         cfg.seed,
         cfg.scenario_seed,
         cfg.instance_seed
     );
     println!("cost {} (mean ± 95% confidence interval):", sim::report_unit(module));
-    let totals: Vec<f64> = per_scenario.iter().map(|r| r.iter().sum()).collect();
-    let mut rows: Vec<(&str, Estimate)> = term_names
-        .iter()
-        .enumerate()
-        .map(|(k, term)| (term.as_str(), Estimate::of(&per_scenario.iter().map(|r| r[k]).collect::<Vec<f64>>())))
-        .collect();
-    rows.push(("total", Estimate::of(&totals)));
+    let rows: Vec<(&str, Estimate)> = estimates.iter().map(|(n, e)| (n.as_str(), *e)).collect();
     super::print_estimates(&rows);
-    // Where the exact optimum is known, the gap to it on the same scenarios.
-    if let Some(riccati) = hmdp::train::riccati::of_module(module, &instance, &jit)
-        && let Some((_, x0)) = test.init.first()
-    {
-        let n = riccati.n;
-        let optimum: Vec<f64> = x0.chunks(n).map(|x| riccati.cost(x) / sim::report_scale(module)).collect();
-        let best = optimum.iter().sum::<f64>() / optimum.len().max(1) as f64;
-        let gaps: Vec<f64> = totals.iter().zip(&optimum).map(|(t, o)| t - o).collect();
-        let gap = Estimate::of(&gaps);
+    if let Some((best, gap)) = optimum {
         println!(
             "  optimum (finite-horizon Riccati, same scenarios): {best:.4}; gap {:+.4} ± {:.4} ({:+.2}%)",
             gap.mean,
@@ -143,5 +122,6 @@ pub fn run(args: Args) -> u8 {
             100.0 * gap.mean / best
         );
     }
+    subjects::print_regimes(&score.regimes);
     exit::OK
 }

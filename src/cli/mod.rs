@@ -2,14 +2,19 @@
 //! its flags, calls the library ([`hmdp::pipeline`] to compile, [`hmdp::sim`], [`hmdp::train`])
 //! and prints; it owns no part of the pipeline.
 
+mod act;
 mod bench;
 mod check;
+mod compare;
 mod compile;
 mod eval;
 pub mod exit;
+mod export;
 mod gradcheck;
 mod instance;
+mod rollout;
 mod simulate;
+mod subjects;
 mod train;
 
 use std::path::Path;
@@ -44,7 +49,7 @@ enum Command {
     /// the command and seeds, the best and final checkpoints, the learning curve and its plot.
     Train(Box<train::Args>),
     /// Evaluate a run's best policy (or the random policy) on the run's test scenarios: each cost
-    /// term and the total with a 95% confidence interval.
+    /// term and the total with a 95% confidence interval, and how often each regime is chosen.
     Eval(eval::Args),
     /// Print the parameters drawn for an instance as JSON, so that results can be checked with
     /// other tools.
@@ -52,6 +57,17 @@ enum Command {
     /// Check the step's gradient (VJP) against central finite differences at random states and
     /// actions; print the largest relative error per input and exit 1 above the tolerance.
     Gradcheck(gradcheck::Args),
+    /// Run several policies (run folders, or `random`) on the same test scenarios and print each
+    /// cost term and the total, with 95% confidence intervals, and the paired difference to the
+    /// first.
+    Compare(compare::Args),
+    /// Write the trajectories of a run's policy on test scenarios to CSV: one row per scenario
+    /// and period with the states, the choices and their probabilities, the actions and the costs.
+    Rollout(rollout::Args),
+    /// Print, as JSON, the action a run's policy takes in a state given as JSON.
+    Act(act::Args),
+    /// Write a run's networks as safetensors with a JSON description, to run the policy without hmdp.
+    Export(export::Args),
 }
 
 /// Parses the command line; the matches say which flags were given (for `train --config`).
@@ -78,6 +94,10 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> u8 {
         Command::Eval(args) => eval::run(args),
         Command::Instance(args) => instance::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Rollout(args) => rollout::run(args),
+        Command::Act(args) => act::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 

@@ -42,6 +42,12 @@ pub struct Args {
     /// Override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
     overrides: Vec<(String, f64)>,
+    /// Print the figures as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write one row per scenario (each cost term and the total) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    per_scenario: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,10 +102,36 @@ pub fn run(args: Args) -> u8 {
             sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, seeds, set, n)
         }
     };
-    let summary = match per_scenario {
-        Ok(p) => sim::summarise(module, &p, n),
+    let per_scenario = match per_scenario {
+        Ok(p) => p,
         Err(e) => return super::run_error(&compiled, e),
     };
+    let summary = sim::summarise(module, &per_scenario, n);
+    if let Some(path) = &args.per_scenario {
+        let terms: Vec<String> = summary.terms.iter().map(|(name, _)| name.clone()).collect();
+        let figures = hmdp::subject::Figures { prefix: "", terms: &terms, per_scenario: &per_scenario };
+        let csv = hmdp::subject::per_scenario_csv(&[figures]);
+        if let Err(code) = super::subjects::write(path, &csv) {
+            return code;
+        }
+    }
+    if args.json {
+        let costs: Vec<(String, sim::Estimate)> =
+            summary.terms.iter().cloned().chain([("total".to_string(), summary.total)]).collect();
+        let out = serde_json::json!({
+            "model": module.name,
+            "policy": policy_name,
+            "scenarios": summary.scenarios,
+            "seed": seeds.policy,
+            "scenario_seed": seeds.scenarios,
+            "instance_seed": args.instance_seed,
+            "scenario_set": set.name(),
+            "unit": summary.unit,
+            "costs": super::subjects::estimates_json(&costs),
+        });
+        println!("{out:#}");
+        return exit::OK;
+    }
     println!(
         "model {}: {policy_name} policy, {} scenarios, seed {}, scenario seed {}, instance seed {}",
         module.name, summary.scenarios, seeds.policy, seeds.scenarios, args.instance_seed
