@@ -35,6 +35,7 @@ pub(super) enum Context {
     When,
     Step,
     Setting,
+    Policy,
 }
 
 impl Context {
@@ -50,6 +51,8 @@ impl Context {
             (Context::ActionBound, _) => false,
             (Context::When, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
             (Context::When, _) => false,
+            (Context::Policy, State(_)) => true,
+            (Context::Policy, _) => false,
             (Context::Step, Set(_)) => false,
             (Context::Step, _) => true,
         }
@@ -69,6 +72,9 @@ impl Context {
             Context::When => "a `when` condition selects regimes: it can use discrete actions, sizes and parameters",
             Context::Step => "the step can use sizes, parameters, state, noise, actions and earlier `let`s",
             Context::Setting => "this setting must be a constant: it can use sizes and constant parameters",
+            Context::Policy => {
+                "a policy decides before the period's noise: it can use sizes, parameters, states, its tunables and its own `let`s"
+            }
         }
     }
 
@@ -83,6 +89,7 @@ impl Context {
             Context::When => "a `when` condition",
             Context::Step => "the step",
             Context::Setting => "a setting",
+            Context::Policy => "a policy",
         }
     }
 }
@@ -143,6 +150,8 @@ pub(crate) struct Checker<'a> {
     /// Every `let` name in the step, with its span, to tell "used before its `let`".
     pub(super) let_names: HashMap<String, Span>,
     pub(super) m: CheckedModel,
+    /// The tunables and `let`s of the policy being checked, in order.
+    pub(super) locals: Vec<super::policy::Local>,
 }
 
 pub(super) fn elem_ty(ty: ElemType) -> Ty {
@@ -206,7 +215,9 @@ impl<'a> Checker<'a> {
                 discount: 1.0,
                 report: Vec::new(),
                 symbols: HashMap::new(),
+                policies: Vec::new(),
             },
+            locals: Vec::new(),
         }
     }
 
@@ -272,6 +283,7 @@ impl<'a> Checker<'a> {
             }
         }
         self.settings(ast);
+        self.policies(ast);
 
         if self.m.states.is_empty() {
             self.error(

@@ -139,6 +139,28 @@ fn run_error(compiled: &Compiled, e: hmdp::backend::RunError) -> u8 {
 }
 
 /// The model's JIT kernels; a JIT failure is our bug.
+/// The policy `name` declares in the compiled model, with its tunables at `values` (their start
+/// values when `None`); `None` for `random`. An unknown name is refused with the names there are.
+fn declared_policy(
+    compiled: &Compiled,
+    name: &str,
+    values: Option<&[f64]>,
+) -> Result<Option<hmdp::sim::policy::DeclaredPolicy>, u8> {
+    if name == "random" && compiled.policy(name).is_none() {
+        return Ok(None);
+    }
+    let Some(program) = compiled.policy(name) else {
+        let mut names: Vec<&str> = compiled.policies.iter().map(|p| p.name.as_str()).collect();
+        names.push("random");
+        eprintln!("error: model {} declares no policy `{name}`; the policies are: {}", compiled.module.name, names.join(", "));
+        return Err(exit::USAGE);
+    };
+    hmdp::sim::policy::DeclaredPolicy::new(&compiled.module, program, values).map(Some).map_err(|message| {
+        eprintln!("error: {message}");
+        exit::FAILED
+    })
+}
+
 fn compile_jit(module: &ValidModule) -> Result<Jit, u8> {
     Jit::compile(module).map_err(|e| {
         eprintln!("error: internal error: {e}; please report this with the model");
