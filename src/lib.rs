@@ -20,3 +20,4 @@ pub mod resources;
 pub mod sim;
 pub mod syntax;
 pub mod train;
+pub mod tune;

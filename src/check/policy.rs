@@ -37,7 +37,13 @@ impl Checker<'_> {
     }
 
     fn policy(&mut self, p: &ast::PolicyDecl) {
-        let mut policy = Policy { name: p.name.name.clone(), tunables: Vec::new(), lets: Vec::new(), rules: Vec::new(), span: p.span };
+        let mut policy = Policy {
+            name: p.name.name.clone(),
+            tunables: Vec::new(),
+            lets: Vec::new(),
+            rules: Vec::new(),
+            span: p.span,
+        };
         let mut given: HashMap<ActionId, Span> = HashMap::new();
         for statement in &p.statements {
             match statement {
@@ -48,7 +54,12 @@ impl Checker<'_> {
                     if let Some(t) = self.tunable(name, lo, hi, start, *span) {
                         policy.tunables.push(t);
                     }
-                    self.locals.push(Local { name: name.name.clone(), dims: Vec::new(), ty: Ty::Real, span: name.span });
+                    self.locals.push(Local {
+                        name: name.name.clone(),
+                        dims: Vec::new(),
+                        ty: Ty::Real,
+                        span: name.span,
+                    });
                 }
                 PolicyStatement::Let { name, dims, value, span } => {
                     if !self.new_local(name) {
@@ -67,7 +78,13 @@ impl Checker<'_> {
                         span: name.span,
                     });
                     if let Some(elem) = elem {
-                        policy.lets.push(Let { name: name.name.clone(), dims, ty: elem, value: value.clone(), span: *span });
+                        policy.lets.push(Let {
+                            name: name.name.clone(),
+                            dims,
+                            ty: elem,
+                            value: value.clone(),
+                            span: *span,
+                        });
                     }
                 }
                 PolicyStatement::Assign { name, indices, value, span } => {
@@ -123,10 +140,21 @@ impl Checker<'_> {
     }
 
     /// `tune s in [lo, hi] = start`: constant bounds holding the start.
-    fn tunable(&mut self, name: &ast::Ident, lo: &ast::Expr, hi: &ast::Expr, start: &ast::Expr, span: Span) -> Option<Tunable> {
+    fn tunable(
+        &mut self,
+        name: &ast::Ident,
+        lo: &ast::Expr,
+        hi: &ast::Expr,
+        start: &ast::Expr,
+        span: Span,
+    ) -> Option<Tunable> {
         let mut values = [0.0; 3];
         let mut ok = true;
-        for (slot, (e, what)) in values.iter_mut().zip([(lo, "a tunable's lower bound"), (hi, "a tunable's upper bound"), (start, "a tunable's start value")]) {
+        for (slot, (e, what)) in values.iter_mut().zip([
+            (lo, "a tunable's lower bound"),
+            (hi, "a tunable's upper bound"),
+            (start, "a tunable's start value"),
+        ]) {
             let mut scope = Scope::new(Context::Setting);
             let ty = self.expr(e, &mut scope);
             if !self.numeric(ty, e.span, what) {
@@ -149,7 +177,12 @@ impl Checker<'_> {
             self.error(
                 Diagnostic::error(
                     "tune-bounds",
-                    format!("the bounds of `{}` are empty: {} is not below {}", name.name, fmt_num(lo_value), fmt_num(hi_value)),
+                    format!(
+                        "the bounds of `{}` are empty: {} is not below {}",
+                        name.name,
+                        fmt_num(lo_value),
+                        fmt_num(hi_value)
+                    ),
                     lo.span.to(hi.span),
                     "empty interval",
                 )
@@ -161,7 +194,13 @@ impl Checker<'_> {
             self.error(
                 Diagnostic::error(
                     "tune-start",
-                    format!("`{}` starts at {}, outside its bounds [{}, {}]", name.name, fmt_num(start_value), fmt_num(lo_value), fmt_num(hi_value)),
+                    format!(
+                        "`{}` starts at {}, outside its bounds [{}, {}]",
+                        name.name,
+                        fmt_num(start_value),
+                        fmt_num(lo_value),
+                        fmt_num(hi_value)
+                    ),
                     start.span,
                     "start value",
                 )
@@ -205,7 +244,12 @@ impl Checker<'_> {
             }
             None => {
                 let actions: Vec<&str> = self.m.actions.iter().map(|a| a.name.as_str()).collect();
-                let mut d = Diagnostic::error("unknown-name", format!("unknown action `{}`", name.name), name.span, "no action has this name");
+                let mut d = Diagnostic::error(
+                    "unknown-name",
+                    format!("unknown action `{}`", name.name),
+                    name.span,
+                    "no action has this name",
+                );
                 if let Some(help) = did_you_mean(&name.name, actions) {
                     d = d.with_help(help);
                 }
@@ -217,9 +261,16 @@ impl Checker<'_> {
         if let Some(first) = given.get(&action) {
             let first = *first;
             self.error(
-                Diagnostic::error("duplicate-rule", format!("`{}` is given two rules", name.name), name.span, "second rule")
-                    .with_label(first, "first rule")
-                    .with_help("a policy gives each action exactly one rule; combine the cases with `if ... then ... else`"),
+                Diagnostic::error(
+                    "duplicate-rule",
+                    format!("`{}` is given two rules", name.name),
+                    name.span,
+                    "second rule",
+                )
+                .with_label(first, "first rule")
+                .with_help(
+                    "a policy gives each action exactly one rule; combine the cases with `if ... then ... else`",
+                ),
             );
             return None;
         }
@@ -284,7 +335,9 @@ impl Checker<'_> {
                                 value.span,
                                 "not an integer",
                             )
-                            .with_help("give an integer expression, e.g. `argmin`-free rules such as `if x > 0 then 1 else 0`"),
+                            .with_help(
+                                "give an integer expression, e.g. `argmin`-free rules such as `if x > 0 then 1 else 0`",
+                            ),
                         );
                     }
                     false
@@ -308,7 +361,9 @@ impl Checker<'_> {
                 let b = self.label_rule(otherwise, action, scope);
                 c && a && b
             }
-            ExprKind::Access { name, primed: false, indices } if indices.is_empty() && scope.binder(&name.name).is_none() => {
+            ExprKind::Access { name, primed: false, indices }
+                if indices.is_empty() && scope.binder(&name.name).is_none() =>
+            {
                 if labels.contains(&name.name) {
                     return true;
                 }

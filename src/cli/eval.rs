@@ -87,6 +87,25 @@ pub fn run(args: Args) -> u8 {
             let names = module.costs().map(|(_, b)| b.name.clone()).collect::<Vec<_>>();
             ("random policy".to_string(), per_scenario, names)
         }
+        // A run of `hmdpc tune`: its declared policy with the tuned values.
+        Some(_) if run.record.tuned.is_some() => {
+            let tuned = run.record.tuned.as_ref().ok_or_else(String::new);
+            let policy = match tuned.and_then(|t| hmdp::tune::tuned_policy(compiled, t)) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILED;
+                }
+            };
+            let seeds = Seeds { scenarios: cfg.scenario_seed, policy: cfg.seed };
+            match sim::simulate_on_backend(module, &instance, &jit, &policy, seeds, ScenarioSet::Test, scenarios) {
+                Ok(per_scenario) => {
+                    let names = module.costs().map(|(_, b)| b.name.clone()).collect::<Vec<_>>();
+                    (format!("tuned policy `{}`", policy.name), per_scenario, names)
+                }
+                Err(e) => return super::run_error(compiled, e),
+            }
+        }
         Some(which) => {
             let (nets, spec) = match run.policy(which) {
                 Ok(policy) => policy,

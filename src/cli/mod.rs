@@ -11,6 +11,7 @@ mod gradcheck;
 mod instance;
 mod simulate;
 mod train;
+mod tune;
 
 use std::path::Path;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Train a policy (HPO, its decentralised variant, or PPO) and write a run folder: the model,
     /// the command and seeds, the best and final checkpoints, the learning curve and its plot.
     Train(Box<train::Args>),
+    /// Tune a policy the model declares: fit its tunable parameters on the train scenarios by
+    /// Nelder–Mead, keep the best on dev, and write a run folder that `eval` reads.
+    Tune(tune::Args),
     /// Evaluate a run's best policy (or the random policy) on the run's test scenarios: each cost
     /// term and the total with a 95% confidence interval.
     Eval(eval::Args),
@@ -75,6 +79,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> u8 {
                 |id: &str| train.is_some_and(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
             train::run(*args, &given)
         }
+        Command::Tune(args) => tune::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Instance(args) => instance::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
@@ -152,7 +157,11 @@ fn declared_policy(
     let Some(program) = compiled.policy(name) else {
         let mut names: Vec<&str> = compiled.policies.iter().map(|p| p.name.as_str()).collect();
         names.push("random");
-        eprintln!("error: model {} declares no policy `{name}`; the policies are: {}", compiled.module.name, names.join(", "));
+        eprintln!(
+            "error: model {} declares no policy `{name}`; the policies are: {}",
+            compiled.module.name,
+            names.join(", ")
+        );
         return Err(exit::USAGE);
     };
     hmdp::sim::policy::DeclaredPolicy::new(&compiled.module, program, values).map(Some).map_err(|message| {

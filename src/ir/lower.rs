@@ -35,8 +35,7 @@ pub fn lower_policy(model: &CheckedModel, module: &Module, policy: &check::Polic
     lowering.module.buffers = module.buffers.clone();
     let mut tunables = Vec::new();
     for t in &policy.tunables {
-        let buffer =
-            lowering.buffer(format!("{}.{}", policy.name, t.name), BufferKind::Param, &[], ElemType::Real);
+        let buffer = lowering.buffer(format!("{}.{}", policy.name, t.name), BufferKind::Param, &[], ElemType::Real);
         lowering.locals.insert(t.name.clone(), buffer);
         tunables.push(TunableParam { name: t.name.clone(), lo: t.lo, hi: t.hi, start: t.start, buffer });
     }
@@ -53,7 +52,8 @@ pub fn lower_policy(model: &CheckedModel, module: &Module, policy: &check::Polic
     for (_, item) in items {
         match item {
             Item::Let(l) => {
-                let buffer = lowering.buffer(format!("{}.{}", policy.name, l.name), BufferKind::Let, &l.dims, elem(l.ty));
+                let buffer =
+                    lowering.buffer(format!("{}.{}", policy.name, l.name), BufferKind::Let, &l.dims, elem(l.ty));
                 let stmt = lowering.store(buffer, &l.dims, |this, env| this.expr(&l.value, env));
                 lowering.locals.insert(l.name.clone(), buffer);
                 program.body.push(stmt);

@@ -75,7 +75,10 @@ impl DeclaredPolicy {
                 continue;
             }
             let cannot = || {
-                format!("policy `{}` cannot decide `{}`, which the compiler added; please report this", program.name, b.name)
+                format!(
+                    "policy `{}` cannot decide `{}`, which the compiler added; please report this",
+                    program.name, b.name
+                )
             };
             let (action, what) = b.name.rsplit_once('.').ok_or_else(cannot)?;
             let action = find(action.to_string()).ok_or_else(cannot)?;
@@ -83,14 +86,21 @@ impl DeclaredPolicy {
                 "regime" => Derived::Regime { choice, action },
                 "order" => Derived::Order { choice, action },
                 "piece" => {
-                    let bound = |upper| module.buffers.iter().position(|x| x.kind == BufferKind::PieceBound { action, upper });
+                    let bound =
+                        |upper| module.buffers.iter().position(|x| x.kind == BufferKind::PieceBound { action, upper });
                     let (Some(lo), Some(hi)) = (bound(false), bound(true)) else { return Err(cannot()) };
                     Derived::Piece { choice, action, lo, hi }
                 }
                 _ => return Err(cannot()),
             });
         }
-        Ok(DeclaredPolicy { name: program.name.clone(), view: program.view(module), program: program.clone(), values, derived })
+        Ok(DeclaredPolicy {
+            name: program.name.clone(),
+            view: program.view(module),
+            program: program.clone(),
+            values,
+            derived,
+        })
     }
 
     pub fn tunables(&self) -> &[TunableParam] {
@@ -121,7 +131,10 @@ impl DeclaredPolicy {
                 if let Some(v) = values.iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && **v < labels)) {
                     return Err(RunError {
                         span: self.rule_span(output),
-                        message: format!("policy `{}` chose {} for `{}`, which is not one of its labels", self.name, v, b.name),
+                        message: format!(
+                            "policy `{}` chose {} for `{}`, which is not one of its labels",
+                            self.name, v, b.name
+                        ),
                     });
                 }
                 buffers.values[action].copy_from_slice(values);
@@ -129,7 +142,10 @@ impl DeclaredPolicy {
                 if let Some(k) = values.iter().position(|v| v.is_nan()) {
                     return Err(RunError {
                         span: self.rule_span(output),
-                        message: format!("policy `{}` gave `{}` (element {k}) a value that is not a number", self.name, b.name),
+                        message: format!(
+                            "policy `{}` gave `{}` (element {k}) a value that is not a number",
+                            self.name, b.name
+                        ),
                     });
                 }
                 buffers.values[action].copy_from_slice(values);
