@@ -49,6 +49,7 @@ impl Checker<'_> {
             match statement {
                 PolicyStatement::Tune { name, lo, hi, start, span } => {
                     if !self.new_local(name) {
+                        self.broken_local(name);
                         continue;
                     }
                     if let Some(t) = self.tunable(name, lo, hi, start, *span) {
@@ -63,6 +64,7 @@ impl Checker<'_> {
                 }
                 PolicyStatement::Let { name, dims, value, span } => {
                     if !self.new_local(name) {
+                        self.broken_local(name);
                         continue;
                     }
                     let (dims, dims_ok) = self.dims(dims, &[value]);
@@ -137,6 +139,12 @@ impl Checker<'_> {
             return false;
         }
         true
+    }
+
+    /// A name the policy could not define: later uses of it read it silently (as a broken
+    /// declaration does), instead of the declaration it collides with.
+    fn broken_local(&mut self, name: &ast::Ident) {
+        self.locals.push(Local { name: name.name.clone(), dims: Vec::new(), ty: Ty::Error, span: name.span });
     }
 
     /// `tune s in [lo, hi] = start`: constant bounds holding the start.
