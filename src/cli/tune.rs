@@ -90,11 +90,13 @@ pub fn run(args: Args) -> u8 {
             }
         });
     }
-    let mut config = Config::default();
-    config.scenarios = n;
-    config.scenario_seed = args.scenario_seed;
-    config.instance_seed = args.instance_seed;
-    config.set = args.overrides.clone();
+    let config = Config {
+        scenarios: n,
+        scenario_seed: args.scenario_seed,
+        instance_seed: args.instance_seed,
+        set: args.overrides.clone(),
+        ..Config::default()
+    };
     println!(
         "tune {}: policy `{}` by Nelder–Mead on backend {}, at most {} evaluations on {} train scenarios, scenario seed {}, run folder {}",
         compiled.source.name,
