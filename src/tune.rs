@@ -118,6 +118,8 @@ struct Track {
     curve: Vec<CurveRow>,
     error: Option<TuneError>,
     out_of_budget: bool,
+    /// No more evaluations will be made: the search is to end.
+    over: bool,
     last_print: Instant,
 }
 
@@ -177,15 +179,20 @@ impl CostFunction for Objective<'_> {
     type Param = Vec<f64>;
     type Output = f64;
 
+    /// Never an error: `argmin`'s Nelder–Mead unwraps the costs of its first simplex. Once the
+    /// search is over (Ctrl-C, the budget spent, the model failed) every point costs infinity
+    /// at once, and [`Stoppable`] ends the search at the end of the iteration.
     fn cost(&self, u: &Vec<f64>) -> Result<f64, argmin::core::Error> {
         {
             let mut track = self.track.borrow_mut();
-            if self.inputs.stop.load(Ordering::SeqCst) {
-                return Err(argmin::core::Error::msg("interrupted"));
+            if self.inputs.stop.load(Ordering::SeqCst) || track.error.is_some() {
+                track.over = true;
+                return Ok(f64::INFINITY);
             }
             if track.evaluations >= self.inputs.evaluations {
                 track.out_of_budget = true;
-                return Err(argmin::core::Error::msg("out of evaluations"));
+                track.over = true;
+                return Ok(f64::INFINITY);
             }
             track.evaluations += 1;
         }
@@ -194,7 +201,7 @@ impl CostFunction for Objective<'_> {
             Ok(p) => mean_terms(&p).iter().sum::<f64>(),
             Err(e) => {
                 self.track.borrow_mut().error = Some(e);
-                return Err(argmin::core::Error::msg("the model failed"));
+                return Ok(f64::INFINITY);
             }
         };
         let (improved, evaluation) = {
@@ -207,11 +214,53 @@ impl CostFunction for Objective<'_> {
         };
         if improved && let Err(e) = self.on_dev(&values, train, evaluation) {
             self.track.borrow_mut().error = Some(e);
-            return Err(argmin::core::Error::msg("the dev evaluation failed"));
+            return Ok(f64::INFINITY);
         }
         self.progress();
         // A NaN cost would stall the simplex; a policy that costs NaN is the worst there is.
         Ok(if train.is_nan() { f64::INFINITY } else { train })
+    }
+}
+
+/// Nelder–Mead that ends when the objective says the search is over.
+struct Stoppable<'o, 'a> {
+    inner: NelderMead<Vec<f64>, f64>,
+    objective: &'o Objective<'a>,
+}
+
+type NelderMeadState = argmin::core::IterState<Vec<f64>, (), (), (), (), f64>;
+
+impl<'o, 'a> argmin::core::Solver<Lent<'o, 'a>, NelderMeadState> for Stoppable<'o, 'a> {
+    fn name(&self) -> &str {
+        "Nelder-Mead"
+    }
+
+    fn init(
+        &mut self,
+        problem: &mut argmin::core::Problem<Lent<'o, 'a>>,
+        state: NelderMeadState,
+    ) -> Result<(NelderMeadState, Option<argmin::core::KV>), argmin::core::Error> {
+        self.inner.init(problem, state)
+    }
+
+    fn next_iter(
+        &mut self,
+        problem: &mut argmin::core::Problem<Lent<'o, 'a>>,
+        state: NelderMeadState,
+    ) -> Result<(NelderMeadState, Option<argmin::core::KV>), argmin::core::Error> {
+        self.inner.next_iter(problem, state)
+    }
+
+    fn terminate(&mut self, state: &NelderMeadState) -> argmin::core::TerminationStatus {
+        if self.objective.track.borrow().over {
+            return argmin::core::TerminationStatus::Terminated(argmin::core::TerminationReason::SolverExit(
+                "over".into(),
+            ));
+        }
+        <NelderMead<Vec<f64>, f64> as argmin::core::Solver<Lent<'o, 'a>, NelderMeadState>>::terminate(
+            &mut self.inner,
+            state,
+        )
     }
 }
 
@@ -307,12 +356,13 @@ pub fn tune(inputs: &Inputs<'_>) -> Result<Outcome, TuneError> {
             curve: Vec::new(),
             error: None,
             out_of_budget: false,
+            over: false,
             last_print: Instant::now(),
         }),
     };
     let unit: Vec<f64> = program.tunables.iter().map(|t| (t.start - t.lo) / (t.hi - t.lo)).collect();
     // The start is evaluated first, so its dev cost is the baseline whatever the search does.
-    objective.cost(&unit).map_err(|_| ()).ok();
+    let _ = objective.cost(&unit);
     if let Some(e) = objective.track.borrow_mut().error.take() {
         return Err(e);
     }
@@ -331,6 +381,7 @@ pub fn tune(inputs: &Inputs<'_>) -> Result<Outcome, TuneError> {
             .map_err(|e| TuneError::Policy(format!("cannot start Nelder–Mead: {e}")))?;
         // An error from the objective is ours (stopped, out of budget, the model failed) and
         // is in the track; the best point is the track's, judged on dev.
+        let solver = Stoppable { inner: solver, objective: &objective };
         let _ =
             Executor::new(Lent(&objective), solver).configure(|state| state.max_iters(inputs.evaluations as u64)).run();
     }

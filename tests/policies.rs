@@ -222,3 +222,62 @@ fn tune_improves_on_the_start_and_its_run_folder_evaluates() {
     assert_eq!(again.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ctrl_c_stops_tune_after_the_current_evaluation_and_keeps_the_best() {
+    let dir = std::env::temp_dir().join(format!("hmdp-tune-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_hmdpc"))
+        .args(["tune", "models/switched_lqr.hmdp", "--policy", "fixed_mode", "--set", "n=2", "--scenarios", "64"])
+        .args(["--evaluations", "1000000", "--quiet", "-o", folder.to_str().expect("path")])
+        .current_dir(common::root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hmdpc starts");
+    // The curve exists once the start is scored, after the Ctrl-C handler is installed.
+    let begun = std::time::Instant::now();
+    while !folder.join("curve.csv").exists() {
+        assert!(begun.elapsed().as_secs() < 120, "the start was not scored in time");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("waits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stopped after"), "{stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("run.json")).expect("run.json")).expect("json");
+    assert_eq!(record["tuned"]["policy"], "fixed_mode");
+    let eval = hmdpc(&["eval", folder.to_str().expect("path"), "--scenarios", "8"]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_budget_spent_within_the_first_simplex_ends_the_search() {
+    let dir = std::env::temp_dir().join(format!("hmdp-tune-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("run");
+    let out = hmdpc(&[
+        "tune",
+        "models/switched_lqr.hmdp",
+        "--policy",
+        "fixed_mode",
+        "--set",
+        "n=2",
+        "--scenarios",
+        "8",
+        "--evaluations",
+        "2",
+        "--quiet",
+        "-o",
+        folder.to_str().expect("path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("done: 2 evaluations"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
