@@ -21,3 +21,4 @@ pub mod sim;
 pub mod subject;
 pub mod syntax;
 pub mod train;
+pub mod tune;

@@ -138,6 +138,15 @@ pub struct Compiled {
     /// Every data file the model read, as (path as written in the model, text), in the order
     /// read: a run folder keeps them, so the model compiles later with exactly these values.
     pub data_files: Vec<(String, String)>,
+    /// The model's heuristic policies, lowered against `module` (`sim::policy` runs them).
+    pub policies: Vec<crate::ir::PolicyProgram>,
+}
+
+impl Compiled {
+    /// The declared policy called `name`.
+    pub fn policy(&self, name: &str) -> Option<&crate::ir::PolicyProgram> {
+        self.policies.iter().find(|p| p.name == name)
+    }
 }
 
 /// The whole pipeline: check, lower, reformulate, differentiate, validate.
@@ -149,7 +158,15 @@ pub fn compile(source: &Source, files: &dyn DataFiles, options: &Options) -> Res
     crate::passes::ad::differentiate(&mut module);
     let module = ValidModule::new(module)
         .map_err(|problems| Failure::Internal { source: Box::new(source.clone()), problems })?;
-    Ok(Compiled { module, source: source.clone(), rewrites, warnings, data_files: recording.seen.into_inner() })
+    let policies = model.policies.iter().map(|p| crate::ir::lower::lower_policy(&model, &module, p)).collect();
+    Ok(Compiled {
+        module,
+        source: source.clone(),
+        rewrites,
+        warnings,
+        data_files: recording.seen.into_inner(),
+        policies,
+    })
 }
 
 /// A command refused for the memory it would need ([`crate::resources`]), as a diagnostic at

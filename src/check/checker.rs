@@ -37,6 +37,7 @@ pub(super) enum Context {
     /// A terminal cost: the final states, parameters and sizes.
     Terminal,
     Setting,
+    Policy,
 }
 
 impl Context {
@@ -54,6 +55,8 @@ impl Context {
             (Context::ActionBound | Context::Terminal, _) => false,
             (Context::When, Action(a)) => model.actions.get(a).is_some_and(|x| x.is_discrete()),
             (Context::When, _) => false,
+            (Context::Policy, State(_)) => true,
+            (Context::Policy, _) => false,
             (Context::Step, Set(_)) => false,
             (Context::Step, _) => true,
         }
@@ -76,6 +79,9 @@ impl Context {
                 "a terminal cost is charged on the final states: it can use sizes, parameters and the state"
             }
             Context::Setting => "this setting must be a constant: it can use sizes and constant parameters",
+            Context::Policy => {
+                "a policy decides before the period's noise: it can use sizes, parameters, states, its tunables and its own `let`s"
+            }
         }
     }
 
@@ -91,6 +97,7 @@ impl Context {
             Context::Step => "the step",
             Context::Terminal => "a terminal cost",
             Context::Setting => "a setting",
+            Context::Policy => "a policy",
         }
     }
 }
@@ -163,6 +170,8 @@ pub(crate) struct Checker<'a> {
     /// Every `let` name in the step, with its span, to tell "used before its `let`".
     pub(super) let_names: HashMap<String, Span>,
     pub(super) m: CheckedModel,
+    /// The tunables and `let`s of the policy being checked, in order.
+    pub(super) locals: Vec<super::policy::Local>,
 }
 
 pub(super) fn elem_ty(ty: ElemType) -> Ty {
@@ -230,7 +239,9 @@ impl<'a> Checker<'a> {
                 terminal: Vec::new(),
                 reads_period: false,
                 before_decision: Vec::new(),
+                policies: Vec::new(),
             },
+            locals: Vec::new(),
         }
     }
 
@@ -309,6 +320,7 @@ impl<'a> Checker<'a> {
             self.terminal(first);
         }
         self.settings(ast);
+        self.policies(ast);
 
         if self.m.states.is_empty() {
             self.error(

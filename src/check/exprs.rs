@@ -134,7 +134,7 @@ impl Checker<'_> {
 
     /// Whether a bare name means something here (a binder or a declared name).
     fn is_known(&self, name: &str, scope: &Scope) -> bool {
-        scope.binder(name).is_some() || self.globals.contains_key(name)
+        scope.binder(name).is_some() || self.globals.contains_key(name) || self.locals.iter().any(|l| l.name == name)
     }
 
     pub(super) fn expr(&mut self, e: &ast::Expr, scope: &mut Scope) -> Ty {
@@ -354,6 +354,19 @@ impl Checker<'_> {
             }
             self.m.reads_period = true;
             return Ty::Int;
+        }
+        if let Some(local) = self.locals.iter().rev().find(|l| l.name == name.name) {
+            let (dims, ty) = (local.dims.clone(), local.ty);
+            if indices.len() != dims.len() {
+                let d = self.rank_error(&name.name, &dims, indices.len(), e.span);
+                self.error(d);
+                return Ty::Error;
+            }
+            let mut ok = true;
+            for (position, (ix, dim)) in indices.iter().zip(&dims).enumerate() {
+                ok &= self.index(ix, dim.set, &name.name, position, scope);
+            }
+            return if ok { ty } else { Ty::Error };
         }
         let Some(global) = self.globals.get(&name.name) else {
             self.unknown_name(name, scope);

@@ -21,6 +21,7 @@ mod data;
 mod decls;
 mod exprs;
 pub mod model;
+mod policy;
 mod settings;
 mod sizes;
 mod step;

@@ -181,6 +181,38 @@ pub enum ReportScale {
     Size(SizeId),
 }
 
+/// A heuristic policy declared in the model (`policy NAME { ... }`).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub tunables: Vec<Tunable>,
+    /// In source order; each may read the tunables and `let`s before it.
+    pub lets: Vec<Let>,
+    /// Exactly one per action of the model.
+    pub rules: Vec<Rule>,
+    pub span: Span,
+}
+
+/// `tune s in [lo, hi] = start`: a parameter of a policy that `hmdpc tune` fits.
+#[derive(Clone, Debug)]
+pub struct Tunable {
+    pub name: String,
+    pub lo: f64,
+    pub hi: f64,
+    pub start: f64,
+    pub span: Span,
+}
+
+/// `q[i] = value`: a policy's rule for one action; `indices` name the action's dimensions.
+/// A labelled choice's value is a label, or an `if` choosing among labels.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub action: ActionId,
+    pub indices: Vec<String>,
+    pub value: Expr,
+    pub span: Span,
+}
+
 #[derive(Clone, Debug)]
 pub enum Observed {
     State(StateId),
@@ -225,6 +257,8 @@ pub struct CheckedModel {
     pub terminal: Vec<Cost>,
     /// Whether the step or `observe` reads the period index `period`.
     pub reads_period: bool,
+    /// The heuristic policies, in source order.
+    pub policies: Vec<Policy>,
 }
 
 impl CheckedModel {

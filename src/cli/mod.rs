@@ -16,6 +16,7 @@ mod rollout;
 mod simulate;
 mod subjects;
 mod train;
+mod tune;
 
 use std::path::Path;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Train a policy (HPO, its decentralised variant, or PPO) and write a run folder: the model,
     /// the command and seeds, the best and final checkpoints, the learning curve and its plot.
     Train(Box<train::Args>),
+    /// Tune a policy the model declares: fit its tunable parameters on the train scenarios by
+    /// Nelder–Mead, keep the best on dev, and write a run folder that `eval` reads.
+    Tune(tune::Args),
     /// Evaluate a run's best policy (or the random policy) on the run's test scenarios: each cost
     /// term and the total with a 95% confidence interval, and how often each regime is chosen.
     Eval(eval::Args),
@@ -91,6 +95,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> u8 {
                 |id: &str| train.is_some_and(|m| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
             train::run(*args, &given)
         }
+        Command::Tune(args) => tune::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Instance(args) => instance::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
@@ -159,6 +164,32 @@ fn run_error(compiled: &Compiled, e: hmdp::backend::RunError) -> u8 {
 }
 
 /// The model's JIT kernels; a JIT failure is our bug.
+/// The policy `name` declares in the compiled model, with its tunables at `values` (their start
+/// values when `None`); `None` for `random`. An unknown name is refused with the names there are.
+fn declared_policy(
+    compiled: &Compiled,
+    name: &str,
+    values: Option<&[f64]>,
+) -> Result<Option<hmdp::sim::policy::DeclaredPolicy>, u8> {
+    if name == "random" && compiled.policy(name).is_none() {
+        return Ok(None);
+    }
+    let Some(program) = compiled.policy(name) else {
+        let mut names: Vec<&str> = compiled.policies.iter().map(|p| p.name.as_str()).collect();
+        names.push("random");
+        eprintln!(
+            "error: model {} declares no policy `{name}`; the policies are: {}",
+            compiled.module.name,
+            names.join(", ")
+        );
+        return Err(exit::USAGE);
+    };
+    hmdp::sim::policy::DeclaredPolicy::new(&compiled.module, program, values).map(Some).map_err(|message| {
+        eprintln!("error: {message}");
+        exit::FAILED
+    })
+}
+
 fn compile_jit(module: &ValidModule) -> Result<Jit, u8> {
     Jit::compile(module).map_err(|e| {
         eprintln!("error: internal error: {e}; please report this with the model");

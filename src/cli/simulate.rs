@@ -16,9 +16,10 @@ pub struct Args {
     /// Model file (`.hmdp`).
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// The policy to run.
-    #[arg(long, value_enum, default_value_t = PolicyChoice::Random)]
-    policy: PolicyChoice,
+    /// The policy to run: `random` (uniform random actions within the bounds), or the name of a
+    /// policy the model declares, run with its tunables' start values.
+    #[arg(long, value_name = "NAME", default_value = "random")]
+    policy: String,
     /// Number of scenarios.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     scenarios: u64,
@@ -48,12 +49,6 @@ pub struct Args {
     /// Write one row per scenario (each cost term and the total) to this CSV file.
     #[arg(long, value_name = "FILE")]
     per_scenario: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PolicyChoice {
-    /// Uniform random actions within the bounds.
-    Random,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,19 +82,23 @@ pub fn run(args: Args) -> u8 {
         SetChoice::Dev => ScenarioSet::Dev,
         SetChoice::Test => ScenarioSet::Test,
     };
-    let policy_name = match args.policy {
-        PolicyChoice::Random => "random",
+    let policy = match super::declared_policy(&compiled, &args.policy, None) {
+        Ok(policy) => policy,
+        Err(code) => return code,
     };
-    let policy = sim::RandomPolicy;
+    let (policy, policy_name): (&dyn sim::Policy, String) = match &policy {
+        Some(declared) => (declared, format!("policy `{}`", declared.name)),
+        None => (&sim::RandomPolicy, "random policy".to_string()),
+    };
     let seeds = Seeds { scenarios: args.scenario_seed.unwrap_or(args.seed), policy: args.seed };
     let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, seeds, set, n),
+        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, policy, seeds, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, seeds, set, n)
+            sim::simulate_on_backend(module, &instance, kernels.backend(), policy, seeds, set, n)
         }
     };
     let per_scenario = match per_scenario {
@@ -133,7 +132,7 @@ pub fn run(args: Args) -> u8 {
         return exit::OK;
     }
     println!(
-        "model {}: {policy_name} policy, {} scenarios, seed {}, scenario seed {}, instance seed {}",
+        "model {}: {policy_name}, {} scenarios, seed {}, scenario seed {}, instance seed {}",
         module.name, summary.scenarios, seeds.policy, seeds.scenarios, args.instance_seed
     );
     println!("cost {} (mean ± 95% confidence interval):", summary.unit);

@@ -48,6 +48,16 @@ pub fn subject(run: &Run, policy: RunPolicy) -> Result<Subject, u8> {
         RunPolicy::Final => Checkpoint::Final,
         RunPolicy::Random => return Ok(Subject::Random),
     };
+    // A run of `hmdpc tune`: its declared policy with the tuned values (it has no checkpoint).
+    if let Some(tuned) = &run.record.tuned {
+        return match hmdp::tune::tuned_policy(&run.compiled, tuned) {
+            Ok(policy) => Ok(Subject::Declared { policy: Box::new(policy), tuned: true }),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(exit::FAILED)
+            }
+        };
+    }
     match run.policy(checkpoint) {
         Ok((nets, spec)) => Ok(Subject::Trained { nets: Box::new(nets), spec, checkpoint }),
         Err(e) => {

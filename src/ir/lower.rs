@@ -25,6 +25,82 @@ pub fn lower(model: &CheckedModel) -> Module {
     lowering.module
 }
 
+/// Lowers a policy of a checked model against the module compiled from it (after the passes,
+/// which only add buffers after the model's own): the policy's buffers are numbered after the
+/// module's.
+pub fn lower_policy(model: &CheckedModel, module: &Module, policy: &check::Policy) -> PolicyProgram {
+    let mut lowering = Lowering::new(model);
+    lowering.declare_buffers();
+    let first = module.buffers.len();
+    lowering.module.buffers = module.buffers.clone();
+    let mut tunables = Vec::new();
+    for t in &policy.tunables {
+        let buffer = lowering.buffer(format!("{}.{}", policy.name, t.name), BufferKind::Param, &[], ElemType::Real);
+        lowering.locals.insert(t.name.clone(), buffer);
+        tunables.push(TunableParam { name: t.name.clone(), lo: t.lo, hi: t.hi, start: t.start, buffer });
+    }
+    // `let`s and rules in source order: a rule may read every `let` before it.
+    enum Item<'m> {
+        Let(&'m check::Let),
+        Rule(&'m check::Rule),
+    }
+    let mut items: Vec<(usize, Item)> = policy.lets.iter().map(|l| (l.span.start, Item::Let(l))).collect();
+    items.extend(policy.rules.iter().map(|r| (r.span.start, Item::Rule(r))));
+    items.sort_by_key(|(start, _)| *start);
+    let mut program = Program::default();
+    let mut outputs = Vec::new();
+    for (_, item) in items {
+        match item {
+            Item::Let(l) => {
+                let buffer =
+                    lowering.buffer(format!("{}.{}", policy.name, l.name), BufferKind::Let, &l.dims, elem(l.ty));
+                let stmt = lowering.store(buffer, &l.dims, |this, env| this.expr(&l.value, env));
+                lowering.locals.insert(l.name.clone(), buffer);
+                program.body.push(stmt);
+            }
+            Item::Rule(r) => {
+                let Some(a) = model.actions.get(r.action) else { continue };
+                let action = lowering.buffers.actions[r.action];
+                let dims: Vec<check::Dimension> = a
+                    .dims
+                    .iter()
+                    .zip(&r.indices)
+                    .map(|(d, name)| check::Dimension { set: d.set, index: Some(name.clone()) })
+                    .collect();
+                let output = lowering.buffer(
+                    format!("{}.{}", policy.name, a.name),
+                    BufferKind::Let,
+                    &dims,
+                    if a.is_discrete() { ElemType::Int } else { ElemType::Real },
+                );
+                let stmt = lowering.store(output, &dims, |this, env| match &a.ty {
+                    ActionType::Discrete { over_set: None, .. } => this.label_value(&r.value, r.action, env),
+                    ActionType::Discrete { over_set: Some(set), .. } => {
+                        // The buffer holds the position of the chosen element.
+                        let value = this.expr(&r.value, env);
+                        let lo = model.sets.get(*set).map_or(0, |s| s.lo) as f64;
+                        let lo = this.constant(lo, r.value.span);
+                        this.binary(BinaryOp::Sub, value, lo, r.value.span)
+                    }
+                    ActionType::Continuous { .. } => this.expr(&r.value, env),
+                });
+                program.body.push(stmt);
+                outputs.push((action, output));
+            }
+        }
+    }
+    outputs.sort_unstable();
+    PolicyProgram {
+        name: policy.name.clone(),
+        first,
+        buffers: lowering.module.buffers.split_off(first),
+        exprs: lowering.module.exprs,
+        program,
+        tunables,
+        outputs,
+    }
+}
+
 /// Where each declaration of the model lives in the module.
 #[derive(Default)]
 struct Buffers {
@@ -47,6 +123,8 @@ struct Lowering<'a> {
     next_var: u32,
     /// Lowering a terminal cost: a state stands for its next value, its update's expression.
     final_states: bool,
+    /// A policy's tunables and `let`s, while lowering a policy.
+    locals: HashMap<String, BufferId>,
 }
 
 /// Index names in scope, innermost last.
@@ -98,6 +176,7 @@ impl<'a> Lowering<'a> {
             buffers: Buffers::default(),
             next_var: 0,
             final_states: false,
+            locals: HashMap::new(),
         }
     }
 
@@ -358,6 +437,24 @@ impl<'a> Lowering<'a> {
         self.push(Expr::Binary { op, lhs, rhs }, span)
     }
 
+    /// A policy's rule for a labelled choice: a label's position, or an `if` choosing among them.
+    fn label_value(&mut self, e: &ast::Expr, action: check::ActionId, env: &Env) -> Handle<Expr> {
+        match &e.kind {
+            ExprKind::Paren(inner) => self.label_value(inner, action, env),
+            ExprKind::If { cond, then, otherwise } => {
+                let cond = self.expr(cond, env);
+                let then = self.label_value(then, action, env);
+                let otherwise = self.label_value(otherwise, action, env);
+                self.push(Expr::Select { cond, then, otherwise }, e.span)
+            }
+            ExprKind::Access { name, indices, .. } if indices.is_empty() => {
+                let position = self.label_position(action, &name.name).map_or(f64::NAN, |p| p as f64);
+                self.constant(position, e.span)
+            }
+            _ => self.expr(e, env),
+        }
+    }
+
     /// The discrete action an expression of choice type comes from.
     fn choice_of(&self, e: &ast::Expr) -> Option<check::ActionId> {
         match &e.kind {
@@ -476,6 +573,9 @@ impl<'a> Lowering<'a> {
             return self.push(Expr::Load { buffer: period, index: Vec::new() }, span);
         }
         let index: Vec<Handle<Expr>> = indices.iter().map(|i| self.expr(i, env)).collect();
+        if let Some(&buffer) = self.locals.get(name) {
+            return self.push(Expr::Load { buffer, index }, span);
+        }
         let buffer = match self.model.symbols.get(name) {
             Some(Symbol::Size(s)) => {
                 let value = self.model.sizes.get(*s).map_or(f64::NAN, |s| s.value as f64);

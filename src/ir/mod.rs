@@ -378,6 +378,65 @@ pub struct Report {
     pub per_size: Vec<(String, i64)>,
 }
 
+/// A heuristic policy declared in the model (`policy NAME { ... }`), lowered. Its `program`
+/// reads the module's buffers (parameters and states only) and its own, which are numbered after
+/// the module's — from `first` on: one per tunable (written by whoever runs it), one per `let`,
+/// and one output per action of the model, holding the action's value before any bound is
+/// applied (a label's position for a discrete action). Its expressions live in an arena of their
+/// own, so the module's passes never see them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyProgram {
+    pub name: String,
+    /// The id of the first of `buffers`: the number of the module's buffers.
+    pub first: BufferId,
+    /// The policy's own buffers: tunables, `let`s, outputs.
+    pub buffers: Vec<Buffer>,
+    pub exprs: Arena<Expr>,
+    pub program: Program,
+    /// Each tunable with its bounds, start value and buffer.
+    pub tunables: Vec<TunableParam>,
+    /// For each action of the model: its buffer and the output that holds its value.
+    pub outputs: Vec<(BufferId, BufferId)>,
+}
+
+/// A tunable parameter of a policy: `tune name in [lo, hi] = start`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TunableParam {
+    pub name: String,
+    pub lo: f64,
+    pub hi: f64,
+    pub start: f64,
+    pub buffer: BufferId,
+}
+
+impl PolicyProgram {
+    /// A module holding the module's sets and buffers followed by the policy's own, with the
+    /// policy's expressions: what the interpreter runs `program` on.
+    pub fn view(&self, module: &Module) -> Module {
+        let mut buffers = module.buffers.clone();
+        buffers.extend(self.buffers.iter().cloned());
+        Module {
+            name: module.name.clone(),
+            sets: module.sets.clone(),
+            buffers,
+            exprs: self.exprs.clone(),
+            instance: Program::default(),
+            init: Program::default(),
+            noise: Program::default(),
+            bounds: Program::default(),
+            regimes: Program::default(),
+            step: Program::default(),
+            vjp: Program::default(),
+            bounds_vjp: Program::default(),
+            observe: Vec::new(),
+            horizon: module.horizon,
+            warmup: module.warmup,
+            discount: module.discount,
+            report: module.report.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Module {
     pub name: String,

@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod finite;
 pub mod gradcheck;
+pub mod policy;
 pub mod protocol;
 
 use rand::rngs::ChaCha8Rng;

@@ -30,6 +30,7 @@ use crate::ir::{BufferId, BufferKind, Module};
 use crate::random::{ScenarioSet, Seeds, policy_stream};
 use crate::sim::finite;
 use crate::sim::protocol::{self, Batched, Decide, Scenariowise, World};
+use crate::sim::policy::DeclaredPolicy;
 use crate::sim::{Estimate, Policy, RandomPolicy, report_scale};
 use crate::train::TrainError;
 use crate::train::folder::Checkpoint;
@@ -44,6 +45,9 @@ pub enum Subject {
     /// Uniformly random actions within the bounds ([`RandomPolicy`]), on each scenario's policy
     /// stream of the testbed's policy seed.
     Random,
+    /// A policy declared in the model (`policy NAME { … }`) with the values of its tunables: its
+    /// start values, or those `hmdpc tune` kept.
+    Declared { policy: Box<DeclaredPolicy>, tuned: bool },
 }
 
 impl Subject {
@@ -54,6 +58,8 @@ impl Subject {
                 format!("{} checkpoint", checkpoint.file().trim_end_matches(".ckpt"))
             }
             Subject::Random => "random policy".to_string(),
+            Subject::Declared { policy, tuned: true } => format!("tuned policy `{}`", policy.name),
+            Subject::Declared { policy, tuned: false } => format!("policy `{}`", policy.name),
         }
     }
 
@@ -62,6 +68,7 @@ impl Subject {
         match self {
             Subject::Trained { nets, spec, .. } => Decides::Networks { nets, spec },
             Subject::Random => Decides::Rule { policy: &RandomPolicy, odds: Odds::Uniform },
+            Subject::Declared { policy, .. } => Decides::Rule { policy: policy.as_ref(), odds: Odds::Chosen },
         }
     }
 }

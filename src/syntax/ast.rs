@@ -36,6 +36,7 @@ pub enum Item {
     Discount(Setting),
     Report(ReportDecl),
     Terminal(TerminalBlock),
+    Policy(PolicyDecl),
 }
 
 /// `terminal { cost salvage = ... }`: costs of the final states, charged once at the end.
@@ -154,6 +155,25 @@ pub enum Statement {
     Cost { name: Ident, value: Expr, span: Span },
     /// `onhand'[i] = ...`
     Update { name: Ident, indices: Vec<Expr>, value: Expr, span: Span },
+}
+
+/// `policy base_stock { tune S in [0, 100] = 20; let position = ...; q = max(S - position, 0) }`
+#[derive(Clone, Debug)]
+pub struct PolicyDecl {
+    pub name: Ident,
+    pub statements: Vec<PolicyStatement>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub enum PolicyStatement {
+    /// `tune S in [0, 100] = 20`: a parameter `hmdpc tune` fits, its bounds and start value.
+    Tune { name: Ident, lo: Expr, hi: Expr, start: Expr, span: Span },
+    /// `let position[i] = onhand[i] + pipe[i]`
+    Let { name: Ident, dims: Vec<Dim>, value: Expr, span: Span },
+    /// `q[i] = max(S - position[i], 0)`: the rule for an action, indexed by the names of its
+    /// dimensions.
+    Assign { name: Ident, indices: Vec<Expr>, value: Expr, span: Span },
 }
 
 /// `observe { onhand, pipe }`

@@ -148,6 +148,9 @@ fn friendly(rule: Rule) -> Option<&'static str> {
         Rule::warmup_decl | Rule::kw_warmup => "`warmup`",
         Rule::discount_decl | Rule::kw_discount => "`discount`",
         Rule::report_decl | Rule::kw_report => "`report`",
+        Rule::policy_decl | Rule::kw_policy => "`policy`",
+        Rule::tune_stmt | Rule::kw_tune => "`tune`",
+        Rule::assign_stmt => "an action's rule such as `q[i] = ...`",
         Rule::kw_then => "`then`",
         Rule::kw_else => "`else`",
         Rule::EOI => "end of file",
@@ -453,6 +456,11 @@ impl Builder {
                 let costs = inner.filter_map(|s| self.statement(s)).collect();
                 Item::Terminal(TerminalBlock { costs, span })
             }
+            Rule::policy_decl => {
+                let name = ident(inner.next()?);
+                let statements = inner.filter_map(|s| self.policy_statement(s)).collect();
+                Item::Policy(PolicyDecl { name, statements, span })
+            }
             Rule::observe_decl => Item::Observe(ObserveDecl { names: inner.map(ident).collect(), span }),
             Rule::horizon_decl => Item::Horizon(Setting { value: self.expr(inner.next()?), span }),
             Rule::warmup_decl => Item::Warmup(Setting { value: self.expr(inner.next()?), span }),
@@ -529,6 +537,37 @@ impl Builder {
             }
             _ => None,
         }
+    }
+
+    fn policy_statement(&mut self, pair: Pair<'_, Rule>) -> Option<PolicyStatement> {
+        let span = span_of(&pair);
+        let rule = pair.as_rule();
+        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule())).peekable();
+        Some(match rule {
+            Rule::tune_stmt => {
+                let name = ident(inner.next()?);
+                let lo = self.expr(inner.next()?);
+                let hi = self.expr(inner.next()?);
+                let start = self.expr(inner.next()?);
+                PolicyStatement::Tune { name, lo, hi, start, span }
+            }
+            Rule::let_stmt => {
+                let name = ident(inner.next()?);
+                let dims = self.optional_dims(&mut inner);
+                let value = self.expr(inner.next()?);
+                PolicyStatement::Let { name, dims, value, span }
+            }
+            Rule::assign_stmt => {
+                let name = ident(inner.next()?);
+                let indices = match inner.peek().map(|p| p.as_rule()) {
+                    Some(Rule::index_list) => inner.next()?.into_inner().map(|e| self.expr(e)).collect(),
+                    _ => Vec::new(),
+                };
+                let value = self.expr(inner.next()?);
+                PolicyStatement::Assign { name, indices, value, span }
+            }
+            _ => return None,
+        })
     }
 
     fn statement(&mut self, pair: Pair<'_, Rule>) -> Option<Statement> {
@@ -934,6 +973,8 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_in
             | Rule::kw_when
             | Rule::kw_from
+            | Rule::kw_policy
+            | Rule::kw_tune
             | Rule::kw_total
             | Rule::kw_per
     )

@@ -56,6 +56,17 @@ pub struct RunRecord {
     pub config: Config,
     #[serde(default)]
     pub versions: serde_json::Value,
+    /// A run of `hmdpc tune`: the declared policy and its tuned parameters, in place of networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<TunedPolicy>,
+}
+
+/// A declared policy with the values `hmdpc tune` chose for its tunable parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TunedPolicy {
+    pub policy: String,
+    /// Each tunable parameter's value, by name.
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 impl RunRecord {

@@ -109,6 +109,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         backend: inputs.backend.name().to_string(),
         config: cfg.clone(),
         versions: folder::crate_versions(),
+        tuned: None,
     };
     folder::start(folder, inputs.resume, source, data_files, &record).map_err(io)?;
 
