@@ -172,6 +172,8 @@ fn report(compiled: &Compiled, folder: &Path, outcome: Outcome, breakdown: bool)
             "stopped by an error after"
         } else if outcome.interrupted {
             "stopped after"
+        } else if outcome.plateau {
+            "stopped on a dev plateau after"
         } else {
             "done:"
         },

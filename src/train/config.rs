@@ -74,12 +74,23 @@ pub struct Config {
     /// Weight of the value loss.
     #[arg(long, default_value_t = 0.15, value_parser = non_negative)]
     pub value_coef: f64,
-    /// Entropy weight at the first update, annealed linearly to `--entropy-end`.
+    /// Entropy weight at the first update, annealed linearly to `--entropy-end` (or halved every
+    /// `--entropy-half-life` updates).
     #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
     pub entropy_start: f64,
-    /// Entropy weight at the last update.
+    /// Entropy weight at the last update (with `--entropy-half-life`: the weight it decays to).
     #[arg(long, default_value_t = 0.001, value_parser = non_negative)]
     pub entropy_end: f64,
+    /// Halve the entropy weight's distance to `--entropy-end` every this many updates, whatever
+    /// the length of the run, instead of annealing it linearly over `--updates`.
+    #[arg(long, value_parser = count(1, 100_000_000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_half_life: Option<usize>,
+    /// Stop when the dev cost has not improved for this many updates (the best policy on dev
+    /// is kept either way).
+    #[arg(long, value_parser = count(1, 100_000_000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
     /// Weight of the pathwise loss (HPO).
     #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     pub pathwise_coef: f64,
@@ -180,6 +191,17 @@ impl Config {
     /// Steps left out at each end of the horizon: `--buffer-periods`, or the model's `warmup`.
     pub fn buffer_periods(&self, module: &Module) -> usize {
         self.buffer_periods.unwrap_or(module.warmup as usize)
+    }
+
+    /// The entropy weight of update `u` (counted from 0): from `--entropy-start` to
+    /// `--entropy-end`, linearly over the run, or halving its distance to the end every
+    /// `--entropy-half-life` updates.
+    pub fn entropy_weight(&self, u: usize) -> f64 {
+        let (start, end) = (self.entropy_start, self.entropy_end);
+        match self.entropy_half_life {
+            Some(half_life) => end + (start - end) * 0.5f64.powf(u as f64 / half_life as f64),
+            None => start + (end - start) * (u as f64 / (self.updates.max(2) - 1) as f64),
+        }
     }
 
     /// Updates between two dev evaluations: `--eval-every`, or a fortieth of the run (a curve

@@ -68,7 +68,7 @@ fn interval(lo: &[f64], hi: &[f64]) -> String {
 }
 
 /// Three significant digits, for printing.
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }

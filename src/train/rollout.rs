@@ -51,6 +51,12 @@ pub struct Used {
     pub slope: f64,
     /// The raw value squashed (the network's output, or PPO's Gaussian draw).
     pub raw: f32,
+    /// The action's value.
+    pub value: f64,
+    /// Whether the value sits at one of its bounds (within a thousandth of its range, or of
+    /// its scale on a half-line) while they leave room: what [`super::diagnose`] counts as
+    /// piled up at a bound.
+    pub pinned: bool,
 }
 
 pub struct Step {
@@ -238,7 +244,10 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
                             });
                         }
                         let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
-                        self.used[b * continuous_len + e] = Used { output: Some(output as u32), slope, raw };
+                        let near = 1e-3 * if hi > lo && (hi - lo).is_finite() { hi - lo } else { head.scale.abs() };
+                        let pinned = hi > lo && (v <= lo + near || v >= hi - near);
+                        self.used[b * continuous_len + e] =
+                            Used { output: Some(output as u32), slope, raw, value: v, pinned };
                         v
                     } else {
                         0.0
