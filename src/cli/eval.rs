@@ -70,9 +70,9 @@ pub fn run(args: Args) -> u8 {
         EvalPolicy::Final => Some(Checkpoint::Final),
         EvalPolicy::Random => None,
     };
-    let (label, per_scenario, term_names) = match checkpoint {
+    let (label, per_scenario, term_names, discounted) = match checkpoint {
         None => {
-            let per_scenario = match sim::simulate_on_interpreter(
+            let costs = match sim::costs_on_interpreter(
                 module,
                 &instance,
                 &sim::RandomPolicy,
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> u8 {
                 Err(e) => return super::run_error(compiled, e),
             };
             let names = module.costs().map(|(_, b)| b.name.clone()).collect::<Vec<_>>();
-            ("random policy".to_string(), per_scenario, names)
+            ("random policy".to_string(), costs.per_scenario, names, costs.discounted)
         }
         Some(which) => {
             let (nets, spec) = match run.policy(which) {
@@ -107,7 +107,8 @@ pub fn run(args: Args) -> u8 {
                 },
             };
             let names = spec.costs.iter().map(|&c| module.buffers[c].name.clone()).collect();
-            (format!("{} checkpoint", which.file().trim_end_matches(".ckpt")), evaluation.per_scenario, names)
+            let label = format!("{} checkpoint", which.file().trim_end_matches(".ckpt"));
+            (label, evaluation.per_scenario, names, evaluation.discounted)
         }
     };
     println!(
@@ -127,6 +128,9 @@ pub fn run(args: Args) -> u8 {
         .collect();
     rows.push(("total", Estimate::of(&totals)));
     super::print_estimates(&rows);
+    if let Some(line) = sim::discounted(module, &discounted) {
+        println!("{line}");
+    }
     // Where the exact optimum is known, the gap to it on the same scenarios.
     if let Some(riccati) = hmdp::train::riccati::of_module(module, &instance, &jit)
         && let Some((_, x0)) = test.init.first()

@@ -86,18 +86,18 @@ pub fn run(args: Args) -> u8 {
     };
     let policy = sim::RandomPolicy;
     let seeds = Seeds { scenarios: args.scenario_seed.unwrap_or(args.seed), policy: args.seed };
-    let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, &policy, seeds, set, n),
+    let costs = match args.backend {
+        BackendChoice::Interp => sim::costs_on_interpreter(module, &instance, &policy, seeds, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_on_backend(module, &instance, kernels.backend(), &policy, seeds, set, n)
+            sim::costs_on_backend(module, &instance, kernels.backend(), &policy, seeds, set, n)
         }
     };
-    let summary = match per_scenario {
-        Ok(p) => sim::summarise(module, &p, n),
+    let (summary, discounted) = match costs {
+        Ok(c) => (sim::summarise(module, &c.per_scenario, n), sim::discounted(module, &c.discounted)),
         Err(e) => return super::run_error(&compiled, e),
     };
     println!(
@@ -108,5 +108,8 @@ pub fn run(args: Args) -> u8 {
     let rows: Vec<(&str, sim::Estimate)> =
         summary.terms.iter().map(|(n, e)| (n.as_str(), *e)).chain([("total", summary.total)]).collect();
     super::print_estimates(&rows);
+    if let Some(line) = discounted {
+        println!("{line}");
+    }
     exit::OK
 }

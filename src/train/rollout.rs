@@ -96,6 +96,20 @@ impl Trajectory {
         }
         totals
     }
+
+    /// Per row, the total cost of the steps from the module's `warmup` on, step `warmup + k`
+    /// weighed by `discount^k`.
+    pub fn discounted(&self, terms: usize, module: &Module) -> Vec<f64> {
+        let mut totals = vec![0.0; self.rows];
+        let mut weight = 1.0;
+        for step in self.steps.iter().skip(module.warmup as usize) {
+            for (total, c) in totals.iter_mut().zip(step.costs.chunks(terms.max(1))) {
+                *total += weight * c.iter().sum::<f64>();
+            }
+            weight *= module.discount;
+        }
+        totals
+    }
 }
 
 fn features(ctx: &Context, batch: &Batch, center: &[f64], scale: &[f64], mut raw: Option<&mut Vec<f64>>) -> Vec<f32> {
