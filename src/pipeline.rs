@@ -138,6 +138,8 @@ pub struct Compiled {
     /// Every data file the model read, as (path as written in the model, text), in the order
     /// read: a run folder keeps them, so the model compiles later with exactly these values.
     pub data_files: Vec<(String, String)>,
+    /// The model's `train { … }` block: its training defaults.
+    pub train: crate::check::model::TrainDefaults,
 }
 
 /// The whole pipeline: check, lower, reformulate, differentiate, validate.
@@ -149,7 +151,14 @@ pub fn compile(source: &Source, files: &dyn DataFiles, options: &Options) -> Res
     crate::passes::ad::differentiate(&mut module);
     let module = ValidModule::new(module)
         .map_err(|problems| Failure::Internal { source: Box::new(source.clone()), problems })?;
-    Ok(Compiled { module, source: source.clone(), rewrites, warnings, data_files: recording.seen.into_inner() })
+    Ok(Compiled {
+        module,
+        source: source.clone(),
+        rewrites,
+        warnings,
+        data_files: recording.seen.into_inner(),
+        train: model.train,
+    })
 }
 
 /// A command refused for the memory it would need ([`crate::resources`]), as a diagnostic at

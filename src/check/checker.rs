@@ -206,6 +206,7 @@ impl<'a> Checker<'a> {
                 discount: 1.0,
                 report: Vec::new(),
                 symbols: HashMap::new(),
+                train: Default::default(),
             },
         }
     }
@@ -272,6 +273,7 @@ impl<'a> Checker<'a> {
             }
         }
         self.settings(ast);
+        self.train_block(ast);
 
         if self.m.states.is_empty() {
             self.error(

@@ -225,35 +225,140 @@ impl Config {
     }
 }
 
+/// Where a setting of a run came from, as `train` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The command line.
+    Flag,
+    /// The settings `--config` read.
+    Config,
+    /// The model's `train { … }` block.
+    Model,
+    /// Left to the defaults or to a rule.
+    Rule,
+}
+
+impl Origin {
+    /// ` (why)` for a setting given by a flag, `--config` or the model; `None` for a rule.
+    pub fn why(self, flag: &str) -> Option<String> {
+        match self {
+            Origin::Flag => Some(format!(" (--{flag})")),
+            Origin::Config => Some(" (the settings of --config)".to_string()),
+            Origin::Model => Some(" (the model's `train` block)".to_string()),
+            Origin::Rule => None,
+        }
+    }
+}
+
 impl Config {
-    /// One line per setting that `self` left unset and `resolved` chose, saying what and why
-    /// (`resolved` is `self.resolved(module)`, its action scales set).
-    pub fn explain(&self, resolved: &Config, module: &Module) -> Vec<String> {
+    /// The settings of a model's `train { … }` block put in for those that `flagged` (the
+    /// command line) does not give; returns the keys taken from the model.
+    pub fn with_model_defaults(
+        &mut self,
+        model: &crate::check::model::TrainDefaults,
+        module: &Module,
+        flagged: &dyn Fn(&str) -> bool,
+    ) -> Vec<&'static str> {
+        let mut taken = Vec::new();
+        let mut take = |key: &'static str, present: bool| {
+            let take = present && !flagged(key);
+            if take {
+                taken.push(key);
+            }
+            take
+        };
+        if take("gamma", model.gamma.is_some()) {
+            self.gamma = model.gamma;
+        }
+        if take("buffer_periods", model.buffer_periods.is_some()) {
+            self.buffer_periods = model.buffer_periods;
+        }
+        // `--preset paper` names the networks too: the model's do not override it.
+        if take("hidden", model.hidden.is_some() && !flagged("preset")) {
+            self.hidden.clone_from(&model.hidden);
+        }
+        if take("lr", model.lr.is_some() && !flagged("preset")) {
+            self.lr = model.lr;
+        }
+        if let Some(updates) = model.updates.filter(|_| take("updates", true)) {
+            self.updates = updates;
+        }
+        if let Some(batch) = model.batch.filter(|_| take("batch", true)) {
+            self.batch = batch;
+        }
+        if take("patience", model.patience.is_some()) {
+            self.patience = model.patience;
+        }
+        if take("entropy_half_life", model.entropy_half_life.is_some()) {
+            self.entropy_half_life = model.entropy_half_life;
+        }
+        // `--action-scale` sets every scale; without it, the model's per-action scales come
+        // before its scale for all.
+        // `--action-scale` sets every scale; without it, the model's scale of an action by name
+        // comes before its scale for all.
+        if take("action_scale", model.action_scale.is_some() || !model.action_scales.is_empty()) {
+            for (id, b) in module.buffers.iter().enumerate() {
+                if b.kind == crate::ir::BufferKind::Continuous {
+                    let named = model.action_scales.get(&b.name).copied().or(model.action_scale);
+                    if let Some(scale) = named {
+                        self.action_scales.insert(module.buffers[id].name.clone(), scale);
+                    }
+                }
+            }
+        }
+        taken
+    }
+
+    /// One line per setting, saying what the run uses and where it came from: a flag, the
+    /// settings of `--config`, the model's `train` block, or the rule that chose it (`self` is
+    /// the settings asked for, the model's put in; `resolved` is `self.resolved(module)`).
+    pub fn explain(&self, resolved: &Config, module: &Module, origin: &dyn Fn(&str) -> Origin) -> Vec<String> {
         let mut lines = Vec::new();
-        if self.hidden.is_none() {
-            let hidden = resolved.hidden().iter().map(|h| h.to_string()).collect::<Vec<_>>().join("×");
-            let why = match self.preset {
-                Some(Preset::Paper) => "the paper's, `--preset paper`",
-                None => "the default; `--preset paper` for the paper's 512×512",
-            };
-            lines.push(format!("networks: {hidden} ({why})"));
-        }
-        if self.lr.is_none() {
-            let preset = if self.preset.is_some() { " with `--preset paper`" } else { "" };
-            lines.push(format!("learning rate: {} (the default for {}{preset})", resolved.lr(), self.algo.name()));
-        }
-        if self.gamma.is_none() {
-            let why = if module.discount < 1.0 { "the model's discount" } else { "the model has no discount below 1" };
-            lines.push(format!("gamma: {} ({why})", resolved.gamma(module)));
-        }
-        if self.buffer_periods.is_none() {
-            lines.push(format!("buffer periods: {} (the model's warmup)", resolved.buffer_periods(module)));
-        }
-        if self.eval_every.is_none() {
+        let hidden = resolved.hidden().iter().map(|h| h.to_string()).collect::<Vec<_>>().join("×");
+        let why = match (origin("hidden").why("hidden"), self.preset, self.hidden.is_some()) {
+            (Some(why), _, true) => why,
+            (_, Some(Preset::Paper), _) => " (the paper's, `--preset paper`)".to_string(),
+            _ => " (the default; `--preset paper` for the paper's 512×512)".to_string(),
+        };
+        lines.push(format!("networks: {hidden}{why}"));
+        let lr = match origin("lr").why("lr").filter(|_| self.lr.is_some()) {
+            Some(why) => why,
+            None => {
+                let preset = if self.preset.is_some() { " with `--preset paper`" } else { "" };
+                format!(" (the default for {}{preset})", self.algo.name())
+            }
+        };
+        lines.push(format!("learning rate: {}{lr}", resolved.lr()));
+        let gamma = match origin("gamma").why("gamma").filter(|_| self.gamma.is_some()) {
+            Some(why) => why,
+            None if module.discount < 1.0 => " (the model's discount)".to_string(),
+            None => " (the model has no discount below 1)".to_string(),
+        };
+        lines.push(format!("gamma: {}{gamma}", resolved.gamma(module)));
+        let buffer = origin("buffer_periods").why("buffer-periods").filter(|_| self.buffer_periods.is_some());
+        let buffer = buffer.unwrap_or_else(|| " (the model's warmup)".to_string());
+        lines.push(format!("buffer periods: {}{buffer}", resolved.buffer_periods(module)));
+        let given = |key: &str, flag: &str| origin(key).why(flag).unwrap_or_else(|| " (the default)".to_string());
+        lines.push(format!("updates: {}{}", self.updates, given("updates", "updates")));
+        lines.push(format!("batch: {} scenarios{}", self.batch, given("batch", "batch")));
+        let every = origin("eval_every").why("eval-every").filter(|_| self.eval_every.is_some());
+        let every = every.unwrap_or_else(|| " (a fortieth of the run, at most an epoch apart)".to_string());
+        lines.push(format!("dev evaluation: every {} updates{every}", resolved.eval_every()));
+        let schedule = match self.entropy_half_life {
+            Some(h) => {
+                format!("halved towards the end every {h} updates{}", given("entropy_half_life", "entropy-half-life"))
+            }
+            None => "linearly over the run (the default; `--entropy-half-life` for a schedule in updates)".to_string(),
+        };
+        lines.push(format!("entropy weight: {} to {}, {schedule}", self.entropy_start, self.entropy_end));
+        if let Some(p) = self.patience {
             lines.push(format!(
-                "dev evaluation: every {} updates (a fortieth of the run, at most an epoch apart)",
-                resolved.eval_every()
+                "patience: stop after {p} updates without a better dev cost{}",
+                given("patience", "patience")
             ));
+        }
+        if let (Some(all), Some(why)) = (self.action_scale, origin("action_scale").why("action-scale")) {
+            lines.push(format!("action scale: {all} for every action not on an interval{why}"));
         }
         lines
     }

@@ -57,6 +57,8 @@ pub struct RunInputs<'a> {
     pub resume: bool,
     /// The least number of seconds between two writes of `latest.ckpt`, at dev evaluations.
     pub save_every: f64,
+    /// Where each setting came from, by key (`hidden`, `lr`, …), for the lines `train` prints.
+    pub origin: &'a dyn Fn(&str) -> super::config::Origin,
 }
 
 /// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
@@ -79,10 +81,12 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
     let asked = cfg;
     let mut cfg = asked.resolved(module);
     let derived = defaults::action_scales(module, &instance, inputs.backend, &train_set).map_err(TrainError::Run)?;
-    let (scales, scale_lines) = defaults::resolve(asked.action_scale, &asked.action_scales, &derived);
+    let named_by = (inputs.origin)("action_scale").why("action-scale");
+    let (scales, scale_lines) =
+        defaults::resolve(asked.action_scale, &asked.action_scales, &derived, named_by.as_deref());
     cfg.action_scales = scales;
     if inputs.progress {
-        asked.explain(&cfg, module).iter().chain(&scale_lines).for_each(|line| println!("{line}"));
+        asked.explain(&cfg, module, inputs.origin).iter().chain(&scale_lines).for_each(|line| println!("{line}"));
     }
     // Features that do not vary at the start are divided by the model's typical size.
     let typical = cfg.action_scale.unwrap_or_else(|| train_set.noise_scale());
