@@ -86,6 +86,11 @@ pub struct Config {
     #[arg(long, value_parser = count(1, 100_000_000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy_half_life: Option<usize>,
+    /// The learning rate falls linearly from `--lr` at the first update to this fraction of it
+    /// at the last [default: 1, no decay].
+    #[arg(long, value_parser = unit)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<f64>,
     /// Stop when the dev cost has not improved for this many updates (the best policy on dev
     /// is kept either way).
     #[arg(long, value_parser = count(1, 100_000_000))]
@@ -174,6 +179,18 @@ impl Config {
         })
     }
 
+    /// The fraction of the learning rate left at the last update: `--lr-decay`, or 1.
+    pub fn lr_decay(&self) -> f64 {
+        self.lr_decay.unwrap_or(1.0)
+    }
+
+    /// The learning rate of update `u` (counted from 0): from [`Config::lr`] linearly to
+    /// `lr_decay` times it at the last update.
+    pub fn lr_at(&self, u: usize) -> f64 {
+        let progress = u as f64 / (self.updates.max(2) - 1) as f64;
+        self.lr() * (1.0 - (1.0 - self.lr_decay()) * progress.min(1.0))
+    }
+
     /// The hidden layer sizes: `--hidden`, or the preset's, or 128×128.
     pub fn hidden(&self) -> Vec<usize> {
         match (&self.hidden, self.preset) {
@@ -216,6 +233,7 @@ impl Config {
     pub fn resolved(&self, module: &Module) -> Config {
         Config {
             lr: Some(self.lr()),
+            lr_decay: Some(self.lr_decay()),
             hidden: Some(self.hidden()),
             gamma: Some(self.gamma(module)),
             buffer_periods: Some(self.buffer_periods(module)),
@@ -329,6 +347,10 @@ impl Config {
             }
         };
         lines.push(format!("learning rate: {}{lr}", resolved.lr()));
+        if resolved.lr_decay() < 1.0 {
+            let why = origin("lr_decay").why("lr-decay").unwrap_or_default();
+            lines.push(format!("learning rate at the last update: {}{why}", resolved.lr_at(resolved.updates)));
+        }
         let gamma = match origin("gamma").why("gamma").filter(|_| self.gamma.is_some()) {
             Some(why) => why,
             None if module.discount < 1.0 => " (the model's discount)".to_string(),
@@ -478,6 +500,22 @@ mod tests {
         assert!(serde_json::to_string(&ppo).unwrap_or_default().contains("\"algo\":\"hpo-nocross\""));
         // A misspelt setting is refused, not ignored.
         assert!(serde_json::from_str::<Config>("{\"updatez\": 3}").is_err());
+    }
+
+    #[test]
+    fn the_schedules_run_from_their_start_to_their_end() {
+        let linear = Config { updates: 101, ..Config::default() };
+        assert!(linear.entropy_weight(0) == 0.5 && (linear.entropy_weight(100) - 0.001).abs() < 1e-15);
+        // A half-life does not depend on the length of the run.
+        let halving = Config { entropy_half_life: Some(10), ..linear.clone() };
+        let long = Config { updates: 5000, ..halving.clone() };
+        assert_eq!(halving.entropy_weight(10), long.entropy_weight(10));
+        assert!((halving.entropy_weight(10) - (0.001 + 0.499 / 2.0)).abs() < 1e-12);
+        assert!((halving.entropy_weight(100) - 0.001).abs() < 1e-3);
+        // No decay by default: the learning rate of every update is `lr`.
+        assert_eq!((linear.lr_at(0), linear.lr_at(100)), (3e-3, 3e-3));
+        let decaying = Config { lr_decay: Some(0.1), ..linear };
+        assert!((decaying.lr_at(50) - 3e-3 * 0.55).abs() < 1e-15 && (decaying.lr_at(100) - 3e-4).abs() < 1e-15);
     }
 
     #[test]

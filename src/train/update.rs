@@ -37,6 +37,13 @@ pub struct Optimizers {
 }
 
 impl Optimizers {
+    /// Sets every group's learning rate.
+    pub fn set_lr(&mut self, lr: f64) {
+        for adam in [&mut self.discrete, &mut self.continuous, &mut self.value, &mut self.log_std] {
+            adam.lr = lr as f32;
+        }
+    }
+
     pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
         let adam = |n: usize| {
             let mut a = Adam::new(n, cfg.lr() as f32);
