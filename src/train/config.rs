@@ -86,6 +86,10 @@ pub struct Config {
     #[arg(long, value_parser = count(1, 100_000_000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy_half_life: Option<usize>,
+    /// Adam's learning rate for the discrete network [default: `--lr`].
+    #[arg(long, value_parser = positive)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_discrete: Option<f64>,
     /// The learning rate falls linearly from `--lr` at the first update to this fraction of it
     /// at the last [default: 1, no decay].
     #[arg(long, value_parser = unit)]
@@ -177,6 +181,11 @@ impl Config {
             (_, Some(Preset::Paper)) => 1e-3,
             (_, None) => 3e-3,
         })
+    }
+
+    /// The discrete network's learning rate: `--lr-discrete`, or [`Config::lr`].
+    pub fn lr_discrete(&self) -> f64 {
+        self.lr_discrete.unwrap_or_else(|| self.lr())
     }
 
     /// The fraction of the learning rate left at the last update: `--lr-decay`, or 1.

@@ -215,7 +215,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         }
         let indices = &order[position * cfg.batch..((position + 1) * cfg.batch).min(order.len())];
         let entropy = cfg.entropy_weight(u);
-        opt.set_lr(cfg.lr_at(u));
+        opt.set_lr(&cfg, u);
         let t0 = Instant::now();
         let step = (|| -> Result<(f64, super::update::Stats), TrainError> {
             let mut policy_rng = random::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);

@@ -37,11 +37,14 @@ pub struct Optimizers {
 }
 
 impl Optimizers {
-    /// Sets every group's learning rate.
-    pub fn set_lr(&mut self, lr: f64) {
-        for adam in [&mut self.discrete, &mut self.continuous, &mut self.value, &mut self.log_std] {
+    /// Sets every group's learning rate to `cfg`'s at update `u`: [`Config::lr_at`], and for
+    /// the discrete network [`Config::lr_discrete`] scaled alike.
+    pub fn set_lr(&mut self, cfg: &Config, u: usize) {
+        let lr = cfg.lr_at(u);
+        for adam in [&mut self.continuous, &mut self.value, &mut self.log_std] {
             adam.lr = lr as f32;
         }
+        self.discrete.lr = (lr * cfg.lr_discrete() / cfg.lr()) as f32;
     }
 
     pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
@@ -51,7 +54,11 @@ impl Optimizers {
             a
         };
         Optimizers {
-            discrete: adam(nets.discrete.params().len()),
+            discrete: {
+                let mut a = adam(nets.discrete.params().len());
+                a.lr = cfg.lr_discrete() as f32;
+                a
+            },
             continuous: adam(nets.continuous.params().len()),
             value: adam(nets.value.params().len()),
             log_std: adam(nets.log_std.len()),
