@@ -94,13 +94,16 @@ pub fn costs<W: World + ?Sized, D: Decide<W>>(
     Ok(costs_and_discounted(module, world, policy)?.0)
 }
 
+/// Per scenario, each cost term's sum, and the discounted total.
+type Totals = (Vec<Vec<f64>>, Vec<f64>);
+
 /// [`costs`], and per scenario the total cost discounted by the model's `discount` to period
 /// `warmup` ([`super::discounted`]).
 pub fn costs_and_discounted<W: World + ?Sized, D: Decide<W>>(
     module: &Module,
     world: &mut W,
     policy: &mut D,
-) -> Result<(Vec<Vec<f64>>, Vec<f64>), D::Error> {
+) -> Result<Totals, D::Error> {
     let terms: Vec<BufferId> = module.costs().map(|(id, _)| id).collect();
     let mut totals = vec![vec![0.0; terms.len()]; world.rows()];
     let mut discounted = vec![0.0; world.rows()];
@@ -387,7 +390,7 @@ fn over_scenarios<W: World>(
     let scale = report_scale(module);
     let discount_scale = super::discount_scale(module);
     let chunks: Vec<Range<usize>> = (0..scenarios).step_by(chunk).map(|s| s..(s + chunk).min(scenarios)).collect();
-    let per_chunk: Vec<Result<(Vec<Vec<f64>>, Vec<f64>), Stop>> = chunks
+    let per_chunk: Vec<Result<Totals, Stop>> = chunks
         .into_par_iter()
         .map(|indices| {
             let mut streams: Vec<ChaCha8Rng> =

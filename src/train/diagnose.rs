@@ -282,7 +282,12 @@ impl Watch {
             let (label, share) = behaviour.top(h);
             let entropy = window.entropy(h);
             let uniform = (head.labels as f64).ln();
-            if self.collapsed[h] || head.labels < 2 || share < COLLAPSED || !(entropy < SURE * uniform) {
+            if self.collapsed[h]
+                || head.labels < 2
+                || share < COLLAPSED
+                || entropy.is_nan()
+                || entropy >= SURE * uniform
+            {
                 continue;
             }
             self.collapsed[h] = true;
@@ -298,7 +303,7 @@ impl Watch {
         }
         for (h, head) in spec.continuous.iter().enumerate() {
             let share = behaviour.pinned_share(h);
-            if self.piled[h] || !(share >= PILED) {
+            if self.piled[h] || share.is_nan() || share < PILED {
                 continue;
             }
             self.piled[h] = true;
