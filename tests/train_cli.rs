@@ -110,7 +110,9 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
-    assert!(curve.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,dev_total"), "{curve}");
+    let header = curve.lines().next().unwrap_or_default();
+    assert!(header.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,"), "{curve}");
+    assert!(header.ends_with(",share_fixed,dev_total"), "the diagnostics, then the total: {header}");
     // A fortieth of 8 updates rounds to every update.
     assert_eq!(curve.lines().count(), 1 + 1 + 8, "the header, the initial policy and one row per update: {curve}");
     let run_json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
