@@ -140,6 +140,8 @@ pub struct Compiled {
     pub data_files: Vec<(String, String)>,
     /// The model's heuristic policies, lowered against `module` (`sim::policy` runs them).
     pub policies: Vec<crate::ir::PolicyProgram>,
+    /// The model's `train { … }` block: its training defaults.
+    pub train: crate::check::model::TrainDefaults,
 }
 
 impl Compiled {
@@ -166,6 +168,7 @@ pub fn compile(source: &Source, files: &dyn DataFiles, options: &Options) -> Res
         warnings,
         data_files: recording.seen.into_inner(),
         policies,
+        train: model.train,
     })
 }
 

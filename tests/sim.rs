@@ -137,3 +137,31 @@ fn every_shipped_model_compiles_and_runs() {
         assert!(summary.total.mean.is_finite(), "{}", path.display());
     }
 }
+
+#[test]
+fn a_discounted_model_reports_its_cost_discounted_to_the_end_of_its_warmup() {
+    // Cost k + 1 in period k: periods 2..6 cost 3, 4, 5, 6, weighed 1, 1/2, 1/4, 1/8.
+    let source = "model counted
+state k = 0
+action u: real in [0, 1]
+step {
+  k' = k + 1
+  cost c = k + 1 + 0 * u
+}
+horizon 6
+warmup 2
+discount 0.5
+report per period
+";
+    let module = compile(source);
+    let instance = sim::instance(&module, 0).expect("instance");
+    let costs = sim::costs_on_interpreter(&module, &instance, &RandomPolicy, Seeds::same(1), ScenarioSet::Test, 3)
+        .expect("runs");
+    // The undiscounted figure is per period; the discounted one is not.
+    assert_eq!(costs.per_scenario, vec![vec![4.5]; 3]);
+    assert_eq!(costs.discounted, vec![3.0 + 2.0 + 1.25 + 0.75; 3]);
+    let line = sim::discounted(&module, &costs.discounted).expect("a discount below 1 is reported");
+    assert_eq!(line, "discounted total (discount 0.5, from period 2): 7.0000 ± 0.0000");
+    // Without a discount there is nothing more to say.
+    assert_eq!(sim::discounted(&compile(TINY), &costs.discounted), None);
+}

@@ -110,7 +110,9 @@ fn a_run_folder_has_everything_and_eval_reads_it() {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve");
-    assert!(curve.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,dev_total"), "{curve}");
+    let header = curve.lines().next().unwrap_or_default();
+    assert!(header.starts_with("update,seconds,train_cost,dev_holding,dev_shortage,dev_fixed,"), "{curve}");
+    assert!(header.ends_with(",share_fixed,dev_total"), "the diagnostics, then the total: {header}");
     // A fortieth of 8 updates rounds to every update.
     assert_eq!(curve.lines().count(), 1 + 1 + 8, "the header, the initial policy and one row per update: {curve}");
     let run_json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
@@ -790,7 +792,7 @@ fn the_default_action_scales_follow_the_model() {
     let r = "action scale: r 40 (the mean size of the parameter `mu`, in the equations of the states it changes)";
     assert!(stdout.contains(r), "{stdout}");
     assert!(stdout.contains("action w: squashed between its bounds [0, 50] at the start; no scale"), "{stdout}");
-    assert!(!stdout.contains("networks:"), "--hidden was given: {stdout}");
+    assert!(stdout.contains("networks: 8 (--hidden)"), "--hidden was given: {stdout}");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
     let scales = record.pointer("/config/action_scales").unwrap_or_else(|| panic!("{record:#}"));
@@ -816,7 +818,8 @@ fn the_default_action_scales_follow_the_model() {
     ]);
     let stdout = text(&given.stdout);
     assert_eq!(given.status.code(), Some(0), "{stdout}{}", text(&given.stderr));
-    assert!(!stdout.contains("action scale:") && stdout.contains("networks: 128×128"), "{stdout}");
+    assert!(!stdout.contains("action scale: q") && stdout.contains("networks: 128×128"), "{stdout}");
+    assert!(stdout.contains("action scale: 3 for every action not on an interval (--action-scale)"), "{stdout}");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
     let three = serde_json::json!({"q": 3.0, "r": 3.0, "u": 3.0, "v": 3.0});
@@ -869,4 +872,106 @@ fn a_run_recorded_before_the_per_action_scales_evaluates_as_it_did() {
     let old = hmdpc(&["eval", s(&lqr)]);
     assert_eq!(old.status.code(), Some(0), "{}", text(&old.stderr));
     assert_ne!(text(&old.stdout), text(&now.stdout));
+}
+
+/// A model's `train` block gives the settings the command line leaves unset; `train` says where
+/// each came from, and `run.json` records what the run used.
+#[test]
+fn a_models_train_block_sits_below_the_command_line() {
+    let model = model_file(
+        "carried.hmdp",
+        "model carried\n\
+         state x = 0\n\
+         noise e ~ normal(0, 1)\n\
+         action u: real\n\
+         action k: real >= 0\n\
+         step {\n\
+           x' = 0.5 * x + u + e\n\
+           cost c = x^2 + 0.1 * u^2 + k\n\
+         }\n\
+         horizon 8\n\
+         train {\n\
+           gamma 0.9\n\
+           hidden 8, 4\n\
+           action_scale u = 2.5\n\
+           action_scale 7\n\
+           updates 3; lr 0.01\n\
+         }\n",
+    );
+    let out = scratch("carried");
+    let run = hmdpc(&["train", s(&model), "--scenarios", "32", "--lr", "0.002", "--out", s(&out)]);
+    let stdout = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}{}", text(&run.stderr));
+    for line in [
+        "networks: 8×4 (the model's `train` block)",
+        "learning rate: 0.002 (--lr)",
+        "gamma: 0.9 (the model's `train` block)",
+        "updates: 3 (the model's `train` block)",
+        "batch: 16 scenarios (the default)",
+        "action scale: u 2.5 (the model's `train` block)",
+        "action scale: k 7 (the model's `train` block)",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    let config = record.get("config").unwrap_or_else(|| panic!("{record:#}"));
+    assert_eq!(config.get("hidden"), Some(&serde_json::json!([8, 4])));
+    assert_eq!(config.get("updates"), Some(&serde_json::json!(3)));
+    assert_eq!(config.get("lr"), Some(&serde_json::json!(0.002)));
+    assert_eq!(config.pointer("/action_scales/u"), Some(&serde_json::json!(2.5)));
+    assert_eq!(config.pointer("/action_scales/k"), Some(&serde_json::json!(7.0)));
+    // A flag wins over the block, for a scale too.
+    let run = hmdpc(&["train", s(&model), "--scenarios", "32", "--action-scale", "1", "--out", s(&out), "--force"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("action scale: 1 for every action not on an interval (--action-scale)"));
+    assert!(!text(&run.stdout).contains("action scale: u 2.5"), "{}", text(&run.stdout));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    assert_eq!(record.pointer("/config/action_scales"), Some(&serde_json::json!({"k": 1.0, "u": 1.0})));
+}
+
+/// `--patience` stops a run whose dev cost stops improving, keeping the best policy; the curve
+/// carries the diagnostic columns after the terms, and the total last.
+#[test]
+fn patience_stops_on_a_dev_plateau_and_the_curve_explains_the_run() {
+    let out = scratch("patience");
+    let args = [
+        "train",
+        "models/battery.hmdp",
+        "--hidden",
+        "16,16",
+        "--scenarios",
+        "32",
+        "--updates",
+        "200",
+        "--eval-every",
+        "1",
+        "--patience",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    let run = hmdpc(&args);
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert_eq!(run.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("stopped on a dev plateau after"), "{stdout}");
+    assert!(stderr.contains("stopping: the dev cost has not improved for 3 updates (--patience 3"), "{stderr}");
+    let points = dev_points(&out);
+    let (last, _) = points.last().copied().unwrap_or_default();
+    assert!(last < 200, "{points:?}");
+    let best = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let at = points.iter().find(|p| p.1 == best).map(|p| p.0).unwrap_or_default();
+    assert_eq!(last - at, 3, "stopped 3 updates after the best: {points:?}");
+    let curve = std::fs::read_to_string(out.join("curve.csv")).expect("curve.csv");
+    let header = curve.lines().next().unwrap_or_default();
+    assert!(
+        header
+            .starts_with("update,seconds,train_cost,dev_energy,dev_wear,entropy_mode,kl,clip_fraction,grad_discrete,"),
+        "{header}"
+    );
+    for column in ["chosen_mode_idle", "action_buy", "at_bound_sell", "share_wear"] {
+        assert!(header.split(',').any(|c| c == column), "{column} missing from {header}");
+    }
+    assert!(header.ends_with(",dev_total"), "{header}");
 }

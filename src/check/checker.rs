@@ -240,6 +240,7 @@ impl<'a> Checker<'a> {
                 reads_period: false,
                 before_decision: Vec::new(),
                 policies: Vec::new(),
+                train: Default::default(),
             },
             locals: Vec::new(),
         }
@@ -321,6 +322,7 @@ impl<'a> Checker<'a> {
         }
         self.settings(ast);
         self.policies(ast);
+        self.train_block(ast);
 
         if self.m.states.is_empty() {
             self.error(

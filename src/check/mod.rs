@@ -26,6 +26,7 @@ mod settings;
 mod sizes;
 mod step;
 mod suggest;
+mod train;
 
 pub use model::*;
 

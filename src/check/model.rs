@@ -259,6 +259,27 @@ pub struct CheckedModel {
     pub reads_period: bool,
     /// The heuristic policies, in source order.
     pub policies: Vec<Policy>,
+    /// The model's `train { … }` block.
+    pub train: TrainDefaults,
+}
+
+/// The training defaults a model carries in its `train { … }` block, each `None` (or empty)
+/// where the block does not give it: `hmdpc train` uses them for the settings its command line
+/// leaves unset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainDefaults {
+    pub gamma: Option<f64>,
+    pub buffer_periods: Option<usize>,
+    pub hidden: Option<Vec<usize>>,
+    /// `action_scale VALUE`: every continuous action not on an interval.
+    pub action_scale: Option<f64>,
+    /// `action_scale NAME = VALUE`, by action name.
+    pub action_scales: std::collections::BTreeMap<String, f64>,
+    pub updates: Option<usize>,
+    pub batch: Option<usize>,
+    pub lr: Option<f64>,
+    pub patience: Option<usize>,
+    pub entropy_half_life: Option<usize>,
 }
 
 impl CheckedModel {

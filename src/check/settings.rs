@@ -85,7 +85,13 @@ impl Checker<'_> {
         }
     }
 
-    fn setting(&mut self, e: &ast::Expr, what: &str, valid: impl Fn(f64) -> bool, expected: &str) -> Option<f64> {
+    pub(super) fn setting(
+        &mut self,
+        e: &ast::Expr,
+        what: &str,
+        valid: impl Fn(f64) -> bool,
+        expected: &str,
+    ) -> Option<f64> {
         let mut scope = Scope::new(Context::Setting);
         let ty = self.expr(e, &mut scope);
         if !self.numeric(ty, e.span, what) {

@@ -95,6 +95,9 @@ pub fn run(args: Args) -> u8 {
             "costs": subjects::estimates_json(&estimates),
             "regimes": subjects::regimes_json(&score.regimes),
         });
+        if module.discount < 1.0 {
+            out["discounted"] = subjects::estimate_json(&Estimate::of(&score.discounted));
+        }
         if let Some((best, gap)) = optimum {
             out["optimum"] =
                 json!({ "mean": best, "gap": subjects::estimate_json(&gap), "gap_percent": 100.0 * gap.mean / best });
@@ -114,6 +117,9 @@ pub fn run(args: Args) -> u8 {
     println!("cost {} (mean ± 95% confidence interval):", sim::report_unit(module));
     let rows: Vec<(&str, Estimate)> = estimates.iter().map(|(n, e)| (n.as_str(), *e)).collect();
     super::print_estimates(&rows);
+    if let Some(line) = sim::discounted(module, &score.discounted) {
+        println!("{line}");
+    }
     if let Some((best, gap)) = optimum {
         println!(
             "  optimum (finite-horizon Riccati, same scenarios): {best:.4}; gap {:+.4} ± {:.4} ({:+.2}%)",

@@ -91,18 +91,18 @@ pub fn run(args: Args) -> u8 {
         None => (&sim::RandomPolicy, "random policy".to_string()),
     };
     let seeds = Seeds { scenarios: args.scenario_seed.unwrap_or(args.seed), policy: args.seed };
-    let per_scenario = match args.backend {
-        BackendChoice::Interp => sim::simulate_on_interpreter(module, &instance, policy, seeds, set, n),
+    let costs = match args.backend {
+        BackendChoice::Interp => sim::costs_on_interpreter(module, &instance, policy, seeds, set, n),
         choice => {
             let kernels = match Kernels::load(choice, &compiled) {
                 Ok(kernels) => kernels,
                 Err(code) => return code,
             };
-            sim::simulate_on_backend(module, &instance, kernels.backend(), policy, seeds, set, n)
+            sim::costs_on_backend(module, &instance, kernels.backend(), policy, seeds, set, n)
         }
     };
-    let per_scenario = match per_scenario {
-        Ok(p) => p,
+    let (per_scenario, discounted) = match costs {
+        Ok(c) => (c.per_scenario, c.discounted),
         Err(e) => return super::run_error(&compiled, e),
     };
     let summary = sim::summarise(module, &per_scenario, n);
@@ -117,7 +117,7 @@ pub fn run(args: Args) -> u8 {
     if args.json {
         let costs: Vec<(String, sim::Estimate)> =
             summary.terms.iter().cloned().chain([("total".to_string(), summary.total)]).collect();
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "model": module.name,
             "policy": policy_name,
             "scenarios": summary.scenarios,
@@ -128,6 +128,9 @@ pub fn run(args: Args) -> u8 {
             "unit": summary.unit,
             "costs": super::subjects::estimates_json(&costs),
         });
+        if module.discount < 1.0 {
+            out["discounted"] = super::subjects::estimate_json(&sim::Estimate::of(&discounted));
+        }
         println!("{out:#}");
         return exit::OK;
     }
@@ -139,5 +142,8 @@ pub fn run(args: Args) -> u8 {
     let rows: Vec<(&str, sim::Estimate)> =
         summary.terms.iter().map(|(n, e)| (n.as_str(), *e)).chain([("total", summary.total)]).collect();
     super::print_estimates(&rows);
+    if let Some(line) = sim::discounted(module, &discounted) {
+        println!("{line}");
+    }
     exit::OK
 }

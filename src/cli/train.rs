@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hmdp::pipeline::Compiled;
+use hmdp::train::config::Origin;
 use hmdp::train::folder::{self, RecordedModel, RunRecord};
 use hmdp::train::run::{Outcome, RunInputs};
 use hmdp::train::{Config, TrainError};
@@ -51,7 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, given: &dyn Fn(&str) -> bool) -> u8 {
-    let (config, recorded) = match settings(&args, given) {
+    let (mut config, recorded) = match settings(&args, given) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("error: {message}");
@@ -69,6 +70,23 @@ pub fn run(args: Args, given: &dyn Fn(&str) -> bool) -> u8 {
     let compiled = match compiled {
         Ok(compiled) => compiled,
         Err(code) => return code,
+    };
+    // The model's `train` block, under the command line; a `--config` holds a whole run's settings.
+    let from_model = if args.config_file.is_none() {
+        config.with_model_defaults(&compiled.train, &compiled.module, given)
+    } else {
+        Vec::new()
+    };
+    let origin = |key: &str| {
+        if given(key) {
+            Origin::Flag
+        } else if from_model.contains(&key) {
+            Origin::Model
+        } else if args.config_file.is_some() {
+            Origin::Config
+        } else {
+            Origin::Rule
+        }
     };
     if config.batch > config.scenarios {
         eprintln!("error: --batch {} is larger than the training set (--scenarios {})", config.batch, config.scenarios);
@@ -126,6 +144,7 @@ pub fn run(args: Args, given: &dyn Fn(&str) -> bool) -> u8 {
         progress: !args.quiet,
         resume: args.resume,
         save_every: args.save_every,
+        origin: &origin,
     };
     match hmdp::train::run::train(inputs, config) {
         Ok(outcome) => report(&compiled, &folder, outcome, args.breakdown),
@@ -172,6 +191,8 @@ fn report(compiled: &Compiled, folder: &Path, outcome: Outcome, breakdown: bool)
             "stopped by an error after"
         } else if outcome.interrupted {
             "stopped after"
+        } else if outcome.plateau {
+            "stopped on a dev plateau after"
         } else {
             "done:"
         },

@@ -18,7 +18,7 @@ use crate::backend::interp;
 use crate::backend::{Buffers, Machine, RunError};
 use crate::ir::{BufferKind, Module};
 use crate::random::{self, ScenarioSet, Seeds};
-pub use protocol::{simulate_on_backend, simulate_on_interpreter};
+pub use protocol::{Costs, costs_on_backend, costs_on_interpreter, simulate_on_backend, simulate_on_interpreter};
 
 /// Draws the parameters of an instance: all buffers, with the parameters filled in.
 pub fn instance(module: &Module, seed: u64) -> Result<Buffers, RunError> {
@@ -149,6 +149,26 @@ pub struct Summary {
 pub fn report_scale(module: &Module) -> f64 {
     let periods = if module.report.per_period { (module.horizon - module.warmup) as f64 } else { 1.0 };
     periods * module.report.per_size.iter().map(|(_, v)| *v as f64).product::<f64>()
+}
+
+/// The factor a discounted total is divided by: the sizes the model's `report` names, not its
+/// periods (a discounted sum is no sum over periods).
+pub fn discount_scale(module: &Module) -> f64 {
+    module.report.per_size.iter().map(|(_, v)| *v as f64).product::<f64>()
+}
+
+/// The line `simulate` and `eval` print under the costs of a model that declares a `discount`
+/// below 1: the mean over scenarios, with its 95% confidence interval, of the total cost of the
+/// periods from `warmup` on, period `warmup + k` weighed by `discount^k` (the cost discounted to
+/// period `warmup`), divided by the sizes `report` names. `None` without a discount.
+pub fn discounted(module: &Module, per_scenario: &[f64]) -> Option<String> {
+    if module.discount >= 1.0 || per_scenario.is_empty() {
+        return None;
+    }
+    let e = Estimate::of(per_scenario);
+    let per: String = module.report.per_size.iter().map(|(name, _)| format!(" per {name}")).collect();
+    let from = if module.warmup > 0 { format!(", from period {}", module.warmup) } else { String::new() };
+    Some(format!("discounted total (discount {}{from}){per}: {:.4} ± {:.4}", module.discount, e.mean, e.half_width))
 }
 
 /// What one unit of reported figures is, e.g. "per period per items".

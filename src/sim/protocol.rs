@@ -91,21 +91,39 @@ pub fn costs<W: World + ?Sized, D: Decide<W>>(
     world: &mut W,
     policy: &mut D,
 ) -> Result<Vec<Vec<f64>>, D::Error> {
+    Ok(costs_and_discounted(module, world, policy)?.0)
+}
+
+/// Per scenario, each cost term's sum, and the discounted total.
+type Totals = (Vec<Vec<f64>>, Vec<f64>);
+
+/// [`costs`], and per scenario the total cost discounted by the model's `discount` to period
+/// `warmup` ([`super::discounted`]).
+pub fn costs_and_discounted<W: World + ?Sized, D: Decide<W>>(
+    module: &Module,
+    world: &mut W,
+    policy: &mut D,
+) -> Result<Totals, D::Error> {
     let terms: Vec<BufferId> = module.costs().map(|(id, _)| id).collect();
     let mut totals = vec![vec![0.0; terms.len()]; world.rows()];
+    let mut discounted = vec![0.0; world.rows()];
+    let mut weight = 1.0;
     for t in 0..module.horizon {
         period(world, policy, t as usize)?;
         finite::check(module, world, t as usize)?;
         if t >= module.warmup {
             for (row, total) in totals.iter_mut().enumerate() {
                 for (sum, &id) in total.iter_mut().zip(&terms) {
-                    *sum += world.get(id, row)[0];
+                    let cost = world.get(id, row)[0];
+                    *sum += cost;
+                    discounted[row] += weight * cost;
                 }
             }
+            weight *= module.discount;
         }
         world.advance();
     }
-    Ok(totals)
+    Ok((totals, discounted))
 }
 
 /// Sets every continuous action outside its regime to 0, in one scenario's buffers or in a
@@ -375,23 +393,27 @@ fn over_scenarios<W: World>(
     scenarios: usize,
     chunk: usize,
     start: impl Fn(Range<usize>) -> Result<W, RunError> + Sync,
-) -> Result<Vec<Vec<f64>>, RunError> {
+) -> Result<Costs, RunError> {
     let scale = report_scale(module);
+    let discount_scale = super::discount_scale(module);
     let chunks: Vec<Range<usize>> = (0..scenarios).step_by(chunk).map(|s| s..(s + chunk).min(scenarios)).collect();
-    let per_chunk: Vec<Result<Vec<Vec<f64>>, Stop>> = chunks
+    let per_chunk: Vec<Result<Totals, Stop>> = chunks
         .into_par_iter()
         .map(|indices| {
             let mut streams: Vec<ChaCha8Rng> =
                 indices.clone().map(|i| policy_stream(seeds.policy, set, i as u64)).collect();
             let mut world = start(indices)?;
-            costs(module, &mut world, &mut Scenariowise { module, policy, streams: &mut streams })
+            costs_and_discounted(module, &mut world, &mut Scenariowise { module, policy, streams: &mut streams })
         })
         .collect();
-    let mut out = Vec::with_capacity(scenarios);
+    let mut out = Costs { per_scenario: Vec::with_capacity(scenarios), discounted: Vec::with_capacity(scenarios) };
     let mut stops = Vec::new();
     for totals in per_chunk {
         match totals {
-            Ok(totals) => out.extend(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>())),
+            Ok((totals, discounted)) => {
+                out.per_scenario.extend(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect::<Vec<f64>>()));
+                out.discounted.extend(discounted.iter().map(|v| v / discount_scale));
+            }
             Err(stop) => stops.push(stop),
         }
     }
@@ -399,6 +421,13 @@ fn over_scenarios<W: World>(
         Some(stop) => Err(stop.into()),
         None => Ok(out),
     }
+}
+
+/// What a scenario set's simulation reports per scenario: each cost term's figure, scaled as the
+/// model's `report` says, and the discounted total ([`super::discounted`]).
+pub struct Costs {
+    pub per_scenario: Vec<Vec<f64>>,
+    pub discounted: Vec<f64>,
 }
 
 /// Runs `scenarios` scenarios of a set on the interpreter, each on its own buffers, in parallel;
@@ -411,6 +440,18 @@ pub fn simulate_on_interpreter(
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Vec<Vec<f64>>, RunError> {
+    Ok(costs_on_interpreter(module, instance, policy, seeds, set, scenarios)?.per_scenario)
+}
+
+/// [`simulate_on_interpreter`], with the discounted totals.
+pub fn costs_on_interpreter(
+    module: &Module,
+    instance: &Buffers,
+    policy: &dyn Policy,
+    seeds: Seeds,
+    set: ScenarioSet,
+    scenarios: usize,
+) -> Result<Costs, RunError> {
     over_scenarios(module, policy, seeds, set, scenarios, 1, |indices| {
         Scenario::start(module, instance, seeds.scenarios, set, indices.start as u64)
     })
@@ -429,6 +470,19 @@ pub fn simulate_on_backend(
     set: ScenarioSet,
     scenarios: usize,
 ) -> Result<Vec<Vec<f64>>, RunError> {
+    Ok(costs_on_backend(module, instance, backend, policy, seeds, set, scenarios)?.per_scenario)
+}
+
+/// [`simulate_on_backend`], with the discounted totals.
+pub fn costs_on_backend(
+    module: &Module,
+    instance: &Buffers,
+    backend: &dyn Backend,
+    policy: &dyn Policy,
+    seeds: Seeds,
+    set: ScenarioSet,
+    scenarios: usize,
+) -> Result<Costs, RunError> {
     over_scenarios(module, policy, seeds, set, scenarios, 1024, |indices| {
         Batched::start(module, instance, backend, seeds.scenarios, set, indices)
     })

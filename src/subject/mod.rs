@@ -227,6 +227,9 @@ pub struct Score {
     /// Per scenario, each cost term's reported figure (summed from `warmup` on, scaled as the
     /// model's `report` says).
     pub per_scenario: Vec<Vec<f64>>,
+    /// Per scenario, the total discounted by the model's `discount` to period `warmup`, scaled
+    /// as [`crate::sim::discounted`] says.
+    pub discounted: Vec<f64>,
     pub regimes: Regimes,
 }
 
@@ -364,6 +367,7 @@ pub fn score(subject: &Subject, testbed: &Testbed, trace: Option<usize>) -> Resu
     let actions = Actions::of(module);
     let mut regimes = Regimes::new(module);
     let mut per_scenario = Vec::with_capacity(testbed.set.count);
+    let mut discounted = Vec::with_capacity(testbed.set.count);
     let mut recorded = trace.map(|_| Trace::new(module));
     let indices: Vec<usize> = (0..testbed.set.count).collect();
     for chunk in indices.chunks(CHUNK) {
@@ -378,7 +382,7 @@ pub fn score(subject: &Subject, testbed: &Testbed, trace: Option<usize>) -> Resu
         );
         let traced = trace.map_or(0, |n| n.saturating_sub(chunk[0]).min(chunk.len()));
         let tracing = recorded.as_mut().filter(|_| traced > 0).map(|t| (t, traced, chunk[0]));
-        let totals = match subject.decides() {
+        let (totals, chunk_discounted) = match subject.decides() {
             Decides::Networks { nets, spec } => {
                 let mut decider = greedy::Greedy::new(module, spec, nets, None);
                 horizon(module, &mut world, &mut decider, &actions, &mut regimes, tracing)?
@@ -391,9 +395,10 @@ pub fn score(subject: &Subject, testbed: &Testbed, trace: Option<usize>) -> Resu
             }
         };
         per_scenario.extend(totals);
+        discounted.extend(chunk_discounted);
     }
     let terms = module.costs().map(|(_, b)| b.name.clone()).collect();
-    Ok((Score { terms, per_scenario, regimes }, recorded))
+    Ok((Score { terms, per_scenario, discounted, regimes }, recorded))
 }
 
 /// A rule-based subject as a decider on a batch.
@@ -407,8 +412,9 @@ fn rules<'a>(
     Rules { inner: Scenariowise { module, policy, streams }, odds, discrete }
 }
 
-/// Runs a batch for the whole horizon; per scenario, each cost term's reported figure. Counts
-/// the reported periods' choices into `regimes` and records the first `traced` rows' periods.
+/// Runs a batch for the whole horizon; per scenario, each cost term's reported figure and the
+/// discounted total. Counts the reported periods' choices into `regimes` and records the first
+/// `traced` rows' periods.
 fn horizon<'w, D: Explained<Batched<'w>, Error = TrainError>>(
     module: &Module,
     world: &mut Batched<'w>,
@@ -416,22 +422,27 @@ fn horizon<'w, D: Explained<Batched<'w>, Error = TrainError>>(
     actions: &Actions,
     regimes: &mut Regimes,
     trace: Option<(&mut Trace, usize, usize)>,
-) -> Result<Vec<Vec<f64>>, TrainError> {
+) -> Result<(Vec<Vec<f64>>, Vec<f64>), TrainError> {
     // Per traced row, its lines; appended in scenario order at the end.
     let mut trace = trace.map(|(trace, rows, first)| (trace, vec![Vec::new(); rows], first));
     let scale = report_scale(module);
     let terms: Vec<BufferId> = module.costs().map(|(id, _)| id).collect();
     let mut totals = vec![vec![0.0; terms.len()]; world.rows()];
+    let mut discounted = vec![0.0; world.rows()];
+    let mut weight = 1.0;
     for t in 0..module.horizon {
         protocol::period(world, decider, t as usize)?;
         finite::check(module, world, t as usize)?;
         if t >= module.warmup {
             for (row, total) in totals.iter_mut().enumerate() {
                 for (sum, &id) in total.iter_mut().zip(&terms) {
-                    *sum += world.get(id, row)[0];
+                    let cost = world.get(id, row)[0];
+                    *sum += cost;
+                    discounted[row] += weight * cost;
                 }
                 regimes.count(actions, world, row);
             }
+            weight *= module.discount;
         }
         if let Some((trace, lines, _)) = trace.as_mut() {
             for (row, lines) in lines.iter_mut().enumerate() {
@@ -445,7 +456,9 @@ fn horizon<'w, D: Explained<Batched<'w>, Error = TrainError>>(
             trace.rows.extend(lines.into_iter().map(|line| format!("{},{line}", first + row)));
         }
     }
-    Ok(totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect()).collect())
+    let totals = totals.into_iter().map(|c| c.iter().map(|v| v / scale).collect()).collect();
+    let discount_scale = crate::sim::discount_scale(module);
+    Ok((totals, discounted.into_iter().map(|v| v / discount_scale).collect()))
 }
 
 /// The trajectory of some scenarios: per scenario and period, the states the policy saw, each

@@ -37,6 +37,7 @@ pub enum Item {
     Report(ReportDecl),
     Terminal(TerminalBlock),
     Policy(PolicyDecl),
+    Train(TrainBlock),
 }
 
 /// `terminal { cost salvage = ... }`: costs of the final states, charged once at the end.
@@ -187,6 +188,23 @@ pub struct ObserveDecl {
 #[derive(Clone, Debug)]
 pub struct Setting {
     pub value: Expr,
+    pub span: Span,
+}
+
+/// `train { gamma 0.99  hidden 64, 64  action_scale q = 10 }`: the model's training defaults.
+#[derive(Clone, Debug)]
+pub struct TrainBlock {
+    pub entries: Vec<TrainEntry>,
+    pub span: Span,
+}
+
+/// One setting of a `train` block: `hidden 64, 64` (a key and its values), or `action_scale q =
+/// 10` (a key, the action it is for, and its value).
+#[derive(Clone, Debug)]
+pub struct TrainEntry {
+    pub key: Ident,
+    pub target: Option<Ident>,
+    pub values: Vec<Expr>,
     pub span: Span,
 }
 

@@ -151,6 +151,8 @@ fn friendly(rule: Rule) -> Option<&'static str> {
         Rule::policy_decl | Rule::kw_policy => "`policy`",
         Rule::tune_stmt | Rule::kw_tune => "`tune`",
         Rule::assign_stmt => "an action's rule such as `q[i] = ...`",
+        Rule::train_block | Rule::kw_train => "`train`",
+        Rule::train_entry => "a training setting such as `gamma 0.99`",
         Rule::kw_then => "`then`",
         Rule::kw_else => "`else`",
         Rule::EOI => "end of file",
@@ -471,6 +473,24 @@ impl Builder {
                     .filter_map(|p| p.into_inner().find(|q| q.as_rule() == Rule::ident).map(ident))
                     .collect();
                 Item::Report(ReportDecl { per, span })
+            }
+            Rule::train_block => {
+                let entries = inner
+                    .filter(|p| p.as_rule() == Rule::train_entry)
+                    .filter_map(|entry| {
+                        let span = span_of(&entry);
+                        let mut parts = entry.into_inner();
+                        let key = ident(parts.next()?);
+                        let mut parts = parts.peekable();
+                        let target = match parts.peek().map(|p| p.as_rule()) {
+                            Some(Rule::train_target) => parts.next()?.into_inner().next().map(ident),
+                            _ => None,
+                        };
+                        let values = parts.filter(|p| p.as_rule() == Rule::expr).map(|e| self.expr(e)).collect();
+                        Some(TrainEntry { key, target, values, span })
+                    })
+                    .collect();
+                Item::Train(TrainBlock { entries, span })
             }
             _ => return None,
         })

@@ -74,12 +74,32 @@ pub struct Config {
     /// Weight of the value loss.
     #[arg(long, default_value_t = 0.15, value_parser = non_negative)]
     pub value_coef: f64,
-    /// Entropy weight at the first update, annealed linearly to `--entropy-end`.
+    /// Entropy weight at the first update, annealed linearly to `--entropy-end` (or halved every
+    /// `--entropy-half-life` updates).
     #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
     pub entropy_start: f64,
-    /// Entropy weight at the last update.
+    /// Entropy weight at the last update (with `--entropy-half-life`: the weight it decays to).
     #[arg(long, default_value_t = 0.001, value_parser = non_negative)]
     pub entropy_end: f64,
+    /// Halve the entropy weight's distance to `--entropy-end` every this many updates, whatever
+    /// the length of the run, instead of annealing it linearly over `--updates`.
+    #[arg(long, value_parser = count(1, 100_000_000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_half_life: Option<usize>,
+    /// Adam's learning rate for the discrete network [default: `--lr`].
+    #[arg(long, value_parser = positive)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_discrete: Option<f64>,
+    /// The learning rate falls linearly from `--lr` at the first update to this fraction of it
+    /// at the last [default: 1, no decay].
+    #[arg(long, value_parser = unit)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<f64>,
+    /// Stop when the dev cost has not improved for this many updates (the best policy on dev
+    /// is kept either way).
+    #[arg(long, value_parser = count(1, 100_000_000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
     /// Weight of the pathwise loss (HPO).
     #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     pub pathwise_coef: f64,
@@ -163,6 +183,23 @@ impl Config {
         })
     }
 
+    /// The discrete network's learning rate: `--lr-discrete`, or [`Config::lr`].
+    pub fn lr_discrete(&self) -> f64 {
+        self.lr_discrete.unwrap_or_else(|| self.lr())
+    }
+
+    /// The fraction of the learning rate left at the last update: `--lr-decay`, or 1.
+    pub fn lr_decay(&self) -> f64 {
+        self.lr_decay.unwrap_or(1.0)
+    }
+
+    /// The learning rate of update `u` (counted from 0): from [`Config::lr`] linearly to
+    /// `lr_decay` times it at the last update.
+    pub fn lr_at(&self, u: usize) -> f64 {
+        let progress = u as f64 / (self.updates.max(2) - 1) as f64;
+        self.lr() * (1.0 - (1.0 - self.lr_decay()) * progress.min(1.0))
+    }
+
     /// The hidden layer sizes: `--hidden`, or the preset's, or 128×128.
     pub fn hidden(&self) -> Vec<usize> {
         match (&self.hidden, self.preset) {
@@ -182,6 +219,17 @@ impl Config {
         self.buffer_periods.unwrap_or(module.warmup as usize)
     }
 
+    /// The entropy weight of update `u` (counted from 0): from `--entropy-start` to
+    /// `--entropy-end`, linearly over the run, or halving its distance to the end every
+    /// `--entropy-half-life` updates.
+    pub fn entropy_weight(&self, u: usize) -> f64 {
+        let (start, end) = (self.entropy_start, self.entropy_end);
+        match self.entropy_half_life {
+            Some(half_life) => end + (start - end) * 0.5f64.powf(u as f64 / half_life as f64),
+            None => start + (end - start) * (u as f64 / (self.updates.max(2) - 1) as f64),
+        }
+    }
+
     /// Updates between two dev evaluations: `--eval-every`, or a fortieth of the run (a curve
     /// of a few dozen points, whatever its length), at most one pass over the train set.
     pub fn eval_every(&self) -> usize {
@@ -194,6 +242,7 @@ impl Config {
     pub fn resolved(&self, module: &Module) -> Config {
         Config {
             lr: Some(self.lr()),
+            lr_decay: Some(self.lr_decay()),
             hidden: Some(self.hidden()),
             gamma: Some(self.gamma(module)),
             buffer_periods: Some(self.buffer_periods(module)),
@@ -203,35 +252,144 @@ impl Config {
     }
 }
 
+/// Where a setting of a run came from, as `train` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The command line.
+    Flag,
+    /// The settings `--config` read.
+    Config,
+    /// The model's `train { … }` block.
+    Model,
+    /// Left to the defaults or to a rule.
+    Rule,
+}
+
+impl Origin {
+    /// ` (why)` for a setting given by a flag, `--config` or the model; `None` for a rule.
+    pub fn why(self, flag: &str) -> Option<String> {
+        match self {
+            Origin::Flag => Some(format!(" (--{flag})")),
+            Origin::Config => Some(" (the settings of --config)".to_string()),
+            Origin::Model => Some(" (the model's `train` block)".to_string()),
+            Origin::Rule => None,
+        }
+    }
+}
+
 impl Config {
-    /// One line per setting that `self` left unset and `resolved` chose, saying what and why
-    /// (`resolved` is `self.resolved(module)`, its action scales set).
-    pub fn explain(&self, resolved: &Config, module: &Module) -> Vec<String> {
+    /// The settings of a model's `train { … }` block put in for those that `flagged` (the
+    /// command line) does not give; returns the keys taken from the model.
+    pub fn with_model_defaults(
+        &mut self,
+        model: &crate::check::model::TrainDefaults,
+        module: &Module,
+        flagged: &dyn Fn(&str) -> bool,
+    ) -> Vec<&'static str> {
+        let mut taken = Vec::new();
+        let mut take = |key: &'static str, present: bool| {
+            let take = present && !flagged(key);
+            if take {
+                taken.push(key);
+            }
+            take
+        };
+        if take("gamma", model.gamma.is_some()) {
+            self.gamma = model.gamma;
+        }
+        if take("buffer_periods", model.buffer_periods.is_some()) {
+            self.buffer_periods = model.buffer_periods;
+        }
+        // `--preset paper` names the networks too: the model's do not override it.
+        if take("hidden", model.hidden.is_some() && !flagged("preset")) {
+            self.hidden.clone_from(&model.hidden);
+        }
+        if take("lr", model.lr.is_some() && !flagged("preset")) {
+            self.lr = model.lr;
+        }
+        if let Some(updates) = model.updates.filter(|_| take("updates", true)) {
+            self.updates = updates;
+        }
+        if let Some(batch) = model.batch.filter(|_| take("batch", true)) {
+            self.batch = batch;
+        }
+        if take("patience", model.patience.is_some()) {
+            self.patience = model.patience;
+        }
+        if take("entropy_half_life", model.entropy_half_life.is_some()) {
+            self.entropy_half_life = model.entropy_half_life;
+        }
+        // `--action-scale` sets every scale; without it, the model's per-action scales come
+        // before its scale for all.
+        // `--action-scale` sets every scale; without it, the model's scale of an action by name
+        // comes before its scale for all.
+        if take("action_scale", model.action_scale.is_some() || !model.action_scales.is_empty()) {
+            for (id, b) in module.buffers.iter().enumerate() {
+                if b.kind == crate::ir::BufferKind::Continuous {
+                    let named = model.action_scales.get(&b.name).copied().or(model.action_scale);
+                    if let Some(scale) = named {
+                        self.action_scales.insert(module.buffers[id].name.clone(), scale);
+                    }
+                }
+            }
+        }
+        taken
+    }
+
+    /// One line per setting, saying what the run uses and where it came from: a flag, the
+    /// settings of `--config`, the model's `train` block, or the rule that chose it (`self` is
+    /// the settings asked for, the model's put in; `resolved` is `self.resolved(module)`).
+    pub fn explain(&self, resolved: &Config, module: &Module, origin: &dyn Fn(&str) -> Origin) -> Vec<String> {
         let mut lines = Vec::new();
-        if self.hidden.is_none() {
-            let hidden = resolved.hidden().iter().map(|h| h.to_string()).collect::<Vec<_>>().join("×");
-            let why = match self.preset {
-                Some(Preset::Paper) => "the paper's, `--preset paper`",
-                None => "the default; `--preset paper` for the paper's 512×512",
-            };
-            lines.push(format!("networks: {hidden} ({why})"));
+        let hidden = resolved.hidden().iter().map(|h| h.to_string()).collect::<Vec<_>>().join("×");
+        let why = match (origin("hidden").why("hidden"), self.preset, self.hidden.is_some()) {
+            (Some(why), _, true) => why,
+            (_, Some(Preset::Paper), _) => " (the paper's, `--preset paper`)".to_string(),
+            _ => " (the default; `--preset paper` for the paper's 512×512)".to_string(),
+        };
+        lines.push(format!("networks: {hidden}{why}"));
+        let lr = match origin("lr").why("lr").filter(|_| self.lr.is_some()) {
+            Some(why) => why,
+            None => {
+                let preset = if self.preset.is_some() { " with `--preset paper`" } else { "" };
+                format!(" (the default for {}{preset})", self.algo.name())
+            }
+        };
+        lines.push(format!("learning rate: {}{lr}", resolved.lr()));
+        if resolved.lr_decay() < 1.0 {
+            let why = origin("lr_decay").why("lr-decay").unwrap_or_default();
+            lines.push(format!("learning rate at the last update: {}{why}", resolved.lr_at(resolved.updates)));
         }
-        if self.lr.is_none() {
-            let preset = if self.preset.is_some() { " with `--preset paper`" } else { "" };
-            lines.push(format!("learning rate: {} (the default for {}{preset})", resolved.lr(), self.algo.name()));
-        }
-        if self.gamma.is_none() {
-            let why = if module.discount < 1.0 { "the model's discount" } else { "the model has no discount below 1" };
-            lines.push(format!("gamma: {} ({why})", resolved.gamma(module)));
-        }
-        if self.buffer_periods.is_none() {
-            lines.push(format!("buffer periods: {} (the model's warmup)", resolved.buffer_periods(module)));
-        }
-        if self.eval_every.is_none() {
+        let gamma = match origin("gamma").why("gamma").filter(|_| self.gamma.is_some()) {
+            Some(why) => why,
+            None if module.discount < 1.0 => " (the model's discount)".to_string(),
+            None => " (the model has no discount below 1)".to_string(),
+        };
+        lines.push(format!("gamma: {}{gamma}", resolved.gamma(module)));
+        let buffer = origin("buffer_periods").why("buffer-periods").filter(|_| self.buffer_periods.is_some());
+        let buffer = buffer.unwrap_or_else(|| " (the model's warmup)".to_string());
+        lines.push(format!("buffer periods: {}{buffer}", resolved.buffer_periods(module)));
+        let given = |key: &str, flag: &str| origin(key).why(flag).unwrap_or_else(|| " (the default)".to_string());
+        lines.push(format!("updates: {}{}", self.updates, given("updates", "updates")));
+        lines.push(format!("batch: {} scenarios{}", self.batch, given("batch", "batch")));
+        let every = origin("eval_every").why("eval-every").filter(|_| self.eval_every.is_some());
+        let every = every.unwrap_or_else(|| " (a fortieth of the run, at most an epoch apart)".to_string());
+        lines.push(format!("dev evaluation: every {} updates{every}", resolved.eval_every()));
+        let schedule = match self.entropy_half_life {
+            Some(h) => {
+                format!("halved towards the end every {h} updates{}", given("entropy_half_life", "entropy-half-life"))
+            }
+            None => "linearly over the run (the default; `--entropy-half-life` for a schedule in updates)".to_string(),
+        };
+        lines.push(format!("entropy weight: {} to {}, {schedule}", self.entropy_start, self.entropy_end));
+        if let Some(p) = self.patience {
             lines.push(format!(
-                "dev evaluation: every {} updates (a fortieth of the run, at most an epoch apart)",
-                resolved.eval_every()
+                "patience: stop after {p} updates without a better dev cost{}",
+                given("patience", "patience")
             ));
+        }
+        if let (Some(all), Some(why)) = (self.action_scale, origin("action_scale").why("action-scale")) {
+            lines.push(format!("action scale: {all} for every action not on an interval{why}"));
         }
         lines
     }
@@ -351,6 +509,22 @@ mod tests {
         assert!(serde_json::to_string(&ppo).unwrap_or_default().contains("\"algo\":\"hpo-nocross\""));
         // A misspelt setting is refused, not ignored.
         assert!(serde_json::from_str::<Config>("{\"updatez\": 3}").is_err());
+    }
+
+    #[test]
+    fn the_schedules_run_from_their_start_to_their_end() {
+        let linear = Config { updates: 101, ..Config::default() };
+        assert!(linear.entropy_weight(0) == 0.5 && (linear.entropy_weight(100) - 0.001).abs() < 1e-15);
+        // A half-life does not depend on the length of the run.
+        let halving = Config { entropy_half_life: Some(10), ..linear.clone() };
+        let long = Config { updates: 5000, ..halving.clone() };
+        assert_eq!(halving.entropy_weight(10), long.entropy_weight(10));
+        assert!((halving.entropy_weight(10) - (0.001 + 0.499 / 2.0)).abs() < 1e-12);
+        assert!((halving.entropy_weight(100) - 0.001).abs() < 1e-3);
+        // No decay by default: the learning rate of every update is `lr`.
+        assert_eq!((linear.lr_at(0), linear.lr_at(100)), (3e-3, 3e-3));
+        let decaying = Config { lr_decay: Some(0.1), ..linear };
+        assert!((decaying.lr_at(50) - 3e-3 * 0.55).abs() < 1e-15 && (decaying.lr_at(100) - 3e-4).abs() < 1e-15);
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn interval(lo: &[f64], hi: &[f64]) -> String {
 }
 
 /// Three significant digits, for printing.
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     if x == 0.0 || !x.is_finite() {
         return x;
     }
@@ -224,11 +224,13 @@ fn initial_bounds(
 }
 
 /// The scale of each action with one: `--action-scale` when given, else the one the settings name
-/// (a run's `run.json`), else the model's; and one line per scale the model chose, saying why.
+/// (a run's `run.json`, or the model's `train` block), else the one derived from the model; and one
+/// line per scale derived, or named with `given_by` saying where from, saying why.
 pub fn resolve(
     action_scale: Option<f64>,
     given: &BTreeMap<String, f64>,
     derived: &[ActionScale],
+    given_by: Option<&str>,
 ) -> (BTreeMap<String, f64>, Vec<String>) {
     let mut scales = BTreeMap::new();
     let mut lines = Vec::new();
@@ -239,7 +241,12 @@ pub fn resolve(
         };
         let scale = match (action_scale, given.get(&d.action)) {
             (Some(all), _) => all,
-            (None, Some(&named)) => named,
+            (None, Some(&named)) => {
+                if let Some(why) = given_by {
+                    lines.push(format!("action scale: {} {}{why}", d.action, round(named)));
+                }
+                named
+            }
             (None, None) => {
                 lines.push(format!("action scale: {} {} ({})", d.action, round(own), d.why));
                 own

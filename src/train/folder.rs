@@ -736,25 +736,48 @@ pub struct CurveRow {
     /// The sum of `dev_terms` as evaluated, or as read back from `curve.csv` (not the sum of
     /// the rounded terms there), so that a resumed run writes its earlier rows unchanged.
     pub dev_total: f64,
+    /// The quantities that explain training ([`super::diagnose::columns`]), by column name;
+    /// none in curves written before they existed.
+    pub diagnostics: Vec<(String, f64)>,
 }
 
 impl CurveRow {
     pub fn new(update: usize, seconds: f64, train: f64, dev_terms: Vec<f64>) -> CurveRow {
         let dev_total = dev_terms.iter().sum();
-        CurveRow { update, seconds, train, dev_terms, dev_total }
+        CurveRow { update, seconds, train, dev_terms, dev_total, diagnostics: Vec::new() }
+    }
+
+    pub fn with_diagnostics(self, diagnostics: Vec<(String, f64)>) -> CurveRow {
+        CurveRow { diagnostics, ..self }
     }
 }
 
+/// The curve as CSV: `update, seconds, train_cost`, the dev cost of each term, the diagnostic
+/// columns, and `dev_total` last, where readers that predate the diagnostics look for it (they
+/// take the columns between `train_cost` and the last for the terms, so the terms come first).
 fn curve_csv(names: &[String], rows: &[CurveRow]) -> String {
     let mut out = String::from("update,seconds,train_cost");
     for n in names {
         out.push_str(&format!(",dev_{n}"));
+    }
+    let mut diagnostics: Vec<&str> = Vec::new();
+    for (name, _) in rows.iter().flat_map(|r| &r.diagnostics) {
+        if !diagnostics.contains(&name.as_str()) {
+            diagnostics.push(name);
+        }
+    }
+    for name in &diagnostics {
+        out.push_str(&format!(",{name}"));
     }
     out.push_str(",dev_total\n");
     for r in rows {
         out.push_str(&format!("{},{:.3},{:.6}", r.update, r.seconds, r.train));
         for t in &r.dev_terms {
             out.push_str(&format!(",{t:.6}"));
+        }
+        for name in &diagnostics {
+            let value = r.diagnostics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |d| d.1);
+            out.push_str(&format!(",{value:.6}"));
         }
         out.push_str(&format!(",{:.6}\n", r.dev_total));
     }
@@ -816,17 +839,34 @@ pub fn curve_svg(title: &str, rows: &[CurveRow]) -> String {
     svg
 }
 
-/// Reads the rows of a `curve.csv` written by [`super::run::train`].
+/// Reads the rows of a `curve.csv` written by [`super::run::train`], by this version or an
+/// earlier one: the columns between `train_cost` and the last, `dev_total`, are the dev cost of
+/// a term when named `dev_…`, and a diagnostic otherwise.
 pub fn read_curve(text: &str) -> Vec<CurveRow> {
-    text.lines()
-        .skip(1)
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    lines
         .filter_map(|line| {
             let cols: Vec<f64> = line.split(',').map(|c| c.parse::<f64>().unwrap_or(f64::NAN)).collect();
             let (&update, rest) = cols.split_first()?;
             let (&seconds, rest) = rest.split_first()?;
             let (&train, rest) = rest.split_first()?;
-            let (&dev_total, terms) = rest.split_last()?;
-            Some(CurveRow { update: update as usize, seconds, train, dev_terms: terms.to_vec(), dev_total })
+            let (&dev_total, middle) = rest.split_last()?;
+            let mut row = CurveRow {
+                update: update as usize,
+                seconds,
+                train,
+                dev_terms: Vec::new(),
+                dev_total,
+                diagnostics: Vec::new(),
+            };
+            for (k, &value) in middle.iter().enumerate() {
+                match header.get(3 + k) {
+                    Some(name) if !name.starts_with("dev_") => row.diagnostics.push((name.to_string(), value)),
+                    _ => row.dev_terms.push(value),
+                }
+            }
+            Some(row)
         })
         .collect()
 }
@@ -851,6 +891,32 @@ mod tests {
 
     fn row(update: usize, dev: f64) -> CurveRow {
         CurveRow::new(update, update as f64, dev * 1.1, vec![dev])
+    }
+
+    #[test]
+    fn a_curve_with_diagnostics_reads_back_and_an_older_curve_still_reads() {
+        let names = ["holding".to_string(), "fixed".to_string()];
+        let rows = vec![
+            CurveRow::new(0, 0.5, f64::NAN, vec![3.0, 1.0]).with_diagnostics(vec![("kl".into(), f64::NAN)]),
+            CurveRow::new(4, 1.5, 3.5, vec![2.0, 1.0]).with_diagnostics(vec![("kl".into(), 0.25)]),
+        ];
+        let text = curve_csv(&names, &rows);
+        assert!(text.starts_with("update,seconds,train_cost,dev_holding,dev_fixed,kl,dev_total\n"), "{text}");
+        let back = read_curve(&text);
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[1].dev_terms.clone(), back[1].dev_total), (vec![2.0, 1.0], 3.0));
+        assert_eq!(back[1].diagnostics, vec![("kl".to_string(), 0.25)]);
+        assert!(back[0].diagnostics[0].1.is_nan());
+        // Written again, it is the same text (a resumed run rewrites its earlier rows unchanged).
+        assert_eq!(curve_csv(&names, &back), text);
+        // A reader that predates the diagnostics finds the update, the train cost, the terms
+        // first and the total last.
+        let last = text.lines().nth(2).unwrap_or_default();
+        let cols: Vec<&str> = last.split(',').collect();
+        assert_eq!((cols[0], cols[2], cols[3], cols[cols.len() - 1]), ("4", "3.500000", "2.000000", "3.000000"));
+        // A curve written before the diagnostics reads as it did.
+        let old = read_curve("update,seconds,train_cost,dev_holding,dev_total\n0,0.1,NaN,2.5,2.5\n");
+        assert_eq!((old[0].dev_terms.clone(), old[0].diagnostics.len()), (vec![2.5], 0));
     }
 
     #[test]

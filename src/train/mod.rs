@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod defaults;
+pub mod diagnose;
 pub mod folder;
 pub mod policy;
 pub mod riccati;
@@ -156,6 +157,10 @@ impl std::fmt::Display for TrainError {
 pub struct Evaluation {
     pub terms: Vec<f64>,
     pub per_scenario: Vec<Vec<f64>>,
+    /// What the policy chose and did, from the model's `warmup` on.
+    pub behaviour: diagnose::Behaviour,
+    /// Per scenario, the total cost discounted as [`crate::sim::discounted`] says.
+    pub discounted: Vec<f64>,
 }
 
 impl Evaluation {
@@ -171,8 +176,13 @@ pub fn evaluate(ctx: &Context, nets: &Nets, set: &Scenarios) -> Result<Evaluatio
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut per_scenario = Vec::with_capacity(set.count);
     let indices: Vec<usize> = (0..set.count).collect();
+    let mut behaviour = diagnose::Behaviour::new(ctx.spec);
+    let mut discounted = Vec::with_capacity(set.count);
+    let discount_scale = crate::sim::discount_scale(ctx.module);
     for chunk in indices.chunks(256) {
         let traj = rollout::rollout(ctx, nets, set, chunk, Mode::Greedy, false, &mut rng)?;
+        behaviour.add(ctx.spec, &traj, ctx.module.warmup as usize);
+        discounted.extend(traj.discounted(terms, ctx.module).iter().map(|d| d / discount_scale));
         let totals = traj.totals(terms, ctx.module.warmup as usize);
         for row in totals.chunks(terms.max(1)) {
             per_scenario.push(row.iter().map(|c| c / scale).collect::<Vec<f64>>());
@@ -180,7 +190,7 @@ pub fn evaluate(ctx: &Context, nets: &Nets, set: &Scenarios) -> Result<Evaluatio
     }
     let n = per_scenario.len().max(1) as f64;
     let terms = (0..terms).map(|j| per_scenario.iter().map(|r| r[j]).sum::<f64>() / n).collect();
-    Ok(Evaluation { terms, per_scenario })
+    Ok(Evaluation { terms, per_scenario, behaviour, discounted })
 }
 
 /// The spec of a module with the scale and shift of its half-line actions set (actions on an

@@ -53,6 +53,12 @@ pub struct Used {
     pub bound_slopes: (f64, f64),
     /// The raw value squashed (the network's output, or PPO's Gaussian draw).
     pub raw: f32,
+    /// The action's value.
+    pub value: f64,
+    /// Whether the value sits at one of its bounds (within a thousandth of its range, or of
+    /// its scale on a half-line) while they leave room: what [`super::diagnose`] counts as
+    /// piled up at a bound.
+    pub pinned: bool,
 }
 
 pub struct Step {
@@ -89,6 +95,20 @@ impl Trajectory {
             for (t, c) in totals.iter_mut().zip(&step.costs) {
                 *t += c;
             }
+        }
+        totals
+    }
+
+    /// Per row, the total cost of the steps from the module's `warmup` on, step `warmup + k`
+    /// weighed by `discount^k`.
+    pub fn discounted(&self, terms: usize, module: &Module) -> Vec<f64> {
+        let mut totals = vec![0.0; self.rows];
+        let mut weight = 1.0;
+        for step in self.steps.iter().skip(module.warmup as usize) {
+            for (total, c) in totals.iter_mut().zip(step.costs.chunks(terms.max(1))) {
+                *total += weight * c.iter().sum::<f64>();
+            }
+            weight *= module.discount;
         }
         totals
     }
@@ -241,8 +261,10 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
                         }
                         let (v, slope) = squash(raw as f64, lo, hi, head.scale, head.shift);
                         let bound_slopes = squash_bounds_slopes(raw as f64, lo, hi);
+                        let near = 1e-3 * if hi > lo && (hi - lo).is_finite() { hi - lo } else { head.scale.abs() };
+                        let pinned = hi > lo && (v <= lo + near || v >= hi - near);
                         self.used[b * continuous_len + e] =
-                            Used { output: Some(output as u32), slope, bound_slopes, raw };
+                            Used { output: Some(output as u32), slope, bound_slopes, raw, value: v, pinned };
                         v
                     } else {
                         0.0

@@ -11,6 +11,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
+use super::diagnose::{self, Standing, Watch, Window};
 use super::folder::{self, CurveRow, RunRecord, TrainingState, decode_checkpoint, encode_checkpoint};
 use super::policy::Nets;
 use super::rollout::{Context, Mode, rollout};
@@ -35,6 +36,8 @@ pub struct Outcome {
     /// preempted one does not move as it moves the mean; NaN without updates.
     pub median_update: f64,
     pub interrupted: bool,
+    /// Stopped because the dev cost had not improved for `--patience` updates.
+    pub plateau: bool,
     pub error: Option<TrainError>,
 }
 
@@ -54,6 +57,8 @@ pub struct RunInputs<'a> {
     pub resume: bool,
     /// The least number of seconds between two writes of `latest.ckpt`, at dev evaluations.
     pub save_every: f64,
+    /// Where each setting came from, by key (`hidden`, `lr`, …), for the lines `train` prints.
+    pub origin: &'a dyn Fn(&str) -> super::config::Origin,
 }
 
 /// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
@@ -76,10 +81,12 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
     let asked = cfg;
     let mut cfg = asked.resolved(module);
     let derived = defaults::action_scales(module, &instance, inputs.backend, &train_set).map_err(TrainError::Run)?;
-    let (scales, scale_lines) = defaults::resolve(asked.action_scale, &asked.action_scales, &derived);
+    let named_by = (inputs.origin)("action_scale").why("action-scale");
+    let (scales, scale_lines) =
+        defaults::resolve(asked.action_scale, &asked.action_scales, &derived, named_by.as_deref());
     cfg.action_scales = scales;
     if inputs.progress {
-        asked.explain(&cfg, module).iter().chain(&scale_lines).for_each(|line| println!("{line}"));
+        asked.explain(&cfg, module, inputs.origin).iter().chain(&scale_lines).for_each(|line| println!("{line}"));
     }
     // Features that do not vary at the start are divided by the model's typical size.
     let typical = cfg.action_scale.unwrap_or_else(|| train_set.noise_scale());
@@ -182,7 +189,10 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         Some(folder::Best::Missing) | None => {
             let first = evaluate_dev(&nets, first_update)?;
             if resumed.is_none() {
-                curve.push(CurveRow::new(first_update, started.elapsed().as_secs_f64(), f64::NAN, first.terms.clone()));
+                let diagnostics =
+                    diagnose::columns(module, &spec, cfg.algo, &Window::default(), &first.behaviour, &first.terms);
+                let row = CurveRow::new(first_update, started.elapsed().as_secs_f64(), f64::NAN, first.terms.clone());
+                curve.push(row.with_diagnostics(diagnostics));
             }
             save(&nets, folder::BEST, first_update, Some(first.total()), None)?;
             (first.total(), first_update)
@@ -190,6 +200,11 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
     };
     let mut done = first_update;
     let offset = curve.last().map_or(0.0, |r| r.seconds);
+    let mut window = Window::default();
+    let mut watch = Watch::default();
+    let mut plateau = false;
+    // The diagnostics of the last dev evaluation, for the next progress line.
+    let mut fresh: Option<String> = None;
 
     for u in first_update..cfg.updates {
         if inputs.stop.load(Ordering::Relaxed) {
@@ -200,10 +215,10 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             random::shuffle(&mut order, &mut rng);
         }
         let indices = &order[position * cfg.batch..((position + 1) * cfg.batch).min(order.len())];
-        let entropy =
-            cfg.entropy_start + (cfg.entropy_end - cfg.entropy_start) * (u as f64 / (cfg.updates.max(2) - 1) as f64);
+        let entropy = cfg.entropy_weight(u);
+        opt.set_lr(&cfg, u);
         let t0 = Instant::now();
-        let step = (|| -> Result<f64, TrainError> {
+        let step = (|| -> Result<(f64, super::update::Stats), TrainError> {
             let mut policy_rng = random::policy_stream(cfg.seed, ScenarioSet::Train, u as u64);
             let clock = Instant::now();
             let mut traj = rollout(&ctx, &nets, &train_set, indices, mode, cfg.algo != Algo::Ppo, &mut policy_rng)?;
@@ -211,15 +226,16 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             let stats = update(&ctx, &mut nets, &mut opt, &mut work, &mut traj, &cfg, entropy, &mut rng)?;
             phases.add(&stats.phases);
             let totals = traj.totals(terms, module.warmup as usize);
-            Ok(totals.iter().sum::<f64>() / traj.rows as f64 / scale_report)
+            Ok((totals.iter().sum::<f64>() / traj.rows as f64 / scale_report, stats))
         })()
         .map_err(|e| e.during(During::Update(u + 1)));
         let seconds = t0.elapsed().as_secs_f64();
         in_updates += seconds;
         update_seconds.push(seconds);
         match step {
-            Ok(cost) => {
+            Ok((cost, stats)) => {
                 running_train = if running_train.is_nan() { cost } else { 0.9 * running_train + 0.1 * cost };
+                window.add(&stats);
             }
             Err(e) => {
                 error = Some(e);
@@ -234,16 +250,33 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         if done % eval_every == 0 || done == last || stopping {
             match evaluate_dev(&nets, done) {
                 Ok(dev) => {
-                    curve.push(CurveRow::new(
-                        done,
-                        offset + started.elapsed().as_secs_f64(),
-                        running_train,
-                        dev.terms.clone(),
-                    ));
+                    let diagnostics = diagnose::columns(module, &spec, cfg.algo, &window, &dev.behaviour, &dev.terms);
+                    if inputs.progress {
+                        fresh = Some(diagnose::summary(&diagnostics));
+                    }
+                    let row =
+                        CurveRow::new(done, offset + started.elapsed().as_secs_f64(), running_train, dev.terms.clone());
+                    curve.push(row.with_diagnostics(diagnostics));
                     if dev.total() < best.0 {
                         best = (dev.total(), done);
                         save(&nets, folder::BEST, done, Some(dev.total()), None)?;
                     }
+                    let standing = Standing {
+                        update: done,
+                        dev: dev.total(),
+                        best: best.0,
+                        best_update: best.1,
+                        eval_every,
+                        updates: last,
+                    };
+                    for warning in watch.check(module, &spec, &window, &dev.behaviour, &standing) {
+                        if inputs.progress && std::io::stderr().is_terminal() {
+                            eprintln!();
+                        }
+                        eprintln!("warning: {warning}");
+                    }
+                    window = Window::default();
+                    plateau = cfg.patience.is_some_and(|p| done - best.1 >= p) && done < last;
                     folder::write_curve(folder, &names, &curve).map_err(io)?;
                     // Where a killed run resumes from. It is written after the curve, so a kill
                     // between the two leaves a curve that `--resume` cuts back to it.
@@ -266,13 +299,36 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
             let width = 24;
             let filled = width * done / cfg.updates.max(1);
             let bar: String = (0..width).map(|i| if i < filled { '#' } else { '-' }).collect();
-            let line =
+            let mut line =
                 format!("[{bar}] {done}/{last} updates, {rate:.1} updates/s, train {running_train:.4}, dev {dev:.4}");
+            if let Some(shares) = curve.last().map(|r| diagnose::cost_shares(module, &spec, &r.dev_terms))
+                && !shares.is_empty()
+            {
+                line.push_str(&format!(" ({shares})"));
+            }
+            if let Some(fresh) = fresh.take() {
+                line.push_str(&format!("\n  {fresh}"));
+            }
             if std::io::stderr().is_terminal() {
                 eprint!("\r{line}");
+                if line.contains('\n') {
+                    eprintln!();
+                }
             } else {
                 eprintln!("{line}");
             }
+        }
+        if plateau {
+            if inputs.progress && std::io::stderr().is_terminal() {
+                eprintln!();
+            }
+            let (dev, at) = best;
+            eprintln!(
+                "stopping: the dev cost has not improved for {} updates (--patience {}; best {dev:.4} at update {at})",
+                done - at,
+                cfg.patience.unwrap_or_default()
+            );
+            break;
         }
     }
     if inputs.progress && std::io::stderr().is_terminal() {
@@ -295,6 +351,7 @@ pub fn train(inputs: RunInputs<'_>, cfg: Config) -> Result<Outcome, TrainError> 
         median_update: median(&mut update_seconds),
         phases,
         interrupted: inputs.stop.load(Ordering::Relaxed),
+        plateau,
         error,
     })
 }

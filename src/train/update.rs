@@ -37,6 +37,16 @@ pub struct Optimizers {
 }
 
 impl Optimizers {
+    /// Sets every group's learning rate to `cfg`'s at update `u`: [`Config::lr_at`], and for
+    /// the discrete network [`Config::lr_discrete`] scaled alike.
+    pub fn set_lr(&mut self, cfg: &Config, u: usize) {
+        let lr = cfg.lr_at(u);
+        for adam in [&mut self.continuous, &mut self.value, &mut self.log_std] {
+            adam.lr = lr as f32;
+        }
+        self.discrete.lr = (lr * cfg.lr_discrete() / cfg.lr()) as f32;
+    }
+
     pub fn new(nets: &Nets, cfg: &Config) -> Optimizers {
         let adam = |n: usize| {
             let mut a = Adam::new(n, cfg.lr() as f32);
@@ -44,7 +54,11 @@ impl Optimizers {
             a
         };
         Optimizers {
-            discrete: adam(nets.discrete.params().len()),
+            discrete: {
+                let mut a = adam(nets.discrete.params().len());
+                a.lr = cfg.lr_discrete() as f32;
+                a
+            },
             continuous: adam(nets.continuous.params().len()),
             value: adam(nets.value.params().len()),
             log_std: adam(nets.log_std.len()),
@@ -59,8 +73,17 @@ pub struct Stats {
     pub approx_kl: f64,
     pub clip_fraction: f64,
     pub entropy: f64,
+    /// The mean entropy (nats) of one choice of each discrete action, in the first step.
+    pub head_entropy: Vec<f64>,
+    /// The norm of each parameter group's gradient before clipping, in the first step (the one
+    /// that carries HPO's pathwise gradient), by group name ([`GROUPS`]); groups that do not
+    /// step in it are left out.
+    pub grad_norms: Vec<(&'static str, f64)>,
     pub phases: Phases,
 }
+
+/// The parameter groups, each with its own Adam and gradient clip, as the curve names them.
+pub const GROUPS: [&str; 4] = ["discrete", "value", "continuous", "log_std"];
 
 /// Wall-clock seconds spent in each part of updates (`hmdpc train --breakdown`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -226,6 +249,8 @@ struct Losses {
     approx_kl: f64,
     clip_fraction: f64,
     entropy: f64,
+    /// The mean entropy of one choice of each discrete action.
+    head_entropy: Vec<f64>,
 }
 
 /// The clamped log-std of Gaussian output `o`, its σ, and a raw draw standardised by the mean.
@@ -280,17 +305,23 @@ fn ppo_losses(
         // New log-probabilities and entropies.
         let mut log_prob = vec![0.0f64; n];
         let mut entropy = vec![0.0f64; n];
+        let mut head_entropy = vec![0.0f64; spec.discrete.len()];
+        let head_of: Vec<usize> =
+            spec.discrete.iter().enumerate().flat_map(|(h, d)| std::iter::repeat_n(h, d.len)).collect();
         let mut lp = Vec::new();
         for (r, &i) in which.iter().enumerate() {
             each_choice(spec, &logits, r, &mut lp, |Choice { e, log_probs: lp, .. }| {
                 let label = s.chosen[i * discrete_len + e] as usize;
                 log_prob[r] += lp[label];
+                let mut h = 0.0;
                 for &v in lp {
                     let p = v.exp();
                     if p > 0.0 {
-                        entropy[r] -= p * v;
+                        h -= p * v;
                     }
                 }
+                entropy[r] += h;
+                head_entropy[head_of[e]] += h;
             });
             if gaussian {
                 for &(output, raw) in &s.draws[i * continuous_len..(i + 1) * continuous_len] {
@@ -358,7 +389,10 @@ fn ppo_losses(
                 nets.continuous.backward(ctape, &dmeans, continuous, None);
             }
         }
-        (score, approx_kl, clipped, entropy)
+        for (h, d) in head_entropy.iter_mut().zip(&spec.discrete) {
+            *h /= (n * d.len).max(1) as f64;
+        }
+        (score, approx_kl, clipped, entropy, head_entropy)
     };
     let value = || {
         let values = if recorded.value { vtape.output() } else { nets.value.forward(&x, n, vtape) };
@@ -369,12 +403,13 @@ fn ppo_losses(
             .collect();
         nets.value.backward(vtape, &dv, zeroed(vgrad, nets.value.params().len()), None);
     };
-    let ((score, approx_kl, clipped, entropy), ()) = rayon::join(policy, value);
+    let ((score, approx_kl, clipped, entropy, head_entropy), ()) = rayon::join(policy, value);
     Losses {
         score,
         approx_kl: approx_kl / n as f64,
         clip_fraction: clipped as f64 / n as f64,
         entropy: entropy.iter().sum::<f64>() / n as f64,
+        head_entropy,
     }
 }
 
@@ -702,6 +737,7 @@ pub fn update(
             if first {
                 stats.clip_fraction = l.clip_fraction;
                 stats.entropy = l.entropy;
+                stats.head_entropy = l.head_entropy.clone();
             }
             if mixed {
                 let range = slice(cfg, ctx.module, traj.steps.len());
@@ -725,11 +761,19 @@ pub fn update(
                 (&mut opt.continuous, nets.continuous.params_mut(), &work.grads.continuous, continuous),
                 (&mut opt.log_std, &mut nets.log_std[..], &work.grads.log_std, gaussian),
             ];
-            let groups: Vec<_> = groups.into_iter().filter(|g| g.3).map(|(a, p, g, _)| (a, p, g, norm(g))).collect();
+            let groups: Vec<_> = groups
+                .into_iter()
+                .zip(GROUPS)
+                .filter(|(g, _)| g.3)
+                .map(|((a, p, g, _), name)| (a, p, g, norm(g), name))
+                .collect();
             if groups.iter().any(|g| !g.3.is_finite()) {
                 return Err(TrainError::NotFiniteGradient);
             }
-            for (adam, params, grad, norm) in groups {
+            if first {
+                stats.grad_norms = groups.iter().map(|g| (g.4, g.3 as f64)).collect();
+            }
+            for (adam, params, grad, norm, _) in groups {
                 adam.step_clipped_by(params, grad, norm, cfg.max_grad_norm as f32);
             }
             stats.phases.optimizer += clock.elapsed().as_secs_f64();
