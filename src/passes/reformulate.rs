@@ -8,16 +8,26 @@
 //! lower bound). The score-function gradient then handles the choice and the pathwise gradient
 //! the quantity, which is exactly the hand-written `choice {skip, buy}` form.
 //!
-//! What is recognised, for an action `q` whose lower bound is the constant 0 (`real >= 0`, or
-//! `real in [0, hi]`):
+//! What is recognised, for an action `q` whose lower bound is 0 (`real >= 0`, or
+//! `real in [0, hi]`; a bound or threshold may be a constant parameter, which `--set` changes):
 //! - `q[...] > 0`, `q[...] != 0`, `q[...] == 0` and the mirrored forms: one regime per element
 //!   of `q` (the new action `q.regime` has `q`'s dimensions, indexed as the comparison indexes `q`);
 //! - `sum(i in I) q[i] > 0` over all of a one-dimensional `q`: one regime shared by all elements
-//!   (`q.order`).
+//!   (`q.order`);
+//! - a comparison of `q[...]` with a number strictly inside its constant bounds: pieces of the
+//!   domain chosen by `q.piece` (any lower bound). With a shared order too, `q.order` decides
+//!   whether `q` acts and `q.piece` where each element lies when it does.
 //!
-//! Not yet rewritten, and reported as jumps: comparisons with another threshold (a bulk discount
-//! at `q > 100`, which needs regimes with their own bounds), a lower bound other than 0, and
-//! jumps in the state, which no choice of the policy can remove.
+//! An operand may be a `let` (`let total = sum(i in I) q[i]`, `total > 0`): `let`s are followed
+//! to their values, an indexed one when it is read at plain index names.
+//!
+//! Every rewrite records its [`Choice`]: how the new discrete action follows from values of the
+//! user's action, so a declared policy that sets `q` can be scored on the rewritten model
+//! ([`Rewrite::choose`], [`choose_all`]).
+//!
+//! Not yet rewritten, and reported as jumps: a fixed cost at a lower bound other than 0, a
+//! threshold on a sum other than the whole sum against 0, and jumps in the state, which no choice
+//! of the policy can remove.
 
 use crate::diagnostics::Span;
 use crate::ir::*;
@@ -29,6 +39,68 @@ pub struct Rewrite {
     /// The new discrete action.
     pub action: BufferId,
     pub description: String,
+    /// How the new action's value follows from the value of the user's action.
+    pub choice: Choice,
+}
+
+/// What a new discrete action says about the user's action, so that values of the user's
+/// actions (set by a declared policy, or read from a run) map to the rewritten model's choices.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Choice {
+    /// `zero` (0) where the continuous action `of` is 0 — for `shared`, where all of it is —
+    /// else `positive` (1).
+    Regime { of: BufferId, shared: bool },
+    /// The piece of the domain of `of` each element lies in: the piece `zero` at 0 when `zero`,
+    /// else the last piece whose start the value reaches (a value at a cut belongs to the piece
+    /// above it). `starts` has one start per label.
+    Pieces { of: BufferId, starts: Vec<f64>, zero: bool },
+}
+
+impl Rewrite {
+    /// Writes the new discrete action from the user's action, both in `values` (one vector per
+    /// buffer of the module, as a scenario's buffers hold them): the choice under which the
+    /// rewritten step computes what the original step computes for those values.
+    pub fn choose(&self, values: &mut [Vec<f64>]) {
+        let Some(user) = values.get(self.of()).cloned() else { return };
+        let Some(chosen) = values.get_mut(self.action) else { return };
+        match &self.choice {
+            Choice::Regime { shared: true, .. } => {
+                let positive = user.iter().any(|v| *v != 0.0);
+                chosen.iter_mut().for_each(|c| *c = f64::from(u8::from(positive)));
+            }
+            Choice::Regime { shared: false, .. } => {
+                for (c, v) in chosen.iter_mut().zip(&user) {
+                    *c = f64::from(u8::from(*v != 0.0));
+                }
+            }
+            Choice::Pieces { starts, zero, .. } => {
+                let first = usize::from(*zero);
+                for (c, v) in chosen.iter_mut().zip(&user) {
+                    let piece = if *zero && *v == 0.0 {
+                        0
+                    } else {
+                        (first..starts.len()).rev().find(|&k| *v >= starts[k]).unwrap_or(first)
+                    };
+                    *c = piece as f64;
+                }
+            }
+        }
+    }
+
+    /// The user's action this rewrite is about.
+    pub fn of(&self) -> BufferId {
+        match self.choice {
+            Choice::Regime { of, .. } | Choice::Pieces { of, .. } => of,
+        }
+    }
+}
+
+/// Writes every discrete action the reformulation added from the user's continuous actions in
+/// `values` (see [`Rewrite::choose`]). Pieces after regimes: neither reads the other.
+pub fn choose_all(rewrites: &[Rewrite], values: &mut [Vec<f64>]) {
+    for r in rewrites {
+        r.choose(values);
+    }
 }
 
 const LABELS: [&str; 2] = ["zero", "positive"];
@@ -37,32 +109,43 @@ const LABELS: [&str; 2] = ["zero", "positive"];
 pub fn reformulate(module: &mut Module) -> Vec<Rewrite> {
     let mut rewrites = Vec::new();
     let handles: Vec<Handle<Expr>> = reachable_from_step(module);
-    let pieces = plan_pieces(module, &handles);
-    let mut piece_actions: Vec<(BufferId, BufferId, Vec<f64>)> = Vec::new();
-    for (action, plan) in &pieces {
-        let span = plan.span;
-        let piece = piece_action(module, *action, plan, &mut rewrites, span);
-        piece_actions.push((*action, piece, plan.starts.clone()));
+    let plan = plan_pieces(module, &handles);
+    // A shared order decision comes first: the piece and regime comparisons of its action read
+    // it, since an action that does not order is 0 whatever piece was chosen for it.
+    let mut orders: Vec<(BufferId, BufferId)> = Vec::new();
+    for &(action, span) in &plan.shared {
+        orders.push((action, regime_action(module, action, true, &mut rewrites, span)));
     }
+    let mut piece_actions: Vec<(BufferId, BufferId, Vec<f64>)> = Vec::new();
+    for (action, pieces) in &plan.pieces {
+        let piece = piece_action(module, *action, pieces, &mut rewrites, pieces.span);
+        piece_actions.push((*action, piece, pieces.starts.clone()));
+    }
+    let order_of = |action: BufferId| orders.iter().find(|(a, _)| *a == action).map(|(_, o)| *o);
     // From the highest handle down: a splice renumbers only the nodes after it.
     for h in handles.into_iter().rev() {
         if let Some((target, op, c)) = interior(module, h)
             && let Some((_, piece, starts)) = piece_actions.iter().find(|(a, _, _)| *a == target.buffer)
         {
-            // `q > c` holds exactly in the pieces from the one that starts at `c` on.
+            // `q > c` holds exactly in the pieces from the one that starts at `c` on; at the
+            // lower bound (an action that does not order) it holds for `<` and `<=` only.
             let first_above = starts.iter().position(|s| *s == c).unwrap_or(starts.len()) as f64;
-            let (op, label) = match op {
-                BinaryOp::Gt | BinaryOp::Ge => (BinaryOp::Ge, first_above),
-                _ => (BinaryOp::Lt, first_above),
+            let (op, label, idle) = match op {
+                BinaryOp::Gt | BinaryOp::Ge => (BinaryOp::Ge, first_above, 0.0),
+                _ => (BinaryOp::Lt, first_above, 1.0),
             };
-            splice(module, h, Expr::Load { buffer: *piece, index: target.index }, op, Expr::Const(label));
+            let chosen = Expr::Load { buffer: *piece, index: target.index };
+            compare_chosen(module, h, chosen, op, label, order_of(target.buffer).map(|o| (o, idle)));
             continue;
         }
         let Some((target, op, shared)) = recognise(module, h) else { continue };
+        // At 0, `q == 0` holds and `q > 0`, `q != 0` do not.
+        let idle = if op == BinaryOp::Eq { 1.0 } else { 0.0 };
         if let Some((_, piece, _)) = piece_actions.iter().find(|(a, _, _)| *a == target.buffer).filter(|_| !shared) {
             // The action is cut into pieces whose first is `zero`.
             let op = if op == BinaryOp::Eq { BinaryOp::Eq } else { BinaryOp::Ne };
-            splice(module, h, Expr::Load { buffer: *piece, index: target.index }, op, Expr::Const(0.0));
+            let chosen = Expr::Load { buffer: *piece, index: target.index };
+            compare_chosen(module, h, chosen, op, 0.0, order_of(target.buffer).map(|o| (o, idle)));
             continue;
         }
         let span = module.exprs.span(h);
@@ -70,10 +153,36 @@ pub fn reformulate(module: &mut Module) -> Vec<Rewrite> {
         // The comparison becomes "the regime is `positive`" (or `zero` for `==`).
         let index: Vec<Handle<Expr>> = if shared { Vec::new() } else { target.index.clone() };
         let label = if op == BinaryOp::Eq { 0.0 } else { 1.0 };
-        splice(module, h, Expr::Load { buffer: action, index }, BinaryOp::Eq, Expr::Const(label));
+        let order = order_of(target.buffer).filter(|_| !shared).map(|o| (o, idle));
+        compare_chosen(module, h, Expr::Load { buffer: action, index }, BinaryOp::Eq, label, order);
     }
     rewrites.sort_by_key(|r| r.span.start);
     rewrites
+}
+
+/// Replaces the comparison `h` by `chosen op label`; when the action also has a shared order
+/// decision `order`, by `if order is positive then chosen op label else idle`, `idle` being the
+/// comparison's value at the lower bound 0, where an action that does not order stays.
+fn compare_chosen(
+    module: &mut Module,
+    h: Handle<Expr>,
+    chosen: Expr,
+    op: BinaryOp,
+    label: f64,
+    order: Option<(BufferId, f64)>,
+) {
+    replace(module, h, |arena, span| {
+        let lhs = arena.push(chosen, span);
+        let rhs = arena.push(Expr::Const(label), span);
+        let compare = arena.push(Expr::Binary { op, lhs, rhs }, span);
+        if let Some((order, idle)) = order {
+            let chosen = arena.push(Expr::Load { buffer: order, index: Vec::new() }, span);
+            let positive = arena.push(Expr::Const(1.0), span);
+            let cond = arena.push(Expr::Binary { op: BinaryOp::Eq, lhs: chosen, rhs: positive }, span);
+            let otherwise = arena.push(Expr::Const(idle), span);
+            arena.push(Expr::Select { cond, then: compare, otherwise }, span);
+        }
+    });
 }
 
 struct Target {
@@ -112,13 +221,101 @@ fn reachable_from_step(module: &Module) -> Vec<Handle<Expr>> {
     (0..module.exprs.len()).filter(|&i| seen[i]).map(Handle::new).collect()
 }
 
-/// The constant value of an expression made only of numbers.
+/// The constant value of an expression made only of numbers and of scalar parameters whose
+/// value the compiler knows (`param brk = 30`, a one-number data file, or `--set brk=40`).
 fn constant(module: &Module, h: Handle<Expr>) -> Option<f64> {
-    match &module.exprs[h] {
-        Expr::Const(v) => Some(*v),
-        Expr::Unary { op: UnaryOp::Neg, arg } => constant(module, *arg).map(|v| -v),
+    let value = match &module.exprs[h] {
+        Expr::Const(v) => *v,
+        Expr::Unary { op, arg } => op.apply(constant(module, *arg)?),
+        Expr::Binary { op, lhs, rhs } => op.apply(constant(module, *lhs)?, constant(module, *rhs)?),
+        Expr::Load { buffer, index } if index.is_empty() && module.buffers[*buffer].kind == BufferKind::Param => {
+            known_parameter(module, *buffer)?
+        }
+        _ => return None,
+    };
+    (!value.is_nan()).then_some(value)
+}
+
+/// The value of a scalar parameter known at compile time: the lowering stores a constant
+/// parameter as a number in `instance`; a random one is a draw, and stays unknown.
+fn known_parameter(module: &Module, param: BufferId) -> Option<f64> {
+    if let Some(data) = &module.buffers[param].data {
+        return match data.as_slice() {
+            [v] => Some(*v),
+            _ => None,
+        };
+    }
+    match module.exprs[store_value(&module.instance.body, param)?] {
+        Expr::Const(v) => Some(v),
         _ => None,
     }
+}
+
+/// The value stored into `buffer` by a program (outside any branch), with its loop variables.
+fn store_of(stmts: &[Stmt], buffer: BufferId) -> Option<(Vec<Var>, Handle<Expr>)> {
+    stmts.iter().find_map(|s| match s {
+        Stmt::For { body, .. } => store_of(body, buffer),
+        Stmt::Store { buffer: b, index, value } if *b == buffer => Some((index.clone(), *value)),
+        _ => None,
+    })
+}
+
+fn store_value(stmts: &[Stmt], buffer: BufferId) -> Option<Handle<Expr>> {
+    store_of(stmts, buffer).map(|(_, value)| value)
+}
+
+/// The longest chain of `let`s followed to find what a comparison compares.
+const MAX_LET_CHAIN: usize = 64;
+
+/// What `h` stands for, seen through `let`s: after `let total = sum(i in I) q[i]`, the
+/// comparison `total > 0` compares the sum. Returns the node and the loop variables of the
+/// `let`s passed, each with the index it is read at (`let o[i] = q[i]` read as `o[j]`).
+fn through_lets(module: &Module, h: Handle<Expr>) -> Option<(Handle<Expr>, Vec<(Var, Handle<Expr>)>)> {
+    let mut node = h;
+    let mut bound: Vec<(Var, Handle<Expr>)> = Vec::new();
+    for _ in 0..MAX_LET_CHAIN {
+        let Expr::Load { buffer, index } = &module.exprs[node] else { break };
+        if module.buffers[*buffer].kind != BufferKind::Let {
+            break;
+        }
+        let (vars, value) = store_of(&module.step.body, *buffer)?;
+        let index: Vec<Handle<Expr>> = index.iter().map(|i| substitute(module, *i, &bound)).collect::<Option<_>>()?;
+        bound = vars.into_iter().zip(index).collect();
+        node = value;
+    }
+    Some((node, bound))
+}
+
+/// An index of a node inside a `let`, in terms of the place that reads the `let`: a loop
+/// variable of the `let` becomes the index it is read at; an index that computes with such a
+/// variable (`o[i + 1]`) is not followed.
+fn substitute(module: &Module, index: Handle<Expr>, bound: &[(Var, Handle<Expr>)]) -> Option<Handle<Expr>> {
+    if let Expr::Var(v) = module.exprs[index]
+        && let Some((_, at)) = bound.iter().find(|(b, _)| *b == v)
+    {
+        return Some(*at);
+    }
+    let mut stack = vec![index];
+    while let Some(n) = stack.pop() {
+        if let Expr::Var(v) = module.exprs[n]
+            && bound.iter().any(|(b, _)| *b == v)
+        {
+            return None;
+        }
+        stack.extend(module.exprs[n].children());
+    }
+    Some(index)
+}
+
+/// The element of a continuous action that `h` reads, through `let`s.
+fn action_element(module: &Module, h: Handle<Expr>) -> Option<Target> {
+    let (node, bound) = through_lets(module, h)?;
+    let Expr::Load { buffer, index } = &module.exprs[node] else { return None };
+    if module.buffers[*buffer].kind != BufferKind::Continuous {
+        return None;
+    }
+    let index = index.iter().map(|i| substitute(module, *i, &bound)).collect::<Option<_>>()?;
+    Some(Target { buffer: *buffer, index })
 }
 
 /// The value stored into an action's lower or upper bound; `Err` when it has none.
@@ -146,12 +343,9 @@ fn interior(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, f64)>
     if !matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) {
         return None;
     }
-    let Expr::Load { buffer, index } = module.exprs[a].clone() else { return None };
-    if module.buffers[buffer].kind != BufferKind::Continuous {
-        return None;
-    }
-    let (lo, hi) = constant_bounds(module, buffer)?;
-    (lo < c && c < hi).then_some((Target { buffer, index }, op, c))
+    let target = action_element(module, a)?;
+    let (lo, hi) = constant_bounds(module, target.buffer)?;
+    (lo < c && c < hi).then_some((target, op, c))
 }
 
 /// A comparison of an expression with a number, normalised to `A op c` (so `5 < q` is `q > 5`).
@@ -184,35 +378,50 @@ fn constant_bounds(module: &Module, action: BufferId) -> Option<(f64, f64)> {
     Some((bound(false)?, bound(true)?))
 }
 
-/// How an action's domain is cut: the start of each piece (the first is the lower bound, or
-/// 0 for a `zero` piece), their labels, and whether the first piece is the single point `zero`.
+/// How an action's domain is cut: the start and end of each piece (the first is the lower
+/// bound, or the single point 0 for a `zero` piece) and their labels.
 struct PiecePlan {
     starts: Vec<f64>,
     ends: Vec<f64>,
     labels: Vec<String>,
+    zero: bool,
     span: Span,
 }
 
+/// What the reformulation will add: the actions whose domain interior thresholds cut, and the
+/// actions whose whole sum is compared with 0 (a shared order decision), with the place of the
+/// first such comparison.
+struct Plan {
+    pieces: Vec<(BufferId, PiecePlan)>,
+    shared: Vec<(BufferId, Span)>,
+}
+
 /// The actions whose domain interior thresholds cut, with their pieces. An action that is also
-/// compared with 0 at a lower bound of 0 gets a first piece `zero` = [0, 0]; one whose sum is
-/// compared with 0 (a shared order decision) is left to the `{zero, positive}` rewrite.
-fn plan_pieces(module: &Module, handles: &[Handle<Expr>]) -> Vec<(BufferId, PiecePlan)> {
+/// compared with 0 element by element, at a lower bound of 0, gets a first piece `zero` = [0, 0].
+/// An action may have both pieces and a shared order decision (joint ordering with quantity
+/// discounts): the order decides whether it acts at all, the pieces where each element lies.
+fn plan_pieces(module: &Module, handles: &[Handle<Expr>]) -> Plan {
     let mut thresholds: Vec<(BufferId, f64, Span)> = Vec::new();
     let mut zero_per_element: Vec<BufferId> = Vec::new();
-    let mut shared: Vec<BufferId> = Vec::new();
+    let mut shared: Vec<(BufferId, Span)> = Vec::new();
     for &h in handles {
         if let Some((target, _, c)) = interior(module, h) {
             thresholds.push((target.buffer, c, module.exprs.span(h)));
         } else if let Some((target, _, is_shared)) = recognise(module, h) {
-            if is_shared { shared.push(target.buffer) } else { zero_per_element.push(target.buffer) }
+            if is_shared {
+                if !shared.iter().any(|(a, _)| *a == target.buffer) {
+                    shared.push((target.buffer, module.exprs.span(h)));
+                }
+            } else {
+                zero_per_element.push(target.buffer);
+            }
         }
     }
     let mut actions: Vec<BufferId> = thresholds.iter().map(|(a, _, _)| *a).collect();
     actions.sort_unstable();
     actions.dedup();
-    actions
+    let pieces = actions
         .into_iter()
-        .filter(|a| !shared.contains(a))
         .filter_map(|action| {
             let (lo, hi) = constant_bounds(module, action)?;
             let mut cuts: Vec<f64> = thresholds.iter().filter(|(a, _, _)| *a == action).map(|(_, c, _)| *c).collect();
@@ -235,9 +444,10 @@ fn plan_pieces(module: &Module, handles: &[Handle<Expr>]) -> Vec<(BufferId, Piec
                 labels.push(format!("{}..{}", number(from), number(to)));
                 from = to;
             }
-            Some((action, PiecePlan { starts, ends, labels, span }))
+            Some((action, PiecePlan { starts, ends, labels, zero, span }))
         })
-        .collect()
+        .collect();
+    Plan { pieces, shared }
 }
 
 fn number(v: f64) -> String {
@@ -306,6 +516,7 @@ fn piece_action(
             plan.labels.join(", "),
             if dims.is_empty() { "" } else { " (one choice per element)" }
         ),
+        choice: Choice::Pieces { of: action, starts: plan.starts.clone(), zero: plan.zero },
     });
     piece
 }
@@ -318,12 +529,12 @@ fn recognise(module: &Module, h: Handle<Expr>) -> Option<(Target, BinaryOp, bool
     if !matches!(op, BinaryOp::Gt | BinaryOp::Ne | BinaryOp::Eq) {
         return None;
     }
-    match module.exprs[a].clone() {
-        // The `zero` regime confines the action to its lower bound by not letting it act, and an
-        // action that does not act is 0: so the bound must be 0.
-        Expr::Load { buffer, index } if module.buffers[buffer].kind == BufferKind::Continuous => {
-            (constant_lower_bound(module, buffer)? == 0.0 && c == 0.0).then_some((Target { buffer, index }, op, false))
-        }
+    // The `zero` regime confines the action to its lower bound by not letting it act, and an
+    // action that does not act is 0: so the bound must be 0.
+    if let Some(target) = action_element(module, a) {
+        return (constant_lower_bound(module, target.buffer)? == 0.0 && c == 0.0).then_some((target, op, false));
+    }
+    match module.exprs[through_lets(module, a)?.0].clone() {
         Expr::Reduce { op: ReduceOp::Sum, var, set, body } => {
             let Expr::Load { buffer, index } = module.exprs[body].clone() else { return None };
             let b = &module.buffers[buffer];
@@ -379,6 +590,7 @@ fn regime_action(
                 " (one choice per element)"
             }
         ),
+        choice: Choice::Regime { of: action, shared },
     });
     regime
 }
@@ -439,27 +651,30 @@ fn store_over(module: &mut Module, buffer: BufferId, dims: &[SetId], value: Hand
     stmt
 }
 
-/// Replaces node `h` by `chosen op label`, keeping the arena's children-before-parents order:
-/// the two operands are inserted just before `h`'s position and every later handle moves up by
-/// two. `chosen` may refer only to nodes before `h`.
-fn splice(module: &mut Module, h: Handle<Expr>, chosen: Expr, op: BinaryOp, label: Expr) {
+/// Replaces node `h` by the nodes `build` pushes, the last of them taking `h`'s place, keeping
+/// the arena's children-before-parents order: the new nodes are inserted at `h`'s position and
+/// every later handle moves up. The new nodes may refer only to nodes before `h`.
+fn replace(module: &mut Module, h: Handle<Expr>, build: impl FnOnce(&mut Arena<Expr>, Span)) {
     let at = h.index();
-    let remap = |x: Handle<Expr>| if x.index() < at { x } else { Handle::new(x.index() + 2) };
     let span = module.exprs.span(h);
     let mut rebuilt = Arena::default();
+    let mut build = Some(build);
+    let mut added = 0;
     for (handle, e) in module.exprs.iter() {
         if handle.index() == at {
-            let lhs = rebuilt.push(chosen.clone(), span);
-            let rhs = rebuilt.push(label.clone(), span);
-            rebuilt.push(Expr::Binary { op, lhs, rhs }, span);
+            if let Some(build) = build.take() {
+                build(&mut rebuilt, span);
+            }
+            added = rebuilt.len() - at;
             continue;
         }
         let mut e = e.clone();
         for child in e.children_mut() {
-            *child = remap(*child);
+            *child = if child.index() < at { *child } else { Handle::new(child.index() + added - 1) };
         }
         rebuilt.push(e, module.exprs.span(handle));
     }
+    let remap = |x: Handle<Expr>| if x.index() < at { x } else { Handle::new(x.index() + added - 1) };
     module.exprs = rebuilt;
     fn stmts(list: &mut [Stmt], remap: &dyn Fn(Handle<Expr>) -> Handle<Expr>) {
         for s in list {
