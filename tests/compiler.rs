@@ -383,3 +383,42 @@ fn a_price_break_next_to_a_joint_fixed_cost_gets_both_rewrites() {
     }
     assert!(skipped > 30 && ordered > 30, "{skipped} skipped, {ordered} ordered");
 }
+
+/// Issue 19, items 5 and 6: the report says why each jump was kept — which rule would have
+/// applied and what stopped it, or that it is in the state — and what to write instead; an `if`
+/// whose branches meet where it switches is a kink, not a jump.
+#[test]
+fn the_report_says_why_jumps_were_kept() {
+    use hmdp::passes::smoothness::Class;
+    let source = "model kept\nsize n = 2\nset I = 0..n\nparam cap ~ uniform(80, 120)\nstate stock[I] = 0\n\
+                  state wear = 0\nnoise demand[I] ~ poisson(10)\naction q[I]: real in [5, 100]\naction r: real\n\
+                  step {\n  let post[i] = stock[i] + q[i] + r - demand[i]\n  stock'[i] = post[i]\n  wear' = wear + 1\n\
+                  cost setup  = sum(i in I) 50 * (q[i] > 5)\n  cost big   = sum(i in I) 9 * (q[i] > cap)\n\
+                  cost truck  = 200 * (sum(i in I) q[i] > 150)\n  cost odd   = 3 * (r != 0)\n\
+                  cost gap    = 4 * (q[0] > q[1])\n  cost wearing = 30 * (wear > 10)\n\
+                  cost hold   = sum(i in I) (if post[i] > 0 then 2 * post[i] else -9 * post[i])\n}\nhorizon 3\n";
+    let hmdp::pipeline::Compiled { module, rewrites, .. } = common::compiled_text(source, &common::root(), &[]);
+    assert!(rewrites.is_empty(), "{rewrites:?}");
+    let analysis = hmdp::passes::smoothness::analyze(&module);
+    let report = hmdp::passes::smoothness::render(&module, &analysis, &rewrites, "kept.hmdp", source);
+    let class = |name: &str| {
+        let id = module.buffers.iter().position(|b| b.name == name).expect(name);
+        analysis.costs.iter().find(|c| c.buffer == id).expect(name).class
+    };
+    assert_eq!(class("hold"), Class::Kink, "{report}");
+    for name in ["setup", "big", "truck", "odd", "gap", "wearing"] {
+        assert_eq!(class(name), Class::Jump, "{name}");
+    }
+    for expected in [
+        "is 5",                               // a fixed cost at a lower bound other than 0
+        "`cap`, a parameter drawn at random", // a threshold not known at compile time
+        "a threshold on a sum of actions",    // a truck's capacity
+        "`r` has no lower bound",
+        "both sides of the comparison read continuous actions",
+        "it depends on the state `wear`",
+        "1 in the state",
+    ] {
+        assert!(report.contains(expected), "`{expected}` missing from:\n{report}");
+    }
+    insta::assert_snapshot!("report_why_kept", report);
+}

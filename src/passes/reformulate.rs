@@ -705,3 +705,210 @@ fn replace(module: &mut Module, h: Handle<Expr>, build: impl FnOnce(&mut Arena<E
         stmts(&mut program.body, &remap);
     }
 }
+
+/// Why the reformulation left a jump as it is, and what the user can write instead: the text
+/// under a jump in the report of `hmdpc compile`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kept {
+    /// The jump is in the state: no choice of the policy can remove it.
+    pub in_state: bool,
+    /// Which rule would have applied and what stopped it (in the state: why none can).
+    pub reason: String,
+    /// What the user can write instead.
+    pub instead: String,
+}
+
+/// Why the jump at `h` was kept: `h` is a comparison, the condition of an `if`, or a rounding
+/// or `%` of an active value, in a module the reformulation has run on.
+pub fn why_kept(module: &Module, h: Handle<Expr>) -> Kept {
+    let read = reads(module, h);
+    let names = |kind: fn(&BufferKind) -> bool| -> Vec<String> {
+        read.iter()
+            .filter(|b| kind(&module.buffers[**b].kind))
+            .map(|b| format!("`{}`", module.buffers[*b].name))
+            .collect()
+    };
+    let states = names(|k| *k == BufferKind::State);
+    if !states.is_empty() {
+        return Kept {
+            in_state: true,
+            reason: format!("it depends on the state {}, which no choice of the policy can change", states.join(", ")),
+            instead: "accept it when it is small (simulation is exact; only the pathwise gradient does not see it)"
+                .into(),
+        };
+    }
+    let kept = |reason: String, instead: &str| Kept { in_state: false, reason, instead: instead.to_string() };
+    match &module.exprs[h] {
+        Expr::Unary { op: UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round, .. } | Expr::Binary { op: BinaryOp::Rem, .. } => {
+            kept(
+                format!("rounding or `%` of the action {} has no rewrite", names(|k| *k == BufferKind::Continuous).join(", ")),
+                "declare a whole quantity as a discrete action (`choice[SET]`), or use the action without rounding",
+            )
+        }
+        Expr::Binary { op: BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne, .. } => {
+            why_comparison_kept(module, h)
+        }
+        _ => kept(
+            "the condition is not one comparison of an action with a number (it combines several with `and`, `or` or `not`)"
+                .into(),
+            "nest the branches, `if a then (if b then ... else ...) else ...`, each on one comparison of an action with a number",
+        ),
+    }
+}
+
+/// The buffers an expression reads, following `let`s into their values.
+fn reads(module: &Module, h: Handle<Expr>) -> Vec<BufferId> {
+    let mut out = Vec::new();
+    let mut seen = vec![false; module.exprs.len()];
+    let mut stack = vec![h];
+    while let Some(n) = stack.pop() {
+        if std::mem::replace(&mut seen[n.index()], true) {
+            continue;
+        }
+        if let Expr::Load { buffer, .. } = &module.exprs[n] {
+            if !out.contains(buffer) {
+                out.push(*buffer);
+            }
+            if module.buffers[*buffer].kind == BufferKind::Let
+                && let Some(value) = store_value(&module.step.body, *buffer)
+            {
+                stack.push(value);
+            }
+        }
+        stack.extend(module.exprs[n].children());
+    }
+    out
+}
+
+/// Why a comparison of actions (and no state) stayed a jump.
+fn why_comparison_kept(module: &Module, h: Handle<Expr>) -> Kept {
+    let kept = |reason: String, instead: String| Kept { in_state: false, reason, instead };
+    let name = |b: BufferId| module.buffers[b].name.clone();
+    let Some((a, op, c)) = against_constant(module, h) else {
+        let Expr::Binary { lhs, rhs, .. } = module.exprs[h] else {
+            return kept(
+                "the comparison is not of an action with a number".into(),
+                "compare an action with a number".into(),
+            );
+        };
+        let acting =
+            |side: Handle<Expr>| reads(module, side).iter().any(|b| module.buffers[*b].kind == BufferKind::Continuous);
+        if acting(lhs) && acting(rhs) {
+            return kept(
+                "both sides of the comparison read continuous actions; only an action compared with a number is rewritten"
+                    .into(),
+                "compare one action with a number (`q > 10`), or make the quantity compared an action of its own".into(),
+            );
+        }
+        let threshold = if acting(lhs) { rhs } else { lhs };
+        let what = reads(module, threshold)
+            .into_iter()
+            .find_map(|b| match module.buffers[b].kind {
+                BufferKind::Noise => Some(format!("reads the noise `{}`", name(b))),
+                BufferKind::Param => Some(format!("reads `{}`, a parameter drawn at random", name(b))),
+                BufferKind::Discrete => Some(format!("reads the discrete action `{}`", name(b))),
+                _ => None,
+            })
+            .unwrap_or_else(|| "is not a number known at compile time".into());
+        return kept(
+            format!("a threshold is rewritten when it is a number known at compile time, but this one {what}"),
+            "compare with a number or a constant `param` (which `--set` can change)".into(),
+        );
+    };
+    if let Some(target) = action_element(module, a) {
+        let q = name(target.buffer);
+        let lower = match bound_value(module, target.buffer, false) {
+            Err(()) => Ok(None),
+            Ok(value) => value.and_then(|v| constant(module, v)).map(Some).ok_or(()),
+        };
+        let fixed_cost = matches!(op, BinaryOp::Gt | BinaryOp::Ne | BinaryOp::Eq);
+        if fixed_cost {
+            let zero_rule = format!(
+                "a comparison of `{q}` with its lower bound becomes a `{{zero, positive}}` choice when the bound is 0"
+            );
+            match lower {
+                Ok(Some(l)) if l == c && l != 0.0 => {
+                    return kept(
+                        format!(
+                            "{zero_rule} (in `zero` the action does not act, and an action that does not act is 0), but it is {}",
+                            number(l)
+                        ),
+                        format!(
+                            "declare the part above the bound as the action, `real >= 0`, and add {} where it is used",
+                            number(l)
+                        ),
+                    );
+                }
+                Ok(None) if c == 0.0 => {
+                    return kept(
+                        format!("{zero_rule}, but `{q}` has no lower bound"),
+                        format!("declare `{q}: real >= 0` when it cannot be negative"),
+                    );
+                }
+                Err(()) if c == 0.0 => {
+                    return kept(
+                        format!(
+                            "{zero_rule}, but the lower bound of `{q}` is not known at compile time (it reads the state or a parameter drawn at random)"
+                        ),
+                        format!(
+                            "declare `{q}: real >= 0` and put a lower limit that moves with the state as a `max` in the step"
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let Some((lo, hi)) = constant_bounds(module, target.buffer) else {
+            return kept(
+                format!(
+                    "a threshold cuts the domain of `{q}` into pieces when both its bounds are known at compile time, but a \
+                     bound of `{q}` reads the state or a parameter drawn at random"
+                ),
+                format!(
+                    "write the bounds of `{q}` as numbers or constant `param`s, and a limit that moves with the state as a `min` in the step"
+                ),
+            );
+        };
+        if !(lo < c && c < hi) {
+            return kept(
+                format!(
+                    "a threshold cuts the domain of `{q}` into pieces when it lies inside the bounds, but {} is not inside [{}, {}]",
+                    number(c),
+                    number(lo),
+                    number(hi)
+                ),
+                "drop the comparison, whose value does not change inside the bounds, or correct the threshold".into(),
+            );
+        }
+        return kept(
+            format!(
+                "`==` or `!=` with {} holds at a single point inside the domain of `{q}`, which no piece can be",
+                number(c)
+            ),
+            "compare with `<=`, `<`, `>=` or `>`".into(),
+        );
+    }
+    if let Expr::Reduce { op: ReduceOp::Sum, .. } = module.exprs[through_lets(module, a).map_or(a, |(n, _)| n)] {
+        return if c == 0.0 && matches!(op, BinaryOp::Gt | BinaryOp::Ne | BinaryOp::Eq) {
+            kept(
+                "a sum compared with 0 becomes a shared order decision when it runs over the whole of one one-dimensional \
+                 action whose lower bound is 0"
+                    .into(),
+                "sum over the whole action, declared `real >= 0`, or write the order choice yourself".into(),
+            )
+        } else {
+            kept(
+                "a threshold on a sum of actions (a capacity on the total) is not rewritten yet; only the whole sum compared \
+                 with 0 is"
+                    .into(),
+                "write the choice yourself: a discrete action for the range the total lies in, and bounds that follow it"
+                    .into(),
+            )
+        };
+    }
+    kept(
+        "the comparison is of an expression of actions, not of one action (or the whole sum of one) with a number"
+            .into(),
+        "compare the action itself with a number: `q > 10`, not `2 * q > 20`".into(),
+    )
+}
