@@ -241,6 +241,8 @@ fn assert_same_step(source: &str, overrides: &[(&str, f64)], quantities: &[Vec<f
         .filter(|b| matches!(b.kind, BufferKind::Cost | BufferKind::Next { .. }))
         .map(|b| b.name.clone())
         .collect();
+    let split = rewrites.iter().any(|r| matches!(r.choice, hmdp::passes::reformulate::Choice::Total { .. }));
+    let tolerance = if split { 1e-12 } else { 0.0 };
     let mut a = sim::instance(&original, 3).expect("instance");
     let mut b = sim::instance(&rewritten, 3).expect("instance");
     for q in quantities {
@@ -250,7 +252,10 @@ fn assert_same_step(source: &str, overrides: &[(&str, f64)], quantities: &[Vec<f
         Machine::new(&original, &mut a, None).run(&original.step).expect("step");
         Machine::new(&rewritten, &mut b, None).run(&rewritten.step).expect("step");
         for name in &compared {
-            assert_eq!(a.values[find(&original, name)], b.values[find(&rewritten, name)], "{name} at q = {q:?}");
+            let (x, y) = (&a.values[find(&original, name)], &b.values[find(&rewritten, name)]);
+            // A split action is recomputed as total × softmax(log q): equal up to rounding.
+            let close = x.iter().zip(y).all(|(x, y)| (x - y).abs() <= tolerance * x.abs().max(1.0));
+            assert!(close && x.len() == y.len(), "{name} at q = {q:?}: {x:?} != {y:?}");
         }
         // When the shared order is `zero`, nothing is ordered, whatever pieces the policy chose.
         let order = rewritten.buffers.iter().position(|b| b.name == "q.order");
@@ -410,9 +415,9 @@ fn the_report_says_why_jumps_were_kept() {
         assert_eq!(class(name), Class::Jump, "{name}");
     }
     for expected in [
-        "is 5",                               // a fixed cost at a lower bound other than 0
-        "`cap`, a parameter drawn at random", // a threshold not known at compile time
-        "a threshold on a sum of actions",    // a truck's capacity
+        "is 5",                                 // a fixed cost at a lower bound other than 0
+        "`cap`, a parameter drawn at random",   // a threshold not known at compile time
+        "here the lower bound of `q` is not 0", // a threshold on a sum that cannot be split
         "`r` has no lower bound",
         "both sides of the comparison read continuous actions",
         "it depends on the state `wear`",
@@ -421,4 +426,50 @@ fn the_report_says_why_jumps_were_kept() {
         assert!(report.contains(expected), "`{expected}` missing from:\n{report}");
     }
     insta::assert_snapshot!("report_why_kept", report);
+}
+
+/// Issue 19, item 4: a threshold on the sum of a non-negative action (a truck's capacity) splits
+/// the action into a total, whose domain is cut into pieces at the threshold, and shares; the
+/// step is unchanged under the total, piece and shares the user's quantities imply.
+#[test]
+fn a_threshold_on_a_sum_splits_the_action_into_a_total_and_shares() {
+    use hmdp::passes::smoothness::Class;
+    let source = "model truck\nsize n = 3\nset I = 0..n\nstate x[I] = 0\naction q[I]: real >= 0\nstep {\n\
+                  let load = sum(i in I) q[i]\n  x'[i] = x[i] + q[i]\n\
+                  cost trucks = 200 * (load > 100) + 50 * (sum(i in I) q[i] > 0)\n\
+                  cost unit = sum(i in I) (i + 1) * q[i]\n}\nhorizon 3\n";
+    let (classes, actions) = classes_and_new_actions(source, &[]);
+    let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        actions,
+        [("q.total".to_string(), labels(&[])), ("q.total.piece".to_string(), labels(&["zero", "0..100", "100..inf"]))]
+    );
+    assert!(classes.iter().all(|c| *c < Class::Jump), "{classes:?}");
+    let quantities = [vec![0.0; 3], vec![10.0, 0.0, 20.0], vec![50.0, 49.0, 0.0], vec![40.0, 30.0, 31.0]];
+    assert_same_step(source, &[], &quantities);
+    // The policy draws a total inside its piece, and the quantities add up to it.
+    let module = common::compile_text(source, &common::root(), &[]);
+    let instance = sim::instance(&module, 1).expect("instance");
+    let mut world = Scenario::start(&module, &instance, 1, ScenarioSet::Train, 0).expect("init");
+    let mut rng = random::policy_stream(1, ScenarioSet::Train, 0);
+    let mut policy = Scenariowise { module: &module, policy: &RandomPolicy, streams: std::slice::from_mut(&mut rng) };
+    let find = |name: &str| module.buffers.iter().position(|b| b.name == name).expect(name);
+    let mut pieces = [0; 3];
+    for t in 0..100 {
+        protocol::decide(&mut world, &mut policy, t).expect("decide");
+        world.run(Kernel::Step).expect("step");
+        let values = &world.buffers.values;
+        let (piece, total) = (values[find("q.total.piece")][0], values[find("q.total")][0]);
+        let q: f64 = values[find("q")].iter().sum();
+        assert!((q - total).abs() <= 1e-9 * total.max(1.0), "{q} != {total}");
+        let (lo, hi) = [(0.0, 0.0), (0.0, 100.0), (100.0, f64::INFINITY)][piece as usize];
+        assert!((lo..=hi).contains(&total), "total {total} outside piece {piece}");
+        pieces[piece as usize] += 1;
+        world.advance();
+    }
+    assert!(pieces.iter().all(|n| *n > 10), "{pieces:?}");
+    // An upper bound on the elements keeps the action whole: the threshold stays a jump.
+    let bounded = source.replace("real >= 0", "real in [0, 60]");
+    let (classes, _) = classes_and_new_actions(&bounded, &[]);
+    assert!(classes.contains(&Class::Jump));
 }

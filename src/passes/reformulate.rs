@@ -25,9 +25,14 @@
 //! user's action, so a declared policy that sets `q` can be scored on the rewritten model
 //! ([`Rewrite::choose`], [`choose_all`]).
 //!
-//! Not yet rewritten, and reported as jumps: a fixed cost at a lower bound other than 0, a
-//! threshold on a sum other than the whole sum against 0, and jumps in the state, which no choice
-//! of the policy can remove.
+//! - a comparison of the whole sum of a one-dimensional `q` (`real >= 0`, no upper bound, no
+//!   `when`, no element compared on its own) with a number above 0, a capacity on the total: `q`
+//!   is split into `q.total` and shares `q.share`, `q = q.total * softmax(q.share)` computed
+//!   first in the step, and the total's domain is cut into pieces (`q.total.piece`).
+//!
+//! Not yet rewritten, and reported as jumps with the reason ([`why_kept`]): a fixed cost at a
+//! lower bound other than 0, a threshold that is not known at compile time, and jumps in the
+//! state, which no choice of the policy can remove.
 
 use crate::diagnostics::Span;
 use crate::ir::*;
@@ -54,6 +59,9 @@ pub enum Choice {
     /// else the last piece whose start the value reaches (a value at a cut belongs to the piece
     /// above it). `starts` has one start per label.
     Pieces { of: BufferId, starts: Vec<f64>, zero: bool },
+    /// `of` (now computed in the step) is `total * softmax(shares)`: `total` is the sum of `of`,
+    /// and `shares` the logarithms of its elements (0 for all when the sum is 0).
+    Total { of: BufferId, total: BufferId, shares: BufferId },
 }
 
 impl Rewrite {
@@ -62,6 +70,18 @@ impl Rewrite {
     /// rewritten step computes what the original step computes for those values.
     pub fn choose(&self, values: &mut [Vec<f64>]) {
         let Some(user) = values.get(self.of()).cloned() else { return };
+        if let Choice::Total { total, shares, .. } = &self.choice {
+            let sum: f64 = user.iter().sum();
+            if let Some(t) = values.get_mut(*total) {
+                t.iter_mut().for_each(|t| *t = sum);
+            }
+            if let Some(s) = values.get_mut(*shares) {
+                for (s, v) in s.iter_mut().zip(&user) {
+                    *s = if sum > 0.0 { v.ln() } else { 0.0 };
+                }
+            }
+            return;
+        }
         let Some(chosen) = values.get_mut(self.action) else { return };
         match &self.choice {
             Choice::Regime { shared: true, .. } => {
@@ -73,6 +93,7 @@ impl Rewrite {
                     *c = f64::from(u8::from(*v != 0.0));
                 }
             }
+            Choice::Total { .. } => {}
             Choice::Pieces { starts, zero, .. } => {
                 let first = usize::from(*zero);
                 for (c, v) in chosen.iter_mut().zip(&user) {
@@ -90,13 +111,14 @@ impl Rewrite {
     /// The user's action this rewrite is about.
     pub fn of(&self) -> BufferId {
         match self.choice {
-            Choice::Regime { of, .. } | Choice::Pieces { of, .. } => of,
+            Choice::Regime { of, .. } | Choice::Pieces { of, .. } | Choice::Total { of, .. } => of,
         }
     }
 }
 
-/// Writes every discrete action the reformulation added from the user's continuous actions in
-/// `values` (see [`Rewrite::choose`]). Pieces after regimes: neither reads the other.
+/// Writes every action the reformulation added from the user's continuous actions in `values`
+/// (see [`Rewrite::choose`]), in the order of `rewrites`: a split total comes before the pieces
+/// of that total, which read it.
 pub fn choose_all(rewrites: &[Rewrite], values: &mut [Vec<f64>]) {
     for r in rewrites {
         r.choose(values);
@@ -108,6 +130,7 @@ const LABELS: [&str; 2] = ["zero", "positive"];
 /// Rewrites every recognised jump in a validated module (before differentiation).
 pub fn reformulate(module: &mut Module) -> Vec<Rewrite> {
     let mut rewrites = Vec::new();
+    split_totals(module, &mut rewrites);
     let handles: Vec<Handle<Expr>> = reachable_from_step(module);
     let plan = plan_pieces(module, &handles);
     // A shared order decision comes first: the piece and regime comparisons of its action read
@@ -183,6 +206,164 @@ fn compare_chosen(
             arena.push(Expr::Select { cond, then: compare, otherwise }, span);
         }
     });
+}
+
+/// `sum(i in I) q[i] op c` with `c` a number above 0 and `q` one-dimensional with the lower
+/// bound 0 and no upper bound: `q` itself, the whole of it, compared with `c`.
+fn sum_threshold(module: &Module, h: Handle<Expr>) -> Option<(BufferId, BinaryOp, f64)> {
+    let (a, op, c) = against_constant(module, h)?;
+    let Expr::Reduce { op: ReduceOp::Sum, var, set, body } = module.exprs[through_lets(module, a)?.0].clone() else {
+        return None;
+    };
+    let Expr::Load { buffer, index } = &module.exprs[body] else { return None };
+    let b = &module.buffers[*buffer];
+    let whole = b.kind == BufferKind::Continuous
+        && b.dims == [set]
+        && matches!(index.as_slice(), [i] if module.exprs[*i] == Expr::Var(var));
+    (whole && matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) && c > 0.0)
+        .then_some((*buffer, op, c))
+}
+
+/// A threshold on the sum of a non-negative action (a truck's capacity, `sum(i in I) q[i] > 100`)
+/// is a jump in every element. The action is split into a total and shares: new continuous
+/// actions `q.total` (scalar, `>= 0`) and `q.share[I]` (unbounded), and `q` becomes a value the
+/// step computes first, `q[i] = q.total * exp(q.share[i]) / sum(j in I) exp(q.share[j])`. The
+/// total's domain is then cut into pieces at the thresholds like any action's (`q.total.piece`),
+/// so each regime's continuous part is smooth. Only an action whose every comparison is one of
+/// its whole sum is split: a bound above, a `when`, or a comparison of one element keeps it.
+fn split_totals(module: &mut Module, rewrites: &mut Vec<Rewrite>) {
+    let handles = reachable_from_step(module);
+    let mut candidates: Vec<(BufferId, Span)> = Vec::new();
+    for &h in &handles {
+        if let Some((action, _, _)) = sum_threshold(module, h)
+            && !candidates.iter().any(|(a, _)| *a == action)
+        {
+            candidates.push((action, module.exprs.span(h)));
+        }
+    }
+    for (action, span) in candidates {
+        let element_compared = handles.iter().any(|&h| {
+            interior(module, h).is_some_and(|(t, _, _)| t.buffer == action)
+                || recognise(module, h).is_some_and(|(t, _, shared)| t.buffer == action && !shared)
+        });
+        let has = |kind: BufferKind| module.buffers.iter().any(|b| b.kind == kind);
+        let splittable = !element_compared
+            && constant_lower_bound(module, action) == Some(0.0)
+            && !has(BufferKind::Bound { action, upper: true })
+            && !has(BufferKind::Regime { action });
+        if splittable {
+            split(module, action, span, rewrites);
+        }
+    }
+}
+
+/// Splits `action` into a total and shares (see [`split_totals`]) and cuts the total into pieces.
+fn split(module: &mut Module, action: BufferId, span: Span, rewrites: &mut Vec<Rewrite>) {
+    let q = module.buffers[action].name.clone();
+    let dims = module.buffers[action].dims.clone();
+    let Some(&set) = dims.first() else { return };
+    // The comparisons of the sum, found while `q` is still an action: a threshold, or 0 (a
+    // joint fixed cost, which gives the total a piece `zero`).
+    let mut compared: Vec<(Handle<Expr>, BinaryOp, Option<f64>)> = Vec::new();
+    for h in reachable_from_step(module) {
+        if let Some((a, op, c)) = sum_threshold(module, h)
+            && a == action
+        {
+            compared.push((h, op, Some(c)));
+        } else if let Some((t, op, true)) = recognise(module, h)
+            && t.buffer == action
+        {
+            compared.push((h, op, None));
+        }
+    }
+    let mut cuts: Vec<f64> = compared.iter().filter_map(|(_, _, c)| *c).collect();
+    let zero = compared.iter().any(|(_, _, c)| c.is_none());
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup();
+    let push = |module: &mut Module, name: String, kind: BufferKind, dims: Vec<SetId>| {
+        module.buffers.push(Buffer { name, kind, dims, elem: ElemType::Real, labels: Vec::new(), data: None });
+        module.buffers.len() - 1
+    };
+    let total = push(module, format!("{q}.total"), BufferKind::Continuous, Vec::new());
+    let shares = push(module, format!("{q}.share"), BufferKind::Continuous, dims.clone());
+    module.buffers[action].kind = BufferKind::Let;
+    // The lower bound 0 of `q` becomes the total's.
+    if let Some(lower) = module.buffers.iter().position(|b| b.kind == BufferKind::Bound { action, upper: false }) {
+        module.buffers[lower].kind = BufferKind::Bound { action: total, upper: false };
+        module.buffers[lower].dims = Vec::new();
+        module.buffers[lower].name = format!("{q}.total.lo");
+        let zero_bound = module.exprs.push(Expr::Const(0.0), span);
+        module.bounds.body.retain(|s| !stores_into(s, lower));
+        module.bounds.body.push(Stmt::Store { buffer: lower, index: Vec::new(), value: zero_bound });
+    }
+    // q[i] = total * exp(share[i]) / sum(j in I) exp(share[j]), first in the step.
+    let first = module.next_var();
+    let (i, j) = (Var(first), Var(first + 1));
+    let e = &mut module.exprs;
+    let vj = e.push(Expr::Var(j), span);
+    let sj = e.push(Expr::Load { buffer: shares, index: vec![vj] }, span);
+    let ej = e.push(Expr::Unary { op: UnaryOp::Exp, arg: sj }, span);
+    let norm = e.push(Expr::Reduce { op: ReduceOp::Sum, var: j, set, body: ej }, span);
+    let vi = e.push(Expr::Var(i), span);
+    let si = e.push(Expr::Load { buffer: shares, index: vec![vi] }, span);
+    let ei = e.push(Expr::Unary { op: UnaryOp::Exp, arg: si }, span);
+    let share = e.push(Expr::Binary { op: BinaryOp::Div, lhs: ei, rhs: norm }, span);
+    let t = e.push(Expr::Load { buffer: total, index: Vec::new() }, span);
+    let value = e.push(Expr::Binary { op: BinaryOp::Mul, lhs: t, rhs: share }, span);
+    let store = Stmt::For { var: i, set, body: vec![Stmt::Store { buffer: action, index: vec![i], value }] };
+    module.step.body.insert(0, store);
+    rewrites.push(Rewrite {
+        span,
+        action: total,
+        description: format!(
+            "a threshold on the sum of `{q}`: new continuous actions `{q}.total` and `{q}.share[{}]`; `{q}` = `{q}.total` × softmax(`{q}.share`)",
+            module.sets[set].name
+        ),
+        choice: Choice::Total { of: action, total, shares },
+    });
+    // The total's pieces, as for any action.
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    let mut labels = Vec::new();
+    if zero {
+        starts.push(0.0);
+        ends.push(0.0);
+        labels.push("zero".to_string());
+    }
+    let mut from = 0.0;
+    for to in cuts.iter().copied().chain(std::iter::once(f64::INFINITY)) {
+        starts.push(from);
+        ends.push(to);
+        labels.push(format!("{}..{}", number(from), number(to)));
+        from = to;
+    }
+    let plan = PiecePlan { starts: starts.clone(), ends, labels, zero, span };
+    let piece = piece_action(module, total, &plan, rewrites, span);
+    // Each comparison of the sum becomes one of the total's piece; from the highest handle
+    // down, since a splice renumbers only the nodes after it (the nodes added above are later
+    // than every comparison).
+    for (h, op, c) in compared.into_iter().rev() {
+        let chosen = Expr::Load { buffer: piece, index: Vec::new() };
+        match c {
+            Some(c) => {
+                let first_above = starts.iter().position(|s| *s == c).unwrap_or(starts.len()) as f64;
+                let op = if matches!(op, BinaryOp::Gt | BinaryOp::Ge) { BinaryOp::Ge } else { BinaryOp::Lt };
+                compare_chosen(module, h, chosen, op, first_above, None);
+            }
+            None => {
+                let op = if op == BinaryOp::Eq { BinaryOp::Eq } else { BinaryOp::Ne };
+                compare_chosen(module, h, chosen, op, 0.0, None);
+            }
+        }
+    }
+}
+
+fn stores_into(stmt: &Stmt, buffer: BufferId) -> bool {
+    match stmt {
+        Stmt::For { body, .. } => body.iter().any(|s| stores_into(s, buffer)),
+        Stmt::Store { buffer: b, .. } => *b == buffer,
+        _ => false,
+    }
 }
 
 struct Target {
@@ -780,6 +961,29 @@ fn reads(module: &Module, h: Handle<Expr>) -> Vec<BufferId> {
     out
 }
 
+/// What stopped the split of the action a sum compared with a threshold runs over.
+fn why_not_split(module: &Module, sum: Handle<Expr>) -> String {
+    let Some((node, _)) = through_lets(module, sum) else { return "here the sum is not of one action".into() };
+    let Expr::Reduce { var, set, body, .. } = module.exprs[node].clone() else {
+        return "here the sum is not of one action".into();
+    };
+    let Expr::Load { buffer, index } = &module.exprs[body] else { return "here the sum is not of one action".into() };
+    let b = &module.buffers[*buffer];
+    let q = &b.name;
+    let has = |kind: BufferKind| module.buffers.iter().any(|x| x.kind == kind);
+    if b.dims != [set] || !matches!(index.as_slice(), [i] if module.exprs[*i] == Expr::Var(var)) {
+        format!("here the sum is not over the whole of a one-dimensional `{q}`")
+    } else if constant_lower_bound(module, *buffer) != Some(0.0) {
+        format!("here the lower bound of `{q}` is not 0")
+    } else if has(BufferKind::Bound { action: *buffer, upper: true }) {
+        format!("here `{q}` has an upper bound, which shares of a total cannot keep each element under")
+    } else if has(BufferKind::Regime { action: *buffer }) {
+        format!("here `{q}` has a `when`")
+    } else {
+        format!("here an element of `{q}` is also compared on its own")
+    }
+}
+
 /// Why a comparison of actions (and no state) stayed a jump.
 fn why_comparison_kept(module: &Module, h: Handle<Expr>) -> Kept {
     let kept = |reason: String, instead: String| Kept { in_state: false, reason, instead };
@@ -898,10 +1102,14 @@ fn why_comparison_kept(module: &Module, h: Handle<Expr>) -> Kept {
             )
         } else {
             kept(
-                "a threshold on a sum of actions (a capacity on the total) is not rewritten yet; only the whole sum compared \
-                 with 0 is"
-                    .into(),
-                "write the choice yourself: a discrete action for the range the total lies in, and bounds that follow it"
+                format!(
+                    "a threshold on the sum of an action splits it into a total and shares when the sum runs over the whole \
+                     of a one-dimensional action declared `real >= 0`, with no upper bound, no `when`, and no element compared \
+                     on its own; {}",
+                    why_not_split(module, a)
+                ),
+                "declare the action `real >= 0` without an upper bound (put a cap per element as a cost or a `min`), or write \
+                 the choice of the range the total lies in yourself"
                     .into(),
             )
         };
