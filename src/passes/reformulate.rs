@@ -445,13 +445,16 @@ fn store_value(stmts: &[Stmt], buffer: BufferId) -> Option<Handle<Expr>> {
     store_of(stmts, buffer).map(|(_, value)| value)
 }
 
+/// The loop variables of the `let`s passed on the way to a node, each with the index it is read at.
+type LetIndices = Vec<(Var, Handle<Expr>)>;
+
 /// The longest chain of `let`s followed to find what a comparison compares.
 const MAX_LET_CHAIN: usize = 64;
 
 /// What `h` stands for, seen through `let`s: after `let total = sum(i in I) q[i]`, the
 /// comparison `total > 0` compares the sum. Returns the node and the loop variables of the
 /// `let`s passed, each with the index it is read at (`let o[i] = q[i]` read as `o[j]`).
-fn through_lets(module: &Module, h: Handle<Expr>) -> Option<(Handle<Expr>, Vec<(Var, Handle<Expr>)>)> {
+fn through_lets(module: &Module, h: Handle<Expr>) -> Option<(Handle<Expr>, LetIndices)> {
     let mut node = h;
     let mut bound: Vec<(Var, Handle<Expr>)> = Vec::new();
     for _ in 0..MAX_LET_CHAIN {
