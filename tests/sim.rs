@@ -165,3 +165,17 @@ report per period
     // Without a discount there is nothing more to say.
     assert_eq!(sim::discounted(&compile(TINY), &costs.discounted), None);
 }
+
+/// Issue 19, item 7: without `per period` a report per a size is a total over the horizon, and
+/// says so.
+#[test]
+fn the_report_unit_says_a_total_over_the_horizon() {
+    let unit = |report: &str| sim::report_unit(&compile(&TINY.replace("warmup 1\n", &format!("warmup 1\n{report}\n"))));
+    let sized = TINY.replace("model tiny\n", "model tiny\nsize items = 2\n");
+    let sized_unit =
+        |report: &str| sim::report_unit(&compile(&sized.replace("warmup 1\n", &format!("warmup 1\n{report}\n"))));
+    assert_eq!(unit("report total"), "total over the horizon");
+    assert_eq!(unit("report per period"), "per period");
+    assert_eq!(sized_unit("report per items"), "total over the horizon per items");
+    assert_eq!(sized_unit("report per period per items"), "per period per items");
+}

@@ -544,6 +544,37 @@ impl Checker<'_> {
         self.error(d);
     }
 
+    /// `sum(i in I) a[i] + b[i]` is `(sum(i in I) a[i]) + b[i]`: the reduction's body stops at
+    /// the operator. An index of the reduction read on the right, which the diagnostics from
+    /// `from` on report as unbound, gets that explanation instead of "sum over it".
+    fn reduction_ended_before(&mut self, lhs: &ast::Expr, op: BinaryOp, from: usize) {
+        // The reduction the left side ends with: `x + sum(i in I) a[i]` ends with one too.
+        let mut last = lhs;
+        while let ExprKind::Binary { rhs, .. } = &last.kind {
+            last = rhs;
+        }
+        let ExprKind::Reduce { op: reduce, binders, .. } = &last.kind else { return };
+        let name = match reduce {
+            ast::ReduceOp::Sum => "sum",
+            ast::ReduceOp::Prod => "prod",
+            ast::ReduceOp::Max => "max",
+            ast::ReduceOp::Min => "min",
+        };
+        let over: Vec<String> = binders.iter().map(|b| format!("{} in {}", b.var.name, b.set.name)).collect();
+        let sym = op.symbol();
+        for d in self.diagnostics.iter_mut().skip(from) {
+            let bound_by_it = binders.iter().any(|b| d.message == format!("index `{}` is not bound here", b.var.name));
+            if d.code == "unbound-index" && bound_by_it {
+                d.help = Some(format!(
+                    "`{name}({over})` takes only the term right after it, so it ends before this `{sym}`; to {name} the whole expression, put it in parentheses: `{name}({over}) (... {sym} ...)`",
+                    over = over.join(", ")
+                ));
+                d.secondary
+                    .push(crate::diagnostics::Label { span: last.span, text: format!("the `{name}` ends here") });
+            }
+        }
+    }
+
     /// Checks one index of `array` against the set of its dimension.
     pub(super) fn index(
         &mut self,
@@ -683,7 +714,9 @@ impl Checker<'_> {
             }
         }
         let a = self.expr(lhs, scope);
+        let checked = self.diagnostics.len();
         let b = self.expr(rhs, scope);
+        self.reduction_ended_before(lhs, op, checked);
         if a == Ty::Error || b == Ty::Error {
             return Ty::Error;
         }

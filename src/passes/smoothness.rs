@@ -4,8 +4,10 @@
 //! The classes are ordered `Constant < Smooth < Kink < Regime < Jump`; an expression's class is
 //! the largest of what its operations contribute (see [`crate::ir`] for the class of each
 //! operation). A branch is a *regime* split when its condition reads a discrete action and not
-//! an active input, a *jump* when its condition reads an active input. A `let` passes on the
-//! class of its value, so a kink inside a `let` shows in every cost that reads it.
+//! an active input, a *jump* when its condition reads an active input — unless its branches meet
+//! where it switches (`if post > 0 then h * post else -b * post`), which makes it a *kink*. A
+//! `let` passes on the class of its value, so a kink inside a `let` shows in every cost that
+//! reads it. Each jump carries why the reformulation kept it ([`super::reformulate::why_kept`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,6 +56,8 @@ pub struct Site {
     pub class: Class,
     /// What happens there, e.g. "`max` of an active value".
     pub what: String,
+    /// For a jump: why the reformulation kept it, and what to write instead.
+    pub kept: Option<super::reformulate::Kept>,
 }
 
 /// The analysis of one cost term or state update.
@@ -204,7 +208,11 @@ impl Analyzer<'_> {
             Expr::Select { cond, then, otherwise } => {
                 let branches = self.class(then).max(self.class(otherwise));
                 if self.class(cond) != Class::Constant {
-                    Class::Jump
+                    if branches_meet(self.module, cond, then, otherwise) {
+                        branches.max(Class::Kink)
+                    } else {
+                        Class::Jump
+                    }
                 } else if branches == Class::Constant {
                     Class::Constant
                 } else if self.reads_discrete(cond) {
@@ -241,25 +249,33 @@ impl Analyzer<'_> {
         seen.insert(h);
         let span = self.module.exprs.span(h);
         let node = self.module.exprs[h].clone();
-        let mut site = |class: Class, what: &str| sites.push(Site { span, class, what: what.to_string() });
+        let module = self.module;
+        let mut site = |class: Class, what: &str, at: Option<Handle<Expr>>| {
+            let kept = at.map(|at| super::reformulate::why_kept(module, at));
+            sites.push(Site { span, class, what: what.to_string(), kept })
+        };
         match &node {
-            Expr::Unary { op: UnaryOp::Abs, .. } => site(Class::Kink, "`abs` of an active value"),
+            Expr::Unary { op: UnaryOp::Abs, .. } => site(Class::Kink, "`abs` of an active value", None),
             Expr::Unary { op: UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round, .. } => {
-                site(Class::Jump, "rounding of an active value")
+                site(Class::Jump, "rounding of an active value", Some(h))
             }
             Expr::Unary { op: UnaryOp::Not, .. } => {}
             Expr::Binary { op: BinaryOp::Min | BinaryOp::Max, .. } => {
-                site(Class::Kink, "`max`/`min` of an active value")
+                site(Class::Kink, "`max`/`min` of an active value", None)
             }
-            Expr::Binary { op: BinaryOp::Rem, .. } => site(Class::Jump, "`%` of an active value"),
+            Expr::Binary { op: BinaryOp::Rem, .. } => site(Class::Jump, "`%` of an active value", Some(h)),
             Expr::Binary {
                 op: BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge,
                 ..
-            } => site(Class::Jump, "a comparison of an active value, used as a number"),
-            Expr::Reduce { op: ReduceOp::Max | ReduceOp::Min, .. } => site(Class::Kink, "`max`/`min` over a set"),
-            Expr::Select { cond, .. } => {
+            } => site(Class::Jump, "a comparison of an active value, used as a number", Some(h)),
+            Expr::Reduce { op: ReduceOp::Max | ReduceOp::Min, .. } => site(Class::Kink, "`max`/`min` over a set", None),
+            Expr::Select { cond, then, otherwise } => {
                 if self.class(*cond) != Class::Constant {
-                    site(Class::Jump, "a branch on an active value");
+                    if branches_meet(module, *cond, *then, *otherwise) {
+                        site(Class::Kink, "an `if` on an active value whose branches meet where it switches", None);
+                    } else {
+                        site(Class::Jump, "a branch on an active value", Some(*cond));
+                    }
                 } else if self.reads_discrete(*cond) {
                     let mut found = Vec::new();
                     self.walk(*cond, &mut |m, e| {
@@ -306,6 +322,112 @@ impl Analyzer<'_> {
         };
         for c in children {
             self.sites(c, sites, regimes, seen);
+        }
+    }
+}
+
+/// Whether `if cond then a else b` is continuous although `cond` reads an active value: `cond`
+/// compares two values, and the branches are equal wherever the two are (on the boundary).
+/// Proven symbolically: each occurrence of one compared value in the branches is replaced by the
+/// other, and both branches simplify to the same expression (`if post > 0 then h * post else
+/// -b * post` gives `h * 0` and `-b * 0`, both 0). Simplification assumes finite values
+/// (`x * 0 = 0`). A branch that cannot be proven equal is a jump.
+fn branches_meet(module: &Module, cond: Handle<Expr>, then: Handle<Expr>, otherwise: Handle<Expr>) -> bool {
+    let Expr::Binary {
+        op: BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne,
+        lhs,
+        rhs,
+    } = module.exprs[cond]
+    else {
+        return false;
+    };
+    let mut budget = MAX_TERM_NODES;
+    let (Some(l), Some(r), Some(a), Some(b)) = (
+        Term::of(module, lhs, &mut budget),
+        Term::of(module, rhs, &mut budget),
+        Term::of(module, then, &mut budget),
+        Term::of(module, otherwise, &mut budget),
+    ) else {
+        return false;
+    };
+    [(&l, &r), (&r, &l)].iter().any(|(from, to)| a.replaced(from, to).simplified() == b.replaced(from, to).simplified())
+}
+
+/// The most nodes [`branches_meet`] builds terms for; a larger `if` is left a jump.
+const MAX_TERM_NODES: usize = 4096;
+
+/// An expression as a tree, for comparing branches symbolically.
+#[derive(Clone, Debug, PartialEq)]
+enum Term {
+    Num(f64),
+    Unary(UnaryOp, Box<Term>),
+    Binary(BinaryOp, Box<Term>, Box<Term>),
+    /// Anything else, compared by what it is (a load of a buffer, a variable, a reduction,
+    /// a branch) and its operands.
+    Other(String, Vec<Term>),
+}
+
+impl Term {
+    fn of(module: &Module, h: Handle<Expr>, budget: &mut usize) -> Option<Term> {
+        *budget = budget.checked_sub(1)?;
+        let mut all = |hs: &[Handle<Expr>]| hs.iter().map(|c| Term::of(module, *c, budget)).collect::<Option<Vec<_>>>();
+        Some(match &module.exprs[h] {
+            Expr::Const(v) => Term::Num(*v),
+            Expr::Unary { op, arg } => Term::Unary(*op, Box::new(all(&[*arg])?.pop()?)),
+            Expr::Binary { op, lhs, rhs } => {
+                let mut both = all(&[*lhs, *rhs])?;
+                let r = both.pop()?;
+                let l = both.pop()?;
+                Term::Binary(*op, Box::new(l), Box::new(r))
+            }
+            Expr::Var(v) => Term::Other(format!("var {}", v.0), Vec::new()),
+            Expr::Load { buffer, index } => Term::Other(format!("load {buffer}"), all(index)?),
+            Expr::Select { cond, then, otherwise } => Term::Other("select".into(), all(&[*cond, *then, *otherwise])?),
+            Expr::Reduce { op, var, set, body } => Term::Other(format!("{op:?} {} {set}", var.0), all(&[*body])?),
+            // Two draws are never the same value.
+            Expr::Sample { .. } => Term::Other(format!("sample {}", h.index()), Vec::new()),
+        })
+    }
+
+    /// The term with every occurrence of `from` replaced by `to`.
+    fn replaced(&self, from: &Term, to: &Term) -> Term {
+        if self == from {
+            return to.clone();
+        }
+        match self {
+            Term::Num(_) => self.clone(),
+            Term::Unary(op, a) => Term::Unary(*op, Box::new(a.replaced(from, to))),
+            Term::Binary(op, a, b) => Term::Binary(*op, Box::new(a.replaced(from, to)), Box::new(b.replaced(from, to))),
+            Term::Other(what, operands) => {
+                Term::Other(what.clone(), operands.iter().map(|o| o.replaced(from, to)).collect())
+            }
+        }
+    }
+
+    /// Folds numbers and applies `x * 0 = 0`, `x + 0 = x`, `x - x = 0` and the like.
+    fn simplified(&self) -> Term {
+        use Term::Num;
+        match self {
+            Num(_) => self.clone(),
+            Term::Other(what, operands) => Term::Other(what.clone(), operands.iter().map(Term::simplified).collect()),
+            Term::Unary(op, a) => match (op, a.simplified()) {
+                (_, Num(x)) => Num(op.apply(x)),
+                (UnaryOp::Neg, Term::Unary(UnaryOp::Neg, inner)) => *inner,
+                (_, a) => Term::Unary(*op, Box::new(a)),
+            },
+            Term::Binary(op, a, b) => match (op, a.simplified(), b.simplified()) {
+                (_, Num(x), Num(y)) => Num(op.apply(x, y)),
+                (BinaryOp::Mul, Num(z), _) | (BinaryOp::Mul, _, Num(z)) if z == 0.0 => Num(0.0),
+                (BinaryOp::Mul, Num(one), x) | (BinaryOp::Mul, x, Num(one)) if one == 1.0 => x,
+                (BinaryOp::Add, Num(z), x) | (BinaryOp::Add, x, Num(z)) if z == 0.0 => x,
+                (BinaryOp::Sub, x, Num(0.0)) => x,
+                (BinaryOp::Sub, Num(0.0), x) => Term::Unary(UnaryOp::Neg, Box::new(x)).simplified(),
+                (BinaryOp::Sub, x, y) if x == y => Num(0.0),
+                (BinaryOp::Div, Num(0.0), _) => Num(0.0),
+                (BinaryOp::Div, x, Num(1.0)) => x,
+                (BinaryOp::Max | BinaryOp::Min, x, y) if x == y => x,
+                (_, a, b) => Term::Binary(*op, Box::new(a), Box::new(b)),
+            },
         }
     }
 }
@@ -383,6 +505,7 @@ pub fn render(
             _ => {}
         }
     }
+    let mut explained = HashSet::new();
     for (title, entries) in [("costs", &analysis.costs), ("updates", &analysis.updates)] {
         let _ = writeln!(out, "  {title}:");
         let width = entries.iter().map(|e| module.buffers[e.buffer].name.chars().count()).max().unwrap_or(0);
@@ -407,6 +530,16 @@ pub fn render(
                     at(site.span),
                     site.what
                 );
+                // Why a place was kept is said once, under the first term that lists it.
+                if let Some(kept) = site.kept.as_ref().filter(|_| explained.insert((site.span.start, site.span.end))) {
+                    let indent = pad("", width + 6);
+                    if kept.in_state {
+                        let _ = writeln!(out, "    {indent}in the state: {}", kept.reason);
+                    } else {
+                        let _ = writeln!(out, "    {indent}not rewritten: {}", kept.reason);
+                    }
+                    let _ = writeln!(out, "    {indent}instead: {}", kept.instead);
+                }
             }
         }
     }
@@ -417,22 +550,29 @@ pub fn render(
         let _ = writeln!(out, "  reformulated at {}: {}", at(r.span), r.description);
     }
     // A place read by several terms (a `let`) is one jump, however many terms list it.
-    let mut jumps: Vec<Span> = analysis
+    let mut jumps: Vec<(Span, bool)> = analysis
         .costs
         .iter()
         .chain(&analysis.updates)
         .flat_map(|e| &e.sites)
         .filter(|s| s.class == Class::Jump)
-        .map(|s| s.span)
+        .map(|s| (s.span, s.kept.as_ref().is_some_and(|k| k.in_state)))
         .collect();
-    jumps.sort_by_key(|s| (s.start, s.end));
+    jumps.sort_by_key(|(s, _)| (s.start, s.end));
     jumps.dedup();
     if !jumps.is_empty() {
-        let _ = writeln!(
-            out,
-            "  warning: {} jump place(s) left in states or continuous actions (above); the pathwise gradient does not see them",
-            jumps.len()
-        );
+        let in_state = jumps.iter().filter(|(_, state)| *state).count();
+        let in_actions = jumps.len() - in_state;
+        let (actions, state) = ("which a restatement would make hybrid", "which no choice of the policy can remove");
+        let left = match (in_actions, in_state) {
+            (n, 0) => format!("{n} jump place(s) left in continuous actions (above), {actions}"),
+            (0, n) => format!("{n} jump place(s) left in the state (above), {state}"),
+            (a, n) => format!(
+                "{} jump place(s) left (above): {a} in continuous actions, {actions}, and {n} in the state, {state}",
+                a + n
+            ),
+        };
+        let _ = writeln!(out, "  warning: {left}; the pathwise gradient does not see them");
     }
     // The derivative through bounds that read the state, when there is one.
     let bounds = if module.bounds_vjp.body.is_empty() {

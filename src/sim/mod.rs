@@ -180,7 +180,12 @@ pub fn report_unit(module: &Module) -> String {
     for (name, _) in &module.report.per_size {
         unit.push_str(&format!("{}per {name}", if unit.is_empty() { "" } else { " " }));
     }
-    if unit.is_empty() { "total over the horizon".into() } else { unit }
+    // Without `per period` the figure is a total over the horizon, whatever it is divided by.
+    match (unit.is_empty(), module.report.per_period) {
+        (true, _) => "total over the horizon".into(),
+        (false, false) => format!("total over the horizon {unit}"),
+        (false, true) => unit,
+    }
 }
 
 /// Runs `scenarios` scenarios of a set in parallel and summarises their reported costs.

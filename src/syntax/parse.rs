@@ -194,6 +194,14 @@ fn syntax_error(source: &str, error: &pest::error::Error<Rule>) -> Diagnostic {
             }
         }
     }
+    // Right after a name, pest offers `_` as the name's next character; no one means that.
+    if source
+        .get(..offset)
+        .and_then(|before| before.chars().last())
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        expected.remove("`_`");
+    }
     summarise(&mut expected);
     let expected: Vec<String> = expected.into_iter().collect();
     let expected_text = join_alternatives(&expected);
@@ -234,6 +242,13 @@ fn syntax_hint(source: &str, offset: usize, expected: &[String]) -> Option<Strin
     }
     if rest.starts_with('!') && !rest.starts_with("!=") {
         return Some("negation is written `not`".into());
+    }
+    let line = source.get(..offset).map_or("", |before| before.rsplit('\n').next().unwrap_or(before));
+    if rest.starts_with(':') && line.trim_start().starts_with("state ") {
+        return Some(
+            "a state takes no type: it holds a real number, `state x = 0`; a choice the policy makes is an `action`"
+                .into(),
+        );
     }
     if rest.starts_with('=') && !rest.starts_with("==") {
         return Some("comparison is written `==`".into());
