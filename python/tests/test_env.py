@@ -64,8 +64,10 @@ def test_costs_rewards_truncation_and_clipping():
         env.step({"order": np.array([2, 0]), "q": np.zeros((2, 2))})
 
 
-# The spaces of an unbounded observation or action are infinite on purpose.
+# The spaces of an unbounded observation or action are infinite on purpose, and actions keep
+# the model's units rather than a normalised range.
 @pytest.mark.filterwarnings("ignore:.*infinity. This is probably too:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized space:UserWarning")
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
 def test_check_env_passes_on_every_shipped_model(path):
     env = Env(hmdp.compile(path))
