@@ -18,5 +18,6 @@ pub mod pipeline;
 pub mod random;
 pub mod resources;
 pub mod sim;
+pub mod sweep;
 pub mod syntax;
 pub mod train;

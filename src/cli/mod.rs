@@ -9,7 +9,9 @@ mod eval;
 pub mod exit;
 mod gradcheck;
 mod instance;
+mod report;
 mod simulate;
+mod sweep;
 mod train;
 
 use std::path::Path;
@@ -52,6 +54,13 @@ enum Command {
     /// Check the step's gradient (VJP) against central finite differences at random states and
     /// actions; print the largest relative error per input and exit 1 above the tolerance.
     Gradcheck(gradcheck::Args),
+    /// Run a sweep file: one training run per combination of its axes (sizes, algorithms,
+    /// settings, seeds), `--jobs` at a time, each tested on the test scenarios when it ends;
+    /// finished runs are skipped and killed ones resumed when run again.
+    Sweep(sweep::Args),
+    /// Summarise a sweep's finished runs: per cell, the test cost's mean ± std and median over
+    /// seeds, as tables (Markdown, CSV, JSON) and SVG plots.
+    Report(report::Args),
 }
 
 /// Parses the command line; the matches say which flags were given (for `train --config`).
@@ -78,6 +87,8 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> u8 {
         Command::Eval(args) => eval::run(args),
         Command::Instance(args) => instance::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 
