@@ -68,8 +68,22 @@ pub trait Decide<W: ?Sized> {
 /// A period up to its decision: the noise, the bounds, the discrete actions, the regimes, the
 /// continuous actions, and the rule that a continuous action outside its regime is 0.
 pub fn decide<W: World + ?Sized, D: Decide<W>>(world: &mut W, policy: &mut D, period: usize) -> Result<(), D::Error> {
+    observe(world, period)?;
+    act(world, policy, period)
+}
+
+/// The start of a period, up to what a policy observes: the noise, the bounds. A front end that
+/// hands the decision to its caller (the Python module's environment) stops here and goes on
+/// with [`act`] when the actions come.
+pub fn observe<W: World + ?Sized>(world: &mut W, period: usize) -> Result<(), RunError> {
     world.noise(period)?;
-    world.run(Kernel::Bounds)?;
+    world.run(Kernel::Bounds)
+}
+
+/// The decision of a period whose noise and bounds are drawn ([`observe`]): the discrete
+/// actions, the regimes, the continuous actions, and the rule that a continuous action outside
+/// its regime is 0.
+pub fn act<W: World + ?Sized, D: Decide<W>>(world: &mut W, policy: &mut D, period: usize) -> Result<(), D::Error> {
     policy.discrete(world, period)?;
     world.run(Kernel::Regimes)?;
     policy.continuous(world, period)?;

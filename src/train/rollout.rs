@@ -252,6 +252,30 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
     }
 }
 
+/// The greedy policy's decision (the one evaluations make) in a world whose period has begun
+/// ([`protocol::observe`]): the actions are left in the world's batch, for a front end that steps
+/// the world itself (the Python module's environment).
+pub fn act_greedy(ctx: &Context, nets: &Nets, world: &mut Batched<'_>, period: usize) -> Result<(), TrainError> {
+    // Greedy decisions draw nothing.
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut networks = Networks {
+        ctx,
+        nets,
+        mode: Mode::Greedy,
+        rng: &mut rng,
+        center: nets.normalizer.center(),
+        scale: nets.normalizer.scale(),
+        features: Vec::new(),
+        outputs: None,
+        tape: Tape::default(),
+        discrete_tape: Tape::default(),
+        chosen: Vec::new(),
+        log_prob: Vec::new(),
+        used: Vec::new(),
+    };
+    protocol::act(world, &mut networks, period)
+}
+
 /// Runs the policy on scenarios `indices` of a set for the whole horizon, period by period in
 /// the protocol of [`crate::sim::protocol`].
 pub fn rollout(
