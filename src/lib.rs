@@ -19,6 +19,7 @@ pub mod random;
 pub mod resources;
 pub mod sim;
 pub mod subject;
+pub mod sweep;
 pub mod syntax;
 pub mod train;
 pub mod tune;

@@ -69,7 +69,22 @@ pub fn train<'py>(
     progress: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let shared = model.shared.clone();
-    let cfg = config(&shared, settings)?;
+    let mut cfg = config(&shared, settings)?;
+    // The model's `train` block under the settings given, as under `hmdpc train`'s flags.
+    let given_keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(settings)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let given = |key: &str| given_keys.iter().any(|k| k == key);
+    let from_model = cfg.with_model_defaults(&shared.compiled.train, &shared.compiled.module, &given);
+    let origin = |key: &str| {
+        if given(key) {
+            hmdp::train::config::Origin::Flag
+        } else if from_model.contains(&key) {
+            hmdp::train::config::Origin::Model
+        } else {
+            hmdp::train::config::Origin::Rule
+        }
+    };
     if cfg.batch > cfg.scenarios {
         return Err(PyValueError::new_err(format!(
             "batch {} is larger than the training set (scenarios {})",
@@ -100,6 +115,7 @@ pub fn train<'py>(
             progress,
             resume,
             save_every,
+            origin: &origin,
         };
         // Training runs on its own thread; this one watches for Ctrl-C, which Python sees only
         // on the main thread and only when it is asked.

@@ -12,9 +12,11 @@ pub mod exit;
 mod export;
 mod gradcheck;
 mod instance;
+mod report;
 mod rollout;
 mod simulate;
 mod subjects;
+mod sweep;
 mod train;
 mod tune;
 
@@ -72,6 +74,13 @@ enum Command {
     Act(act::Args),
     /// Write a run's networks as safetensors with a JSON description, to run the policy without hmdp.
     Export(export::Args),
+    /// Run a sweep file: one training run per combination of its axes (sizes, algorithms,
+    /// settings, seeds), `--jobs` at a time, each tested on the test scenarios when it ends;
+    /// finished runs are skipped and killed ones resumed when run again.
+    Sweep(sweep::Args),
+    /// Summarise a sweep's finished runs: per cell, the test cost's mean ± std and median over
+    /// seeds, as tables (Markdown, CSV, JSON) and SVG plots.
+    Report(report::Args),
 }
 
 /// Parses the command line; the matches say which flags were given (for `train --config`).
@@ -103,6 +112,8 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> u8 {
         Command::Rollout(args) => rollout::run(args),
         Command::Act(args) => act::run(args),
         Command::Export(args) => export::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 

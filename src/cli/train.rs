@@ -92,7 +92,7 @@ pub fn run(args: Args, given: &dyn Fn(&str) -> bool) -> u8 {
         eprintln!("error: --batch {} is larger than the training set (--scenarios {})", config.batch, config.scenarios);
         return exit::USAGE;
     }
-    if let Err(code) = super::fits(&compiled, need(&compiled.module, &config), "train") {
+    if let Err(code) = super::fits(&compiled, hmdp::train::need(&compiled.module, &config), "train") {
         return code;
     }
     let folder = args.out.clone().unwrap_or_else(|| {
@@ -235,20 +235,4 @@ fn train_error(compiled: &Compiled, e: TrainError) -> u8 {
             exit::FAILED
         }
     }
-}
-
-/// What training holds at once: the model, the train and dev scenarios, a batch and its
-/// trajectories, and the three networks with their optimisers.
-fn need(module: &hmdp::ir::Module, config: &Config) -> hmdp::resources::Need {
-    let spec = hmdp::train::spec::Spec::of(module);
-    let mut widths = vec![spec.features];
-    widths.extend(config.hidden());
-    widths.push(spec.logits.max(spec.outputs).max(1));
-    hmdp::resources::Need::new()
-        .model(module)
-        .stored_scenarios(module, "train", config.scenarios, module.horizon)
-        .stored_scenarios(module, "dev", config.scenarios, module.horizon)
-        .scenarios_at_once(module, config.batch)
-        .trajectories(module, config.batch, module.horizon)
-        .networks(&widths, 3)
 }

@@ -221,3 +221,19 @@ pub fn spec_with_scales(
     }
     spec
 }
+
+/// What training holds at once: the model, the train and dev scenarios, a batch and its
+/// trajectories, and the three networks with their optimisers.
+pub fn need(module: &crate::ir::Module, config: &Config) -> crate::resources::Need {
+    let spec = spec::Spec::of(module);
+    let mut widths = vec![spec.features];
+    widths.extend(config.hidden());
+    widths.push(spec.logits.max(spec.outputs).max(1));
+    crate::resources::Need::new()
+        .model(module)
+        .stored_scenarios(module, "train", config.scenarios, module.horizon)
+        .stored_scenarios(module, "dev", config.scenarios, module.horizon)
+        .scenarios_at_once(module, config.batch)
+        .trajectories(module, config.batch, module.horizon)
+        .networks(&widths, 3)
+}
