@@ -60,6 +60,9 @@ pub struct TestFigures {
     /// The updates the run made and the one whose policy was kept (best on dev).
     pub updates: usize,
     pub best_update: usize,
+    /// Stopped before its planned updates (a search trial pruned on its dev cost).
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -141,11 +144,27 @@ pub fn run_one(sweep: &Sweep, run: &Planned, stop: Arc<AtomicBool>, progress: bo
         }
         folder::lock(&folder).ok()
     };
-    let figures = evaluate(&folder, &jit).map_err(failed)?;
-    let text = serde_json::to_string_pretty(&figures).map_err(|e| failed(e.to_string()))?;
+    record_test(&folder, &jit, false).map(Ended::Finished).map_err(failed)
+}
+
+/// Tests the best checkpoint of the run in `folder` and writes `test.json`, the mark of a
+/// finished run; `stopped_early` for a run stopped on purpose before its planned updates (a
+/// pruned search trial), which is finished as it stands.
+pub fn record_test(folder: &Path, jit: &Jit, stopped_early: bool) -> Result<TestFigures, String> {
+    let mut figures = evaluate(folder, jit)?;
+    figures.stopped_early = stopped_early;
+    let text = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
     folder::write_atomic(&folder.join(TEST), text.as_bytes())
-        .map_err(|e| failed(format!("cannot write {}: {e}", folder.join(TEST).display())))?;
-    Ok(Ended::Finished(figures))
+        .map_err(|e| format!("cannot write {}: {e}", folder.join(TEST).display()))?;
+    Ok(figures)
+}
+
+/// [`record_test`] for a run stopped early, compiling its recorded model.
+pub fn finish_stopped(folder: &Path) -> Result<TestFigures, String> {
+    let run = Run::open(folder).map_err(|e| e.to_string())?;
+    let jit = Jit::compile(&run.compiled.module).map_err(|e| format!("internal error: {e}"))?;
+    let _lock = folder::lock(folder)?;
+    record_test(folder, &jit, true)
 }
 
 /// Trains a planned run into its folder (resuming it with `resume`); a message when it fails.
@@ -217,5 +236,6 @@ fn evaluate(folder: &Path, jit: &Jit) -> Result<TestFigures, String> {
         per_scenario_total: evaluation.per_scenario.iter().map(|r| r.iter().sum()).collect(),
         updates,
         best_update,
+        stopped_early: false,
     })
 }
