@@ -7,6 +7,7 @@
 mod env;
 mod model;
 mod runs;
+mod sweep;
 
 use hmdp::backend::RunError;
 use hmdp::diagnostics::Diagnostic;
@@ -73,5 +74,9 @@ fn _hmdp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(model::compile, m)?)?;
     m.add_function(wrap_pyfunction!(runs::train, m)?)?;
     m.add_function(wrap_pyfunction!(runs::open_run, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep::sweep_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep::sweep_run, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep::sweep_search_space, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep::sweep_trial, m)?)?;
     Ok(())
 }

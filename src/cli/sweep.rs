@@ -51,6 +51,15 @@ pub fn run(args: Args) -> u8 {
         eprintln!("error: {}: the model {} does not exist", args.file.display(), sweep.model.display());
         return exit::USAGE;
     }
+    if sweep.search.is_some() {
+        eprintln!(
+            "error: {} is a search (`[search]`): run it from Python with `hmdp.sweep.search(\"{}\")` (Optuna); \
+             `hmdpc report` summarises its trials",
+            args.file.display(),
+            args.file.display()
+        );
+        return exit::USAGE;
+    }
     if let Err(e) = sweep::prepare(&sweep) {
         eprintln!("error: {e}");
         return exit::USAGE;

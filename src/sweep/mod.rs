@@ -48,7 +48,12 @@ pub fn open(folder: &Path) -> Result<Sweep, String> {
     if !copy.is_file() {
         return Err(format!("{} is not a sweep folder: it has no {}", folder.display(), plan::SWEEP_FILE));
     }
-    plan::read(&copy, Some(folder))
+    let mut sweep = plan::read(&copy, Some(folder))?;
+    // A search's trials are the runs it started.
+    if sweep.search.is_some() {
+        sweep.runs = sweep.trials_on_disk();
+    }
+    Ok(sweep)
 }
 
 /// The continuous action dimension of a planned run's problem, from the model its first

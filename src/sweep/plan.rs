@@ -29,6 +29,27 @@ pub struct Sweep {
     /// The axes, in the file's order; `seed` is among them when the file sweeps it.
     pub axes: Vec<Axis>,
     pub runs: Vec<Planned>,
+    /// The search over training settings, when the file has a `[search]` table.
+    pub search: Option<Search>,
+    /// The settings every run shares (`[settings]` with `[set]`), as `run.json` names them.
+    settings: Value,
+}
+
+/// A search over training settings (`[search]`): how many trials, and where each setting is
+/// sampled. The trials are runs `trial=K` of the sweep folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Search {
+    pub trials: usize,
+    pub space: Vec<(String, Space)>,
+}
+
+/// Where a searched setting is sampled.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Space {
+    /// A number in `[low, high]`, on a log scale with `log`; whole numbers when both bounds are.
+    Range { low: f64, high: f64, log: bool, integer: bool },
+    /// One of the values.
+    Choice(Vec<Value>),
 }
 
 /// One axis: a training setting (named as in `run.json`'s `config`) or a size/parameter
@@ -109,9 +130,9 @@ pub fn parse(text: &str, path: &Path, folder: Option<&Path>) -> Result<Sweep, St
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string().trim_end().to_string())?;
     let base = path.parent().unwrap_or(Path::new(""));
     for key in table.keys() {
-        if !["model", "folder", "settings", "set", "axes"].contains(&key.as_str()) {
+        if !["model", "folder", "settings", "set", "axes", "search"].contains(&key.as_str()) {
             return Err(format!(
-                "unknown key `{key}`: a sweep file has `model`, `folder`, `[settings]`, `[set]` and `[axes]`"
+                "unknown key `{key}`: a sweep file has `model`, `folder`, `[settings]`, `[set]`, `[axes]` and `[search]`"
             ));
         }
     }
@@ -184,7 +205,70 @@ pub fn parse(text: &str, path: &Path, folder: Option<&Path>) -> Result<Sweep, St
         return Err("put `--set` values in `[set]` (fixed) or `[axes.set]` (swept), not in `[settings]`".into());
     }
     let runs = expand(&settings, &fixed_set, &axes)?;
-    Ok(Sweep { text: text.to_string(), model, model_text, folder, axes, runs })
+    let search = match table.get("search") {
+        None => None,
+        Some(toml::Value::Table(t)) => Some(search(t, &settings, &axes)?),
+        Some(_) => return Err("`search` must be a table: `trials = N` and `[search.space]`".into()),
+    };
+    let mut settings = settings;
+    if let Some(object) = settings.as_object_mut() {
+        object.insert("set".into(), serde_json::to_value(&fixed_set).map_err(|e| e.to_string())?);
+    }
+    Ok(Sweep { text: text.to_string(), model, model_text, folder, axes, runs, search, settings })
+}
+
+/// Reads `[search]`: `trials` and `[search.space]`, each setting a range `{ low, high, log }` or
+/// an array of values to choose from.
+fn search(table: &toml::Table, settings: &Value, axes: &[Axis]) -> Result<Search, String> {
+    if !axes.is_empty() {
+        return Err("a sweep file with `[search]` has no `[axes]`: the search tunes the settings of one problem".into());
+    }
+    for key in table.keys() {
+        if key != "trials" && key != "space" {
+            return Err(format!("unknown key `search.{key}`: `[search]` has `trials` and `[search.space]`"));
+        }
+    }
+    let trials = match table.get("trials") {
+        Some(toml::Value::Integer(n)) if *n >= 1 => *n as usize,
+        _ => return Err("`search.trials` must be a whole number of at least 1".into()),
+    };
+    let Some(toml::Value::Table(space_table)) = table.get("space") else {
+        return Err("`[search.space]` is missing: name each setting to search, e.g. `lr = { low = 1e-4, high = 1e-2, log = true }`".into());
+    };
+    let mut space = Vec::new();
+    for (name, value) in space_table {
+        if settings.get(name).is_some() {
+            return Err(format!("`{name}` is both in `[settings]` and searched: keep one"));
+        }
+        let (samples, entry) = match value {
+            toml::Value::Array(_) => {
+                let values = axis_values(&format!("search.space.{name}"), value)?;
+                (values.clone(), Space::Choice(values))
+            }
+            toml::Value::Table(range) => {
+                let bound = |key: &str| range.get(key).and_then(number);
+                let (Some(low), Some(high)) = (bound("low"), bound("high")) else {
+                    return Err(format!("`search.space.{name}` must have numbers `low` and `high`"));
+                };
+                let log = matches!(range.get("log"), Some(toml::Value::Boolean(true)));
+                if !(low <= high) || (log && low <= 0.0) {
+                    return Err(format!("`search.space.{name}`: need low ≤ high{}", if log { " and low > 0 on a log scale" } else { "" }));
+                }
+                let integer = matches!(range.get("low"), Some(toml::Value::Integer(_)))
+                    && matches!(range.get("high"), Some(toml::Value::Integer(_)));
+                let sample = |v: f64| if integer { Value::from(v as i64) } else { Value::from(v) };
+                (vec![sample(low), sample(high)], Space::Range { low, high, log, integer })
+            }
+            _ => return Err(format!("`search.space.{name}` must be a range `{{ low, high }}` or an array of values")),
+        };
+        for sample in samples {
+            let mut one = Map::new();
+            one.insert(name.clone(), sample);
+            serde_json::from_value::<Config>(Value::Object(one)).map_err(|e| format!("search setting `{name}`: {e}"))?;
+        }
+        space.push((name.clone(), entry));
+    }
+    Ok(Search { trials, space })
 }
 
 /// The values of an axis: a non-empty array without repeats.
@@ -280,6 +364,40 @@ fn expand(settings: &Value, fixed_set: &[(String, f64)], axes: &[Axis]) -> Resul
 }
 
 impl Sweep {
+    /// Trial `number` of the search with the sampled `settings` (a JSON object of `run.json`'s
+    /// names): the shared settings changed by them.
+    pub fn trial(&self, number: usize, settings: &Value) -> Result<Planned, String> {
+        let Some(search) = &self.search else { return Err("the sweep file has no `[search]`".into()) };
+        let mut config = self.settings.as_object().cloned().unwrap_or_default();
+        for (key, value) in settings.as_object().ok_or("the trial's settings must be an object")? {
+            if !search.space.iter().any(|(name, _)| name == key) {
+                return Err(format!("`{key}` is not a searched setting"));
+            }
+            config.insert(key.clone(), value.clone());
+        }
+        let config: Config = serde_json::from_value(Value::Object(config)).map_err(|e| e.to_string())?;
+        let cell = vec![("trial".to_string(), Value::from(number))];
+        Ok(Planned { name: format!("trial={number}"), cell, seed: config.seed, config })
+    }
+
+    /// The trials of the search that have a run folder, as planned runs (their settings read
+    /// back from `run.json`), in trial order.
+    pub fn trials_on_disk(&self) -> Vec<Planned> {
+        let Ok(entries) = std::fs::read_dir(self.folder.join(RUNS)) else { return Vec::new() };
+        let mut trials: Vec<Planned> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let number: usize = name.strip_prefix("trial=")?.parse().ok()?;
+                let record = crate::train::folder::read_record(&entry.path()).ok()?;
+                let cell = vec![("trial".to_string(), Value::from(number))];
+                Some(Planned { name, cell, seed: record.config.seed, config: record.config })
+            })
+            .collect();
+        trials.sort_by_key(|t| t.cell[0].1.as_u64());
+        trials
+    }
+
     /// The folder of a planned run.
     pub fn run_folder(&self, run: &Planned) -> PathBuf {
         self.folder.join(RUNS).join(&run.name)

@@ -60,6 +60,8 @@ pub struct RunReport {
     pub curve: Vec<CurveRow>,
     /// The updates the run was planned to make.
     pub planned_updates: usize,
+    /// The run's settings.
+    pub config: crate::train::Config,
     /// The first update whose dev cost is within [`WITHIN`] of the best of the problem; `None`
     /// when no evaluation came that close.
     pub reached: Option<usize>,
@@ -168,6 +170,7 @@ pub fn collect(sweep: &Sweep, dimension: &dyn Fn(&Planned) -> Result<usize, Stri
                         test,
                         curve,
                         planned_updates: run.config.updates,
+                        config: run.config.clone(),
                         reached: None,
                     });
                 }
@@ -263,6 +266,30 @@ pub fn markdown(report: &Report) -> String {
                 })
                 .collect();
             out.push_str(&format!("| {problem} | {} |\n", row.join(" | ")));
+        }
+    }
+    if let Some(search) = &report.sweep.search {
+        let names: Vec<&str> = search.space.iter().map(|(n, _)| n.as_str()).collect();
+        out.push_str(&format!(
+            "\n## Search trials\n\nEach trial's searched settings, its best dev cost and its test cost (a trial stopped \
+             early was pruned on its dev cost).\n\n| trial | {} | best dev | test cost | stopped early |\n|---|{}---|---|---|\n",
+            names.join(" | "),
+            "---|".repeat(names.len())
+        ));
+        for cell in &report.cells {
+            for run in &cell.runs {
+                let config = serde_json::to_value(&run.config).unwrap_or_default();
+                let values: Vec<String> = names.iter().map(|n| config.get(*n).map_or("—".into(), show)).collect();
+                let best = run.curve.iter().map(folder::dev_total).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    cell.method_name().trim_start_matches("trial="),
+                    values.join(" | "),
+                    number(best),
+                    number(run.test.total.mean),
+                    if run.test.stopped_early { "yes" } else { "no" }
+                ));
+            }
         }
     }
     out.push_str(&format!(
