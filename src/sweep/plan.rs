@@ -364,6 +364,14 @@ fn expand(settings: &Value, fixed_set: &[(String, f64)], axes: &[Axis]) -> Resul
 }
 
 impl Sweep {
+    /// Whether the sweep file gives training setting `key` (in `[settings]`, as an axis, or as
+    /// a searched setting): a model's `train { … }` block fills in only the others.
+    pub fn gives(&self, key: &str) -> bool {
+        self.settings.get(key).is_some()
+            || self.axes.iter().any(|a| a.name == key)
+            || self.search.as_ref().is_some_and(|s| s.space.iter().any(|(name, _)| name == key))
+    }
+
     /// Trial `number` of the search with the sampled `settings` (a JSON object of `run.json`'s
     /// names): the shared settings changed by them.
     pub fn trial(&self, number: usize, settings: &Value) -> Result<Planned, String> {

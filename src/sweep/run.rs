@@ -17,6 +17,7 @@ use crate::diagnostics::Diagnostic;
 use crate::pipeline::{self, Compiled};
 use crate::random::ScenarioSet;
 use crate::sim::{self, Estimate};
+use crate::train::config::Origin;
 use crate::train::folder::{self, Checkpoint, Run};
 use crate::train::run::{RunInputs, train};
 use crate::train::scenarios::Scenarios;
@@ -181,6 +182,19 @@ fn train_run(
         let d = Diagnostic::error("run", e.message, e.span, "while evaluating this");
         compiled.source.render(&[d], false)
     };
+    // The model's `train` block under the sweep file's settings, as under `train`'s flags.
+    let mut config = run.config.clone();
+    let given = |key: &str| sweep.gives(key);
+    let from_model = config.with_model_defaults(&compiled.train, &compiled.module, &given);
+    let origin = |key: &str| {
+        if sweep.gives(key) {
+            Origin::Config
+        } else if from_model.contains(&key) {
+            Origin::Model
+        } else {
+            Origin::Rule
+        }
+    };
     let mut command: Vec<String> = vec!["hmdpc".into(), "sweep".into()];
     command.push(sweep.folder.join(super::plan::SWEEP_FILE).display().to_string());
     command.extend(["--run".into(), run.name.clone()]);
@@ -193,8 +207,9 @@ fn train_run(
         progress,
         resume,
         save_every: 30.0,
+        origin: &origin,
     };
-    let outcome = train(inputs, run.config.clone()).map_err(|e| match e.located() {
+    let outcome = train(inputs, config).map_err(|e| match e.located() {
         Some(e) => located(e),
         None => e.to_string(),
     })?;
