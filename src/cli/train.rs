@@ -51,7 +51,7 @@ pub struct Args {
     config: Config,
 }
 
-pub fn run(args: Args, given: &dyn Fn(&str) -> bool) -> u8 {
+pub fn run(args: Args, given: &(dyn Fn(&str) -> bool + Sync)) -> u8 {
     let (mut config, recorded) = match settings(&args, given) {
         Ok(settings) => settings,
         Err(message) => {

@@ -58,7 +58,7 @@ pub struct RunInputs<'a> {
     /// The least number of seconds between two writes of `latest.ckpt`, at dev evaluations.
     pub save_every: f64,
     /// Where each setting came from, by key (`hidden`, `lr`, …), for the lines `train` prints.
-    pub origin: &'a dyn Fn(&str) -> super::config::Origin,
+    pub origin: &'a (dyn Fn(&str) -> super::config::Origin + Sync),
 }
 
 /// Trains, writing the run folder as it goes. Errors that stop training (a NaN cost, say) are
