@@ -1386,7 +1386,7 @@ pub(crate) mod tests {
     fn observe_lists_states_and_params() {
         let mut b = minimal();
         b.m.observe = vec![X, D, X, 50];
-        reports(&b.m, "observe lists noise `d`; the policy observes only states and params");
+        reports(&b.m, "observe lists noise `d`; the policy observes only states, params and lets");
         reports(&b.m, "observe lists `x` twice");
         reports(&b.m, "observe lists buffer #50, which does not exist");
     }
@@ -1445,7 +1445,7 @@ pub(crate) mod tests {
         reports(&b.m, "adjoint `x'.adj` has dimensions [] but its next state `x'` has [I]");
         reports(&b.m, "adjoint `q.adj` holds Int elements; an adjoint holds reals");
         reports(&b.m, "adjoint `post.adj` has data; only a param may be given as data");
-        reports(&b.m, "observe lists adjoint `holding.adj`; the policy observes only states and params");
+        reports(&b.m, "observe lists adjoint `holding.adj`; the policy observes only states, params and lets");
         // The seed `x'.adj[v0]` no longer fits `x'.adj`.
         reports(&b.m, "vjp: accumulate into `post.adj`: %");
         reports(&b.m, "loads `x'.adj` with 1 index for 0 dimensions");
