@@ -169,12 +169,13 @@ fn empty_sets_behave_as_in_mathematics() {
 
 // ---- item 13: observing a `let` --------------------------------------------------------------
 
-/// `models/inventory.hmdp` with the inventory position observed instead of its parts.
+/// `models/inventory.hmdp` with the inventory position (`ip`; the shipped `can_order` policy has
+/// its own `position`) observed instead of its parts.
 fn inventory_observing_the_position() -> String {
     let source = std::fs::read_to_string(common::root().join("models/inventory.hmdp")).expect("model");
-    let source = source.replace("step {\n", "step {\n  let position[i] = onhand[i] + sum(l in L) pipe[i, l]\n");
+    let source = source.replace("step {\n", "step {\n  let ip[i] = onhand[i] + sum(l in L) pipe[i, l]\n");
     assert!(source.contains("observe { onhand, pipe, mu, h, p }"));
-    source.replace("observe { onhand, pipe, mu, h, p }", "observe { position, mu, h, p }")
+    source.replace("observe { onhand, pipe, mu, h, p }", "observe { ip, mu, h, p }")
 }
 
 /// The policy sees the position of the current states, computed before it decides: after the
@@ -197,7 +198,7 @@ fn an_observed_let_is_computed_before_the_decision() {
         let slots = (lead as usize).saturating_sub(1);
         let expected: Vec<f64> =
             (0..10).map(|i| onhand[i] + (0..slots).map(|l| 0.5 * (i * slots + l) as f64).sum::<f64>()).collect();
-        assert_eq!(buffers.values[buffer(&module, "position")], expected, "lead {lead}");
+        assert_eq!(buffers.values[buffer(&module, "ip")], expected, "lead {lead}");
     }
 }
 

@@ -229,11 +229,12 @@ fn a_refused_size_is_the_only_error() {
         let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
         assert_eq!(codes, ["bad-size"], "--set items={items}");
     }
-    // 0 items is a size (every set over it is empty), but the cost per item has no value.
+    // 0 items is a size (every set over it is empty), but the cost per item has no value, and
+    // the shipped can-order policy's `max` over the items has none either.
     let options = hmdp::check::Options { overrides: vec![("items".to_string(), 0.0)] };
     let outcome = hmdp::check::check_source(&source, &hmdp::check::NoFiles, &options);
     let codes: Vec<&str> = outcome.diagnostics.iter().map(|d| d.code).collect();
-    assert_eq!(codes, ["report"], "--set items=0");
+    assert_eq!(codes, ["report", "empty-set"], "--set items=0");
 }
 
 /// A parameter known only once its instance is drawn is checked then: an infinite or NaN value

@@ -412,5 +412,5 @@ fn simulate_prints_json_and_per_scenario_rows() {
         assert!(close(m, mean, 1e-12) && close(h, half, 1e-9), "{name}: {m} ± {h} vs {mean} ± {half}");
         assert!(printed.contains(&format!("{mean:>12.4} ± {half:.4}")), "{printed}");
     }
-    assert_eq!(report["policy"], "random");
+    assert_eq!(report["policy"], "random policy");
 }

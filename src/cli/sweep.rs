@@ -254,7 +254,11 @@ fn run_all(sweep: &Sweep, args: &Args) -> u8 {
                         }
                         _ => {
                             failed.push(run.name.clone());
-                            println!("[{done}/{total}] FAILED {} after {seconds:.0} s; its log {}:", run.name, log.display());
+                            println!(
+                                "[{done}/{total}] FAILED {} after {seconds:.0} s; its log {}:",
+                                run.name,
+                                log.display()
+                            );
                             for line in tail(&log, 6) {
                                 println!("    {line}");
                             }

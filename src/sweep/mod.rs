@@ -33,8 +33,9 @@ pub fn prepare(sweep: &Sweep) -> Result<(), String> {
             copy.display()
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(sweep.folder.join(plan::RUNS))
-                .map_err(|e| format!("cannot create {}: {}", sweep.folder.display(), crate::pipeline::describe_io(&e)))?;
+            std::fs::create_dir_all(sweep.folder.join(plan::RUNS)).map_err(|e| {
+                format!("cannot create {}: {}", sweep.folder.display(), crate::pipeline::describe_io(&e))
+            })?;
             folder::write_atomic(&copy, sweep.text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {}", copy.display(), crate::pipeline::describe_io(&e)))
         }

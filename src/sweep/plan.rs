@@ -251,8 +251,11 @@ fn search(table: &toml::Table, settings: &Value, axes: &[Axis]) -> Result<Search
                     return Err(format!("`search.space.{name}` must have numbers `low` and `high`"));
                 };
                 let log = matches!(range.get("log"), Some(toml::Value::Boolean(true)));
-                if !(low <= high) || (log && low <= 0.0) {
-                    return Err(format!("`search.space.{name}`: need low ≤ high{}", if log { " and low > 0 on a log scale" } else { "" }));
+                if low.partial_cmp(&high).is_none_or(|o| o.is_gt()) || (log && low <= 0.0) {
+                    return Err(format!(
+                        "`search.space.{name}`: need low ≤ high{}",
+                        if log { " and low > 0 on a log scale" } else { "" }
+                    ));
                 }
                 let integer = matches!(range.get("low"), Some(toml::Value::Integer(_)))
                     && matches!(range.get("high"), Some(toml::Value::Integer(_)));
@@ -264,7 +267,8 @@ fn search(table: &toml::Table, settings: &Value, axes: &[Axis]) -> Result<Search
         for sample in samples {
             let mut one = Map::new();
             one.insert(name.clone(), sample);
-            serde_json::from_value::<Config>(Value::Object(one)).map_err(|e| format!("search setting `{name}`: {e}"))?;
+            serde_json::from_value::<Config>(Value::Object(one))
+                .map_err(|e| format!("search setting `{name}`: {e}"))?;
         }
         space.push((name.clone(), entry));
     }
@@ -350,11 +354,7 @@ fn expand(settings: &Value, fixed_set: &[(String, f64)], axes: &[Axis]) -> Resul
         let config: Config = serde_json::from_value(Value::Object(config)).map_err(|e| e.to_string())?;
         let seed = config.seed;
         let cell: Vec<(String, Value)> = combo.iter().filter(|(k, _)| k != "seed").cloned().collect();
-        let name = if cell.is_empty() {
-            format!("seed={seed}")
-        } else {
-            format!("{},seed={seed}", cell_name(&cell))
-        };
+        let name = if cell.is_empty() { format!("seed={seed}") } else { format!("{},seed={seed}", cell_name(&cell)) };
         if name.contains('/') || name.len() > 200 {
             return Err(format!("the run name `{name}` is not a usable folder name: shorten the axes' values"));
         }

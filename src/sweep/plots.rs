@@ -11,6 +11,13 @@ use crate::train::folder;
 
 const SIZE: (u32, u32) = (760, 480);
 
+/// A method's learning curve: per evaluated update, (update, mean, lowest, highest) over seeds.
+type Curve = (String, Vec<(f64, f64, f64, f64)>);
+
+/// A method's points in the reach plot: (dimension, median) per problem, and (dimension,
+/// updates, never reached) per run.
+type Reach = (String, Vec<(f64, f64)>, Vec<(f64, f64, bool)>);
+
 fn color(k: usize) -> RGBAColor {
     Palette99::pick(k).to_rgba()
 }
@@ -42,7 +49,10 @@ fn size_axis(report: &Report) -> Option<String> {
 fn series_name(cell: &CellReport, x_axis: &str) -> String {
     let mut parts: Vec<String> = cell.method.iter().map(|(k, v)| format!("{k}={}", show(v))).collect();
     parts.extend(
-        cell.problem.iter().filter(|(k, _)| k != x_axis).map(|(k, v)| format!("{}={}", k.trim_start_matches("set."), show(v))),
+        cell.problem
+            .iter()
+            .filter(|(k, _)| k != x_axis)
+            .map(|(k, v)| format!("{}={}", k.trim_start_matches("set."), show(v))),
     );
     if parts.is_empty() { "all".into() } else { parts.join(", ") }
 }
@@ -91,7 +101,9 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
             chart.draw_series(points.iter().map(|(x, s)| Circle::new((*x, s.mean), 4, c.filled()))).map_err(failed)?;
             chart
-                .draw_series(points.iter().map(|(x, s)| PathElement::new(vec![(*x, s.mean - s.std), (*x, s.mean + s.std)], c)))
+                .draw_series(
+                    points.iter().map(|(x, s)| PathElement::new(vec![(*x, s.mean - s.std), (*x, s.mean + s.std)], c)),
+                )
                 .map_err(failed)?;
         }
         chart
@@ -112,7 +124,7 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
     let cells: Vec<&CellReport> =
         report.cells.iter().filter(|c| c.problem_name() == problem && !c.runs.is_empty()).collect();
     // Per method: (update, mean, min, max) over the seeds that evaluated at that update.
-    let mut lines: Vec<(String, Vec<(f64, f64, f64, f64)>)> = Vec::new();
+    let mut lines: Vec<Curve> = Vec::new();
     for cell in &cells {
         let mut updates: Vec<usize> = cell.runs.iter().flat_map(|r| r.curve.iter().map(|row| row.update)).collect();
         updates.sort_unstable();
@@ -210,7 +222,7 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
 /// at the run's last update for a run that never came that close.
 pub fn reach(report: &Report) -> Result<String, String> {
     let methods = report.methods();
-    let mut series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64, bool)>)> = Vec::new();
+    let mut series: Vec<Reach> = Vec::new();
     for method in &methods {
         let mut medians = Vec::new();
         let mut dots = Vec::new();
@@ -256,9 +268,11 @@ pub fn reach(report: &Report) -> Result<String, String> {
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
             chart
-                .draw_series(dots.into_iter().map(|(x, y, never)| {
-                    Circle::new((x, y), 4, if never { c.stroke_width(2) } else { c.filled() })
-                }))
+                .draw_series(
+                    dots.into_iter().map(|(x, y, never)| {
+                        Circle::new((x, y), 4, if never { c.stroke_width(2) } else { c.filled() })
+                    }),
+                )
                 .map_err(failed)?;
         }
         chart

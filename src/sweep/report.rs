@@ -31,11 +31,8 @@ impl Stats {
             return Stats { n, mean: f64::NAN, std: f64::NAN, median: f64::NAN };
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let std = if n > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
+        let std =
+            if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         let median = if n % 2 == 1 { sorted[n / 2] } else { 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]) };
@@ -256,7 +253,11 @@ pub fn markdown(report: &Report) -> String {
         if report.unit.is_empty() { "(no run finished yet)" } else { report.unit.as_str() }
     );
     for term in report.term_names() {
-        out.push_str(&format!("\n## {term}\n\n| problem | {} |\n|---|{}\n", methods.join(" | "), "---|".repeat(methods.len())));
+        out.push_str(&format!(
+            "\n## {term}\n\n| problem | {} |\n|---|{}\n",
+            methods.join(" | "),
+            "---|".repeat(methods.len())
+        ));
         for problem in &problems {
             let row: Vec<String> = methods
                 .iter()
@@ -280,7 +281,8 @@ pub fn markdown(report: &Report) -> String {
             for run in &cell.runs {
                 let config = serde_json::to_value(&run.config).unwrap_or_default();
                 let values: Vec<String> = names.iter().map(|n| config.get(*n).map_or("—".into(), show)).collect();
-                let best = run.curve.iter().map(folder::dev_total).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+                let best =
+                    run.curve.iter().map(folder::dev_total).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} |\n",
                     cell.method_name().trim_start_matches("trial="),
@@ -349,7 +351,9 @@ pub fn csv(report: &Report) -> String {
     for cell in &report.cells {
         let values: Vec<String> = axes
             .iter()
-            .map(|axis| cell.problem.iter().chain(&cell.method).find(|(k, _)| k == axis).map_or(String::new(), |(_, v)| show(v)))
+            .map(|axis| {
+                cell.problem.iter().chain(&cell.method).find(|(k, _)| k == axis).map_or(String::new(), |(_, v)| show(v))
+            })
             .collect();
         for term in report.term_names() {
             let Some(stats) = term_stats(cell, &term) else { continue };
@@ -429,7 +433,13 @@ mod tests {
     fn stats_are_the_sample_mean_std_and_median() {
         let s = Stats::of(&[1.0, 2.0, 4.0]);
         assert_eq!((s.n, s.mean, s.median), (3, 7.0 / 3.0, 2.0));
-        assert!((s.std - (((1.0f64 - 7.0 / 3.0).powi(2) + (2.0f64 - 7.0 / 3.0).powi(2) + (4.0f64 - 7.0 / 3.0).powi(2)) / 2.0).sqrt()).abs() < 1e-12);
+        assert!(
+            (s.std
+                - (((1.0f64 - 7.0 / 3.0).powi(2) + (2.0f64 - 7.0 / 3.0).powi(2) + (4.0f64 - 7.0 / 3.0).powi(2)) / 2.0)
+                    .sqrt())
+            .abs()
+                < 1e-12
+        );
         assert_eq!(Stats::of(&[3.0, 1.0]).median, 2.0);
         assert_eq!(Stats::of(&[5.0]).std, 0.0);
         assert!(Stats::of(&[]).mean.is_nan());

@@ -234,7 +234,8 @@ fn evaluate(folder: &Path, jit: &Jit) -> Result<TestFigures, String> {
     let ctx = crate::train::rollout::Context { module, spec: &spec, backend: jit, instance: &instance };
     let evaluation = crate::train::evaluate(&ctx, &nets, &test).map_err(|e| e.to_string())?;
     let summary = sim::summarise(module, &evaluation.per_scenario, evaluation.per_scenario.len());
-    let figure = |name: &str, e: Estimate| TermFigure { name: name.to_string(), mean: e.mean, half_width: e.half_width };
+    let figure =
+        |name: &str, e: Estimate| TermFigure { name: name.to_string(), mean: e.mean, half_width: e.half_width };
     let curve = std::fs::read_to_string(folder.join(folder::CURVE)).map(|t| folder::read_curve(&t)).unwrap_or_default();
     let updates = curve.last().map_or(0, |row| row.update);
     let best_update = curve
