@@ -218,12 +218,15 @@ pub fn collect(sweep: &Sweep, dimension: &dyn Fn(&Planned) -> Result<usize, Stri
     Ok(Report { sweep: sweep.clone(), unit, cells })
 }
 
-/// One table cell: `mean ± std (median) n/N`.
+/// One table cell: `mean ± std (median) n/N`, the three with the mean's decimals, as the paper
+/// prints them (`43.47 ± 2.19 (42.77)`).
 fn entry(stats: &Stats, planned: usize) -> String {
     if stats.n == 0 {
         return format!("— 0/{planned}");
     }
-    format!("{} ± {} ({}) {}/{planned}", number(stats.mean), number(stats.std), number(stats.median), stats.n)
+    let digits = decimals(stats.mean);
+    let fixed = |v: f64| if v.is_finite() { format!("{v:.digits$}") } else { "—".into() };
+    format!("{} ± {} ({}) {}/{planned}", fixed(stats.mean), fixed(stats.std), fixed(stats.median), stats.n)
 }
 
 /// A figure with four significant digits.
@@ -231,8 +234,13 @@ fn number(v: f64) -> String {
     if !v.is_finite() {
         return "—".into();
     }
-    let digits = if v == 0.0 { 0 } else { (3 - v.abs().log10().floor() as i32).max(0) as usize };
+    let digits = decimals(v);
     format!("{v:.digits$}")
+}
+
+/// The decimals that give `v` four significant digits (none for large figures).
+fn decimals(v: f64) -> usize {
+    if v == 0.0 || !v.is_finite() { 0 } else { (3 - v.abs().log10().floor() as i32).max(0) as usize }
 }
 
 /// The stats of `term` in a cell.
@@ -453,5 +461,12 @@ mod tests {
         assert_eq!(number(0.0012344), "0.001234");
         assert_eq!(number(f64::NAN), "—");
         assert_eq!(entry(&Stats::of(&[]), 3), "— 0/3");
+    }
+
+    #[test]
+    fn a_cell_prints_its_spread_with_the_decimals_of_its_mean() {
+        assert_eq!(entry(&Stats::of(&[40.04, 40.06, 40.05]), 3), "40.05 ± 0.01 (40.05) 3/3");
+        assert_eq!(entry(&Stats::of(&[16.0, 16.0004]), 3), "16.00 ± 0.00 (16.00) 2/3");
+        assert_eq!(entry(&Stats::of(&[1234.4]), 1), "1234 ± 0 (1234) 1/1");
     }
 }
