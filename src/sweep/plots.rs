@@ -18,12 +18,42 @@ type Curve = (String, Vec<(f64, f64, f64, f64)>);
 /// updates, never reached) per run.
 type Reach = (String, Vec<(f64, f64)>, Vec<(f64, f64, bool)>);
 
+/// The Okabe–Ito colours, which stay apart for colour-blind readers and on white (no yellow).
+const COLOURS: [(u8, u8, u8); 7] =
+    [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233), (0, 0, 0)];
+
 fn color(k: usize) -> RGBAColor {
-    Palette99::pick(k).to_rgba()
+    let (r, g, b) = COLOURS[k % COLOURS.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
+/// A tick label: whole numbers without decimals (sizes, updates, costs on a round grid), others
+/// with at most four decimals and no trailing zeros.
+fn tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.4}").trim_end_matches('0').to_string() }
 }
 
 fn failed<E: std::fmt::Debug>(e: E) -> String {
     format!("cannot draw the plot: {e:?}")
+}
+
+/// The legend's sample of a series drawn as a line of colour `c`.
+fn line_sample(c: RGBAColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+}
+
+/// Draws the legend of every labelled series, boxed, at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(failed)
 }
 
 /// A range with some room around `lo..hi`.
@@ -88,6 +118,8 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
         chart
             .configure_mesh()
             .x_desc(x_axis.trim_start_matches("set."))
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .y_desc(format!("test cost, {} (mean ± std over seeds)", report.unit))
             .draw()
             .map_err(failed)?;
@@ -98,7 +130,7 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
                 .draw_series(LineSeries::new(points.iter().map(|(x, s)| (*x, s.mean)), c.stroke_width(2)))
                 .map_err(failed)?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(line_sample(c));
             chart.draw_series(points.iter().map(|(x, s)| Circle::new((*x, s.mean), 4, c.filled()))).map_err(failed)?;
             chart
                 .draw_series(
@@ -106,13 +138,7 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
                 )
                 .map_err(failed)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(failed)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(failed)?;
     }
     Ok(Some(svg))
@@ -181,7 +207,14 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
             ($chart:expr, $clip:expr) => {{
                 let mut chart = $chart;
                 let clip = $clip;
-                chart.configure_mesh().x_desc("policy updates").y_desc(y_desc.clone()).draw().map_err(failed)?;
+                chart
+                    .configure_mesh()
+                    .x_desc("policy updates")
+                    .y_desc(y_desc.clone())
+                    .x_label_formatter(&tick)
+                    .y_label_formatter(&tick)
+                    .draw()
+                    .map_err(failed)?;
                 for (k, (name, points)) in lines.iter().enumerate() {
                     let c = color(k);
                     let mut band: Vec<(f64, f64)> = points.iter().map(|p| (p.0, clip(p.3))).collect();
@@ -191,15 +224,9 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
                         .draw_series(LineSeries::new(points.iter().map(|p| (p.0, clip(p.1))), c.stroke_width(2)))
                         .map_err(failed)?
                         .label(name.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                        .legend(line_sample(c));
                 }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()
-                    .map_err(failed)?;
+                draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
             }};
         }
         if log {
@@ -257,6 +284,8 @@ pub fn reach(report: &Report) -> Result<String, String> {
         chart
             .configure_mesh()
             .x_desc("continuous action dimension")
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .y_desc("policy updates (median over seeds; hollow: never, drawn at the cap)")
             .draw()
             .map_err(failed)?;
@@ -266,7 +295,7 @@ pub fn reach(report: &Report) -> Result<String, String> {
                 .draw_series(LineSeries::new(medians, c.stroke_width(2)))
                 .map_err(failed)?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(line_sample(c));
             chart
                 .draw_series(
                     dots.into_iter().map(|(x, y, never)| {
@@ -275,14 +304,21 @@ pub fn reach(report: &Report) -> Result<String, String> {
                 )
                 .map_err(failed)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(failed)?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_drop_needless_decimals() {
+        assert_eq!(tick(&1600.0), "1600");
+        assert_eq!(tick(&42.5), "42.5");
+        assert_eq!(tick(&(0.1 + 0.2)), "0.3");
+        assert_eq!(tick(&-2.0), "-2");
+    }
 }
