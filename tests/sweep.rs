@@ -172,6 +172,14 @@ fn ctrl_c_stops_every_run_keeping_its_checkpoints_and_a_run_in_use_is_left_alone
     drop(lock);
     let dry = hmdpc(&["sweep", file, "--dry-run"]);
     assert!(words(&dry.stdout).contains("started (resumes) n=2,algo=hpo,seed=0"), "{}", text(&dry.stdout));
+    // Nothing has finished: the report counts the started runs, and the action dimension, read
+    // from a finished run's model, is not known yet (not 0).
+    let report = hmdpc(&["report", folder.to_str().expect("path")]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    assert!(words(&report.stdout).contains("| n=2 | — |"), "{}", text(&report.stdout));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).expect("report.json")).expect("json");
+    assert!(json["cells"].as_array().expect("cells").iter().all(|c| c["action_dim"].is_null()), "{json}");
 }
 
 #[test]

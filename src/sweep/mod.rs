@@ -58,8 +58,8 @@ pub fn open(folder: &Path) -> Result<Sweep, String> {
 }
 
 /// The continuous action dimension of a planned run's problem, from the model its first
-/// finished run of that problem recorded; 0 when none has finished.
-pub fn action_dimension(sweep: &Sweep, planned: &Planned) -> Result<usize, String> {
+/// finished run of that problem recorded; `None` until one has finished.
+pub fn action_dimension(sweep: &Sweep, planned: &Planned) -> Result<Option<usize>, String> {
     let problem = planned.problem();
     for run in sweep.runs.iter().filter(|r| r.problem() == problem) {
         let folder = sweep.run_folder(run);
@@ -69,9 +69,9 @@ pub fn action_dimension(sweep: &Sweep, planned: &Planned) -> Result<usize, Strin
         let recorded = folder::RecordedModel::read(&folder).map_err(|e| e.to_string())?;
         let compiled = recorded.compile(&run.config.set).map_err(|f| f.render(false))?;
         let spec = crate::train::spec::Spec::of(&compiled.module);
-        return Ok(spec.continuous.iter().map(|h| h.len).sum());
+        return Ok(Some(spec.continuous.iter().map(|h| h.len).sum()));
     }
-    Ok(0)
+    Ok(None)
 }
 
 /// Writes `report.md`, `report.csv`, `report.json` and the plots (`cost.svg`,

@@ -254,7 +254,8 @@ pub fn reach(report: &Report) -> Result<String, String> {
         let mut medians = Vec::new();
         let mut dots = Vec::new();
         for cell in report.cells.iter().filter(|c| c.method_name() == *method && !c.runs.is_empty()) {
-            let x = cell.action_dim as f64;
+            let Some(dim) = cell.action_dim else { continue };
+            let x = dim as f64;
             let (values, _) = updates_to_reach(cell);
             for (run, v) in cell.runs.iter().zip(&values) {
                 dots.push((x, *v, run.reached.is_none()));

@@ -77,7 +77,8 @@ pub struct CellReport {
     pub total: Stats,
     pub terms: Vec<(String, Stats)>,
     /// The continuous action dimension of the cell's problem (values of all continuous actions).
-    pub action_dim: usize,
+    /// Known once a run of the problem has finished (it is read from that run's model).
+    pub action_dim: Option<usize>,
 }
 
 impl CellReport {
@@ -144,8 +145,8 @@ impl Report {
 }
 
 /// Reads what the sweep's runs have written. `dimension` gives a problem's continuous action
-/// dimension from its first planned run (it compiles the model).
-pub fn collect(sweep: &Sweep, dimension: &dyn Fn(&Planned) -> Result<usize, String>) -> Result<Report, String> {
+/// dimension from a finished run of its problem (it compiles that run's model), or `None`.
+pub fn collect(sweep: &Sweep, dimension: &dyn Fn(&Planned) -> Result<Option<usize>, String>) -> Result<Report, String> {
     let mut cells = Vec::new();
     let mut unit = String::new();
     for (name, planned) in sweep.cells() {
@@ -312,7 +313,12 @@ pub fn markdown(report: &Report) -> String {
         "---|".repeat(methods.len())
     ));
     for problem in &problems {
-        let dim = report.cells.iter().find(|c| c.problem_name() == *problem).map_or(0, |c| c.action_dim);
+        let dim = report
+            .cells
+            .iter()
+            .find(|c| c.problem_name() == *problem)
+            .and_then(|c| c.action_dim)
+            .map_or("—".to_string(), |d| d.to_string());
         let row: Vec<String> = methods
             .iter()
             .map(|m| match report.cell(problem, m) {
