@@ -417,7 +417,8 @@ fn a_switching_cost_on_a_choice_state_is_regime_split_not_a_jump() {
     let names: Vec<&str> = switch.regimes.iter().map(|&r| module.buffers[r].name.as_str()).collect();
     assert_eq!(names, ["last", "mode"]);
     let wear = cost_entry(module, &analysis, "wear");
-    assert_eq!(wear.class, Class::Regime, "smooth in the trim within each regime of `last`");
+    assert_eq!(wear.class, Class::Smooth, "smooth in the trim within each regime of `last`");
+    assert!(wear.regimes.contains(&buffer(module, "last")));
     let every = analysis.costs.iter().chain(&analysis.updates);
     assert!(every.flat_map(|e| &e.sites).all(|s| s.class != Class::Jump), "{analysis:?}");
     let source = std::fs::read_to_string(&path).expect("model");

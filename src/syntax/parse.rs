@@ -245,9 +245,9 @@ fn syntax_hint(source: &str, offset: usize, expected: &[String]) -> Option<Strin
         return Some("negation is written `not`".into());
     }
     let line = source.get(..offset).map_or("", |before| before.rsplit('\n').next().unwrap_or(before));
-    if rest.starts_with(':') && line.trim_start().starts_with("state ") {
+    if line.trim_start().starts_with("state ") && line.trim_end().ends_with(':') {
         return Some(
-            "a state takes no type: it holds a real number, `state x = 0`; a choice the policy makes is an `action`"
+            "a state holds a real number and takes no type (`state x = 0`), or holds a choice: `state last: choice { a, b } = a` or `state last: choice[M] = 0`"
                 .into(),
         );
     }
