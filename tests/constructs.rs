@@ -385,6 +385,162 @@ fn the_pathwise_gradient_includes_the_terminal_cost() {
     assert!(difference > 0.1, "the terminal cost does not reach the gradient ({difference})");
 }
 
+// ---- item 10: a state that holds a choice ------------------------------------------------------
+
+const SWITCHING: &str = "tests/gradients/switching_cost.hmdp";
+
+fn analysis_of(module: &ValidModule) -> hmdp::passes::smoothness::Analysis {
+    hmdp::passes::smoothness::analyze(module)
+}
+
+fn cost_entry<'a>(
+    module: &ValidModule,
+    analysis: &'a hmdp::passes::smoothness::Analysis,
+    name: &str,
+) -> &'a hmdp::passes::smoothness::Entry {
+    let id = buffer(module, name);
+    analysis.costs.iter().find(|c| c.buffer == id).unwrap_or_else(|| panic!("no cost `{name}`"))
+}
+
+/// A switching cost on the last mode, held in a choice state, is split into regimes by the mode
+/// and the last mode: the report lists no jump. The same cost on a real state was a jump in the
+/// state, which the pathwise gradient cannot see.
+#[test]
+fn a_switching_cost_on_a_choice_state_is_regime_split_not_a_jump() {
+    use hmdp::passes::smoothness::Class;
+    let path = common::root().join(SWITCHING);
+    let compiled = common::compiled_file(&path, &[]);
+    let module = &compiled.module;
+    let analysis = analysis_of(module);
+    let switch = cost_entry(module, &analysis, "switch");
+    assert_eq!(switch.class, Class::Constant);
+    let names: Vec<&str> = switch.regimes.iter().map(|&r| module.buffers[r].name.as_str()).collect();
+    assert_eq!(names, ["last", "mode"]);
+    let wear = cost_entry(module, &analysis, "wear");
+    assert_eq!(wear.class, Class::Smooth, "smooth in the trim within each regime of `last`");
+    assert!(wear.regimes.contains(&buffer(module, "last")));
+    let every = analysis.costs.iter().chain(&analysis.updates);
+    assert!(every.flat_map(|e| &e.sites).all(|s| s.class != Class::Jump), "{analysis:?}");
+    let source = std::fs::read_to_string(&path).expect("model");
+    let report =
+        hmdp::passes::smoothness::render(module, &analysis, &compiled.rewrites, "switching_cost.hmdp", &source);
+    assert!(!report.contains("jump"), "{report}");
+    insta::assert_snapshot!("report_switching_cost", report);
+
+    // The same cost with the last mode in a real state: a jump in the state.
+    let real = "model real_last\nstate last = 0\naction mode: choice { off, on }\naction u: real in [0, 1]\n\
+                step {\n  last' = 1 * (mode == on) + 0 * u\n  cost switch = if (mode == on) != (last > 0.5) then 3 else 0\n\
+                  cost effort = u^2\n}\nhorizon 3\n";
+    let module = common::compile_text(real, &common::root(), &[]);
+    let analysis = analysis_of(&module);
+    assert_eq!(cost_entry(&module, &analysis, "switch").class, Class::Jump);
+}
+
+/// The choice state starts at its label and holds the label it is given: `last' = mode` stores
+/// the mode's position, and a `choice[SET]` state over `1..4` holds its element, read back as
+/// the element (`gear[z] * trim[z]`).
+#[test]
+fn a_choice_state_holds_the_label_it_is_given() {
+    let module = common::compile_file(&common::root().join(SWITCHING), &[]);
+    assert_eq!(module.buffers[buffer(&module, "last")].labels, ["off", "low", "high"]);
+    assert_eq!(module.buffers[buffer(&module, "gear")].labels, ["1", "2", "3"]);
+    let instance = sim::instance(&module, 1).expect("instance");
+    let mut buffers = instance.clone();
+    let mut rng = hmdp::random::scenario_stream(1, hmdp::random::ScenarioSet::Dev, 0);
+    Machine::new(&module, &mut buffers, Some(&mut rng)).run(&module.init).expect("init runs");
+    assert_eq!(buffers.values[buffer(&module, "last")], [0.0]);
+    assert_eq!(buffers.values[buffer(&module, "gear")], [0.0, 0.0], "gear 1 is the first element");
+    let (mode, shift, trim) = (buffer(&module, "mode"), buffer(&module, "shift"), buffer(&module, "trim"));
+    buffers.values[mode] = vec![2.0];
+    buffers.values[shift] = vec![2.0, 1.0];
+    buffers.values[trim] = vec![0.5, -0.5];
+    buffers.values[buffer(&module, "outside")] = vec![10.0];
+    Machine::new(&module, &mut buffers, None).run(&module.step).expect("step runs");
+    assert_eq!(buffers.values[buffer(&module, "last'")], [2.0], "`last' = mode` holds `high`");
+    assert_eq!(buffers.values[buffer(&module, "gear'")], [2.0, 1.0], "shifted when the mode is high");
+    assert_eq!(buffers.values[buffer(&module, "switch")], [3.0], "off → high is a switch");
+    // wear: 0.1 (last is off) × gear 1 × trim² per zone.
+    let wear = buffers.values[buffer(&module, "wear")][0];
+    assert!((wear - 0.1 * (0.25 + 0.25)).abs() < 1e-12, "{wear}");
+}
+
+/// A choice state is not differentiated: it and its next state have no adjoint, gradcheck does
+/// not perturb it, and the VJP agrees with finite differences on the interpreter and the JIT
+/// (the Enzyme backend in `tests/enzyme.rs`), as does the trainer's pathwise gradient of a
+/// whole rollout, whose policy observes the choice states.
+#[test]
+fn the_gradient_holds_a_choice_state_constant_on_every_backend() {
+    use hmdp::backend::jit::Jit;
+    use hmdp::ir::BufferKind;
+    let module = common::compile_file(&common::root().join(SWITCHING), &[]);
+    for name in ["last", "last'", "gear", "gear'"] {
+        let id = buffer(&module, name);
+        assert!(!module.buffers.iter().any(|b| b.kind == BufferKind::Adjoint { of: id }), "`{name}` has an adjoint");
+    }
+    let instance = sim::instance(&module, 1).expect("instance");
+    let report = sim::gradcheck::check(&module, &instance, 1, 6).expect("gradcheck runs");
+    let inputs: Vec<&str> = report.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(inputs, ["temp", "trim"]);
+    assert!(gradient_error(&module) <= 1e-6);
+    let jit = Jit::compile(&module).expect("compiles");
+    let interp = hmdp::backend::Interp::new(&module);
+    let table = sim::compare::compare(&module, &instance, &[&interp, &jit], 12, 3, 1e-6, 1e-12).expect("runs");
+    assert!(table.failures().is_empty(), "{}", table.render("model"));
+    for backend in [&interp as &dyn hmdp::backend::Backend, &jit] {
+        let (worst, largest) = common::pathwise_against_finite_differences(&module, backend, 3);
+        assert!(largest > 0.1, "{}: the gradient is trivial ({largest})", backend.name());
+        assert!(worst < 2e-2, "{}: largest relative error {worst}", backend.name());
+    }
+}
+
+/// The model simulates, trains (HPO and PPO, briefly), and its rollout shows the choice states
+/// by label.
+#[test]
+fn a_model_with_a_choice_state_simulates_trains_and_rolls_out() {
+    let folder = std::env::temp_dir().join(format!("hmdp-constructs-choice-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("temp dir");
+    let run = folder.join("run");
+    let csv = folder.join("rollout.csv");
+    let (run_arg, csv_arg) = (run.to_str().expect("utf-8"), csv.to_str().expect("utf-8"));
+    let (ok, _, err) = hmdpc(&["simulate", "--scenarios", "50", "--backend", "jit", SWITCHING]);
+    assert!(ok, "{err}");
+    let train = |algo: &str| {
+        hmdpc(&[
+            "train",
+            "--quiet",
+            "--algo",
+            algo,
+            "--force",
+            "--updates",
+            "4",
+            "--batch",
+            "32",
+            "--scenarios",
+            "32",
+            "--out",
+            run_arg,
+            SWITCHING,
+        ])
+    };
+    let (ok, out, err) = train("ppo");
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = train("hpo");
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = hmdpc(&["rollout", run_arg, "--scenarios", "2", "--out", csv_arg]);
+    assert!(ok, "{out}{err}");
+    let trace = std::fs::read_to_string(&csv).expect("rollout written");
+    std::fs::remove_dir_all(&folder).ok();
+    let header: Vec<&str> = trace.lines().next().expect("header").split(',').collect();
+    let column =
+        |name: &str| header.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no `{name}`: {header:?}"));
+    let (last, gear) = (column("last"), column("gear[0]"));
+    for line in trace.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert!(["off", "low", "high"].contains(&fields[last]), "{line}");
+        assert!(["1", "2", "3"].contains(&fields[gear]), "{line}");
+    }
+}
+
 /// The new constructs survive the textual IR: an observed let stored by `bounds`, the period
 /// index, a terminal cost and an empty set print, parse back, validate and run the same.
 #[test]
@@ -393,6 +549,7 @@ fn the_textual_ir_round_trips_the_new_constructs() {
         common::compile_file(&common::root().join("tests/constructs/salvage.hmdp"), &[]),
         common::compile_text(&inventory_observing_the_position(), &common::root().join("models"), &[("lead", 0.0)]),
         common::compile_text(EMPTY, &common::root(), &[]),
+        common::compile_file(&common::root().join(SWITCHING), &[]),
     ];
     for module in modules {
         let text = hmdp::ir::text::print(&module);

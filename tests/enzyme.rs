@@ -380,14 +380,19 @@ fn integer_data_and_constants_are_const_in_the_autodiff_attribute() {
 /// and the bounds that have an adjoint.
 fn check_activities(module: &Module, lib: &str, name: &str) {
     let has_adjoint = |id: usize| module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: id });
-    let step_active = |kind: BufferKind, _: usize| {
+    // A choice state (a state with labels) and its next state are Const, like discrete actions.
+    let choice = |id: usize| match module.buffers[id].kind {
+        BufferKind::Next { of } => !module.buffers[of].labels.is_empty(),
+        _ => !module.buffers[id].labels.is_empty(),
+    };
+    let step_active = |kind: BufferKind, id: usize| {
         matches!(
             kind,
             BufferKind::State | BufferKind::Continuous | BufferKind::Let | BufferKind::Next { .. } | BufferKind::Cost
-        )
+        ) && !choice(id)
     };
     let bounds_active = |kind: BufferKind, id: usize| {
-        kind == BufferKind::State
+        (kind == BufferKind::State && !choice(id))
             || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) && has_adjoint(id))
     };
     type Active<'a> = &'a dyn Fn(BufferKind, usize) -> bool;
@@ -860,6 +865,22 @@ fn the_pathwise_gradient_through_state_bounds_matches_finite_differences() {
     let lib = rust::emit(&module, &rust::Origin { file: "energy_storage.hmdp", source: &source, toolchain: "nightly" });
     let lib = lib.file("src/lib.rs").expect("lib.rs");
     assert!(lib.contains("d_bounds,") && lib.contains("d_bounds("), "Enzyme derives the bounds' derivative");
+    let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
+    assert!(largest > 0.1, "the gradient is trivial ({largest})");
+    assert!(worst < 2e-2, "largest relative error {worst}");
+}
+
+/// A state that holds a choice is Const for Enzyme, like the discrete actions it is given, and
+/// the trainer's pathwise gradient on the Enzyme backend, whose policy observes the choice states,
+/// agrees with finite differences of a whole rollout's cost (issue 19, item 10).
+#[test]
+fn the_pathwise_gradient_with_a_choice_state_matches_finite_differences() {
+    let path = common::root().join("tests/gradients/switching_cost.hmdp");
+    let (module, source) = compile(&path);
+    let lib = rust::emit(&module, &rust::Origin { file: "switching_cost.hmdp", source: &source, toolchain: "nightly" });
+    let lib = lib.file("src/lib.rs").expect("lib.rs");
+    check_activities(&module, lib, "switching_cost.hmdp");
+    let enzyme = load(&module, &path, &source, &shared_cache());
     let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
     assert!(largest > 0.1, "the gradient is trivial ({largest})");
     assert!(worst < 2e-2, "largest relative error {worst}");

@@ -611,23 +611,14 @@ impl<'m> Emitter<'m> {
     /// it constant (`Const`): states, continuous actions and what the step computes from them are
     /// active; parameters, noise, discrete actions, masks and bounds are not.
     fn is_active(&self, buffer: BufferId) -> bool {
-        self.module.buffers.get(buffer).is_some_and(|b| {
-            matches!(
-                b.kind,
-                BufferKind::State
-                    | BufferKind::Continuous
-                    | BufferKind::Let
-                    | BufferKind::Next { .. }
-                    | BufferKind::Cost
-            )
-        })
+        self.module.is_differentiable(buffer)
     }
 
     /// Whether reverse mode differentiates through a buffer of `bounds` or `regimes`: the states,
     /// and the bounds and piece bounds that have an adjoint (those that read the state).
     fn is_active_in_bounds(&self, buffer: BufferId) -> bool {
         self.module.buffers.get(buffer).is_some_and(|b| match b.kind {
-            BufferKind::State => true,
+            BufferKind::State => b.labels.is_empty(),
             BufferKind::Bound { .. } | BufferKind::PieceBound { .. } => {
                 self.module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: buffer })
             }

@@ -17,8 +17,8 @@ pub(crate) enum Ty {
     Bool,
     /// An index variable ranging over a set (an integer).
     Index(SetId),
-    /// The value of a discrete action.
-    Choice(ActionId),
+    /// The value of a discrete action, or of a state that holds a choice.
+    Choice(Chooser),
     /// Already reported; stays silent.
     Error,
 }
@@ -182,17 +182,18 @@ pub(super) fn elem_ty(ty: ElemType) -> Ty {
     }
 }
 
-/// The labelled discrete action an expression reads directly (`order`, `open[i]`), if any.
-pub(super) fn labelled_choice(checker: &Checker<'_>, e: &ast::Expr) -> Option<ActionId> {
+/// The labelled discrete action or choice state an expression reads directly (`order`,
+/// `open[i]`, `last`), if any.
+pub(super) fn labelled_choice(checker: &Checker<'_>, e: &ast::Expr) -> Option<Chooser> {
     match &e.kind {
-        ExprKind::Access { name, primed: false, .. } => match checker.globals.get(&name.name)?.symbol {
-            Symbol::Action(a)
-                if checker.m.actions.get(a).is_some_and(|x| x.is_discrete()) && checker.over_set(a).is_none() =>
-            {
-                Some(a)
-            }
-            _ => None,
-        },
+        ExprKind::Access { name, primed: false, .. } => {
+            let chooser = match checker.globals.get(&name.name)?.symbol {
+                Symbol::Action(a) => Chooser::Action(a),
+                Symbol::State(s) => Chooser::State(s),
+                _ => return None,
+            };
+            matches!(checker.m.choice(chooser), Some((_, None))).then_some(chooser)
+        }
         ExprKind::Paren(inner) => labelled_choice(checker, inner),
         _ => None,
     }
@@ -375,6 +376,7 @@ impl<'a> Checker<'a> {
                         name: d.name.name.clone(),
                         dims: placeholder_dims(),
                         initial: Definition::Data(Vec::new()),
+                        choice: None,
                         span: d.span,
                     });
                     (&d.name, Symbol::State(self.m.states.len() - 1), "state")

@@ -535,6 +535,10 @@ impl Checker<'_> {
         let symbol = Symbol::State(id);
         let (dims, dims_ok) = self.declared_dims(symbol, &d.dims, &d.def);
         let mut scope = Scope::with_dims(Context::StateInit, &dims);
+        if let Some((ty, _)) = &d.choice {
+            self.choice_state(d, id, ty, dims, &mut scope);
+            return;
+        }
         let (ty, initial) = match &d.def {
             ast::Definition::Value(e) => (self.expr(e, &mut scope), Definition::Value(e.clone())),
             ast::Definition::Random(e) => {
@@ -555,6 +559,56 @@ impl Checker<'_> {
         }
         if !self.numeric(ty, d.def.span(), "a state's initial value") {
             self.broken.insert(symbol);
+        }
+    }
+
+    /// A state that holds a choice: its labels, then its initial value, which is one of them
+    /// (`=` only: a drawn or read value would be a number).
+    fn choice_state(
+        &mut self,
+        d: &ast::StateDecl,
+        id: StateId,
+        ty: &ast::ChoiceType,
+        dims: Vec<Dimension>,
+        scope: &mut Scope,
+    ) {
+        let symbol = Symbol::State(id);
+        let choice = self.state_choice(&d.name, ty);
+        if let Some(state) = self.m.states.get_mut(id) {
+            state.dims = dims;
+            state.choice = choice.clone();
+        }
+        if choice.is_none() {
+            self.broken.insert(symbol);
+            return;
+        }
+        let e = match &d.def {
+            ast::Definition::Value(e) => e,
+            ast::Definition::Random(_) | ast::Definition::File { .. } => {
+                let how =
+                    if matches!(d.def, ast::Definition::Random(_)) { "drawn at random" } else { "read from a file" };
+                self.error(
+                    Diagnostic::error(
+                        "choice-initial",
+                        format!("choice state `{}` cannot be {how}", d.name.name),
+                        d.def.span(),
+                        "a choice state starts at a label",
+                    )
+                    .with_help(format!(
+                        "give its first value with `=`: a label, or an `if` on parameters choosing one, e.g. `state {}: ... = {}`",
+                        d.name.name,
+                        self.m.choice_labels(Chooser::State(id)).first().map_or("0", String::as_str)
+                    )),
+                );
+                self.broken.insert(symbol);
+                return;
+            }
+        };
+        if !self.choice_value(e, id, scope, "the initial value") {
+            self.broken.insert(symbol);
+        }
+        if let Some(state) = self.m.states.get_mut(id) {
+            state.initial = Definition::Value(e.clone());
         }
     }
 

@@ -25,10 +25,10 @@ impl Checker<'_> {
                 false
             }
             Ty::Choice(a) => {
-                if self.over_set(a).is_some() {
+                if self.choice_set(a).is_some() {
                     return true;
                 }
-                let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
+                let name = self.m.chooser_name(a).to_string();
                 self.error(
                     Diagnostic::error(
                         "type",
@@ -48,11 +48,10 @@ impl Checker<'_> {
             Ty::Bool => true,
             Ty::Error => false,
             Ty::Choice(a) => {
-                let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
-                let label = match (self.over_set(a).and_then(|s| self.m.sets.get(s)), self.m.actions.get(a)) {
-                    (Some(set), _) => set.lo.to_string(),
-                    (None, Some(action)) => self.m.labels(action).first().cloned().unwrap_or_default(),
-                    (None, None) => String::new(),
+                let name = self.m.chooser_name(a).to_string();
+                let label = match self.choice_set(a).and_then(|s| self.m.sets.get(s)) {
+                    Some(set) => set.lo.to_string(),
+                    None => self.m.choice(a).and_then(|(labels, _)| labels.first().cloned()).unwrap_or_default(),
                 };
                 self.error(
                     Diagnostic::error(
@@ -83,15 +82,15 @@ impl Checker<'_> {
     /// Every label of a choice, written out: for messages and labelled choices, whose labels are
     /// few. A `choice[SET]` may have 10^9: count or find its labels with [`Self::label_count`]
     /// and [`Self::has_label`].
-    fn labels(&self, action: ActionId) -> Vec<String> {
-        self.m.actions.get(action).map(|a| self.m.labels(a)).unwrap_or_default()
+    fn labels(&self, action: Chooser) -> Vec<String> {
+        self.m.choice_labels(action)
     }
 
     /// The labels of a choice for a message: all of them, or for a `choice[SET]` with more than
     /// [`SHOWN_LABELS`] the first ones and how many there are, so a choice over 10^9 elements
     /// gives a short message.
-    fn label_list(&self, action: ActionId) -> String {
-        match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+    fn label_list(&self, action: Chooser) -> String {
+        match self.choice_set(action).and_then(|s| self.m.sets.get(s)) {
             Some(set) if set.len() > SHOWN_LABELS => {
                 let first: Vec<String> = (set.lo..set.hi).take(SHOWN_LABELS).map(|v| v.to_string()).collect();
                 format!("{}, … ({} in all)", first.join(", "), set.len())
@@ -100,36 +99,34 @@ impl Checker<'_> {
         }
     }
 
-    fn label_count(&self, action: ActionId) -> usize {
-        self.m.actions.get(action).map_or(0, |a| self.m.label_count(a))
+    fn label_count(&self, action: Chooser) -> usize {
+        self.m.choice_label_count(action)
     }
 
-    fn has_label(&self, action: ActionId, label: &str) -> bool {
-        self.m.actions.get(action).and_then(|a| self.m.label_position(a, label)).is_some()
+    pub(super) fn has_label(&self, action: Chooser, label: &str) -> bool {
+        self.m.choice_label_position(action, label).is_some()
     }
 
-    /// Two choices whose values can be compared: the same action, or the same labels.
-    fn same_labels(&self, x: ActionId, y: ActionId) -> bool {
-        let ty = |a: ActionId| self.m.actions.get(a).map(|a| &a.ty);
-        match (ty(x), ty(y)) {
+    /// Two choices whose values can be compared (and a choice state given the other's value):
+    /// the same chooser, or the same labels.
+    pub(super) fn same_labels(&self, x: Chooser, y: Chooser) -> bool {
+        match (self.m.choice(x), self.m.choice(y)) {
             _ if x == y => true,
-            (
-                Some(ActionType::Discrete { over_set: Some(s), .. }),
-                Some(ActionType::Discrete { over_set: Some(t), .. }),
-            ) => self.m.sets.get(*s).map(|s| (s.lo, s.hi)) == self.m.sets.get(*t).map(|t| (t.lo, t.hi)),
-            (
-                Some(ActionType::Discrete { labels: a, over_set: None }),
-                Some(ActionType::Discrete { labels: b, over_set: None }),
-            ) => a == b,
+            (Some((_, Some(s))), Some((_, Some(t)))) => {
+                self.m.sets.get(s).map(|s| (s.lo, s.hi)) == self.m.sets.get(t).map(|t| (t.lo, t.hi))
+            }
+            (Some((a, None)), Some((b, None))) => a == b,
             _ => false,
         }
     }
 
     pub(super) fn over_set(&self, action: ActionId) -> Option<SetId> {
-        match self.m.actions.get(action).map(|a| &a.ty) {
-            Some(ActionType::Discrete { over_set, .. }) => *over_set,
-            _ => None,
-        }
+        self.choice_set(Chooser::Action(action))
+    }
+
+    /// The set of a `choice[SET]` action or state.
+    pub(super) fn choice_set(&self, chooser: Chooser) -> Option<SetId> {
+        self.m.choice(chooser).and_then(|(_, over_set)| over_set)
     }
 
     /// Whether a bare name means something here (a binder or a declared name).
@@ -278,7 +275,7 @@ impl Checker<'_> {
             Ty::Int | Ty::Index(_) => "an integer".into(),
             Ty::Real => "a real".into(),
             Ty::Bool => "a bool".into(),
-            Ty::Choice(a) => format!("a choice of `{}`", self.m.actions.get(a).map_or("?", |a| a.name.as_str())),
+            Ty::Choice(a) => format!("a choice of `{}`", self.m.chooser_name(a)),
             Ty::Error => "an error".into(),
         }
     }
@@ -458,10 +455,13 @@ impl Checker<'_> {
             Symbol::Size(_) => Ty::Int,
             Symbol::Set(_) => Ty::Error,
             Symbol::Param(p) => self.m.params.get(p).map_or(Ty::Error, |p| elem_ty(p.ty)),
-            Symbol::State(_) => Ty::Real,
+            Symbol::State(s) => match self.m.states.get(s).and_then(|s| s.choice.as_ref()) {
+                Some(_) => Ty::Choice(Chooser::State(s)),
+                None => Ty::Real,
+            },
             Symbol::Noise(n) => self.m.noises.get(n).map_or(Ty::Error, |n| elem_ty(n.ty)),
             Symbol::Action(a) => match self.m.actions.get(a).map(|a| &a.ty) {
-                Some(ActionType::Discrete { .. }) => Ty::Choice(a),
+                Some(ActionType::Discrete { .. }) => Ty::Choice(Chooser::Action(a)),
                 _ => Ty::Real,
             },
             Symbol::Let(l) => self.m.lets.get(l).map_or(Ty::Error, |l| elem_ty(l.ty)),
@@ -475,6 +475,15 @@ impl Checker<'_> {
             .iter()
             .filter(|a| matches!(&a.ty, ActionType::Discrete { labels, over_set: None } if labels.contains(&name.name)))
             .map(|a| a.name.clone())
+            .chain(
+                self.m
+                    .states
+                    .iter()
+                    .filter(|s| {
+                        s.choice.as_ref().is_some_and(|c| c.over_set.is_none() && c.labels.contains(&name.name))
+                    })
+                    .map(|s| s.name.clone()),
+            )
             .collect();
         if let Some(owner) = owners.first() {
             self.error(
@@ -638,10 +647,10 @@ impl Checker<'_> {
                 }
                 true
             }
-            Ty::Choice(a) => match self.over_set(a) {
+            Ty::Choice(a) => match self.choice_set(a) {
                 Some(s) if s == set || set == UNRESOLVED => true,
                 _ => {
-                    let name = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
+                    let name = self.m.chooser_name(a).to_string();
                     self.error(
                         Diagnostic::error(
                             "wrong-set",
@@ -651,7 +660,7 @@ impl Checker<'_> {
                             ix.span,
                             "choice used as an index",
                         )
-                        .with_help(format!("declare the action as `choice[{set_name}]` to index by it")),
+                        .with_help(format!("declare it as `choice[{set_name}]` to index by it")),
                     );
                     false
                 }
@@ -680,7 +689,7 @@ impl Checker<'_> {
                     && self.is_known(&name.name, scope)
                 {
                     let declared = self.globals.get(&name.name).map(|g| g.span);
-                    let action_name = self.m.actions.get(action).map_or("?", |a| a.name.as_str()).to_string();
+                    let action_name = self.m.chooser_name(action).to_string();
                     let mut d = Diagnostic::warning(
                         "label-shadows",
                         format!(
@@ -761,7 +770,7 @@ impl Checker<'_> {
                 let comparable = match (a, b) {
                     (Ty::Choice(x), Ty::Choice(y)) => self.same_labels(x, y),
                     (Ty::Choice(x), other) | (other, Ty::Choice(x)) => {
-                        self.over_set(x).is_some() && matches!(other, Ty::Int | Ty::Index(_))
+                        self.choice_set(x).is_some() && matches!(other, Ty::Int | Ty::Index(_))
                     }
                     (Ty::Bool, Ty::Bool) => true,
                     (Ty::Bool, _) | (_, Ty::Bool) => false,
@@ -790,12 +799,12 @@ impl Checker<'_> {
     fn compare_with_label(&mut self, ty: Ty, other: &ast::Expr, label: &ast::Ident, scope: &mut Scope) -> Ty {
         match ty {
             Ty::Error => Ty::Error,
-            Ty::Choice(a) if self.over_set(a).is_none() => {
+            Ty::Choice(a) if self.choice_set(a).is_none() => {
                 let labels = self.labels(a);
                 if labels.contains(&label.name) {
                     return Ty::Bool;
                 }
-                let action = self.m.actions.get(a).map_or("?", |a| a.name.as_str()).to_string();
+                let action = self.m.chooser_name(a).to_string();
                 let mut d = Diagnostic::error(
                     "unknown-label",
                     format!("choice `{action}` has no label `{}`", label.name),
@@ -831,7 +840,7 @@ impl Checker<'_> {
                 self.error(
                     Diagnostic::error(
                         "type",
-                        format!("`match` needs a discrete action, but this is {name}"),
+                        format!("`match` needs a discrete action or a choice state, but this is {name}"),
                         scrutinee.span,
                         "not a choice",
                     )
@@ -840,8 +849,8 @@ impl Checker<'_> {
                 return Ty::Error;
             }
         };
-        let action_name = self.m.actions.get(action).map_or("?", |a| a.name.as_str()).to_string();
-        let over_set = self.over_set(action).is_some();
+        let action_name = self.m.chooser_name(action).to_string();
+        let over_set = self.choice_set(action).is_some();
         // A `choice[SET]`'s labels are not written out: the set may hold 10^9 elements.
         let labels = if over_set { Vec::new() } else { self.labels(action) };
         let mut covered: HashMap<String, Span> = HashMap::new();
@@ -927,7 +936,7 @@ impl Checker<'_> {
         }
         if wildcard.is_none() && !all_covered && ok {
             let missing = self.label_count(action).saturating_sub(covered.len());
-            let mut list: Vec<String> = match self.over_set(action).and_then(|s| self.m.sets.get(s)) {
+            let mut list: Vec<String> = match self.choice_set(action).and_then(|s| self.m.sets.get(s)) {
                 // Element by element, stopping after the few a message shows.
                 Some(set) => (set.lo..set.hi)
                     .map(|v| v.to_string())

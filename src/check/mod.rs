@@ -16,6 +16,7 @@
 
 mod calls;
 mod checker;
+mod choice;
 mod constant;
 mod data;
 mod decls;

@@ -107,7 +107,24 @@ pub struct State {
     pub name: String,
     pub dims: Vec<Dimension>,
     pub initial: Definition,
+    /// `state last: choice ...`: the state holds one of these labels (`None`: a real).
+    pub choice: Option<Choice>,
     pub span: Span,
+}
+
+/// The labels of a state that holds a choice: listed, or for `choice[SET]` (`over_set`) the
+/// set's elements, as for a discrete action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub labels: Vec<String>,
+    pub over_set: Option<SetId>,
+}
+
+/// Where a value of choice type comes from: a discrete action, or a state that holds a choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chooser {
+    Action(ActionId),
+    State(StateId),
 }
 
 /// Exogenous randomness drawn afresh every step.
@@ -291,8 +308,7 @@ impl CheckedModel {
     /// How many labels a discrete action has (0 for a continuous one).
     pub fn label_count(&self, action: &Action) -> usize {
         match &action.ty {
-            ActionType::Discrete { over_set: Some(set), .. } => self.sets.get(*set).map_or(0, IndexSet::len),
-            ActionType::Discrete { labels, over_set: None } => labels.len(),
+            ActionType::Discrete { labels, over_set } => self.count_labels(labels, *over_set),
             ActionType::Continuous { .. } => 0,
         }
     }
@@ -301,12 +317,7 @@ impl CheckedModel {
     /// are the set's elements written as integers.
     pub fn label_position(&self, action: &Action, label: &str) -> Option<usize> {
         match &action.ty {
-            ActionType::Discrete { over_set: Some(set), .. } => {
-                let set = self.sets.get(*set)?;
-                let element: i64 = label.parse().ok()?;
-                (set.lo..set.hi).contains(&element).then(|| usize::try_from(element - set.lo).ok()).flatten()
-            }
-            ActionType::Discrete { labels, over_set: None } => labels.iter().position(|l| l == label),
+            ActionType::Discrete { labels, over_set } => self.position_of(labels, *over_set, label),
             ActionType::Continuous { .. } => None,
         }
     }
@@ -315,11 +326,68 @@ impl CheckedModel {
     /// call this where the labels are needed one by one (the IR), not to count or find one.
     pub fn labels(&self, action: &Action) -> Vec<String> {
         match &action.ty {
-            ActionType::Discrete { over_set: Some(set), .. } => {
-                self.sets.get(*set).map(|s| (s.lo..s.hi).map(|v| v.to_string()).collect()).unwrap_or_default()
-            }
-            ActionType::Discrete { labels, over_set: None } => labels.clone(),
+            ActionType::Discrete { labels, over_set } => self.write_labels(labels, *over_set),
             ActionType::Continuous { .. } => Vec::new(),
+        }
+    }
+
+    /// The labels of a chooser (listed, or the set of a `choice[SET]`); `None` for a continuous
+    /// action or a real state.
+    pub fn choice(&self, chooser: Chooser) -> Option<(&[String], Option<SetId>)> {
+        match chooser {
+            Chooser::Action(a) => match &self.actions.get(a)?.ty {
+                ActionType::Discrete { labels, over_set } => Some((labels, *over_set)),
+                ActionType::Continuous { .. } => None,
+            },
+            Chooser::State(s) => self.states.get(s)?.choice.as_ref().map(|c| (c.labels.as_slice(), c.over_set)),
+        }
+    }
+
+    /// The declared name of a chooser.
+    pub fn chooser_name(&self, chooser: Chooser) -> &str {
+        match chooser {
+            Chooser::Action(a) => self.actions.get(a).map_or("?", |a| a.name.as_str()),
+            Chooser::State(s) => self.states.get(s).map_or("?", |s| s.name.as_str()),
+        }
+    }
+
+    /// [`Self::label_count`] for any chooser.
+    pub fn choice_label_count(&self, chooser: Chooser) -> usize {
+        self.choice(chooser).map_or(0, |(labels, over_set)| self.count_labels(labels, over_set))
+    }
+
+    /// [`Self::label_position`] for any chooser.
+    pub fn choice_label_position(&self, chooser: Chooser, label: &str) -> Option<usize> {
+        self.choice(chooser).and_then(|(labels, over_set)| self.position_of(labels, over_set, label))
+    }
+
+    /// [`Self::labels`] for any chooser.
+    pub fn choice_labels(&self, chooser: Chooser) -> Vec<String> {
+        self.choice(chooser).map(|(labels, over_set)| self.write_labels(labels, over_set)).unwrap_or_default()
+    }
+
+    fn count_labels(&self, labels: &[String], over_set: Option<SetId>) -> usize {
+        match over_set {
+            Some(set) => self.sets.get(set).map_or(0, IndexSet::len),
+            None => labels.len(),
+        }
+    }
+
+    fn position_of(&self, labels: &[String], over_set: Option<SetId>, label: &str) -> Option<usize> {
+        match over_set {
+            Some(set) => {
+                let set = self.sets.get(set)?;
+                let element: i64 = label.parse().ok()?;
+                (set.lo..set.hi).contains(&element).then(|| usize::try_from(element - set.lo).ok()).flatten()
+            }
+            None => labels.iter().position(|l| l == label),
+        }
+    }
+
+    fn write_labels(&self, labels: &[String], over_set: Option<SetId>) -> Vec<String> {
+        match over_set {
+            Some(set) => self.sets.get(set).map(|s| (s.lo..s.hi).map(|v| v.to_string()).collect()).unwrap_or_default(),
+            None => labels.to_vec(),
         }
     }
 }

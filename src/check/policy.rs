@@ -332,7 +332,7 @@ impl Checker<'_> {
         } else {
             let ty = self.expr(value, &mut scope);
             match ty {
-                Ty::Choice(a) if a == action => true,
+                Ty::Choice(c) if self.same_labels(c, Chooser::Action(action)) => true,
                 Ty::Int | Ty::Index(_) if discrete => true,
                 _ if discrete => {
                     if ty != Ty::Error {
@@ -390,7 +390,9 @@ impl Checker<'_> {
             }
             _ => {
                 let ty = self.expr(e, scope);
-                if ty == Ty::Choice(action) {
+                if let Ty::Choice(c) = ty
+                    && self.same_labels(c, Chooser::Action(action))
+                {
                     return true;
                 }
                 if ty != Ty::Error {

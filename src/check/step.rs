@@ -241,8 +241,12 @@ impl Checker<'_> {
         if !ok {
             return;
         }
-        let ty = self.expr(value, &mut scope);
-        self.numeric(ty, value.span, "a state's next value");
+        if self.m.states.get(state).is_some_and(|s| s.choice.is_some()) {
+            self.choice_value(value, state, &mut scope, "the next value");
+        } else {
+            let ty = self.expr(value, &mut scope);
+            self.numeric(ty, value.span, "a state's next value");
+        }
         self.m.updates.push(Update { state, indices: names, value: value.clone(), span });
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::builtins;
-use crate::check::{self, ActionType, CheckedModel, Definition, Observed, ReportScale, Symbol};
+use crate::check::{self, ActionType, CheckedModel, Chooser, Definition, Observed, ReportScale, Symbol};
 use crate::syntax::ast::{self, ExprKind};
 
 /// Lowers a checked model. The result passes [`validate`].
@@ -130,6 +130,11 @@ struct Lowering<'a> {
 /// Index names in scope, innermost last.
 type Env = Vec<(String, Var)>;
 
+/// A choice state holds a label's position, an integer; other states hold reals.
+fn state_elem(s: &check::State) -> ElemType {
+    if s.choice.is_some() { ElemType::Int } else { ElemType::Real }
+}
+
 fn elem(ty: check::ElemType) -> ElemType {
     match ty {
         check::ElemType::Real => ElemType::Real,
@@ -207,7 +212,11 @@ impl<'a> Lowering<'a> {
                 self.module.buffers[id].data = Some(values.clone());
                 self.buffers.initial_data.insert(k, id);
             }
-            let id = self.buffer(s.name.clone(), BufferKind::State, &s.dims, ElemType::Real);
+            // A choice state holds the position of its label, like a discrete action.
+            let id = self.buffer(s.name.clone(), BufferKind::State, &s.dims, state_elem(s));
+            if s.choice.is_some() {
+                self.module.buffers[id].labels = m.choice_labels(Chooser::State(k));
+            }
             self.buffers.states.push(id);
         }
         for n in &m.noises {
@@ -229,7 +238,7 @@ impl<'a> Lowering<'a> {
         }
         for (k, s) in m.states.iter().enumerate() {
             let of = self.buffers.states[k];
-            let id = self.buffer(format!("{}'", s.name), BufferKind::Next { of }, &s.dims, ElemType::Real);
+            let id = self.buffer(format!("{}'", s.name), BufferKind::Next { of }, &s.dims, state_elem(s));
             self.buffers.next.push(id);
         }
         for l in &m.lets {
@@ -276,6 +285,9 @@ impl<'a> Lowering<'a> {
                     let index = env.iter().map(|(_, v)| this.push(Expr::Var(*v), Span::default())).collect();
                     this.push(Expr::Load { buffer: data, index }, s.span)
                 }),
+                (Definition::Value(e), _) if s.choice.is_some() => {
+                    self.store(buffer, &s.dims, |this, env| this.choice_position(e, Chooser::State(k), env))
+                }
                 (Definition::Value(e) | Definition::Random(e), _) => {
                     self.store(buffer, &s.dims, |this, env| this.expr(e, env))
                 }
@@ -352,7 +364,12 @@ impl<'a> Lowering<'a> {
                         .zip(&u.indices)
                         .map(|(d, name)| check::Dimension { set: d.set, index: Some(name.clone()) })
                         .collect();
-                    self.store(buffer, &dims, |this, env| this.expr(&u.value, env))
+                    if m.states[u.state].choice.is_some() {
+                        let chooser = Chooser::State(u.state);
+                        self.store(buffer, &dims, |this, env| this.choice_position(&u.value, chooser, env))
+                    } else {
+                        self.store(buffer, &dims, |this, env| this.expr(&u.value, env))
+                    }
                 }
                 Item::Cost(c) => {
                     let id = self.buffer(c.name.clone(), BufferKind::Cost, &[], ElemType::Real);
@@ -448,18 +465,79 @@ impl<'a> Lowering<'a> {
                 self.push(Expr::Select { cond, then, otherwise }, e.span)
             }
             ExprKind::Access { name, indices, .. } if indices.is_empty() => {
-                let position = self.label_position(action, &name.name).map_or(f64::NAN, |p| p as f64);
+                let position = self.label_position(Chooser::Action(action), &name.name).map_or(f64::NAN, |p| p as f64);
                 self.constant(position, e.span)
             }
             _ => self.expr(e, env),
         }
     }
 
-    /// The discrete action an expression of choice type comes from.
-    fn choice_of(&self, e: &ast::Expr) -> Option<check::ActionId> {
+    /// A value given to a choice state (its initial or next value), as the position of its
+    /// label: a label's position, an `if` or `match` among them, or the value of a chooser with
+    /// the same labels (for `choice[SET]`, an element less the set's first one).
+    fn choice_position(&mut self, e: &ast::Expr, chooser: Chooser, env: &Env) -> Handle<Expr> {
+        match &e.kind {
+            ExprKind::Paren(inner) => self.choice_position(inner, chooser, env),
+            ExprKind::If { cond, then, otherwise } => match self.model.decided.get(&e.span) {
+                Some(true) => self.choice_position(then, chooser, env),
+                Some(false) => self.choice_position(otherwise, chooser, env),
+                None => {
+                    let cond = self.expr(cond, env);
+                    let then = self.choice_position(then, chooser, env);
+                    let otherwise = self.choice_position(otherwise, chooser, env);
+                    self.push(Expr::Select { cond, then, otherwise }, e.span)
+                }
+            },
+            ExprKind::Access { name, indices, .. }
+                if indices.is_empty()
+                    && !env.iter().any(|(n, _)| *n == name.name)
+                    && !matches!(self.model.symbols.get(&name.name), Some(Symbol::Action(_) | Symbol::State(_)))
+                    && self.label_position(chooser, &name.name).is_some() =>
+            {
+                let position = self.label_position(chooser, &name.name).map_or(f64::NAN, |p| p as f64);
+                self.constant(position, e.span)
+            }
+            _ => {
+                let value = self.expr(e, env);
+                match self.model.choice(chooser) {
+                    Some((_, Some(set))) => {
+                        let lo = self.model.sets.get(set).map_or(0, |s| s.lo);
+                        if lo == 0 {
+                            value
+                        } else {
+                            let lo = self.constant(lo as f64, e.span);
+                            self.binary(BinaryOp::Sub, value, lo, e.span)
+                        }
+                    }
+                    _ => value,
+                }
+            }
+        }
+    }
+
+    /// A loaded choice as the language sees it: `choice[SET]` values are the set's elements,
+    /// while the buffer holds positions; other loads are unchanged.
+    fn choice_element(&mut self, load: Handle<Expr>, chooser: Chooser, span: crate::diagnostics::Span) -> Handle<Expr> {
+        match self.model.choice(chooser) {
+            Some((_, Some(set))) => {
+                let lo = self.model.sets.get(set).map_or(0, |s| s.lo);
+                if lo == 0 {
+                    load
+                } else {
+                    let offset = self.constant(lo as f64, span);
+                    self.binary(BinaryOp::Add, load, offset, span)
+                }
+            }
+            _ => load,
+        }
+    }
+
+    /// The discrete action or choice state an expression of choice type comes from.
+    fn choice_of(&self, e: &ast::Expr) -> Option<Chooser> {
         match &e.kind {
             ExprKind::Access { name, .. } => match self.model.symbols.get(&name.name) {
-                Some(Symbol::Action(a)) => Some(*a),
+                Some(Symbol::Action(a)) => Some(Chooser::Action(*a)),
+                Some(Symbol::State(s)) => Some(Chooser::State(*s)),
                 _ => None,
             },
             ExprKind::Paren(inner) => self.choice_of(inner),
@@ -469,9 +547,9 @@ impl<'a> Lowering<'a> {
         }
     }
 
-    /// The position of `label` among the labels of `action` (`choice[SET]` labels are numbers).
-    fn label_position(&self, action: check::ActionId, label: &str) -> Option<usize> {
-        self.model.label_position(self.model.actions.get(action)?, label)
+    /// The position of `label` among the labels of a chooser (`choice[SET]` labels are numbers).
+    fn label_position(&self, chooser: Chooser, label: &str) -> Option<usize> {
+        self.model.choice_label_position(chooser, label)
     }
 
     fn is_label(&self, e: &ast::Expr, env: &Env) -> Option<String> {
@@ -582,25 +660,17 @@ impl<'a> Lowering<'a> {
                 return self.constant(value, span);
             }
             Some(Symbol::Param(p)) => self.buffers.params[*p],
-            Some(Symbol::State(s)) => self.buffers.states[*s],
+            Some(Symbol::State(s)) => {
+                let buffer = self.buffers.states[*s];
+                let load = self.push(Expr::Load { buffer, index }, span);
+                return self.choice_element(load, Chooser::State(*s), span);
+            }
             Some(Symbol::Noise(n)) => self.buffers.noises[*n],
             Some(Symbol::Let(l)) => self.buffers.lets[*l],
             Some(Symbol::Action(a)) => {
                 let buffer = self.buffers.actions[*a];
                 let load = self.push(Expr::Load { buffer, index }, span);
-                // `choice[SET]` values are the set's elements; the buffer holds positions.
-                return match &self.model.actions[*a].ty {
-                    ActionType::Discrete { over_set: Some(set), .. } => {
-                        let lo = self.model.sets.get(*set).map_or(0, |s| s.lo);
-                        if lo == 0 {
-                            load
-                        } else {
-                            let offset = self.constant(lo as f64, span);
-                            self.binary(BinaryOp::Add, load, offset, span)
-                        }
-                    }
-                    _ => load,
-                };
+                return self.choice_element(load, Chooser::Action(*a), span);
             }
             Some(Symbol::Set(_)) | None => return self.constant(f64::NAN, span),
         };
@@ -657,10 +727,7 @@ impl<'a> Lowering<'a> {
     ) -> Handle<Expr> {
         let action = self.choice_of(scrutinee);
         let value = self.expr(scrutinee, env);
-        let over_set = action.and_then(|a| match &self.model.actions[a].ty {
-            ActionType::Discrete { over_set: Some(_), .. } => Some(()),
-            _ => None,
-        });
+        let over_set = action.and_then(|a| self.model.choice(a)).and_then(|(_, set)| set);
         let mut tests = Vec::new();
         let mut default = None;
         for arm in arms {

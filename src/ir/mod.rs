@@ -42,7 +42,9 @@
 //! actions, the things the pathwise gradient differentiates — computed by the smoothness pass:
 //! `Smooth` (+, −, ×, ÷, exp, …), `Kink` (max, min, abs: continuous, differentiable almost
 //! everywhere), `Regime` (a branch whose condition does not depend on active inputs: the discrete
-//! action gets the score-function gradient), `Jump` (a discontinuity in an active input). A node
+//! action gets the score-function gradient), `Jump` (a discontinuity in an active input). A state
+//! that holds a choice (a `State` buffer with labels) is not an active input: it is read like a
+//! discrete action, so a branch on it is a regime split, and it has no adjoint. A node
 //! that does not depend on active inputs at all is `Constant`. The class of each operation is
 //! documented on [`UnaryOp`], [`BinaryOp`] and [`Expr`].
 //!
@@ -200,7 +202,9 @@ pub enum ElemType {
 pub enum BufferKind {
     /// Drawn or computed once per instance by `instance` (or given as `data`).
     Param,
-    /// The state at the start of a step; set by `init` at t = 0, then from `Next`.
+    /// The state at the start of a step; set by `init` at t = 0, then from `Next`. With
+    /// `labels`, a *choice state*: each element holds the position of a label, it is constant for
+    /// the derivative (no adjoint, like a discrete action), and so is its `Next`.
     State,
     /// The state after the step, written by `step`; `of` is the `State` buffer it replaces.
     Next { of: BufferId },
@@ -236,7 +240,8 @@ pub struct Buffer {
     pub kind: BufferKind,
     pub dims: Vec<SetId>,
     pub elem: ElemType,
-    /// For a discrete action, its labels in order (the stored value is the label's position).
+    /// For a discrete action or a choice state, its labels in order (the stored value is the
+    /// label's position).
     pub labels: Vec<String>,
     /// Values known at compile time (parameters read from a data file), row-major.
     pub data: Option<Vec<f64>>,
@@ -462,7 +467,28 @@ pub struct Module {
     pub report: Report,
 }
 
+impl Buffer {
+    /// Whether the buffer holds a choice that splits what reads it into regimes: a discrete
+    /// action, or a choice state (a state with labels).
+    pub fn holds_choice(&self) -> bool {
+        self.kind == BufferKind::Discrete || (self.kind == BufferKind::State && !self.labels.is_empty())
+    }
+}
+
 impl Module {
+    /// Whether a buffer is differentiated: states (not choice states) and continuous actions,
+    /// and what the step computes from them (lets, next states except those of choice states,
+    /// costs).
+    pub fn is_differentiable(&self, buffer: BufferId) -> bool {
+        let Some(b) = self.buffers.get(buffer) else { return false };
+        match b.kind {
+            BufferKind::State => b.labels.is_empty(),
+            BufferKind::Next { of } => self.buffers.get(of).is_some_and(|s| s.labels.is_empty()),
+            BufferKind::Continuous | BufferKind::Let | BufferKind::Cost => true,
+            _ => false,
+        }
+    }
+
     /// Number of scalar elements of a buffer.
     /// The param holding the period index ([`PERIOD`]), if the model has one.
     pub fn period_index(&self) -> Option<BufferId> {

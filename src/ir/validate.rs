@@ -10,7 +10,8 @@
 //!   size positive.
 //! - **Sets**: non-empty (`lo < hi`), named, names unique.
 //! - **Buffers**: named, names unique; dimensions are existing sets; only discrete actions have
-//!   labels, and they have at least one, all distinct; only params have `data`, with
+//!   labels, and they have at least one, all distinct (a state may have labels: a choice state,
+//!   which has no adjoint, nor has its next state); only params have `data`, with
 //!   `module.len(id)` finite values; `Next { of }` names a state with the same dimensions, and
 //!   every state has exactly one `Next`; `Bound` and `Regime` name a continuous action with the
 //!   same dimensions, at most one lower bound, one upper bound and one regime mask per action; a
@@ -370,6 +371,13 @@ impl Validator<'_> {
                     if buffer.elem != ElemType::Real {
                         self.error(format!("{what} holds {:?} elements; an adjoint holds reals", buffer.elem));
                     }
+                    let of_state = m
+                        .buffers
+                        .get(of)
+                        .is_some_and(|b| matches!(b.kind, BufferKind::State | BufferKind::Next { .. }));
+                    if of_state && !m.is_differentiable(of) {
+                        self.error(format!("{what}: a choice state and its next state have no adjoint"));
+                    }
                 }
                 _ => {}
             }
@@ -378,8 +386,8 @@ impl Validator<'_> {
     }
 
     fn labels(&mut self, buffer: &Buffer, what: &str) {
-        if buffer.kind == BufferKind::Discrete {
-            if buffer.labels.is_empty() {
+        if matches!(buffer.kind, BufferKind::Discrete | BufferKind::State) {
+            if buffer.labels.is_empty() && buffer.kind == BufferKind::Discrete {
                 self.error(format!("{what} has no labels"));
             }
             let mut seen = HashSet::new();
@@ -389,7 +397,7 @@ impl Validator<'_> {
                 }
             }
         } else if !buffer.labels.is_empty() {
-            self.error(format!("{what} has labels; only a discrete action has labels"));
+            self.error(format!("{what} has labels; only a discrete action or a state has labels"));
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! For the step `(s, d, u, ξ) → (s', c)` the `vjp` program computes, given the adjoints of the
 //! next states `s̄'` and of the costs `c̄` (written by the caller into their adjoint buffers),
-//! the adjoints of the states `s̄` and of the continuous actions `ū`. Discrete actions, noise
-//! and parameters are constants for the derivative. Every backend runs the same `vjp`, so they
+//! the adjoints of the states `s̄` and of the continuous actions `ū`. Discrete actions, choice
+//! states, noise and parameters are constants for the derivative. Every backend runs the same `vjp`, so they
 //! all compute the same derivative, and the interpreter is its reference.
 //!
 //! The program first recomputes the step (so that every `let` holds its forward value), then
@@ -54,23 +54,10 @@ impl<'m> Ad<'m> {
     }
 
     fn run(&mut self) {
-        let differentiable: Vec<BufferId> = self
-            .module
-            .buffers
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| {
-                matches!(
-                    b.kind,
-                    BufferKind::State
-                        | BufferKind::Continuous
-                        | BufferKind::Let
-                        | BufferKind::Next { .. }
-                        | BufferKind::Cost
-                )
-            })
-            .map(|(id, _)| id)
-            .collect();
+        // A choice state and its next state hold labels, constants for the derivative like the
+        // discrete actions they are given: they get no adjoint.
+        let differentiable: Vec<BufferId> =
+            (0..self.module.buffers.len()).filter(|&id| self.module.is_differentiable(id)).collect();
         for id in differentiable {
             let b = &self.module.buffers[id];
             let adjoint = Buffer {

@@ -912,13 +912,25 @@ pub fn why_kept(module: &Module, h: Handle<Expr>) -> Kept {
             .map(|b| format!("`{}`", module.buffers[*b].name))
             .collect()
     };
-    let states = names(|k| *k == BufferKind::State);
+    // A choice state is read like a discrete action: it is never the reason for a jump.
+    let states: Vec<String> = read
+        .iter()
+        .filter(|b| module.buffers[**b].kind == BufferKind::State && !module.buffers[**b].holds_choice())
+        .map(|b| format!("`{}`", module.buffers[*b].name))
+        .collect();
     if !states.is_empty() {
+        let with_choice = read.iter().any(|b| module.buffers[*b].kind == BufferKind::Discrete);
+        let instead = if with_choice {
+            "if the state holds a mode (the last choice, for a switching cost), declare it as a choice state \
+             (`state last: choice { ... }`, `last' = mode`), which splits this into regimes; otherwise accept it \
+             when it is small (simulation is exact; only the pathwise gradient does not see it)"
+        } else {
+            "accept it when it is small (simulation is exact; only the pathwise gradient does not see it)"
+        };
         return Kept {
             in_state: true,
             reason: format!("it depends on the state {}, which no choice of the policy can change", states.join(", ")),
-            instead: "accept it when it is small (simulation is exact; only the pathwise gradient does not see it)"
-                .into(),
+            instead: instead.into(),
         };
     }
     let kept = |reason: String, instead: &str| Kept { in_state: false, reason, instead: instead.to_string() };

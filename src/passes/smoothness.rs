@@ -98,7 +98,7 @@ pub fn analyze(module: &Module) -> Analysis {
         // (a fixed cost): the score-function gradient's business.
         a.walk(value, &mut |m, e| {
             if let Expr::Load { buffer, .. } = e
-                && m.buffers[*buffer].kind == BufferKind::Discrete
+                && m.buffers[*buffer].holds_choice()
             {
                 regimes.push(*buffer);
             }
@@ -151,12 +151,12 @@ impl Analyzer<'_> {
         self.module.buffers[buffer].kind == BufferKind::Let
     }
 
-    /// Whether the node reads a discrete action (directly or through a `let`).
+    /// Whether the node reads a discrete action or a choice state (directly or through a `let`).
     fn reads_discrete(&self, h: Handle<Expr>) -> bool {
         let mut found = false;
         self.walk(h, &mut |m, e| {
             if let Expr::Load { buffer, .. } = e {
-                found |= m.buffers[*buffer].kind == BufferKind::Discrete;
+                found |= m.buffers[*buffer].holds_choice();
             }
         });
         found
@@ -190,6 +190,8 @@ impl Analyzer<'_> {
         let c = match self.module.exprs[h].clone() {
             Expr::Const(_) | Expr::Var(_) | Expr::Sample { .. } => Class::Constant,
             Expr::Load { buffer, .. } => match self.module.buffers[buffer].kind {
+                // A choice state is read like a discrete action: not an active input.
+                BufferKind::State if self.module.buffers[buffer].holds_choice() => Class::Constant,
                 BufferKind::State | BufferKind::Continuous => Class::Smooth,
                 BufferKind::Let => match self.let_value.get(&buffer).copied() {
                     Some(v) => self.class(v),
@@ -280,7 +282,7 @@ impl Analyzer<'_> {
                     let mut found = Vec::new();
                     self.walk(*cond, &mut |m, e| {
                         if let Expr::Load { buffer, .. } = e
-                            && m.buffers[*buffer].kind == BufferKind::Discrete
+                            && m.buffers[*buffer].holds_choice()
                         {
                             found.push(*buffer);
                         }

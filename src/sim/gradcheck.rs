@@ -75,9 +75,14 @@ pub fn adjoint_of(module: &Module, buffer: BufferId) -> Option<BufferId> {
     module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of: buffer })
 }
 
-/// The inputs of the derivative, in buffer order: the states and continuous actions.
+/// The inputs of the derivative, in buffer order: the states and continuous actions (a choice
+/// state holds a label, which has no derivative to check).
 pub fn inputs(module: &Module) -> Vec<BufferId> {
-    module.buffers_of(|k| matches!(k, BufferKind::State | BufferKind::Continuous)).map(|(id, _)| id).collect()
+    module
+        .buffers_of(|k| matches!(k, BufferKind::State | BufferKind::Continuous))
+        .filter(|&(id, _)| module.is_differentiable(id))
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The outputs that the derivative starts from: next states and costs, and the bounds and piece

@@ -106,6 +106,10 @@ fn features(module: &Module, spec: &Spec, instance: &Buffers) -> Value {
         } else {
             feature["kind"] = "state".into();
         }
+        if !buffer.labels.is_empty() {
+            // A choice state: the feature is the position of its label among these.
+            feature["labels"] = buffer.labels.clone().into();
+        }
         out.push(feature);
         offset += len;
     }

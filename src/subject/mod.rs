@@ -461,7 +461,8 @@ fn horizon<'w, D: Explained<Batched<'w>, Error = TrainError>>(
     Ok((totals, discounted.into_iter().map(|v| v / discount_scale).collect()))
 }
 
-/// The trajectory of some scenarios: per scenario and period, the states the policy saw, each
+/// The trajectory of some scenarios: per scenario and period, the states the policy saw (a
+/// choice state by its label), each
 /// discrete choice and the probability of each label, the continuous actions (0 where they do
 /// not act), and each cost term of the period as the step computed it (not scaled by `report`).
 #[derive(Clone, Debug)]
@@ -507,8 +508,17 @@ impl Trace {
     ) -> String {
         let mut line = t.to_string();
         for &id in &self.states {
-            for v in world.get(id, row) {
-                let _ = write!(line, ",{v}");
+            // A choice state is shown by its label, like a discrete action.
+            let labels = &module.buffers[id].labels;
+            for &v in world.get(id, row) {
+                match labels.get(v as usize) {
+                    Some(label) => {
+                        let _ = write!(line, ",{}", csv_field(label));
+                    }
+                    None => {
+                        let _ = write!(line, ",{v}");
+                    }
+                }
             }
         }
         let mut probabilities = Vec::new();

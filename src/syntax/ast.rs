@@ -103,13 +103,22 @@ pub struct ParamDecl {
     pub span: Span,
 }
 
-/// `state onhand[I] = 0`
+/// `state onhand[I] = 0`, or `state last: choice { off, on } = off`
 #[derive(Clone, Debug)]
 pub struct StateDecl {
     pub name: Ident,
     pub dims: Vec<Dim>,
+    /// `: choice ...`: the state holds one of the choice's labels (no type: a real).
+    pub choice: Option<(ChoiceType, Span)>,
     pub def: Definition,
     pub span: Span,
+}
+
+/// The labels of a choice-typed state: `choice { a, b }` or `choice[M]`.
+#[derive(Clone, Debug)]
+pub enum ChoiceType {
+    Labels(Vec<Ident>),
+    OverSet(Ident),
 }
 
 /// `noise demand[i in I] ~ poisson(mu[i])`

@@ -117,6 +117,7 @@ fn friendly(rule: Rule) -> Option<&'static str> {
         Rule::random_def => "`~`",
         Rule::file_def | Rule::kw_from => "`from`",
         Rule::choice_type | Rule::kw_choice => "`choice`",
+        Rule::state_type => "`:`",
         Rule::real_type | Rule::kw_real => "`real`",
         Rule::kw_int => "`int`",
         Rule::kw_bool => "`bool`",
@@ -244,9 +245,9 @@ fn syntax_hint(source: &str, offset: usize, expected: &[String]) -> Option<Strin
         return Some("negation is written `not`".into());
     }
     let line = source.get(..offset).map_or("", |before| before.rsplit('\n').next().unwrap_or(before));
-    if rest.starts_with(':') && line.trim_start().starts_with("state ") {
+    if line.trim_start().starts_with("state ") && line.trim_end().ends_with(':') {
         return Some(
-            "a state takes no type: it holds a real number, `state x = 0`; a choice the policy makes is an `action`"
+            "a state holds a real number and takes no type (`state x = 0`), or holds a choice: `state last: choice { a, b } = a` or `state last: choice[M] = 0`"
                 .into(),
         );
     }
@@ -375,6 +376,15 @@ fn ident(pair: Pair<'_, Rule>) -> Ident {
     Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
 }
 
+/// `choice { a, b }` or `choice[M]`, for an action or a state.
+fn choice_type(pair: Pair<'_, Rule>) -> Option<ChoiceType> {
+    let body = pair.into_inner().find(|p| matches!(p.as_rule(), Rule::label_list | Rule::choice_set))?;
+    match body.as_rule() {
+        Rule::label_list => Some(ChoiceType::Labels(body.into_inner().map(ident).collect())),
+        _ => Some(ChoiceType::OverSet(ident(body.into_inner().next()?))),
+    }
+}
+
 /// An expression with its nesting depth ([`MAX_EXPR_DEPTH`]) and the height of its tree
 /// ([`MAX_EXPR_HEIGHT`]), so that both are checked without recursing.
 struct Built {
@@ -448,8 +458,16 @@ impl Builder {
             Rule::state_decl => {
                 let name = ident(inner.next()?);
                 let dims = self.optional_dims(&mut inner);
+                let choice = match inner.peek().map(|p| p.as_rule()) {
+                    Some(Rule::state_type) => {
+                        let ty = inner.next()?;
+                        let at = span_of(&ty);
+                        ty.into_inner().next().and_then(choice_type).map(|c| (c, at))
+                    }
+                    _ => None,
+                };
                 let def = self.definition(inner.next()?)?;
-                Item::State(StateDecl { name, dims, def, span })
+                Item::State(StateDecl { name, dims, choice, def, span })
             }
             Rule::noise_decl => {
                 let name = ident(inner.next()?);
@@ -545,13 +563,10 @@ impl Builder {
 
     fn action_kind(&mut self, pair: Pair<'_, Rule>) -> Option<ActionKind> {
         match pair.as_rule() {
-            Rule::choice_type => {
-                let body = pair.into_inner().find(|p| matches!(p.as_rule(), Rule::label_list | Rule::choice_set))?;
-                match body.as_rule() {
-                    Rule::label_list => Some(ActionKind::Labels(body.into_inner().map(ident).collect())),
-                    _ => Some(ActionKind::OverSet(ident(body.into_inner().next()?))),
-                }
-            }
+            Rule::choice_type => match choice_type(pair)? {
+                ChoiceType::Labels(labels) => Some(ActionKind::Labels(labels)),
+                ChoiceType::OverSet(set) => Some(ActionKind::OverSet(set)),
+            },
             Rule::real_type => {
                 let mut lo = None;
                 let mut hi = None;
