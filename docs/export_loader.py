@@ -6,9 +6,11 @@
 
 `act` gives what `hmdpc act RUN --state JSON` prints (deterministic mode: the most likely
 label, the network's continuous actions). Parameters the policy observes come from the exported
-instance unless the state gives them. A bound marked "given" in policy.json depends on the state:
-pass it as `bounds={"q": ([lower per element], [upper per element])}`; an action whose `when`
-is marked "given" needs `active={"q": [True, False, ...]}`.
+instance unless the state gives them. A bound that depends on the state is, in policy.json, an
+object {"given": "state", "expression": ..., "line": ..., "reads": ..., "pass": ...}: the model's
+expression for it, which you evaluate in the state (parameters from `hmdpc instance`) and pass
+as `bounds={"q": ([lower per element], [upper per element])}` (only the side that is given is
+read); an action whose `when` is marked "given" needs `active={"q": [True, False, ...]}`.
 
 From the command line: python export_loader.py FOLDER STATE_JSON [BOUNDS_JSON] prints the JSON.
 """
@@ -134,7 +136,7 @@ def none_as(value, default):
 def bound(spec, k, default, given, name, side):
     if spec is None:
         return default
-    if spec == "given":
+    if isinstance(spec, dict) and spec.get("given") == "state":
         return given[name][side][k]
     return none_as(spec["values"][k], default)
 

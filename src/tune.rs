@@ -8,10 +8,17 @@
 //!
 //! The search runs in the unit cube: each tunable is `lo + u (hi - lo)` with `u` clamped into
 //! `[0, 1]`, so the simplex's first steps are a quarter of each range whatever its units.
+//!
+//! `evaluations.csv` logs every evaluation of the train cost (its point and cost) once it is
+//! done. The objective is deterministic (common random numbers), so Nelder–Mead from the same
+//! start asks for the same points in the same order: `--resume` replays the search, answering
+//! the logged points from the log, and goes on evaluating where the log ends. So a resumed run
+//! is the run that was not stopped, without keeping `argmin`'s solver state.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +41,8 @@ pub struct Inputs<'a> {
     pub backend: &'a dyn Backend,
     /// The declared policy to tune.
     pub policy: String,
+    /// Start values that replace the declared ones, by tunable (`--start`; see [`start_values`]).
+    pub start: Vec<(String, f64)>,
     /// The most evaluations of the train cost.
     pub evaluations: usize,
     /// The run's settings: the scenario sets (`scenarios`, `scenario_seed`), the instance and
@@ -44,7 +53,12 @@ pub struct Inputs<'a> {
     /// Set by Ctrl-C: stop after the current evaluation, keeping the best so far.
     pub stop: Arc<AtomicBool>,
     pub progress: bool,
+    /// Continue the run in `folder` (started with the same model, policy, start and settings).
+    pub resume: bool,
 }
+
+/// The log of every evaluation of the train cost, which `--resume` replays.
+pub const EVALUATIONS: &str = "evaluations.csv";
 
 /// How a tuning run ended.
 #[derive(Debug)]
@@ -69,6 +83,8 @@ pub enum TuneError {
     Run(RunError),
     /// The policy is unknown or cannot run on this module.
     Policy(String),
+    /// `--resume` cannot continue the run folder (the message says why).
+    Resume(String),
     /// The run folder cannot be written.
     Io(String),
 }
@@ -77,7 +93,7 @@ impl std::fmt::Display for TuneError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TuneError::Run(e) => write!(f, "{}", e.message),
-            TuneError::Policy(m) | TuneError::Io(m) => write!(f, "{m}"),
+            TuneError::Policy(m) | TuneError::Resume(m) | TuneError::Io(m) => write!(f, "{m}"),
         }
     }
 }
@@ -130,6 +146,9 @@ struct Objective<'a> {
     names: Vec<String>,
     started: Instant,
     track: RefCell<Track>,
+    /// The logged evaluations still to replay (`--resume`), in order: point and train cost.
+    replay: RefCell<VecDeque<(Vec<f64>, f64)>>,
+    log: RefCell<std::fs::File>,
 }
 
 impl Objective<'_> {
@@ -152,6 +171,15 @@ impl Objective<'_> {
                 .map_err(|e| TuneError::Io(e.to_string()))?;
         }
         folder::write_curve(&self.inputs.folder, &self.names, &track.curve).map_err(|e| TuneError::Io(e.to_string()))
+    }
+
+    /// Appends a done evaluation to the log.
+    fn log_evaluation(&self, evaluation: usize, u: &[f64], train: f64) -> Result<(), TuneError> {
+        let line = log_line(evaluation, u, train);
+        let path = self.inputs.folder.join(EVALUATIONS);
+        self.log.borrow_mut().write_all(line.as_bytes()).map_err(|e| {
+            TuneError::Io(format!("cannot write {}: {}", path.display(), crate::pipeline::describe_io(&e)))
+        })
     }
 
     fn progress(&self) {
@@ -196,6 +224,22 @@ impl CostFunction for Objective<'_> {
             }
             track.evaluations += 1;
         }
+        let logged = self.replay.borrow_mut().pop_front();
+        if let Some((point, train)) = logged {
+            let mut track = self.track.borrow_mut();
+            if point != *u {
+                track.error = Some(TuneError::Resume(format!(
+                    "--resume: evaluation {} of the search is not the one {EVALUATIONS} logged; the run cannot be continued (start it afresh with --force)",
+                    track.evaluations
+                )));
+                track.over = true;
+                return Ok(f64::INFINITY);
+            }
+            if train < track.best_train {
+                track.best_train = train;
+            }
+            return Ok(if train.is_nan() { f64::INFINITY } else { train });
+        }
         let values = values_at(self.ctx.program, u);
         let train = match per_scenario(&self.ctx, &values, ScenarioSet::Train) {
             Ok(p) => mean_terms(&p).iter().sum::<f64>(),
@@ -213,6 +257,10 @@ impl CostFunction for Objective<'_> {
             (improved, track.evaluations)
         };
         if improved && let Err(e) = self.on_dev(&values, train, evaluation) {
+            self.track.borrow_mut().error = Some(e);
+            return Ok(f64::INFINITY);
+        }
+        if let Err(e) = self.log_evaluation(evaluation, u, train) {
             self.track.borrow_mut().error = Some(e);
             return Ok(f64::INFINITY);
         }
@@ -283,6 +331,162 @@ fn tuned(program: &PolicyProgram, values: &[f64]) -> TunedPolicy {
     }
 }
 
+/// The start of the search: each tunable's declared start value, or the value `given` names it
+/// (`--start s=12,S=40`). A name the policy does not tune, a name given twice or a value outside
+/// the declared bounds is refused, with what to write instead.
+pub fn start_values(program: &PolicyProgram, given: &[(String, f64)]) -> Result<Vec<f64>, String> {
+    for (k, (name, value)) in given.iter().enumerate() {
+        if given[..k].iter().any(|(earlier, _)| earlier == name) {
+            return Err(format!("--start gives `{name}` twice"));
+        }
+        let Some(tunable) = program.tunables.iter().find(|t| t.name == *name) else {
+            let names: Vec<&str> = program.tunables.iter().map(|t| t.name.as_str()).collect();
+            return Err(if names.is_empty() {
+                format!("--start: policy `{}` has no tunable parameters", program.name)
+            } else {
+                let hint = crate::check::did_you_mean(name, names.iter().copied())
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                format!(
+                    "--start: policy `{}` has no tunable `{name}`{hint}; its tunables are: {}",
+                    program.name,
+                    names.join(", ")
+                )
+            });
+        };
+        if !(tunable.lo..=tunable.hi).contains(value) {
+            return Err(format!(
+                "--start {name}={value}: outside the bounds of `{name}`, [{}, {}], that policy `{}` declares (`tune {name} in [{}, {}] = {}`)",
+                tunable.lo, tunable.hi, program.name, tunable.lo, tunable.hi, tunable.start
+            ));
+        }
+    }
+    Ok(program
+        .tunables
+        .iter()
+        .map(|t| given.iter().find(|(name, _)| *name == t.name).map_or(t.start, |(_, v)| *v))
+        .collect())
+}
+
+/// The first line of [`EVALUATIONS`]: the evaluation, its train cost, its point in the unit cube.
+fn log_header(program: &PolicyProgram) -> String {
+    let mut line = "evaluation,train".to_string();
+    for t in &program.tunables {
+        line.push_str(&format!(",u:{}", t.name));
+    }
+    line.push('\n');
+    line
+}
+
+/// A line of [`EVALUATIONS`]; numbers as Rust writes them, which read back bit for bit.
+fn log_line(evaluation: usize, u: &[f64], train: f64) -> String {
+    let mut line = format!("{evaluation},{train}");
+    for v in u {
+        line.push_str(&format!(",{v}"));
+    }
+    line.push('\n');
+    line
+}
+
+/// What a resumed run continues from.
+struct Resumed {
+    /// Every logged evaluation, in order: its point and train cost.
+    logged: VecDeque<(Vec<f64>, f64)>,
+    /// The curve up to the last logged evaluation.
+    curve: Vec<CurveRow>,
+    best_dev: f64,
+    best: Vec<f64>,
+    best_evaluation: usize,
+    earlier_commands: Vec<serde_json::Value>,
+}
+
+/// Reads a tune run folder for `--resume`: refuses one of another model, policy, start or
+/// settings, and keeps the evaluations logged (a line cut short by a kill ends the log) and the
+/// curve up to the last of them.
+fn resumed(
+    inputs: &Inputs<'_>,
+    program: &PolicyProgram,
+    record: &RunRecord,
+    unit: &[f64],
+) -> Result<Resumed, TuneError> {
+    let dir = &inputs.folder;
+    let refuse = |why: String| TuneError::Resume(format!("--resume: {why}"));
+    let old = folder::read_record(dir).map_err(|e| refuse(e.to_string()))?;
+    let Some(old_tuned) = &old.tuned else {
+        return Err(refuse(format!("{} is not a run of `hmdpc tune`", dir.display())));
+    };
+    let (was, now) = (&old.config, &record.config);
+    let mut changed = Vec::new();
+    if old.model_hash != record.model_hash {
+        changed.push("the model (model.hmdp or its data files)".to_string());
+    }
+    if old_tuned.policy != program.name {
+        changed.push(format!("the policy (`{}`)", old_tuned.policy));
+    }
+    if was.scenarios != now.scenarios {
+        changed.push(format!("--scenarios {}", was.scenarios));
+    }
+    if was.scenario_seed != now.scenario_seed {
+        changed.push(format!("--scenario-seed {}", was.scenario_seed));
+    }
+    if was.instance_seed != now.instance_seed {
+        changed.push(format!("--instance-seed {}", was.instance_seed));
+    }
+    if was.set != now.set {
+        changed.push(format!("--set {:?}", was.set));
+    }
+    if !changed.is_empty() {
+        return Err(refuse(format!(
+            "{} tuned another problem or policy: {}; resume with the settings it was started with ({})",
+            dir.display(),
+            changed.join(", "),
+            folder::RUN
+        )));
+    }
+    let path = dir.join(EVALUATIONS);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| refuse(format!("cannot read {}: {}", path.display(), crate::pipeline::describe_io(&e))))?;
+    let mut logged = VecDeque::new();
+    // A line is whole once its newline is written: a kill while writing leaves it without.
+    for line in text.split_inclusive('\n').skip(1) {
+        let Some(line) = line.strip_suffix('\n') else { break };
+        let numbers: Result<Vec<f64>, _> = line.split(',').map(str::parse::<f64>).collect();
+        match numbers {
+            Ok(numbers) if numbers.len() == 2 + unit.len() && numbers[0] == (logged.len() + 1) as f64 => {
+                logged.push_back((numbers[2..].to_vec(), numbers[1]));
+            }
+            _ => break,
+        }
+    }
+    match logged.front() {
+        None => return Err(refuse(format!("{} logs no evaluation to continue from", path.display()))),
+        Some((first, _)) if first.as_slice() != unit => {
+            return Err(refuse(format!(
+                "{} started from other values; give the --start it was started with",
+                dir.display()
+            )));
+        }
+        Some(_) => {}
+    }
+    let curve_text = std::fs::read_to_string(dir.join(folder::CURVE)).unwrap_or_default();
+    let curve: Vec<CurveRow> =
+        folder::read_curve(&curve_text).into_iter().filter(|r| r.update >= 1 && r.update <= logged.len()).collect();
+    let mut best: Option<&CurveRow> = None;
+    for row in &curve {
+        if best.is_none_or(|b| folder::dev_total(row) < folder::dev_total(b)) {
+            best = Some(row);
+        }
+    }
+    let (best_dev, best_evaluation) = best.map_or((f64::INFINITY, 0), |b| (folder::dev_total(b), b.update));
+    let best = match best_evaluation.checked_sub(1).and_then(|k| logged.get(k)) {
+        Some((u, _)) => values_at(program, u),
+        None => values_at(program, unit),
+    };
+    let mut earlier_commands = old.earlier_commands.clone();
+    earlier_commands.push(old.command.clone().into());
+    Ok(Resumed { logged, curve, best_dev, best, best_evaluation, earlier_commands })
+}
+
 /// The declared policy of a tuned run, with its tuned values.
 pub fn tuned_policy(compiled: &Compiled, tuned: &TunedPolicy) -> Result<DeclaredPolicy, String> {
     let program = compiled
@@ -315,8 +519,9 @@ pub fn tune(inputs: &Inputs<'_>) -> Result<Outcome, TuneError> {
     let cfg = &inputs.config;
     let instance = crate::sim::instance(module, cfg.instance_seed).map_err(TuneError::Run)?;
     let _lock = folder::lock(&inputs.folder).map_err(TuneError::Io)?;
-    let start: Vec<f64> = program.tunables.iter().map(|t| t.start).collect();
-    let record = RunRecord {
+    let start = start_values(program, &inputs.start).map_err(TuneError::Policy)?;
+    let unit: Vec<f64> = program.tunables.iter().zip(&start).map(|(t, v)| (v - t.lo) / (t.hi - t.lo)).collect();
+    let mut record = RunRecord {
         command: inputs.command.clone(),
         earlier_commands: Vec::new(),
         model: module.name.clone(),
@@ -326,11 +531,26 @@ pub fn tune(inputs: &Inputs<'_>) -> Result<Outcome, TuneError> {
         versions: folder::crate_versions(),
         tuned: Some(tuned(program, &start)),
     };
-    folder::start(&inputs.folder, false, &inputs.compiled.source.text, &inputs.compiled.data_files, &record)
+    let resumed = if inputs.resume { Some(resumed(inputs, program, &record, &unit)?) } else { None };
+    if let Some(resumed) = &resumed {
+        record.earlier_commands.clone_from(&resumed.earlier_commands);
+        record.tuned = Some(tuned(program, &resumed.best));
+    }
+    folder::start(&inputs.folder, inputs.resume, &inputs.compiled.source.text, &inputs.compiled.data_files, &record)
         .map_err(|e| TuneError::Io(e.to_string()))?;
     for stale in [folder::BEST, folder::LATEST, folder::FINAL] {
         folder::remove_if_present(&inputs.folder.join(stale)).map_err(|e| TuneError::Io(e.to_string()))?;
     }
+    // The log holds the evaluations to replay; a fresh run starts it empty.
+    let log_path = inputs.folder.join(EVALUATIONS);
+    let mut log_text = log_header(program);
+    for (k, (u, train)) in resumed.iter().flat_map(|r| &r.logged).enumerate() {
+        log_text.push_str(&log_line(k + 1, u, *train));
+    }
+    folder::write_atomic(&log_path, log_text.as_bytes()).map_err(|e| TuneError::Io(e.to_string()))?;
+    let log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| {
+        TuneError::Io(format!("cannot write {}: {}", log_path.display(), crate::pipeline::describe_io(&e)))
+    })?;
     let ctx = Scoring {
         module,
         program,
@@ -350,23 +570,27 @@ pub fn tune(inputs: &Inputs<'_>) -> Result<Outcome, TuneError> {
         track: RefCell::new(Track {
             evaluations: 0,
             best_train: f64::INFINITY,
-            best_dev: f64::INFINITY,
-            best: start.clone(),
-            best_evaluation: 0,
-            curve: Vec::new(),
+            best_dev: resumed.as_ref().map_or(f64::INFINITY, |r| r.best_dev),
+            best: resumed.as_ref().map_or(start.clone(), |r| r.best.clone()),
+            best_evaluation: resumed.as_ref().map_or(0, |r| r.best_evaluation),
+            curve: resumed.as_ref().map_or(Vec::new(), |r| r.curve.clone()),
             error: None,
             out_of_budget: false,
             over: false,
             last_print: Instant::now(),
         }),
+        replay: RefCell::new(resumed.map_or(VecDeque::new(), |r| r.logged)),
+        log: RefCell::new(log),
     };
-    let unit: Vec<f64> = program.tunables.iter().map(|t| (t.start - t.lo) / (t.hi - t.lo)).collect();
     // The start is evaluated first, so its dev cost is the baseline whatever the search does.
     let _ = objective.cost(&unit);
     if let Some(e) = objective.track.borrow_mut().error.take() {
         return Err(e);
     }
-    let start_dev = objective.track.borrow().best_dev;
+    // The start is evaluation 1, which improves on nothing: the curve's first row (unless its
+    // train cost is NaN).
+    let start_dev =
+        objective.track.borrow().curve.first().filter(|r| r.update == 1).map_or(f64::INFINITY, folder::dev_total);
     if !unit.is_empty() && inputs.evaluations > 1 {
         // The first simplex: the start, and one step of a quarter of each range towards the
         // middle of that range.

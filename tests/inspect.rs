@@ -114,6 +114,20 @@ fn csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
     (header, rows)
 }
 
+/// The fields of a CSV line whose quoted fields hold no quotes.
+fn fields(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().expect("a field").push(c),
+        }
+    }
+    out
+}
+
 /// The mean and 95% half width of values, as the reports compute them (normal quantile 1.96).
 fn estimate(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -413,4 +427,146 @@ fn simulate_prints_json_and_per_scenario_rows() {
         assert!(printed.contains(&format!("{mean:>12.4} ± {half:.4}")), "{printed}");
     }
     assert_eq!(report["policy"], "random policy");
+}
+
+/// A policy the model file declares (`FILE --policy NAME`) is a subject like a run's: `compare`
+/// gives it `simulate --policy`'s figures, differs from itself by exactly 0, runs it on a run's
+/// problem beside the run's policy, and `rollout` and `act` take it too.
+#[test]
+fn a_declared_policy_is_compared_rolled_out_and_asked_from_its_model_file() {
+    let model = "models/inventory.hmdp";
+    let on_items = ["--set", "items=3", "--scenarios", "40"];
+    let mut args = vec!["compare", model, "--policy", "can_order", model, "--policy", "can_order", "random", "--json"];
+    args.extend(on_items);
+    let report = json(&args);
+    let policies = report["policies"].as_array().expect("policies");
+    assert_eq!(policies[0]["name"], "models/inventory.hmdp --policy can_order");
+    assert_eq!(policies[0]["policy"], "policy `can_order`");
+    let simulated = |policy: &str| {
+        let mut args = vec!["simulate", model, "--policy", policy, "--json"];
+        args.extend(on_items);
+        json(&args)
+    };
+    assert_eq!(costs(&policies[0]), costs(&simulated("can_order")));
+    assert_eq!(costs(&policies[2]), costs(&simulated("random")));
+    for (name, mean, half) in costs(&serde_json::json!({ "costs": policies[1]["difference_to_first"] })) {
+        assert!(mean == 0.0 && half == 0.0, "{name}: {mean} ± {half}");
+    }
+
+    // Beside a run folder, the run fixes the problem (its --set values, seeds and scenarios).
+    let run = inventory();
+    let report = json(&["compare", s(run), model, "--policy", "can_order", "--json"]);
+    let declared = &report["policies"][1];
+    let mut args = vec!["simulate", model, "--policy", "can_order", "--set", "items=3", "--scenarios", "64", "--json"];
+    assert_eq!(costs(declared), costs(&json(&args)));
+    assert_eq!(costs(&report["policies"][0]), costs(&json(&["eval", s(run), "--json"])));
+
+    // rollout: each scenario's costs add up to simulate's per-scenario figures.
+    let trajectories = scratch("can-order-rollout.csv");
+    let printed = ok(&[
+        "rollout",
+        model,
+        "--policy",
+        "can_order",
+        "--set",
+        "items=3",
+        "--scenarios",
+        "3",
+        "-o",
+        s(&trajectories),
+    ]);
+    assert!(printed.contains("policy `can_order`, 3 test scenarios × 100 periods"), "{printed}");
+    // Its header quotes `"pipe[0,0]"`: the columns are read with the quotes.
+    let text = std::fs::read_to_string(&trajectories).expect("rollout");
+    let header = fields(text.lines().next().expect("header"));
+    let rows: Vec<Vec<f64>> =
+        text.lines().skip(1).map(|l| fields(l).iter().map(|v| v.parse().unwrap_or(f64::NAN)).collect()).collect();
+    let per_scenario = scratch("can-order-simulate.csv");
+    args.truncate(6);
+    args.extend(["--scenarios", "3", "--per-scenario", s(&per_scenario)]);
+    ok(&args);
+    let (_, simulated_rows) = csv(&per_scenario);
+    // The model reports per period from period 16 on and per item: 84 × 3.
+    let terms = ["holding", "shortage", "fixed"];
+    for (scenario, simulated) in simulated_rows.iter().enumerate() {
+        for (k, term) in terms.iter().enumerate() {
+            let column = header.iter().position(|c| c == term).expect("cost column");
+            let reported = rows.iter().filter(|r| r[0] == scenario as f64 && r[1] >= 16.0).map(|r| r[column]);
+            let figure = reported.sum::<f64>() / 252.0;
+            assert!(close(figure, simulated[k + 1], 1e-12), "scenario {scenario}, {term}: {figure} vs {simulated:?}");
+        }
+    }
+    // A deterministic rule gives the label it chose probability 1.
+    let skip = header.iter().position(|c| c == "P(order=skip)").expect("P(order=skip)");
+    for row in &rows {
+        assert!(row[skip] == 0.0 || row[skip] == 1.0, "{row:?}");
+    }
+
+    // act: the rule's decision in a state, JSON out.
+    let state = r#"{"onhand": [0, 0, 0], "pipe": [[0], [0], [0]]}"#;
+    let decision = json(&["act", model, "--policy", "can_order", "--set", "items=3", "--state", state]);
+    assert_eq!(decision["policy"], "policy `can_order`");
+    assert_eq!(decision["discrete"]["order"]["chosen"], "buy", "{decision}");
+    assert_eq!(decision["discrete"]["order"]["probabilities"]["buy"], 1.0);
+
+    // What is refused, with exit code 2.
+    let refusals: [(&[&str], &str); 6] = [
+        (&["compare", model, s(run)], "is a model file: name its policy with --policy NAME"),
+        (
+            &["compare", s(run), "random", "--policy", "can_order"],
+            "--policy can_order names the policy of no model file",
+        ),
+        (
+            &["compare", s(run), model, "--policy", "can_order", "--set", "items=4"],
+            "--set is for model files compared without a run folder",
+        ),
+        (&["compare", s(bulk()), model, "--policy", "can_order"], "are different models"),
+        (&["rollout", model, "-o", "out.csv"], "is a model file: name the policy to run with --policy NAME"),
+        (
+            &["act", s(run), "--policy", "can_order", "--state", state],
+            "a run folder's --policy is best, final or random, not `can_order`",
+        ),
+    ];
+    for (args, message) in refusals {
+        let stderr = fails(args, 2);
+        assert!(stderr.contains(message), "hmdpc {args:?}: expected `{message}` in {stderr}");
+    }
+    let instance = fails(&["rollout", s(run), "--instance-seed", "3", "-o", "out.csv"], 2);
+    assert!(instance.contains("--instance-seed is for a model file"), "{instance}");
+}
+
+/// A bound that reads the state is exported as the model's expression for it, which a caller
+/// evaluates in the state and hands to the loader; with it the loader reproduces `act`.
+#[test]
+fn an_exported_bound_that_reads_the_state_says_how_to_compute_it() {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    let run = trained(&RUN, "lost-sales", "models/lost_sales.hmdp", &["--set", "items=2"]);
+    let folder = scratch("export-lost-sales");
+    ok(&["export", s(run), "-o", s(&folder)]);
+    let description: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("policy.json")).expect("policy.json")).expect("json");
+    let upper = &description["continuous"][0]["upper"];
+    assert_eq!(upper["given"], "state", "{upper}");
+    assert_eq!(upper["expression"], "cap[i] - onhand[i]", "{upper}");
+    assert_eq!(upper["line"], 24);
+    assert_eq!(upper["reads"], serde_json::json!({ "states": ["onhand"], "parameters": ["cap"] }));
+    assert!(upper["pass"].as_str().is_some_and(|p| p.contains("bounds={\"q\"")), "{upper}");
+    // The lower bound reads no state: its values are written.
+    assert_eq!(description["continuous"][0]["lower"], serde_json::json!({ "values": [0.0, 0.0] }));
+
+    let python = common::root().join(".venv/bin/python");
+    let cap = 40.0;
+    for onhand in [[5.0, 30.0], [0.0, 40.0], [17.5, 2.0]] {
+        let state = format!("{{\"onhand\": [{}, {}]}}", onhand[0], onhand[1]);
+        let bounds = format!("{{\"q\": [[0, 0], [{}, {}]]}}", cap - onhand[0], cap - onhand[1]);
+        let act = json(&["act", s(run), "--state", &state]);
+        let out = Command::new(&python)
+            .args(["docs/export_loader.py", s(&folder), &state, &bounds])
+            .current_dir(common::root())
+            .output()
+            .expect("python runs");
+        assert!(out.status.success(), "loader on {state}: {}", text(&out.stderr));
+        let loaded: Value = serde_json::from_slice(&out.stdout).expect("loader JSON");
+        assert_same(&act["continuous"], &loaded["continuous"], &format!("lost_sales {state}"));
+    }
 }

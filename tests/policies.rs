@@ -281,3 +281,107 @@ fn a_budget_spent_within_the_first_simplex_ends_the_search() {
     assert!(stdout.contains("done: 2 evaluations"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tune_starts_where_told_and_refuses_a_start_outside_the_bounds() {
+    let dir = std::env::temp_dir().join(format!("hmdp-tune-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("run");
+    let tune = |start: &str| {
+        hmdpc(&[
+            "tune",
+            "models/lost_sales.hmdp",
+            "--policy",
+            "base_stock",
+            "--set",
+            "items=2",
+            "--scenarios",
+            "8",
+            "--evaluations",
+            "1",
+            "--quiet",
+            "--start",
+            start,
+            "-o",
+            folder.to_str().expect("path"),
+        ])
+    };
+    // One evaluation: the start alone, which is then the best point.
+    let out = tune("S=4.5");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4.5000  (start 4.5)"), "{stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("run.json")).expect("run.json")).expect("json");
+    assert_eq!(record["tuned"]["values"]["S"], 4.5);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for (start, message) in [
+        ("S=9", "--start S=9: outside the bounds of `S`, [0, 5], that policy `base_stock` declares"),
+        ("s=1", "--start: policy `base_stock` has no tunable `s`"),
+        ("S=1,S=2", "--start gives `S` twice"),
+    ] {
+        let out = tune(start);
+        assert_eq!(out.status.code(), Some(2), "--start {start}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "--start {start}: expected `{message}` in {stderr}");
+        assert!(!folder.exists(), "a refused start writes no run folder");
+    }
+}
+
+/// `curve.csv` without its `seconds` column, and `evaluations.csv`, of a tune run folder.
+fn tune_logs(folder: &std::path::Path) -> (Vec<String>, String) {
+    let curve = std::fs::read_to_string(folder.join("curve.csv")).expect("curve.csv");
+    let rows = curve
+        .lines()
+        .map(|l| l.split(',').enumerate().filter(|(k, _)| *k != 1).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+        .collect();
+    (rows, std::fs::read_to_string(folder.join("evaluations.csv")).expect("evaluations.csv"))
+}
+
+#[test]
+fn a_resumed_tune_is_the_run_that_was_not_stopped() {
+    let dir = std::env::temp_dir().join(format!("hmdp-tune-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tune = |folder: &str, evaluations: &str, extra: &[&str]| {
+        let mut args = vec!["tune", "models/switched_lqr.hmdp", "--policy", "fixed_mode", "--set", "n=2"];
+        args.extend(["--scenarios", "16", "--quiet", "--evaluations", evaluations, "-o", folder]);
+        args.extend(extra);
+        hmdpc(&args)
+    };
+    let whole = dir.join("whole");
+    let stopped = dir.join("stopped");
+    let (whole_text, stopped_text) = (whole.to_str().expect("path"), stopped.to_str().expect("path"));
+    let out = tune(whole_text, "14", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tune(stopped_text, "6", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A kill in the middle of writing a line leaves it cut short: the log ends before it.
+    let log = stopped.join("evaluations.csv");
+    let text = std::fs::read_to_string(&log).expect("log");
+    std::fs::write(&log, &text[..text.len() - 7]).expect("cut the log");
+    let resumed = tune(stopped_text, "14", &["--resume"]);
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{stdout}{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(stdout.contains("done: 14 evaluations"), "{stdout}");
+    assert_eq!(tune_logs(&whole), tune_logs(&stopped), "the resumed run retraces the whole one");
+    let tuned = |folder: &std::path::Path| {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("run.json")).expect("run.json")).expect("json");
+        (record["tuned"].clone(), record["earlier_commands"].as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(tuned(&whole).0, tuned(&stopped).0);
+    assert_eq!(tuned(&stopped).1, 1, "run.json keeps the command of the first segment");
+
+    // Another problem, or another start, cannot be continued; nor can a folder tune did not write.
+    let other = tune(stopped_text, "14", &["--resume", "--scenario-seed", "3"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("tuned another problem or policy: --scenario-seed 0"));
+    let start = tune(stopped_text, "14", &["--resume", "--start", "k_on=2"]);
+    assert_eq!(start.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&start.stderr).contains("started from other values"));
+    let never = tune(dir.join("never").to_str().expect("path"), "14", &["--resume"]);
+    assert_eq!(never.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&never.stderr).contains("holds no evaluations.csv"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use hmdp::random::{ScenarioSet, Seeds};
 use hmdp::sim::{self, Estimate};
+use hmdp::subject::{self, Score, Subject, Testbed};
 use hmdp::train::folder::{self, Checkpoint, OpenError};
 use hmdp::train::policy::Nets;
 use hmdp::train::run::RunInputs;
-use hmdp::train::scenarios::Scenarios;
 use hmdp::train::spec::Spec;
 use hmdp::train::{Config, TrainError};
 use numpy::{PyArray1, PyArrayMethods};
@@ -181,11 +181,7 @@ impl Run {
 
     /// The networks of a checkpoint, shaped for the model and the settings.
     fn nets(&self, which: Checkpoint) -> PyResult<(Nets, Spec)> {
-        let path = self.folder.join(which.file());
-        let bytes = std::fs::read(&path)
-            .map_err(|e| plain_error(format!("cannot read {}: {}", path.display(), hmdp::pipeline::describe_io(&e))))?;
-        folder::load_nets(self.shared.module(), self.cfg(), &bytes)
-            .map_err(|e| plain_error(format!("{}: {e}", path.display())))
+        folder::load_checkpoint(&self.folder, self.shared.module(), self.cfg(), which).map_err(plain_error)
     }
 }
 
@@ -242,8 +238,9 @@ impl Run {
         to_python(py, &Value::Object(out))
     }
 
-    /// Evaluates the `"best"` or `"final"` checkpoint (or the `"random"` policy) on the run's
-    /// test scenarios, as `hmdpc eval` does: each cost term's and the total's mean with the
+    /// Evaluates the `"best"` or `"final"` checkpoint (or the `"random"` policy; a `tune` run's
+    /// tuned policy for either checkpoint) on the run's test scenarios, with the library's
+    /// scoring that `hmdpc eval` calls: each cost term's and the total's mean with the
     /// half-width of its 95% confidence interval (`terms`, `total`), the same as `records`
     /// (one dict per row, for `pandas.DataFrame`), and `per_scenario`, an array (scenarios,
     /// terms) of reported costs.
@@ -257,33 +254,24 @@ impl Run {
         if n == 0 {
             return Err(PyValueError::new_err("scenarios must be at least 1"));
         }
-        let names: Vec<String> = module.costs().map(|(_, b)| b.name.clone()).collect();
-        let per_scenario = match which {
-            None => py
-                .detach(|| {
-                    sim::simulate_on_interpreter(
-                        module,
-                        &shared.instance,
-                        &sim::RandomPolicy,
-                        // The baseline is the same for every training seed.
-                        Seeds::same(cfg.scenario_seed),
-                        ScenarioSet::Test,
-                        n,
-                    )
-                })
-                .map_err(|e| run_error(py, &shared.compiled.source, e))?,
-            Some(which) => {
-                let (nets, spec) = self.nets(which)?;
-                let jit = shared.jit()?;
-                let evaluated = py.detach(|| {
-                    let test = Scenarios::draw(module, &shared.instance, cfg.scenario_seed, ScenarioSet::Test, n)?;
-                    let ctx =
-                        hmdp::train::rollout::Context { module, spec: &spec, backend: jit, instance: &shared.instance };
-                    hmdp::train::evaluate(&ctx, &nets, &test)
-                });
-                evaluated.map_err(|e| train_error(shared, e))?.per_scenario
-            }
+        let subject = match which {
+            None => Subject::Random,
+            Some(which) => subject::of_run(&self.folder, &shared.compiled, &self.record, which).map_err(plain_error)?,
         };
+        let jit = shared.jit()?;
+        // The scoring of `hmdpc eval`: the run's instance, its first `n` test scenarios.
+        let scored = py.detach(|| {
+            let testbed = Testbed::draw(
+                module,
+                shared.instance.clone(),
+                jit,
+                Seeds::same(cfg.scenario_seed),
+                ScenarioSet::Test,
+                n,
+            )?;
+            subject::score(&subject, &testbed, None)
+        });
+        let Score { terms: names, per_scenario, .. } = scored.map_err(|e| train_error(shared, e))?.0;
         let column = |k: usize| per_scenario.iter().map(|r| r[k]).collect::<Vec<f64>>();
         let totals: Vec<f64> = per_scenario.iter().map(|r| r.iter().sum()).collect();
         let mut terms = serde_json::Map::new();

@@ -1,30 +1,39 @@
-//! `hmdpc act`: the decision a run's policy takes in one state, JSON in, JSON out.
+//! `hmdpc act`: the decision a policy takes in one state — a run's, or one a model file
+//! declares — JSON in, JSON out.
 
 use std::path::PathBuf;
 
 use hmdp::sim;
 use hmdp::subject::act::{self, ActError};
+use hmdp::train::config::parse_override;
 use serde_json::json;
 
 use super::exit;
-use super::subjects::{self, RunPolicy};
+use super::subjects::{self, ModelFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder written by `hmdpc train`.
-    #[arg(value_name = "RUN_DIR")]
-    run: PathBuf,
+    /// A run folder written by `hmdpc train` or `hmdpc tune`, or a model file (`.hmdp`).
+    #[arg(value_name = "RUN_DIR|FILE")]
+    source: PathBuf,
     /// The state, as a JSON object of every state by name (and optionally parameters that
     /// replace the instance's), e.g. `{"x": [1.5, -2]}`; `@FILE` reads it from a file.
     #[arg(long, value_name = "JSON")]
     state: String,
-    /// Which policy: the run's `best` (on dev) or `final` checkpoint, or `random`.
-    #[arg(long, value_enum, default_value_t = RunPolicy::Best)]
-    policy: RunPolicy,
+    /// Which policy: of a run folder, its `best` (on dev, the default) or `final` checkpoint, or
+    /// `random`; of a model file (required), a policy it declares, or `random`.
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<String>,
     /// Draw the discrete labels from the policy's probabilities with this seed, instead of
     /// taking the most likely (the continuous actions are the network's either way).
     #[arg(long)]
     seed: Option<u64>,
+    /// For a model file: seed of the instance [default: 0].
+    #[arg(long)]
+    instance_seed: Option<u64>,
+    /// For a model file: override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    overrides: Vec<(String, f64)>,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -38,26 +47,24 @@ pub fn run(args: Args) -> u8 {
         },
         None => args.state.clone(),
     };
-    let run = match subjects::open_run(&args.run) {
-        Ok(run) => run,
+    let flags = ModelFlags { instance_seed: args.instance_seed, scenario_seed: None, overrides: args.overrides };
+    let opened = match subjects::open(&args.source, args.policy.as_deref(), &flags, "act") {
+        Ok(opened) => opened,
         Err(code) => return code,
     };
-    let compiled = &run.compiled;
+    let compiled = &opened.compiled;
     let module = &compiled.module;
     let state = match act::read_state(module, &text) {
         Ok(state) => state,
         Err(e) => return act_error(compiled, e),
     };
-    let instance = match sim::instance(module, run.config().instance_seed) {
+    let instance = match sim::instance(module, opened.instance_seed) {
         Ok(i) => i,
         Err(e) => return super::run_error(compiled, e),
     };
     let interp = hmdp::backend::Interp::new(module);
-    let subject = match subjects::subject(&run, args.policy) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let decision = match act::act(&subject, module, &instance, &interp, &state, args.seed) {
+    let subject = &opened.subject;
+    let decision = match act::act(subject, module, &instance, &interp, &state, args.seed) {
         Ok(d) => d,
         Err(e) => return act_error(compiled, e),
     };

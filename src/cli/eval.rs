@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
-use hmdp::random::{ScenarioSet, Seeds};
+use hmdp::pipeline::Compiled;
 use hmdp::sim::{self, Estimate};
-use hmdp::subject::{self, Testbed};
+use hmdp::subject::{self, Subject, Testbed};
+use hmdp::train::Config;
 use serde_json::json;
 
 use super::exit;
@@ -37,33 +38,21 @@ pub fn run(args: Args) -> u8 {
         Err(code) => return code,
     };
     let compiled = &run.compiled;
-    let module = &compiled.module;
     let cfg = run.config();
     let scenarios = args.scenarios.map_or(cfg.scenarios, |n| n as usize);
-    let need = hmdp::resources::Need::new().model(module).stored_scenarios(module, "test", scenarios, module.horizon);
-    if let Err(code) = super::fits(compiled, need, "eval") {
-        return code;
-    }
-    let instance = match sim::instance(module, cfg.instance_seed) {
-        Ok(i) => i,
-        Err(e) => return super::run_error(compiled, e),
-    };
-    let jit = match super::compile_jit(module) {
-        Ok(jit) => jit,
-        Err(code) => return code,
-    };
-    // The random policy draws on the scenario seed's policy streams: the baseline is the same
-    // for every training seed.
-    let seeds = Seeds::same(cfg.scenario_seed);
-    let testbed = match Testbed::draw(module, instance, &jit, seeds, ScenarioSet::Test, scenarios) {
-        Ok(t) => t,
-        Err(e) => return super::run_error(compiled, e),
-    };
     let subject = match subjects::subject(&run, args.policy) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let score = match subject::score(&subject, &testbed, None) {
+    subjects::with_testbed(compiled, cfg.instance_seed, cfg.scenario_seed, scenarios, "eval", |testbed| {
+        report(&args, compiled, cfg, &subject, testbed)
+    })
+}
+
+/// Scores the subject on the testbed and prints its figures.
+fn report(args: &Args, compiled: &Compiled, cfg: &Config, subject: &Subject, testbed: &Testbed) -> u8 {
+    let module = testbed.module;
+    let score = match subject::score(subject, testbed, None) {
         Ok((score, _)) => score,
         Err(e) => return subjects::train_error(compiled, e),
     };
@@ -75,7 +64,7 @@ pub fn run(args: Args) -> u8 {
     let estimates = score.estimates();
     let totals = score.totals();
     // Where the exact optimum is known, the gap to it on the same scenarios.
-    let optimum = hmdp::train::riccati::of_module(module, &testbed.instance, &jit).and_then(|riccati| {
+    let optimum = hmdp::train::riccati::of_module(module, &testbed.instance, testbed.backend).and_then(|riccati| {
         let (_, x0) = testbed.set.init.first()?;
         let n = riccati.n;
         let optimum: Vec<f64> = x0.chunks(n).map(|x| riccati.cost(x) / sim::report_scale(module)).collect();

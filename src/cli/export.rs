@@ -48,7 +48,7 @@ pub fn run(args: Args) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match export::export(&subject, module, &instance, &args.out) {
+    match export::export(&subject, module, &instance, &compiled.source.text, &args.out) {
         Ok(files) => {
             for file in files {
                 println!("wrote {}", file.display());

@@ -1,77 +1,68 @@
-//! `hmdpc rollout`: the trajectories of a run's policy on its first test scenarios, one CSV row
-//! per scenario and period.
+//! `hmdpc rollout`: the trajectories of a policy on the first test scenarios — a run's, or one
+//! a model file declares — one CSV row per scenario and period.
 
 use std::path::PathBuf;
 
-use hmdp::random::{ScenarioSet, Seeds};
-use hmdp::sim;
-use hmdp::subject::{self, Testbed};
+use hmdp::subject;
+use hmdp::train::config::parse_override;
 
 use super::exit;
-use super::subjects::{self, RunPolicy};
+use super::subjects::{self, ModelFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run folder written by `hmdpc train`.
-    #[arg(value_name = "RUN_DIR")]
-    run: PathBuf,
-    /// Which policy: the run's `best` (on dev) or `final` checkpoint, or `random`.
-    #[arg(long, value_enum, default_value_t = RunPolicy::Best)]
-    policy: RunPolicy,
-    /// Number of test scenarios to roll out (the first ones of the run's test set).
+    /// A run folder written by `hmdpc train` or `hmdpc tune`, or a model file (`.hmdp`).
+    #[arg(value_name = "RUN_DIR|FILE")]
+    source: PathBuf,
+    /// Which policy: of a run folder, its `best` (on dev, the default) or `final` checkpoint, or
+    /// `random`; of a model file (required), a policy it declares, or `random`.
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<String>,
+    /// Number of test scenarios to roll out (the first ones of the test set).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     scenarios: u64,
     /// The CSV file to write.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// For a model file: seed of the test scenarios [default: 0].
+    #[arg(long)]
+    scenario_seed: Option<u64>,
+    /// For a model file: seed of the instance [default: 0].
+    #[arg(long)]
+    instance_seed: Option<u64>,
+    /// For a model file: override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    overrides: Vec<(String, f64)>,
 }
 
 pub fn run(args: Args) -> u8 {
-    let run = match subjects::open_run(&args.run) {
-        Ok(run) => run,
+    let flags =
+        ModelFlags { instance_seed: args.instance_seed, scenario_seed: args.scenario_seed, overrides: args.overrides };
+    let opened = match subjects::open(&args.source, args.policy.as_deref(), &flags, "rollout") {
+        Ok(opened) => opened,
         Err(code) => return code,
     };
-    let compiled = &run.compiled;
-    let module = &compiled.module;
-    let cfg = run.config();
+    let compiled = &opened.compiled;
     let scenarios = args.scenarios as usize;
-    let need = hmdp::resources::Need::new().model(module).stored_scenarios(module, "test", scenarios, module.horizon);
-    if let Err(code) = super::fits(compiled, need, "rollout") {
-        return code;
-    }
-    let instance = match sim::instance(module, cfg.instance_seed) {
-        Ok(i) => i,
-        Err(e) => return super::run_error(compiled, e),
-    };
-    let jit = match super::compile_jit(module) {
-        Ok(jit) => jit,
-        Err(code) => return code,
-    };
-    let seeds = Seeds::same(cfg.scenario_seed);
-    let testbed = match Testbed::draw(module, instance, &jit, seeds, ScenarioSet::Test, scenarios) {
-        Ok(t) => t,
-        Err(e) => return super::run_error(compiled, e),
-    };
-    let subject = match subjects::subject(&run, args.policy) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let trace = match subject::score(&subject, &testbed, Some(scenarios)) {
-        Ok((_, Some(trace))) => trace,
-        Ok((_, None)) => return exit::INTERNAL,
-        Err(e) => return subjects::train_error(compiled, e),
-    };
-    if let Err(code) = subjects::write(&args.out, &trace.csv()) {
-        return code;
-    }
-    println!(
-        "rollout {}: {}, {scenarios} test scenarios × {} periods ({} rows of {} columns) written to {}",
-        args.run.display(),
-        subject.label(),
-        module.horizon,
-        trace.rows.len(),
-        trace.columns.len(),
-        args.out.display()
-    );
-    exit::OK
+    subjects::with_testbed(compiled, opened.instance_seed, opened.scenario_seed, scenarios, "rollout", |testbed| {
+        let module = testbed.module;
+        let trace = match subject::score(&opened.subject, testbed, Some(scenarios)) {
+            Ok((_, Some(trace))) => trace,
+            Ok((_, None)) => return exit::INTERNAL,
+            Err(e) => return subjects::train_error(compiled, e),
+        };
+        if let Err(code) = subjects::write(&args.out, &trace.csv()) {
+            return code;
+        }
+        println!(
+            "rollout {}: {}, {scenarios} test scenarios × {} periods ({} rows of {} columns) written to {}",
+            args.source.display(),
+            opened.subject.label(),
+            module.horizon,
+            trace.rows.len(),
+            trace.columns.len(),
+            args.out.display()
+        );
+        exit::OK
+    })
 }

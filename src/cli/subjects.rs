@@ -1,13 +1,15 @@
-//! What `eval`, `compare`, `rollout`, `act` and `export` share: opening a run folder, loading
-//! the subject a flag names, drawing the testbed, turning the library's errors into messages
-//! and exit codes, writing result files, and the figures as text or JSON.
+//! What `eval`, `compare`, `rollout`, `act` and `export` share: opening a run folder or a model
+//! file with a declared policy ([`open`]), loading the subject a flag names, drawing the testbed
+//! ([`with_testbed`]), turning the library's errors into messages and exit codes, writing result
+//! files, and the figures as text or JSON.
 
 use std::path::Path;
 
 use clap::ValueEnum;
 use hmdp::pipeline::Compiled;
-use hmdp::sim::Estimate;
-use hmdp::subject::{Regimes, Subject};
+use hmdp::random::{ScenarioSet, Seeds};
+use hmdp::sim::{self, Estimate};
+use hmdp::subject::{Regimes, Subject, Testbed};
 use hmdp::train::TrainError;
 use hmdp::train::folder::{Checkpoint, OpenError, Run, write_atomic};
 use serde_json::{Value, json};
@@ -48,22 +50,142 @@ pub fn subject(run: &Run, policy: RunPolicy) -> Result<Subject, u8> {
         RunPolicy::Final => Checkpoint::Final,
         RunPolicy::Random => return Ok(Subject::Random),
     };
-    // A run of `hmdpc tune`: its declared policy with the tuned values (it has no checkpoint).
-    if let Some(tuned) = &run.record.tuned {
-        return match hmdp::tune::tuned_policy(&run.compiled, tuned) {
-            Ok(policy) => Ok(Subject::Declared { policy: Box::new(policy), tuned: true }),
-            Err(e) => {
-                eprintln!("error: {e}");
-                Err(exit::FAILED)
-            }
-        };
-    }
-    match run.policy(checkpoint) {
-        Ok((nets, spec)) => Ok(Subject::Trained { nets: Box::new(nets), spec, checkpoint }),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(exit::FAILED)
+    hmdp::subject::of_run(&run.folder, &run.compiled, &run.record, checkpoint).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILED
+    })
+}
+
+/// What a model file is run on, where a run folder would give it from its `run.json`: the
+/// `--instance-seed`, `--scenario-seed` and `--set` flags of `compare`, `rollout` and `act`.
+#[derive(Clone, Debug, Default)]
+pub struct ModelFlags {
+    pub instance_seed: Option<u64>,
+    pub scenario_seed: Option<u64>,
+    pub overrides: Vec<(String, f64)>,
+}
+
+impl ModelFlags {
+    /// The first flag given, as written on the command line.
+    fn first_given(&self) -> Option<&'static str> {
+        if self.instance_seed.is_some() {
+            Some("--instance-seed")
+        } else if self.scenario_seed.is_some() {
+            Some("--scenario-seed")
+        } else if !self.overrides.is_empty() {
+            Some("--set")
+        } else {
+            None
         }
+    }
+
+    /// Refuses the flags for a run folder, which fixes what they choose: a usage error.
+    pub fn refuse_for_run(&self, folder: &Path) -> Result<(), u8> {
+        match self.first_given() {
+            None => Ok(()),
+            Some(flag) => {
+                eprintln!(
+                    "error: {flag} is for a model file: the run folder {} fixes its instance seed, scenario seed and --set values (run.json)",
+                    folder.display()
+                );
+                Err(exit::USAGE)
+            }
+        }
+    }
+}
+
+/// A subject named on the command line, the model it runs on and the seeds of its problem.
+pub struct Opened {
+    pub compiled: Compiled,
+    pub subject: Subject,
+    pub instance_seed: u64,
+    pub scenario_seed: u64,
+}
+
+/// Whether a command-line argument names a model file rather than a run folder.
+pub fn is_model_file(path: &Path) -> bool {
+    path.is_file()
+}
+
+/// Opens `RUN_DIR [--policy best|final|random]` or `FILE --policy NAME|random` (a policy the
+/// model declares, with its tunables' start values; a tuned one is the run folder `tune`
+/// wrote). `command` names the command in messages.
+pub fn open(path: &Path, policy: Option<&str>, flags: &ModelFlags, command: &str) -> Result<Opened, u8> {
+    if is_model_file(path) {
+        let Some(name) = policy else {
+            eprintln!(
+                "error: {} is a model file: name the policy to run with --policy NAME (a policy it declares, or random)",
+                path.display()
+            );
+            return Err(exit::USAGE);
+        };
+        let compiled = super::compile_model(path, &flags.overrides)?;
+        let subject = model_subject(&compiled, name)?;
+        return Ok(Opened {
+            compiled,
+            subject,
+            instance_seed: flags.instance_seed.unwrap_or(0),
+            scenario_seed: flags.scenario_seed.unwrap_or(0),
+        });
+    }
+    flags.refuse_for_run(path)?;
+    let which = run_policy(policy, command)?;
+    let run = open_run(path)?;
+    let subject = subject(&run, which)?;
+    let (instance_seed, scenario_seed) = (run.config().instance_seed, run.config().scenario_seed);
+    Ok(Opened { compiled: run.compiled, subject, instance_seed, scenario_seed })
+}
+
+/// A run folder's `--policy`: `best` (the default), `final` or `random`; a usage error else.
+fn run_policy(policy: Option<&str>, command: &str) -> Result<RunPolicy, u8> {
+    let Some(text) = policy else { return Ok(RunPolicy::Best) };
+    <RunPolicy as ValueEnum>::from_str(text, false).map_err(|_| {
+        eprintln!(
+            "error: a run folder's --policy is best, final or random, not `{text}`; a policy the model declares runs from the model file: `hmdpc {command} FILE --policy {text}`"
+        );
+        exit::USAGE
+    })
+}
+
+/// The subject a model file's `--policy` names: a declared policy with its start values, or
+/// the random policy.
+pub fn model_subject(compiled: &Compiled, name: &str) -> Result<Subject, u8> {
+    Ok(match super::declared_policy(compiled, name, None)? {
+        Some(policy) => Subject::Declared { policy: Box::new(policy), tuned: false },
+        None => Subject::Random,
+    })
+}
+
+/// What `eval`, `rollout` and `compare` score their subjects on: checks that the scenarios fit
+/// in memory, draws the instance of `instance_seed`, compiles the JIT kernels, draws the first
+/// `scenarios` test scenarios of `scenario_seed`, and hands the testbed to `run`.
+pub fn with_testbed(
+    compiled: &Compiled,
+    instance_seed: u64,
+    scenario_seed: u64,
+    scenarios: usize,
+    command: &str,
+    run: impl FnOnce(&Testbed) -> u8,
+) -> u8 {
+    let module = &compiled.module;
+    let need = hmdp::resources::Need::new().model(module).stored_scenarios(module, "test", scenarios, module.horizon);
+    if let Err(code) = super::fits(compiled, need, command) {
+        return code;
+    }
+    let instance = match sim::instance(module, instance_seed) {
+        Ok(i) => i,
+        Err(e) => return super::run_error(compiled, e),
+    };
+    let jit = match super::compile_jit(module) {
+        Ok(jit) => jit,
+        Err(code) => return code,
+    };
+    // The random policy draws on the scenario seed's policy streams: the baseline is the same
+    // for every training seed.
+    let seeds = Seeds::same(scenario_seed);
+    match Testbed::draw(module, instance, &jit, seeds, ScenarioSet::Test, scenarios) {
+        Ok(testbed) => run(&testbed),
+        Err(e) => super::run_error(compiled, e),
     }
 }
 

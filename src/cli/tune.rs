@@ -19,12 +19,21 @@ pub struct Args {
     /// The declared policy to tune (`policy NAME { ... }` in the model).
     #[arg(long, value_name = "NAME")]
     policy: String,
+    /// Start values that replace the declared ones, e.g. `--start s=12,S=40` (within the declared
+    /// bounds).
+    #[arg(long, value_name = "NAME=VALUE,...", value_delimiter = ',', value_parser = parse_override)]
+    start: Vec<(String, f64)>,
     /// The run folder [default: runs/MODEL-tune-POLICY].
     #[arg(long, short = 'o', value_name = "DIR")]
     out: Option<PathBuf>,
     /// Replace the files of an existing run folder.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// Continue a stopped or killed run in the run folder, with the command line it was started
+    /// with (`--evaluations` may be raised): its logged evaluations are replayed, then the search
+    /// goes on as if it had not stopped.
+    #[arg(long)]
+    resume: bool,
     /// The most evaluations of the train cost (one evaluation scores every train scenario).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     evaluations: u64,
@@ -56,10 +65,18 @@ pub fn run(args: Args) -> u8 {
     let module = &compiled.module;
     let folder =
         args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-tune-{}", module.name, args.policy)));
-    if folder.exists() && !args.force {
+    if folder.exists() && !args.force && !args.resume {
         eprintln!(
-            "error: the run folder {} exists; pass --force to replace its files, or --out to choose another",
+            "error: the run folder {} exists; pass --force to replace its files, --resume to continue it, or --out to choose another",
             folder.display()
+        );
+        return exit::USAGE;
+    }
+    if args.resume && !folder.join(hmdp::tune::EVALUATIONS).exists() {
+        eprintln!(
+            "error: --resume: {} holds no {} to continue from: it is not a run of `hmdpc tune`, or it was never started",
+            folder.display(),
+            hmdp::tune::EVALUATIONS
         );
         return exit::USAGE;
     }
@@ -70,6 +87,12 @@ pub fn run(args: Args) -> u8 {
         })
     }) {
         return code;
+    }
+    if let Some(program) = compiled.policy(&args.policy)
+        && let Err(message) = hmdp::tune::start_values(program, &args.start)
+    {
+        eprintln!("error: {message}");
+        return exit::USAGE;
     }
     let n = args.scenarios as usize;
     let need = hmdp::resources::Need::new().model(module).scenarios_at_once(module, n.min(1024));
@@ -111,16 +134,22 @@ pub fn run(args: Args) -> u8 {
         compiled: &compiled,
         backend: kernels.backend(),
         policy: args.policy.clone(),
+        start: args.start.clone(),
         evaluations: args.evaluations as usize,
         config,
         folder: folder.clone(),
         command: std::env::args().collect(),
         stop,
         progress: !args.quiet,
+        resume: args.resume,
     };
     let outcome = match hmdp::tune::tune(&inputs) {
         Ok(outcome) => outcome,
         Err(TuneError::Run(e)) => return super::run_error(&compiled, e),
+        Err(e @ TuneError::Resume(_)) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILED;

@@ -7,12 +7,13 @@
 use rand::rngs::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-use super::{Decides, Explained, Subject, greedy::Greedy, rules};
+use super::{Decides, Explained, Subject, greedy, rules};
 use crate::backend::{Backend, Buffers};
 use crate::ir::{BufferId, BufferKind, Module};
 use crate::random::{ScenarioSet, policy_stream};
 use crate::sim::protocol::{self, Batched};
 use crate::train::TrainError;
+use crate::train::rollout::Context;
 
 /// Why a decision could not be made.
 #[derive(Debug)]
@@ -174,7 +175,9 @@ pub fn act(
     let mut probabilities = Vec::new();
     match subject.decides() {
         Decides::Networks { nets, spec } => {
-            let mut decider = Greedy::new(module, spec, nets, sample.map(stream));
+            let ctx = Context { module, spec, backend, instance: &instance };
+            let mut rng = stream(sample.unwrap_or(0));
+            let mut decider = greedy::decider(&ctx, nets, sample.is_some(), &mut rng);
             decide(&mut world, &mut decider, &mut probabilities)?;
         }
         Decides::Rule { policy, odds } => {

@@ -8,7 +8,9 @@
 //! What the model computes rather than the networks is written as values for the instance when
 //! it does not depend on the state: a bound that reads only parameters, the bounds of each piece
 //! of a reformulated action, and the labels under which an action acts (its `when`). A bound
-//! that reads a state is marked `"given"`: the caller computes it from the model's expression.
+//! that reads a state is an object marked `"given"`: the model's expression as written (its
+//! text, line and the states and parameters it reads), which the caller evaluates in the state
+//! and passes to the loader (`bounds=` of `docs/export_loader.py`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,14 @@ pub const DESCRIPTION: &str = "policy.json";
 
 /// Writes a subject's networks and their description into `folder` (created if need be);
 /// returns the files written. Only a trained policy has networks.
-pub fn export(subject: &Subject, module: &Module, instance: &Buffers, folder: &Path) -> Result<Vec<PathBuf>, String> {
+/// `source` is the model's text, which a bound that reads the state quotes.
+pub fn export(
+    subject: &Subject,
+    module: &Module,
+    instance: &Buffers,
+    source: &str,
+    folder: &Path,
+) -> Result<Vec<PathBuf>, String> {
     let Subject::Trained { nets, spec, checkpoint } = subject else {
         return Err(format!("{} has no networks to export; export a trained run", subject.label()));
     };
@@ -61,7 +70,7 @@ pub fn export(subject: &Subject, module: &Module, instance: &Buffers, folder: &P
         },
         "networks": networks,
         "discrete": discrete(module, spec),
-        "continuous": continuous(module, spec, instance),
+        "continuous": continuous(module, spec, instance, source),
     });
     std::fs::create_dir_all(folder)
         .map_err(|e| format!("cannot create {}: {}", folder.display(), crate::pipeline::describe_io(&e)))?;
@@ -130,7 +139,7 @@ fn discrete(module: &Module, spec: &Spec) -> Value {
     Value::Array(heads.collect())
 }
 
-fn continuous(module: &Module, spec: &Spec, instance: &Buffers) -> Value {
+fn continuous(module: &Module, spec: &Spec, instance: &Buffers, source: &str) -> Value {
     let mut out = Vec::new();
     for head in &spec.continuous {
         let id = head.buffer;
@@ -144,7 +153,7 @@ fn continuous(module: &Module, spec: &Spec, instance: &Buffers) -> Value {
             }
         };
         let find = |kind: BufferKind| module.buffers.iter().position(|b| b.kind == kind);
-        let bound = |upper: bool| bound_of(module, instance, find(BufferKind::Bound { action: id, upper }));
+        let bound = |upper: bool| bound_of(module, instance, source, find(BufferKind::Bound { action: id, upper }));
         let pieces = match (find(BufferKind::PieceBound { action: id, upper: false }), head.regime) {
             (Some(_), RegimeSource::Elementwise { buffer, .. }) => pieces(module, instance, id, buffer),
             _ => Value::Null,
@@ -211,17 +220,53 @@ fn finite(v: f64) -> Value {
 }
 
 /// A bound in the description: null without one, `{"values": [...]}` per element when it reads
-/// no state, else `"given"`.
-fn bound_of(module: &Module, instance: &Buffers, bound: Option<BufferId>) -> Value {
+/// no state, else what the caller computes it from ([`given`]).
+fn bound_of(module: &Module, instance: &Buffers, source: &str, bound: Option<BufferId>) -> Value {
     let Some(bound) = bound else { return Value::Null };
-    if reads_state(module, &reads(module, &module.bounds, bound)) {
-        return "given".into();
+    let read = reads(module, &module.bounds, bound);
+    if reads_state(module, &read) {
+        return given(module, source, bound, &read);
     }
     let mut buffers = instance.clone();
     match Machine::new(module, &mut buffers, None).run(&module.bounds) {
         Ok(()) => json!({ "values": buffers.values[bound].iter().map(|&v| finite(v)).collect::<Vec<_>>() }),
         Err(_) => "given".into(),
     }
+}
+
+/// A bound that reads the state, for the caller to compute: `{"given": "state", "expression":
+/// TEXT, "line": N, "reads": {"states": [...], "parameters": [...]}, "pass": HOW}` — the model's
+/// expression as written (null when the compiler made it), the states and parameters it reads
+/// (a parameter's values are in the instance: `hmdpc instance`), and how the loader takes the
+/// values computed in the state.
+fn given(module: &Module, source: &str, bound: BufferId, read: &BTreeSet<BufferId>) -> Value {
+    fn store(stmts: &[Stmt], target: BufferId) -> Option<Handle<Expr>> {
+        stmts.iter().find_map(|stmt| match stmt {
+            Stmt::For { body, .. } => store(body, target),
+            Stmt::Store { buffer, value, .. } if *buffer == target => Some(*value),
+            _ => None,
+        })
+    }
+    let span = store(&module.bounds.body, bound).map(|h| module.exprs.span(h)).filter(|s| !s.is_empty());
+    let text = span.and_then(|s| source.get(s.start..s.end));
+    let line = span.map(|s| source.get(..s.start).map_or(0, |before| before.matches('\n').count()) + 1);
+    let names = |kind: &BufferKind| -> Vec<&str> {
+        read.iter().filter(|&&b| module.buffers[b].kind == *kind).map(|&b| module.buffers[b].name.as_str()).collect()
+    };
+    let (side, action) = match module.buffers[bound].kind {
+        BufferKind::Bound { action, upper } => (if upper { "upper" } else { "lower" }, action),
+        _ => ("bound", bound),
+    };
+    json!({
+        "given": "state",
+        "expression": text,
+        "line": line,
+        "reads": { "states": names(&BufferKind::State), "parameters": names(&BufferKind::Param) },
+        "pass": format!(
+            "the {side} bound of each element of `{}`, computed from the expression in the state (parameters from the instance), as bounds={{\"{}\": [[lower per element], [upper per element]]}}",
+            module.buffers[action].name, module.buffers[action].name
+        ),
+    })
 }
 
 /// The bounds of each piece of a reformulated action, per label and element, when they read no

@@ -22,19 +22,22 @@ pub mod export;
 pub mod greedy;
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use rand::rngs::ChaCha8Rng;
 
 use crate::backend::{Backend, Buffers};
 use crate::ir::{BufferId, BufferKind, Module};
+use crate::pipeline::Compiled;
 use crate::random::{ScenarioSet, Seeds, policy_stream};
 use crate::sim::finite;
 use crate::sim::policy::DeclaredPolicy;
 use crate::sim::protocol::{self, Batched, Decide, Scenariowise, World};
 use crate::sim::{Estimate, Policy, RandomPolicy, report_scale};
 use crate::train::TrainError;
-use crate::train::folder::Checkpoint;
+use crate::train::folder::{Checkpoint, RunRecord};
 use crate::train::policy::Nets;
+use crate::train::rollout::Context;
 use crate::train::scenarios::Scenarios;
 use crate::train::spec::Spec;
 
@@ -71,6 +74,23 @@ impl Subject {
             Subject::Declared { policy, .. } => Decides::Rule { policy: policy.as_ref(), odds: Odds::Chosen },
         }
     }
+}
+
+/// The subject a run folder holds: a `tune` run's declared policy with its tuned values
+/// (whichever checkpoint is asked for: it has none), or the networks of one of its checkpoints.
+/// The error says what is wrong with the folder.
+pub fn of_run(
+    folder: &Path,
+    compiled: &Compiled,
+    record: &RunRecord,
+    checkpoint: Checkpoint,
+) -> Result<Subject, String> {
+    if let Some(tuned) = &record.tuned {
+        let policy = crate::tune::tuned_policy(compiled, tuned)?;
+        return Ok(Subject::Declared { policy: Box::new(policy), tuned: true });
+    }
+    let (nets, spec) = crate::train::folder::load_checkpoint(folder, &compiled.module, &record.config, checkpoint)?;
+    Ok(Subject::Trained { nets: Box::new(nets), spec, checkpoint })
 }
 
 /// How a subject decides.
@@ -384,7 +404,10 @@ pub fn score(subject: &Subject, testbed: &Testbed, trace: Option<usize>) -> Resu
         let tracing = recorded.as_mut().filter(|_| traced > 0).map(|t| (t, traced, chunk[0]));
         let (totals, chunk_discounted) = match subject.decides() {
             Decides::Networks { nets, spec } => {
-                let mut decider = greedy::Greedy::new(module, spec, nets, None);
+                let ctx = Context { module, spec, backend: testbed.backend, instance: &testbed.instance };
+                // Greedy decisions draw nothing.
+                let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+                let mut decider = greedy::decider(&ctx, nets, false, &mut rng);
                 horizon(module, &mut world, &mut decider, &actions, &mut regimes, tracing)?
             }
             Decides::Rule { policy, odds } => {

@@ -265,19 +265,30 @@ impl Run {
 
     /// The policy of one checkpoint, in networks shaped for the model and the settings.
     pub fn policy(&self, which: Checkpoint) -> Result<(Nets, Spec), String> {
-        let path = self.folder.join(which.file());
-        let bytes = std::fs::read(&path).map_err(|e| {
-            let mut message = format!("cannot read {}: {}", path.display(), describe_io(&e));
-            if which == Checkpoint::Final && e.kind() == std::io::ErrorKind::NotFound {
-                message.push_str(
-                    "\n  the run has not ended: it was killed, or is still training; `--policy best` evaluates its \
-                     best checkpoint, and `hmdpc train ... --resume` finishes it",
-                );
-            }
-            message
-        })?;
-        load_nets(&self.compiled.module, self.config(), &bytes).map_err(|e| format!("{}: {e}", path.display()))
+        load_checkpoint(&self.folder, &self.compiled.module, self.config(), which)
     }
+}
+
+/// The policy of one checkpoint of the run folder `folder` (trained on `module` with `config`),
+/// in networks shaped for the model and the settings; the error says what to do about it.
+pub fn load_checkpoint(
+    folder: &Path,
+    module: &Module,
+    config: &Config,
+    which: Checkpoint,
+) -> Result<(Nets, Spec), String> {
+    let path = folder.join(which.file());
+    let bytes = std::fs::read(&path).map_err(|e| {
+        let mut message = format!("cannot read {}: {}", path.display(), describe_io(&e));
+        if which == Checkpoint::Final && e.kind() == std::io::ErrorKind::NotFound {
+            message.push_str(
+                "\n  the run has not ended: it was killed, or is still training; `--policy best` evaluates its \
+                 best checkpoint, and `hmdpc train ... --resume` finishes it",
+            );
+        }
+        message
+    })?;
+    load_nets(module, config, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// What a run folder gives a resumed run: the checkpoint to continue from (its bytes, its name,

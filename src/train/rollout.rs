@@ -146,8 +146,10 @@ pub fn initial_features(ctx: &Context, set: &Scenarios) -> Result<Vec<f64>, RunE
     Ok(raw)
 }
 
-/// The networks deciding for a whole batch, and what they record of the period they decide.
-struct Networks<'a, 'r> {
+/// The networks deciding for a whole batch, and what they record of the period they decide:
+/// the one decider of a trained policy, for training, evaluation, and what [`crate::subject`]
+/// scores, rolls out and asks (`eval`, `rollout`, `act`).
+pub struct Networks<'a, 'r> {
     ctx: &'a Context<'a>,
     nets: &'a Nets,
     mode: Mode<'a>,
@@ -162,6 +164,44 @@ struct Networks<'a, 'r> {
     chosen: Vec<u32>,
     log_prob: Vec<f64>,
     used: Vec<Used>,
+    /// When kept ([`Networks::explained`]), this period's log-probability of every label of
+    /// every discrete element, rows × logits.
+    label_log_probs: Option<Vec<f64>>,
+}
+
+impl<'a, 'r> Networks<'a, 'r> {
+    /// The networks deciding as `mode` says, drawing from `rng` where it draws.
+    pub fn new(ctx: &'a Context<'a>, nets: &'a Nets, mode: Mode<'a>, rng: &'r mut ChaCha8Rng) -> Networks<'a, 'r> {
+        Networks {
+            ctx,
+            nets,
+            mode,
+            rng,
+            center: nets.normalizer.center(),
+            scale: nets.normalizer.scale(),
+            features: Vec::new(),
+            outputs: None,
+            tape: Tape::default(),
+            discrete_tape: Tape::default(),
+            chosen: Vec::new(),
+            log_prob: Vec::new(),
+            used: Vec::new(),
+            label_log_probs: None,
+        }
+    }
+
+    /// Also keeps, each period, the log-probability of every label ([`Networks::label_log_probs`]).
+    pub fn explained(mut self) -> Networks<'a, 'r> {
+        self.label_log_probs = Some(Vec::new());
+        self
+    }
+
+    /// Row `row`'s log-probability of every label of every discrete element this period, in the
+    /// order of the discrete heads (empty unless [`Networks::explained`]).
+    pub fn label_log_probs(&self, row: usize) -> &[f64] {
+        let logits = self.ctx.spec.logits;
+        self.label_log_probs.as_deref().and_then(|lp| lp.get(row * logits..(row + 1) * logits)).unwrap_or(&[])
+    }
 }
 
 impl Decide<Batched<'_>> for Networks<'_, '_> {
@@ -183,10 +223,13 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
         let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
         self.chosen = vec![0u32; rows * discrete_len];
         self.log_prob = vec![0.0f64; rows];
+        if let Some(kept) = self.label_log_probs.as_mut() {
+            *kept = vec![0.0; rows * spec.logits];
+        }
         let Some(logits) = logits else { return Ok(()) };
         let mut lp = Vec::new();
         for b in 0..rows {
-            each_choice(spec, &logits, b, &mut lp, |Choice { head, k, e, log_probs: lp, .. }| {
+            each_choice(spec, &logits, b, &mut lp, |Choice { head, k, e, start, log_probs: lp, .. }| {
                 let label = match self.mode {
                     Mode::Greedy => (0..head.labels).fold(0, |best, l| if lp[l] > lp[best] { l } else { best }),
                     Mode::Forced(labels) => {
@@ -206,6 +249,9 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
                         pick
                     }
                 };
+                if let Some(kept) = self.label_log_probs.as_mut() {
+                    kept[start..start + head.labels].copy_from_slice(&lp[..head.labels]);
+                }
                 self.chosen[b * discrete_len + e] = label as u32;
                 self.log_prob[b] += lp[label];
                 batch.get_mut(head.buffer, b)[k] = label as f64;
@@ -284,21 +330,7 @@ impl Decide<Batched<'_>> for Networks<'_, '_> {
 pub fn act_greedy(ctx: &Context, nets: &Nets, world: &mut Batched<'_>, period: usize) -> Result<(), TrainError> {
     // Greedy decisions draw nothing.
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let mut networks = Networks {
-        ctx,
-        nets,
-        mode: Mode::Greedy,
-        rng: &mut rng,
-        center: nets.normalizer.center(),
-        scale: nets.normalizer.scale(),
-        features: Vec::new(),
-        outputs: None,
-        tape: Tape::default(),
-        discrete_tape: Tape::default(),
-        chosen: Vec::new(),
-        log_prob: Vec::new(),
-        used: Vec::new(),
-    };
+    let mut networks = Networks::new(ctx, nets, Mode::Greedy, &mut rng);
     protocol::act(world, &mut networks, period)
 }
 
@@ -317,21 +349,7 @@ pub fn rollout(
     let rows = indices.len();
     let mut world =
         Batched::drawn(module, ctx.instance, ctx.backend, scenarios.set, &scenarios.init, &scenarios.noise, indices);
-    let mut networks = Networks {
-        ctx,
-        nets,
-        mode,
-        rng,
-        center: nets.normalizer.center(),
-        scale: nets.normalizer.scale(),
-        features: Vec::new(),
-        outputs: None,
-        tape: Tape::default(),
-        discrete_tape: Tape::default(),
-        chosen: Vec::new(),
-        log_prob: Vec::new(),
-        used: Vec::new(),
-    };
+    let mut networks = Networks::new(ctx, nets, mode, rng);
     let terms = spec.costs.len();
     let periods = (module.horizon as usize).min(scenarios.noise.len());
     let mut steps = Vec::with_capacity(periods);
