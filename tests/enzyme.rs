@@ -864,3 +864,17 @@ fn the_pathwise_gradient_through_state_bounds_matches_finite_differences() {
     assert!(largest > 0.1, "the gradient is trivial ({largest})");
     assert!(worst < 2e-2, "largest relative error {worst}");
 }
+
+/// The same through a bound on the sum of an action that reads the state (issue 19, item 4) and
+/// through a `let` the policy observes (item 13): Enzyme derives both from the emitted `bounds`.
+#[test]
+fn the_pathwise_gradient_through_a_joint_bound_and_an_observed_let_matches_finite_differences() {
+    for model in ["tests/gradients/joint_bound.hmdp", "tests/gradients/observed_let.hmdp"] {
+        let path = common::root().join(model);
+        let (module, source) = compile(&path);
+        let enzyme = load(&module, &path, &source, &shared_cache());
+        let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
+        assert!(largest > 0.1, "{model}: the gradient is trivial ({largest})");
+        assert!(worst < 2e-2, "{model}: largest relative error {worst}");
+    }
+}
