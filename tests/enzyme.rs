@@ -377,7 +377,7 @@ fn integer_data_and_constants_are_const_in_the_autodiff_attribute() {
 /// The activity of each argument of `step`: Duplicated exactly for what the derivative flows
 /// through; parameters, noise, discrete actions, masks and the integer fault flag Const. Where
 /// bounds read the state, the same for `bounds` and `regimes`: Duplicated exactly for the states
-/// and the bounds that have an adjoint.
+/// and the bounds and the (observed) lets that have an adjoint.
 fn check_activities(module: &Module, lib: &str, name: &str) {
     let has_adjoint = |id: usize| module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: id });
     let step_active = |kind: BufferKind, _: usize| {
@@ -388,7 +388,8 @@ fn check_activities(module: &Module, lib: &str, name: &str) {
     };
     let bounds_active = |kind: BufferKind, id: usize| {
         kind == BufferKind::State
-            || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) && has_adjoint(id))
+            || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Let)
+                && has_adjoint(id))
     };
     type Active<'a> = &'a dyn Fn(BufferKind, usize) -> bool;
     let derived: [(&str, Active); 3] =

@@ -105,10 +105,17 @@ pub fn outputs(module: &Module) -> Vec<BufferId> {
         .collect()
 }
 
-/// Whether `bounds_vjp` starts from the adjoint of `kind`: a bound's, or a let's (the lets
-/// `bounds` stores, from the observed ones).
-fn seeds_bounds_vjp(module: &Module, kind: BufferKind) -> bool {
-    matches!(kind, BufferKind::Adjoint { of } if matches!(module.buffers[of].kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Let))
+/// Whether `bounds_vjp` starts from the adjoint of `kind` as the caller wrote it: a bound's, or
+/// an observed let's (the other lets start from 0).
+pub fn seeds_bounds_vjp(module: &Module, kind: BufferKind) -> bool {
+    match kind {
+        BufferKind::Adjoint { of } => match module.buffers[of].kind {
+            BufferKind::Bound { .. } | BufferKind::PieceBound { .. } => true,
+            BufferKind::Let => module.observe.contains(&of),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Runs [`Kernel::Vjp`] and, when bounds read the state, [`Kernel::BoundsVjp`] on a batch whose
@@ -128,6 +135,12 @@ pub fn vjp_with_bounds(backend: &dyn Backend, module: &Module, batch: &mut Batch
     backend::run(backend, Kernel::Vjp, batch)?;
     if module.bounds_vjp.body.is_empty() {
         return Ok(());
+    }
+    // The step's kernel left its own adjoints of the lets: `bounds_vjp` starts from the seeds.
+    for (id, b) in module.buffers.iter().enumerate() {
+        if matches!(b.kind, BufferKind::Adjoint { of } if module.buffers[of].kind == BufferKind::Let) {
+            batch.values[id].fill(0.0);
+        }
     }
     for (id, seed) in &seeds {
         batch.values[*id].clone_from(seed);
