@@ -776,15 +776,15 @@ impl Checker<'_> {
                 "the policy draws a total within [0, bound] and splits it into non-negative shares; declare the \
                  part above the lower bound as the action, `real >= 0`, and add the lower bound where it is used",
             ))
-        } else if let Some(when) = &d.when {
-            Some(refused(
-                format!("a bound on the sum of `{name}` cannot be combined with `when`"),
-                when.span,
-                "a regime",
-                "let the bound be 0 outside the regime, e.g. `sum <= if order == buy then stock else 0`",
-            ))
         } else {
-            None
+            d.when.as_ref().map(|when| {
+                refused(
+                    format!("a bound on the sum of `{name}` cannot be combined with `when`"),
+                    when.span,
+                    "a regime",
+                    "let the bound be 0 outside the regime, e.g. `sum <= if order == buy then stock else 0`",
+                )
+            })
         };
         if let Some(problem) = problem {
             self.error(problem);

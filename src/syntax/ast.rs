@@ -139,7 +139,7 @@ pub enum ActionKind {
     OverSet(Ident),
     /// `real`, `real >= lo`, `real <= hi`, `real in [lo, hi]`, each optionally followed by a
     /// joint bound on the sum of all elements, `, sum <= total`.
-    Real { lo: Option<Expr>, hi: Option<Expr>, sum: Option<Expr> },
+    Real { lo: Option<Expr>, hi: Option<Expr>, sum: Option<Box<Expr>> },
 }
 
 /// `step { ... }`

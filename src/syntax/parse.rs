@@ -567,7 +567,7 @@ impl Builder {
                         }
                         Rule::lower_bound => lo = exprs.next().map(|e| self.expr(e)),
                         Rule::upper_bound => hi = exprs.next().map(|e| self.expr(e)),
-                        Rule::sum_bound => sum = exprs.next().map(|e| self.expr(e)),
+                        Rule::sum_bound => sum = exprs.next().map(|e| Box::new(self.expr(e))),
                         _ => {}
                     }
                 }
