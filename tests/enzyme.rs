@@ -377,7 +377,7 @@ fn integer_data_and_constants_are_const_in_the_autodiff_attribute() {
 /// The activity of each argument of `step`: Duplicated exactly for what the derivative flows
 /// through; parameters, noise, discrete actions, masks and the integer fault flag Const. Where
 /// bounds read the state, the same for `bounds` and `regimes`: Duplicated exactly for the states
-/// and the bounds that have an adjoint.
+/// and the bounds and the (observed) lets that have an adjoint.
 fn check_activities(module: &Module, lib: &str, name: &str) {
     let has_adjoint = |id: usize| module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: id });
     // A choice state (a state with labels) and its next state are Const, like discrete actions.
@@ -393,7 +393,8 @@ fn check_activities(module: &Module, lib: &str, name: &str) {
     };
     let bounds_active = |kind: BufferKind, id: usize| {
         (kind == BufferKind::State && !choice(id))
-            || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. }) && has_adjoint(id))
+            || (matches!(kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Let)
+                && has_adjoint(id))
     };
     type Active<'a> = &'a dyn Fn(BufferKind, usize) -> bool;
     let derived: [(&str, Active); 3] =
@@ -884,4 +885,18 @@ fn the_pathwise_gradient_with_a_choice_state_matches_finite_differences() {
     let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
     assert!(largest > 0.1, "the gradient is trivial ({largest})");
     assert!(worst < 2e-2, "largest relative error {worst}");
+}
+
+/// The same through a bound on the sum of an action that reads the state (issue 19, item 4) and
+/// through a `let` the policy observes (item 13): Enzyme derives both from the emitted `bounds`.
+#[test]
+fn the_pathwise_gradient_through_a_joint_bound_and_an_observed_let_matches_finite_differences() {
+    for model in ["tests/gradients/joint_bound.hmdp", "tests/gradients/observed_let.hmdp"] {
+        let path = common::root().join(model);
+        let (module, source) = compile(&path);
+        let enzyme = load(&module, &path, &source, &shared_cache());
+        let (worst, largest) = common::pathwise_against_finite_differences(&module, &enzyme, 3);
+        assert!(largest > 0.1, "{model}: the gradient is trivial ({largest})");
+        assert!(worst < 2e-2, "{model}: largest relative error {worst}");
+    }
 }

@@ -41,7 +41,7 @@ fn inventory_is_the_joint_replenishment_problem() {
     assert!(matches!(&order.ty, ActionType::Discrete { labels, .. } if labels == &["skip", "buy"]));
     assert!(order.dims.is_empty(), "one decision shared by all items");
     let q = m.actions.iter().find(|a| a.name == "q").expect("q action");
-    assert!(matches!(&q.ty, ActionType::Continuous { lo: Some(_), hi: None, when: Some(_) }));
+    assert!(matches!(&q.ty, ActionType::Continuous { lo: Some(_), hi: None, sum: None, when: Some(_) }));
     let costs: Vec<&str> = m.costs.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(costs, ["holding", "shortage", "fixed"]);
     assert_eq!(m.params.iter().find(|p| p.name == "K").and_then(|p| p.constant), Some(640.0));
@@ -88,7 +88,7 @@ fn energy_storage_bounds_follow_the_state_of_charge() {
     let m = check_model("energy_storage.hmdp", &[]);
     for name in ["charge", "discharge"] {
         let a = m.actions.iter().find(|a| a.name == name).expect(name);
-        assert!(matches!(&a.ty, ActionType::Continuous { lo: Some(_), hi: Some(_), when: None }), "{name}");
+        assert!(matches!(&a.ty, ActionType::Continuous { lo: Some(_), hi: Some(_), sum: None, when: None }), "{name}");
     }
     let module = common::compile_file(&common::root().join("models/energy_storage.hmdp"), &[]);
     let with_min = common::compile_file(&common::root().join("tests/models/energy_storage_min.hmdp"), &[]);

@@ -262,9 +262,14 @@ fn pathwise_gradient_follows_bounds_that_read_the_state() {
     let lost_sales = std::fs::read_to_string(common::root().join("models/lost_sales.hmdp")).expect("model");
     let energy = std::fs::read_to_string(common::root().join("models/energy_storage.hmdp")).expect("model");
     let mode_bounds = std::fs::read_to_string(common::root().join("tests/gradients/mode_bounds.hmdp")).expect("model");
-    for (source, overrides) in
-        [(energy.as_str(), vec![]), (lost_sales.as_str(), vec![("items", 2.0)]), (mode_bounds.as_str(), vec![])]
-    {
+    // A bound on the sum of an action that reads the state (issue 19, item 4): the total's bound.
+    let joint = std::fs::read_to_string(common::root().join("tests/gradients/joint_bound.hmdp")).expect("model");
+    for (source, overrides) in [
+        (energy.as_str(), vec![]),
+        (lost_sales.as_str(), vec![("items", 2.0)]),
+        (mode_bounds.as_str(), vec![]),
+        (joint.as_str(), vec![]),
+    ] {
         let s = setup(source, &overrides);
         assert!(!s.module.bounds_vjp.body.is_empty(), "{}: the bounds read the state", s.module.name);
         let interp = hmdp::backend::Interp::new(&s.module);
@@ -281,4 +286,29 @@ fn pathwise_gradient_follows_bounds_that_read_the_state() {
         let (worst, _) = common::pathwise_against_finite_differences(&blind, &jit, 3);
         assert!(worst > 0.1, "{}: ignoring the bounds must be caught ({worst})", s.module.name);
     }
+}
+
+/// A `let` the policy observes moves with the state, and the features with it (issue 19, item
+/// 13): the pathwise gradient carries the features' gradient back through the let into the
+/// states (the `bounds_vjp` kernel, seeded with it), on the interpreter and the JIT (the Enzyme
+/// backend in `enzyme.rs`); holding the observed let fixed, as the trainer did, is measurably
+/// wrong.
+#[test]
+fn pathwise_gradient_follows_an_observed_let() {
+    let source = std::fs::read_to_string(common::root().join("tests/gradients/observed_let.hmdp")).expect("model");
+    let s = setup(&source, &[]);
+    assert!(!s.module.bounds_vjp.body.is_empty(), "the observed let reads the state");
+    let interp = hmdp::backend::Interp::new(&s.module);
+    for backend in [&interp as &dyn hmdp::backend::Backend, &s.jit] {
+        let (worst, largest) = common::pathwise_against_finite_differences(&s.module, backend, 3);
+        let at = format!("on {}", backend.name());
+        assert!(largest > 0.1, "{at}: the gradient is trivial ({largest})");
+        assert!(worst < 2e-2, "{at}: largest relative error {worst}");
+    }
+    let mut blind = s.module.clone().into_inner();
+    blind.bounds_vjp.body.clear();
+    let blind = ValidModule::new(blind).expect("still valid");
+    let jit = Jit::compile(&blind).expect("compiles");
+    let (worst, _) = common::pathwise_against_finite_differences(&blind, &jit, 3);
+    assert!(worst > 0.1, "holding the observed let fixed must be caught ({worst})");
 }

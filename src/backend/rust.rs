@@ -542,6 +542,8 @@ impl<'m> Emitter<'m> {
                     if upper { "upper bound in the piece" } else { "lower bound in the piece" }.into()
                 }
                 BufferKind::Regime { .. } => "regime mask".into(),
+                // A validated module has none (the reformulation splits its action).
+                BufferKind::SumBound { .. } => "upper bound on the sum".into(),
                 BufferKind::Let => "let".into(),
                 BufferKind::Cost => "cost".into(),
                 BufferKind::Adjoint { .. } => "adjoint".into(),
@@ -619,7 +621,9 @@ impl<'m> Emitter<'m> {
     fn is_active_in_bounds(&self, buffer: BufferId) -> bool {
         self.module.buffers.get(buffer).is_some_and(|b| match b.kind {
             BufferKind::State => b.labels.is_empty(),
-            BufferKind::Bound { .. } | BufferKind::PieceBound { .. } => {
+            // A let `bounds` stores is one the policy observes (or one such a let reads): its
+            // adjoint holds the features' gradient.
+            BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Let => {
                 self.module.buffers.iter().any(|a| a.kind == BufferKind::Adjoint { of: buffer })
             }
             _ => false,

@@ -395,7 +395,7 @@ impl<'a> Checker<'a> {
                     self.m.actions.push(Action {
                         name: d.name.name.clone(),
                         dims: placeholder_dims(),
-                        ty: ActionType::Continuous { lo: None, hi: None, when: None },
+                        ty: ActionType::Continuous { lo: None, hi: None, sum: None, when: None },
                         span: d.span,
                     });
                     (&d.name, Symbol::Action(self.m.actions.len() - 1), "action")

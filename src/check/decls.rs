@@ -677,7 +677,7 @@ impl Checker<'_> {
         let id = *id;
         let symbol = Symbol::Action(id);
         let mut uses: Vec<&ast::Expr> = d.when.iter().collect();
-        if let ast::ActionKind::Real { lo, hi } = &d.kind {
+        if let ast::ActionKind::Real { lo, hi, .. } = &d.kind {
             uses.extend(lo.iter().chain(hi.iter()));
         }
         let (dims, dims_ok) = self.dims(&d.dims, &uses);
@@ -716,7 +716,7 @@ impl Checker<'_> {
                     ActionType::Discrete { labels: Vec::new(), over_set: None }
                 }
             },
-            ast::ActionKind::Real { .. } => ActionType::Continuous { lo: None, hi: None, when: None },
+            ast::ActionKind::Real { .. } => ActionType::Continuous { lo: None, hi: None, sum: None, when: None },
         };
         if let (Some(when), ActionType::Discrete { .. }) = (&d.when, &ty) {
             self.error(
@@ -741,7 +741,7 @@ impl Checker<'_> {
     pub(super) fn action_bounds(&mut self, d: &ast::ActionDecl) {
         let Some(Global { symbol: Symbol::Action(id), .. }) = self.globals.get(&d.name.name) else { return };
         let id = *id;
-        let ast::ActionKind::Real { lo, hi } = &d.kind else { return };
+        let ast::ActionKind::Real { lo, hi, sum } = &d.kind else { return };
         let dims = self.m.actions.get(id).map(|a| a.dims.clone()).unwrap_or_default();
         let mut constants = [None, None];
         for (slot, bound) in constants.iter_mut().zip([lo, hi]) {
@@ -779,8 +779,83 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let sum = sum.as_ref().and_then(|e| self.sum_bound(d, e, dims.len(), constants[0]));
         if let Some(action) = self.m.actions.get_mut(id) {
-            action.ty = ActionType::Continuous { lo: lo.clone(), hi: hi.clone(), when };
+            action.ty = ActionType::Continuous { lo: lo.clone(), hi: hi.clone(), sum, when };
         }
+    }
+
+    /// Checks a joint bound on the sum of an action's elements (`real >= 0, sum <= stock`) and
+    /// returns it when it can be kept. The policy draws a total within `[0, bound]` and splits it
+    /// into shares (`passes::reformulate`), which keeps every element `>= 0` and none under a
+    /// bound of its own: so the action must be one-dimensional, with the lower bound 0, no upper
+    /// bound and no `when`. `lo` is the lower bound's value when it is known at compile time.
+    fn sum_bound(&mut self, d: &ast::ActionDecl, e: &ast::Expr, dims: usize, lo: Option<f64>) -> Option<ast::Expr> {
+        let name = &d.name.name;
+        // A scalar: the total of all elements, so no index name of the action is bound here.
+        let mut scope = Scope::with_dims(Context::ActionBound, &[]);
+        let ty = self.expr(e, &mut scope);
+        let numeric = self.numeric(ty, e.span, "a bound");
+        let ast::ActionKind::Real { lo: lower, hi, .. } = &d.kind else { return None };
+        let refused = |message: String, span: Span, label: &str, help: &str| {
+            Diagnostic::error("sum-bound", message, span, label).with_help(help)
+        };
+        let problem = if dims == 0 {
+            Some(refused(
+                format!("`{name}` is a single number: a bound on its sum is its upper bound"),
+                e.span,
+                "the sum of one element",
+                "write the bound as the action's own: `real in [0, ...]`",
+            ))
+        } else if dims > 1 {
+            Some(refused(
+                format!("a bound on the sum needs an action with one dimension, but `{name}` has {dims}"),
+                e.span,
+                "a sum over all elements",
+                "declare one action per row, each with its own bound on its sum, or one action over the pairs",
+            ))
+        } else if let Some(hi) = hi {
+            Some(refused(
+                format!("`{name}` has an upper bound on each element and a bound on its sum"),
+                hi.span,
+                "a bound on each element",
+                "a total split into shares cannot keep each element under its own bound: keep the bound on the sum, \
+                 and write `min(...)` in the step where an element must stay under a bound of its own",
+            ))
+        } else if lo != Some(0.0) {
+            Some(refused(
+                format!("a bound on the sum of `{name}` needs `{name}` declared `real >= 0`"),
+                lower.as_ref().map_or(d.name.span, |l| l.span),
+                if lower.is_some() { "the lower bound must be 0" } else { "no lower bound" },
+                "the policy draws a total within [0, bound] and splits it into non-negative shares; declare the \
+                 part above the lower bound as the action, `real >= 0`, and add the lower bound where it is used",
+            ))
+        } else {
+            d.when.as_ref().map(|when| {
+                refused(
+                    format!("a bound on the sum of `{name}` cannot be combined with `when`"),
+                    when.span,
+                    "a regime",
+                    "let the bound be 0 outside the regime, e.g. `sum <= if order == buy then stock else 0`",
+                )
+            })
+        };
+        if let Some(problem) = problem {
+            self.error(problem);
+            return None;
+        }
+        if let Some(v) = self.constant(e, &scope).filter(|v| *v < 0.0) {
+            self.error(
+                Diagnostic::error(
+                    "empty-bound",
+                    format!("the bound on the sum of `{name}` leaves no room: {}", fmt_num(v)),
+                    e.span,
+                    "below 0, the lower bound of every element",
+                )
+                .with_help("a bound on the sum of a non-negative action is at least 0"),
+            );
+            return None;
+        }
+        numeric.then(|| e.clone())
     }
 }

@@ -147,7 +147,10 @@ pub enum ActionType {
     /// [`CheckedModel::labels`].
     Discrete { labels: Vec<String>, over_set: Option<SetId> },
     /// A continuous action with optional bounds, acting only in the regimes where `when` holds.
-    Continuous { lo: Option<Expr>, hi: Option<Expr>, when: Option<Expr> },
+    /// `sum` is a joint upper bound on the sum of its elements (`real >= 0, sum <= stock`): only
+    /// on a one-dimensional action with the lower bound 0, no upper bound and no `when`. It reads
+    /// what a bound may read, but no index name of the action.
+    Continuous { lo: Option<Expr>, hi: Option<Expr>, sum: Option<Expr>, when: Option<Expr> },
 }
 
 #[derive(Clone, Debug)]

@@ -301,7 +301,7 @@ impl<'a> Lowering<'a> {
             self.module.noise.body.push(stmt);
         }
         for (k, a) in m.actions.iter().enumerate() {
-            let ActionType::Continuous { lo, hi, when } = &a.ty else { continue };
+            let ActionType::Continuous { lo, hi, sum, when } = &a.ty else { continue };
             let action = self.buffers.actions[k];
             for (bound, upper) in [(lo, false), (hi, true)] {
                 if let Some(e) = bound {
@@ -315,6 +315,17 @@ impl<'a> Lowering<'a> {
                     } else {
                         self.module.bounds.body.push(stmt);
                     }
+                }
+            }
+            if let Some(e) = sum {
+                // A scalar: `passes::reformulate` makes it the upper bound of the action's total.
+                let id =
+                    self.buffer(format!("{}.sum_hi", a.name), BufferKind::SumBound { action }, &[], ElemType::Real);
+                let stmt = self.store(id, &[], |this, env| this.expr(e, env));
+                if reads_discrete(&self.module, &stmt) {
+                    self.module.regimes.body.push(stmt);
+                } else {
+                    self.module.bounds.body.push(stmt);
                 }
             }
             if let Some(e) = when {

@@ -13,19 +13,21 @@
 //! | `regimes`  | every step, after the discrete choice | params, states, discrete actions | regime masks, piece bounds, bounds that read discrete actions |
 //! | `step`     | every step                   | params, states, noise, actions, lets| lets, next states, costs|
 //! | `vjp`      | for a gradient, after `step` | what `step` reads, adjoints         | what `step` writes; adds to adjoints |
-//! | `bounds_vjp` | for a gradient, after `vjp` | what `bounds` and `regimes` read, adjoints | adds to adjoints |
+//! | `bounds_vjp` | for a gradient, after `vjp` | what `bounds` and `regimes` read, their lets, adjoints | adds to adjoints |
 //!
 //! `vjp` is produced by `passes::ad`: it recomputes the step, then adds into the adjoints of
 //! states, continuous actions and lets ([`Stmt::Accumulate`]) from the adjoints of next states
 //! and costs, which the caller writes before running it. Adjoint buffers of states, continuous
 //! actions and lets are zero when `vjp` starts.
 //!
-//! `bounds_vjp`, also produced by `passes::ad`, is the vector-Jacobian product of the bounds the
-//! policy squashes its continuous actions into: given the adjoints of the bounds and piece bounds
-//! that read the state (written by the caller, from the derivative of the squashing), it adds
-//! into the adjoints of the states, visiting the piece-bound (and, for a bound that reads a
-//! discrete action, bound) stores of `regimes` backwards, then the stores of `bounds`. The
-//! adjoints of states are zero when it starts. It is empty when no bound reads the state.
+//! `bounds_vjp`, also produced by `passes::ad`, is the vector-Jacobian product of what the policy
+//! reads from the state before it decides: the bounds it squashes its continuous actions into
+//! and the lets it observes. Given the adjoints of the bounds and piece bounds that read the
+//! state (written by the caller, from the derivative of the squashing) and of the lets `bounds`
+//! stores (the gradient of the observed ones' features; 0 for the others), it adds into the
+//! adjoints of the states, visiting the piece-bound (and, for a bound that reads a discrete
+//! action, bound) stores of `regimes` backwards, then the stores of `bounds`. The adjoints of
+//! states are zero when it starts. It is empty when no bound and no observed let reads the state.
 //!
 //! Loops over index sets stay loops ([`Stmt::For`], [`Expr::Reduce`]): the size of a module does
 //! not depend on the sizes of the model, so a 10 000-item model compiles as fast as a 10-item one.
@@ -217,6 +219,11 @@ pub enum BufferKind {
     /// Lower or upper bound of a continuous action, written by `bounds`, or by `regimes` when it
     /// reads a discrete action (then it is known only after the choice); same dims as `action`.
     Bound { action: BufferId, upper: bool },
+    /// A joint upper bound on the sum of a one-dimensional continuous action whose lower bound
+    /// is 0 (`real >= 0, sum <= stock`), written like a `Bound`; scalar. It exists only between
+    /// lowering and `passes::reformulate`, which splits the action into a total bounded by it and
+    /// shares (the bound becomes the total's `Bound`), so a validated module has none.
+    SumBound { action: BufferId },
     /// Lower or upper bound of a continuous action within the piece of its domain that the
     /// discrete action made by reformulation chose (`q.piece`), written by `regimes` after that
     /// choice; same dims as `action`. May be infinite (the top piece of a half-line). When it

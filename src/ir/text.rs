@@ -154,7 +154,7 @@ const ELEMS: [(ElemType, &str); 3] = [(ElemType::Real, "real"), (ElemType::Int, 
 
 /// Words with a meaning somewhere in the format. A name spelled like one is printed quoted, so
 /// a bare word is never both a keyword and a name, wherever it appears.
-const KEYWORDS: [&str; 44] = [
+const KEYWORDS: [&str; 45] = [
     "module",
     "horizon",
     "warmup",
@@ -177,6 +177,7 @@ const KEYWORDS: [&str; 44] = [
     "continuous",
     "bound",
     "piece_bound",
+    "sum_bound",
     "regime",
     "let",
     "cost",
@@ -310,6 +311,7 @@ impl Printer<'_> {
             BufferKind::Continuous => "continuous",
             BufferKind::Bound { .. } => "bound",
             BufferKind::PieceBound { .. } => "piece_bound",
+            BufferKind::SumBound { .. } => "sum_bound",
             BufferKind::Regime { .. } => "regime",
             BufferKind::Let => "let",
             BufferKind::Cost => "cost",
@@ -335,7 +337,10 @@ impl Printer<'_> {
             f.write_str("}")?;
         }
         match buffer.kind {
-            BufferKind::Next { of } | BufferKind::Regime { action: of } | BufferKind::Adjoint { of } => {
+            BufferKind::Next { of }
+            | BufferKind::Regime { action: of }
+            | BufferKind::SumBound { action: of }
+            | BufferKind::Adjoint { of } => {
                 f.write_str(" of ")?;
                 self.buffer_ref(f, of)?;
             }
@@ -929,8 +934,8 @@ impl Parser {
                     self.buffer()?;
                     false
                 }
-                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "piece_bound" | "regime" | "let"
-                | "cost" | "adjoint" => {
+                "param" | "state" | "next" | "discrete" | "continuous" | "bound" | "piece_bound" | "sum_bound"
+                | "regime" | "let" | "cost" | "adjoint" => {
                     self.buffer()?;
                     false
                 }
@@ -963,6 +968,7 @@ impl Parser {
                     Some(
                         BufferKind::Bound { action, .. }
                         | BufferKind::PieceBound { action, .. }
+                        | BufferKind::SumBound { action }
                         | BufferKind::Regime { action },
                     ) => *action = id,
                     _ => {}
@@ -1110,6 +1116,10 @@ impl Parser {
                 "regime" => {
                     self.of(id)?;
                     BufferKind::Regime { action: 0 }
+                }
+                "sum_bound" => {
+                    self.of(id)?;
+                    BufferKind::SumBound { action: 0 }
                 }
                 "adjoint" => {
                     self.of(id)?;

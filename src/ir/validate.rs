@@ -16,7 +16,8 @@
 //!   every state has exactly one `Next`; `Bound` and `Regime` name a continuous action with the
 //!   same dimensions, at most one lower bound, one upper bound and one regime mask per action; a
 //!   cost is a scalar; `Adjoint { of }` names a state, continuous action, let, next state or
-//!   cost with the same dimensions, holds reals, and each buffer has at most one adjoint.
+//!   cost with the same dimensions, holds reals, and each buffer has at most one adjoint; no
+//!   `SumBound` is left (the reformulation turns each into the bound of a total).
 //! - **Expression nodes** (the whole arena, used or not): a node refers only to *earlier* nodes
 //!   (lower handles). `Arena::push` returns handles in push order and children are pushed before
 //!   their parents, so this rule holds for any arena built bottom-up, and it makes the graph
@@ -149,6 +150,8 @@ impl Stage {
             BufferKind::Noise => Some(Stage::Noise),
             BufferKind::Bound { .. } => Some(Stage::Bounds),
             BufferKind::PieceBound { .. } => Some(Stage::Regimes),
+            // Refused below: `passes::reformulate` turns it into a bound before any backend runs.
+            BufferKind::SumBound { .. } => Some(Stage::Bounds),
             BufferKind::Regime { .. } => Some(Stage::Regimes),
             BufferKind::Next { .. } | BufferKind::Let | BufferKind::Cost => Some(Stage::Step),
             BufferKind::Discrete | BufferKind::Continuous | BufferKind::Adjoint { .. } => None,
@@ -172,7 +175,7 @@ impl Stage {
             Stage::Regimes => "params, states and discrete actions",
             Stage::Step => "params, states, noise, actions, and lets and costs stored earlier in the step",
             Stage::Vjp => "params, states, noise, actions, adjoints, and lets and costs stored earlier in vjp",
-            Stage::BoundsVjp => "params, states, discrete actions, bounds, piece bounds and adjoints",
+            Stage::BoundsVjp => "params, states, discrete actions, lets, bounds, piece bounds and adjoints",
         }
     }
 
@@ -193,6 +196,8 @@ impl Stage {
             // The lets the policy observes, stored by `bounds` before the decision.
             (Stage::Bounds, BufferKind::Let) => stored,
             (Stage::Vjp, BufferKind::Adjoint { .. }) => true,
+            // The lets `bounds` stores (those the policy observes), which hold their values.
+            (Stage::BoundsVjp, BufferKind::Let) => true,
             _ => false,
         }
     }
@@ -228,6 +233,7 @@ fn kind_word(kind: &BufferKind) -> &'static str {
         BufferKind::Continuous => "continuous action",
         BufferKind::Bound { .. } => "bound",
         BufferKind::PieceBound { .. } => "piece bound",
+        BufferKind::SumBound { .. } => "bound on a sum",
         BufferKind::Regime { .. } => "regime mask",
         BufferKind::Let => "let",
         BufferKind::Cost => "cost",
@@ -354,6 +360,11 @@ impl Validator<'_> {
                 BufferKind::Cost if !buffer.dims.is_empty() => {
                     self.error(format!("{what} has {} dimensions; a cost is a scalar", buffer.dims.len()))
                 }
+                // No backend or policy keeps a bound on a sum: the reformulation splits its action
+                // into a total that this bound bounds and shares.
+                BufferKind::SumBound { .. } => self.error(format!(
+                    "{what} is left: passes::reformulate must split its action into a total and shares first"
+                )),
                 BufferKind::Adjoint { of } => {
                     let kinds = "state, continuous action, let, next state, cost, bound or piece bound";
                     self.partner(buffer, &what, of, kinds, |k| {

@@ -30,6 +30,10 @@
 //!   is split into `q.total` and shares `q.share`, `q = q.total * softmax(q.share)` computed
 //!   first in the step, and the total's domain is cut into pieces (`q.total.piece`).
 //!
+//! - an action declared with a joint bound on its sum (`real >= 0, sum <= stock`, a
+//!   [`BufferKind::SumBound`]) is always split the same way, and the bound becomes the upper
+//!   bound of `q.total`: the total is drawn within `[0, bound]`, so the sum never exceeds it.
+//!
 //! Not yet rewritten, and reported as jumps with the reason ([`why_kept`]): a fixed cost at a
 //! lower bound other than 0, a threshold that is not known at compile time, and jumps in the
 //! state, which no choice of the policy can remove.
@@ -232,6 +236,20 @@ fn sum_threshold(module: &Module, h: Handle<Expr>) -> Option<(BufferId, BinaryOp
 /// so each regime's continuous part is smooth. Only an action whose every comparison is one of
 /// its whole sum is split: a bound above, a `when`, or a comparison of one element keeps it.
 fn split_totals(module: &mut Module, rewrites: &mut Vec<Rewrite>) {
+    // An action with a joint bound on its sum is split whatever the step does with it: the
+    // policy draws its total within `[0, bound]`, so the sum never exceeds the bound.
+    let bounded: Vec<(BufferId, BufferId)> = module
+        .buffers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, b)| match b.kind {
+            BufferKind::SumBound { action } => Some((action, id)),
+            _ => None,
+        })
+        .collect();
+    for (action, bound) in bounded {
+        split_bounded(module, action, bound, rewrites);
+    }
     let handles = reachable_from_step(module);
     let mut candidates: Vec<(BufferId, Span)> = Vec::new();
     for &h in &handles {
@@ -257,29 +275,40 @@ fn split_totals(module: &mut Module, rewrites: &mut Vec<Rewrite>) {
     }
 }
 
-/// Splits `action` into a total and shares (see [`split_totals`]) and cuts the total into pieces.
-fn split(module: &mut Module, action: BufferId, span: Span, rewrites: &mut Vec<Rewrite>) {
+/// Splits an action declared with a joint bound on its sum (`real >= 0, sum <= stock`) into a
+/// total and shares (see [`split_totals`]); the bound on the sum becomes the total's upper bound,
+/// computed where it was (`bounds`, or `regimes` when it reads a discrete action), so the policy
+/// squashes the total into `[0, bound]` and a bound that reads the state is differentiated like
+/// any other (`bounds_vjp`).
+fn split_bounded(module: &mut Module, action: BufferId, bound: BufferId, rewrites: &mut Vec<Rewrite>) {
+    let span = [&module.bounds, &module.regimes]
+        .into_iter()
+        .find_map(|p| store_value(&p.body, bound))
+        .map_or_else(Span::default, |value| module.exprs.span(value));
+    let q = module.buffers[action].name.clone();
+    let Some(&set) = module.buffers[action].dims.first() else { return };
+    let (total, shares) = into_total_and_shares(module, action, span);
+    module.buffers[bound].kind = BufferKind::Bound { action: total, upper: true };
+    module.buffers[bound].name = format!("{q}.total.hi");
+    rewrites.push(Rewrite {
+        span,
+        action: total,
+        description: format!(
+            "a bound on the sum of `{q}`: new continuous actions `{q}.total` (within [0, the bound]) and `{q}.share[{}]`; `{q}` = `{q}.total` × softmax(`{q}.share`)",
+            module.sets[set].name
+        ),
+        choice: Choice::Total { of: action, total, shares },
+    });
+}
+
+/// Turns the one-dimensional, non-negative continuous action `action` into a `let` the step
+/// computes first from two new continuous actions, its total (`q.total`, which takes over the
+/// lower bound 0) and shares (`q.share`, unbounded):
+/// `q[i] = q.total * exp(q.share[i]) / sum(j in I) exp(q.share[j])`. Returns (total, shares).
+fn into_total_and_shares(module: &mut Module, action: BufferId, span: Span) -> (BufferId, BufferId) {
     let q = module.buffers[action].name.clone();
     let dims = module.buffers[action].dims.clone();
-    let Some(&set) = dims.first() else { return };
-    // The comparisons of the sum, found while `q` is still an action: a threshold, or 0 (a
-    // joint fixed cost, which gives the total a piece `zero`).
-    let mut compared: Vec<(Handle<Expr>, BinaryOp, Option<f64>)> = Vec::new();
-    for h in reachable_from_step(module) {
-        if let Some((a, op, c)) = sum_threshold(module, h)
-            && a == action
-        {
-            compared.push((h, op, Some(c)));
-        } else if let Some((t, op, true)) = recognise(module, h)
-            && t.buffer == action
-        {
-            compared.push((h, op, None));
-        }
-    }
-    let mut cuts: Vec<f64> = compared.iter().filter_map(|(_, _, c)| *c).collect();
-    let zero = compared.iter().any(|(_, _, c)| c.is_none());
-    cuts.sort_by(f64::total_cmp);
-    cuts.dedup();
+    let set = dims.first().copied().unwrap_or_default();
     let push = |module: &mut Module, name: String, kind: BufferKind, dims: Vec<SetId>| {
         module.buffers.push(Buffer { name, kind, dims, elem: ElemType::Real, labels: Vec::new(), data: None });
         module.buffers.len() - 1
@@ -312,6 +341,33 @@ fn split(module: &mut Module, action: BufferId, span: Span, rewrites: &mut Vec<R
     let value = e.push(Expr::Binary { op: BinaryOp::Mul, lhs: t, rhs: share }, span);
     let store = Stmt::For { var: i, set, body: vec![Stmt::Store { buffer: action, index: vec![i], value }] };
     module.step.body.insert(0, store);
+    (total, shares)
+}
+
+/// Splits `action` into a total and shares (see [`split_totals`]) and cuts the total into pieces.
+fn split(module: &mut Module, action: BufferId, span: Span, rewrites: &mut Vec<Rewrite>) {
+    let q = module.buffers[action].name.clone();
+    let dims = module.buffers[action].dims.clone();
+    let Some(&set) = dims.first() else { return };
+    // The comparisons of the sum, found while `q` is still an action: a threshold, or 0 (a
+    // joint fixed cost, which gives the total a piece `zero`).
+    let mut compared: Vec<(Handle<Expr>, BinaryOp, Option<f64>)> = Vec::new();
+    for h in reachable_from_step(module) {
+        if let Some((a, op, c)) = sum_threshold(module, h)
+            && a == action
+        {
+            compared.push((h, op, Some(c)));
+        } else if let Some((t, op, true)) = recognise(module, h)
+            && t.buffer == action
+        {
+            compared.push((h, op, None));
+        }
+    }
+    let mut cuts: Vec<f64> = compared.iter().filter_map(|(_, _, c)| *c).collect();
+    let zero = compared.iter().any(|(_, _, c)| c.is_none());
+    cuts.sort_by(f64::total_cmp);
+    cuts.dedup();
+    let (total, shares) = into_total_and_shares(module, action, span);
     rewrites.push(Rewrite {
         span,
         action: total,

@@ -7,8 +7,9 @@
 //! or a jump (the derivative does not exist there) and are skipped and counted.
 //!
 //! When bounds read the state (the module's `bounds_vjp` is not empty), those bounds are outputs
-//! too: `f` adds their weighted sum, computed by `bounds` and `regimes`, and the derivative is
-//! that of `vjp` plus that of `bounds_vjp` ([`vjp_with_bounds`]), as the trainer uses them.
+//! too, and so are the lets the policy observes (computed by `bounds` from the state): `f` adds
+//! their weighted sum, computed by `bounds` and `regimes`, and the derivative is that of `vjp`
+//! plus that of `bounds_vjp` ([`vjp_with_bounds`]), as the trainer uses them.
 //!
 //! The error of an element is `max(0, |ad − fd| − noise) / max(1, |ad|, |fd|)`, where `noise`
 //! bounds the rounding error of the difference quotient (`8 ε max|f| / h`), so that a model
@@ -85,22 +86,41 @@ pub fn inputs(module: &Module) -> Vec<BufferId> {
         .collect()
 }
 
-/// The outputs that the derivative starts from: next states and costs, and the bounds and piece
-/// bounds that read the state (those with an adjoint).
+/// The outputs that the derivative starts from: next states and costs, the bounds and piece
+/// bounds that read the state (those with an adjoint), and the lets the policy observes (which
+/// `bounds` computes from the state before the decision).
 pub fn outputs(module: &Module) -> Vec<BufferId> {
     module
         .buffers_of(|k| {
             matches!(
                 k,
-                BufferKind::Next { .. } | BufferKind::Cost | BufferKind::Bound { .. } | BufferKind::PieceBound { .. }
+                BufferKind::Next { .. }
+                    | BufferKind::Cost
+                    | BufferKind::Bound { .. }
+                    | BufferKind::PieceBound { .. }
+                    | BufferKind::Let
             )
         })
-        .filter(|&(id, b)| {
-            !matches!(b.kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
-                || adjoint_of(module, id).is_some()
+        .filter(|&(id, b)| match b.kind {
+            BufferKind::Bound { .. } | BufferKind::PieceBound { .. } => adjoint_of(module, id).is_some(),
+            BufferKind::Let => module.observe.contains(&id) && !module.bounds_vjp.body.is_empty(),
+            _ => true,
         })
         .map(|(id, _)| id)
         .collect()
+}
+
+/// Whether `bounds_vjp` starts from the adjoint of `kind` as the caller wrote it: a bound's, or
+/// an observed let's (the other lets start from 0).
+pub fn seeds_bounds_vjp(module: &Module, kind: BufferKind) -> bool {
+    match kind {
+        BufferKind::Adjoint { of } => match module.buffers[of].kind {
+            BufferKind::Bound { .. } | BufferKind::PieceBound { .. } => true,
+            BufferKind::Let => module.observe.contains(&of),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Runs [`Kernel::Vjp`] and, when bounds read the state, [`Kernel::BoundsVjp`] on a batch whose
@@ -108,17 +128,27 @@ pub fn outputs(module: &Module) -> Vec<BufferId> {
 /// the derivative of the step's and the bounds' weighted outputs together. The adjoints of the
 /// states are set to NaN before the second kernel, which must overwrite them.
 pub fn vjp_with_bounds(backend: &dyn Backend, module: &Module, batch: &mut Batch) -> Result<(), RunError> {
-    // The bounds kernel adds piece bounds' adjoints into bounds' ones: keep the seeds.
+    // The bounds kernel adds piece bounds' adjoints into bounds' ones, and the step's kernel
+    // overwrites the lets' ones: keep the seeds.
     let seeds: Vec<(BufferId, Vec<f64>)> = module
         .buffers
         .iter()
         .enumerate()
-        .filter(|(_, b)| matches!(b.kind, BufferKind::Adjoint { of } if matches!(module.buffers[of].kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })))
+        .filter(|(_, b)| seeds_bounds_vjp(module, b.kind))
         .map(|(id, _)| (id, batch.values[id].clone()))
         .collect();
     backend::run(backend, Kernel::Vjp, batch)?;
     if module.bounds_vjp.body.is_empty() {
         return Ok(());
+    }
+    // The step's kernel left its own adjoints of the lets: `bounds_vjp` starts from the seeds.
+    for (id, b) in module.buffers.iter().enumerate() {
+        if matches!(b.kind, BufferKind::Adjoint { of } if module.buffers[of].kind == BufferKind::Let) {
+            batch.values[id].fill(0.0);
+        }
+    }
+    for (id, seed) in &seeds {
+        batch.values[*id].clone_from(seed);
     }
     let states: Vec<BufferId> =
         module.buffers_of(|k| *k == BufferKind::State).filter_map(|(id, _)| adjoint_of(module, id)).collect();

@@ -12,6 +12,10 @@
 //! starts at `c`, as `q < c` and `q >= c` read it (a model written `q > c` charges the upper
 //! price at exactly `c`).
 //!
+//! An action split into a total and shares (a threshold on its sum, or a bound on its sum) gets
+//! the sum of its values as its total and their logarithms as its shares; a total above its
+//! bound is clamped, which scales every element alike.
+//!
 //! A continuous value outside its bounds (which may depend on the state) is clamped into them;
 //! a value of an action outside its regime (`when`) is 0, as for every policy.
 
@@ -42,6 +46,9 @@ pub struct DeclaredPolicy {
     program: PolicyProgram,
     values: Vec<f64>,
     derived: Vec<Derived>,
+    /// The user's actions the reformulation split into a total and shares (now `let`s the step
+    /// computes from them), as (action, total, shares).
+    splits: Vec<(BufferId, BufferId, BufferId)>,
 }
 
 impl DeclaredPolicy {
@@ -94,12 +101,23 @@ impl DeclaredPolicy {
                 _ => return Err(cannot()),
             });
         }
+        let continuous = |name: String| find(name).filter(|&id| module.buffers[id].kind == BufferKind::Continuous);
+        let splits = program
+            .outputs
+            .iter()
+            .filter(|(action, _)| module.buffers[*action].kind == BufferKind::Let)
+            .filter_map(|&(action, _)| {
+                let q = &module.buffers[action].name;
+                Some((action, continuous(format!("{q}.total"))?, continuous(format!("{q}.share"))?))
+            })
+            .collect();
         Ok(DeclaredPolicy {
             name: program.name.clone(),
             view: program.view(module),
             program: program.clone(),
             values,
             derived,
+            splits,
         })
     }
 
@@ -150,6 +168,17 @@ impl DeclaredPolicy {
                 }
                 buffers.values[action].copy_from_slice(values);
                 clamp(module, buffers, action, false);
+            }
+        }
+        // A split action: its total is the sum of the values (clamped into the total's bounds
+        // with the other continuous actions, which scales every element alike) and its shares
+        // their logarithms, so the step's `q.total * softmax(q.share)` gives the values back.
+        for &(action, total, shares) in &self.splits {
+            let values: Vec<f64> = buffers.values[action].iter().map(|v| v.max(0.0)).collect();
+            let sum: f64 = values.iter().sum();
+            buffers.values[total].fill(sum);
+            for (s, v) in buffers.values[shares].iter_mut().zip(&values) {
+                *s = if sum > 0.0 { v.max(f64::MIN_POSITIVE).ln() } else { 0.0 };
             }
         }
         Ok(())

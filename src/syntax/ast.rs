@@ -146,8 +146,9 @@ pub enum ActionKind {
     Labels(Vec<Ident>),
     /// `choice[M]`: one label per element of the set.
     OverSet(Ident),
-    /// `real`, `real >= lo`, `real <= hi`, `real in [lo, hi]`
-    Real { lo: Option<Expr>, hi: Option<Expr> },
+    /// `real`, `real >= lo`, `real <= hi`, `real in [lo, hi]`, each optionally followed by a
+    /// joint bound on the sum of all elements, `, sum <= total`.
+    Real { lo: Option<Expr>, hi: Option<Expr>, sum: Option<Box<Expr>> },
 }
 
 /// `step { ... }`

@@ -126,6 +126,7 @@ fn friendly(rule: Rule) -> Option<&'static str> {
         Rule::interval_bound | Rule::kw_in => "`in`",
         Rule::lower_bound => "`>=`",
         Rule::upper_bound => "`<=`",
+        Rule::sum_bound | Rule::kw_sum => "`, sum <=`",
         Rule::when_clause | Rule::kw_when => "`when`",
         Rule::let_stmt | Rule::kw_let => "`let`",
         Rule::cost_stmt | Rule::kw_cost => "`cost`",
@@ -570,7 +571,8 @@ impl Builder {
             Rule::real_type => {
                 let mut lo = None;
                 let mut hi = None;
-                if let Some(bound) = pair.into_inner().find(|p| p.as_rule() != Rule::kw_real) {
+                let mut sum = None;
+                for bound in pair.into_inner().filter(|p| p.as_rule() != Rule::kw_real) {
                     let rule = bound.as_rule();
                     let mut exprs = bound.into_inner().filter(|p| p.as_rule() == Rule::expr);
                     match rule {
@@ -580,10 +582,11 @@ impl Builder {
                         }
                         Rule::lower_bound => lo = exprs.next().map(|e| self.expr(e)),
                         Rule::upper_bound => hi = exprs.next().map(|e| self.expr(e)),
+                        Rule::sum_bound => sum = exprs.next().map(|e| Box::new(self.expr(e))),
                         _ => {}
                     }
                 }
-                Some(ActionKind::Real { lo, hi })
+                Some(ActionKind::Real { lo, hi, sum })
             }
             _ => None,
         }

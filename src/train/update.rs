@@ -490,9 +490,6 @@ fn pathwise_into(
                 None => state_bar[k].fill(0.0),
             }
         }
-        if !module.bounds_vjp.body.is_empty() {
-            through_bounds(ctx, &mut batch, &step.used, &states, &mut state_bar)?;
-        }
 
         // Continuous actions → raw outputs → the continuous network.
         let mut dx = vec![0.0f32; rows * f];
@@ -519,6 +516,12 @@ fn pathwise_into(
                 *d += c;
             }
         }
+        // Bounds that read the state, and observed lets of the state, carry the gradient of
+        // the actions and of the features into the states.
+        if !module.bounds_vjp.body.is_empty() {
+            let seeds = Seeds { used: &step.used, features: &dx, scale: &feature_scale };
+            through_bounds(ctx, &mut batch, &seeds, &states, &mut state_bar)?;
+        }
         // Features → observed states: the state adjoints before this step.
         for (k, &s) in states.iter().enumerate() {
             let len = module.len(s);
@@ -542,25 +545,57 @@ fn pathwise_into(
     Ok(())
 }
 
+/// What a step's gradient holds before it reaches the states through the bounds and the
+/// observed lets: how each continuous element was squashed, and the gradient of the features.
+struct Seeds<'a> {
+    used: &'a [super::rollout::Used],
+    /// d loss / d (normalised feature), rows × features.
+    features: &'a [f32],
+    /// Each feature's normalising scale.
+    scale: &'a [f64],
+}
+
 /// Adds to the adjoints of the states, `state_bar` (per state of `states`), how the continuous
-/// actions of a step moved with the states through their bounds: each bound's adjoint is the
-/// action's adjoint (which the `vjp` kernel left in `batch`) times the squashing's derivative in
-/// that bound, and the `bounds_vjp` kernel carries those into the states.
+/// actions of a step moved with the states through their bounds, and how the features moved with
+/// them through the observed lets: each bound's adjoint is the action's adjoint (which the `vjp`
+/// kernel left in `batch`) times the squashing's derivative in that bound, each observed let's
+/// the gradient of its features, and the `bounds_vjp` kernel carries those into the states.
 fn through_bounds(
     ctx: &Context,
     batch: &mut backend::Batch,
-    used: &[super::rollout::Used],
+    seeds: &Seeds<'_>,
     states: &[usize],
     state_bar: &mut [Vec<f64>],
 ) -> Result<(), TrainError> {
     let (module, spec) = (ctx.module, ctx.spec);
+    let used = seeds.used;
     let adjoint_of = |of: usize| module.buffers.iter().position(|b| b.kind == BufferKind::Adjoint { of });
+    // The `vjp` kernel leaves the step's adjoints of the lets behind; `bounds_vjp` starts from
+    // the features' gradient of the observed ones only (a let `bounds` stores for another, not
+    // observed, gets its adjoint from that one's).
     for (id, b) in module.buffers.iter().enumerate() {
         if let BufferKind::Adjoint { of } = b.kind
-            && matches!(module.buffers[of].kind, BufferKind::Bound { .. } | BufferKind::PieceBound { .. })
+            && matches!(
+                module.buffers[of].kind,
+                BufferKind::Bound { .. } | BufferKind::PieceBound { .. } | BufferKind::Let
+            )
         {
             batch.values[id].fill(0.0);
         }
+    }
+    let f = spec.features;
+    let mut offset = 0;
+    for &(id, n) in &spec.observe {
+        if module.buffers[id].kind == BufferKind::Let
+            && let Some(a) = adjoint_of(id)
+        {
+            for b in 0..batch.size {
+                for (j, bar) in batch.get_mut(a, b).iter_mut().enumerate().take(n) {
+                    *bar = seeds.features[b * f + offset + j] as f64 / seeds.scale[offset + j];
+                }
+            }
+        }
+        offset += n;
     }
     let continuous_len: usize = spec.continuous.iter().map(|c| c.len).sum();
     for b in 0..batch.size {
