@@ -75,7 +75,8 @@ fn size_axis(report: &Report) -> Option<String> {
     report.sweep.axes.iter().find(|a| a.set_name().is_some()).map(|a| a.name.clone())
 }
 
-/// A cell's series in the cost plot: its method, and the problem's other swept sizes.
+/// A cell's series in the cost and reach plots: its method, and the problem's swept sizes other
+/// than `x_axis`.
 fn series_name(cell: &CellReport, x_axis: &str) -> String {
     let mut parts: Vec<String> = cell.method.iter().map(|(k, v)| format!("{k}={}", show(v))).collect();
     parts.extend(
@@ -248,22 +249,31 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
 /// dimension: per method a line through the median over seeds, a dot per run, and a hollow dot
 /// at the run's last update for a run that never came that close.
 pub fn reach(report: &Report) -> Result<String, String> {
-    let methods = report.methods();
+    // A line per method and per value of the swept sizes other than the first (the modes of the
+    // switched LQR, say), as in the cost plot, so that two problems of one dimension are two
+    // points of two lines, not a vertical step of one.
+    let x_axis = size_axis(report).unwrap_or_default();
     let mut series: Vec<Reach> = Vec::new();
-    for method in &methods {
-        let mut medians = Vec::new();
-        let mut dots = Vec::new();
-        for cell in report.cells.iter().filter(|c| c.method_name() == *method && !c.runs.is_empty()) {
-            let Some(dim) = cell.action_dim else { continue };
-            let x = dim as f64;
-            let (values, _) = updates_to_reach(cell);
-            for (run, v) in cell.runs.iter().zip(&values) {
-                dots.push((x, *v, run.reached.is_none()));
+    for cell in report.cells.iter().filter(|c| !c.runs.is_empty()) {
+        let Some(dim) = cell.action_dim else { continue };
+        let x = dim as f64;
+        let (values, _) = updates_to_reach(cell);
+        let name = series_name(cell, &x_axis);
+        let index = match series.iter().position(|(n, _, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                series.push((name, Vec::new(), Vec::new()));
+                series.len() - 1
             }
-            medians.push((x, Stats::of(&values).median));
+        };
+        let (_, medians, dots) = &mut series[index];
+        for (run, v) in cell.runs.iter().zip(&values) {
+            dots.push((x, *v, run.reached.is_none()));
         }
+        medians.push((x, Stats::of(&values).median));
+    }
+    for (_, medians, _) in &mut series {
         medians.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push((method.clone(), medians, dots));
     }
     let xs = series.iter().flat_map(|s| s.2.iter().map(|d| d.0));
     let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
@@ -305,7 +315,8 @@ pub fn reach(report: &Report) -> Result<String, String> {
                 )
                 .map_err(failed)?;
         }
-        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        // The middle right is empty: runs that never get close sit at the cap, the others low.
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
