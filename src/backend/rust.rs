@@ -447,6 +447,20 @@ impl Lines {
         self.depth = self.depth.saturating_sub(1);
         self.line(line);
     }
+
+    /// Ends an entry point's loop over the scenarios of a batch, whose body is still open: with
+    /// `faults`, a fault in scenario `b` returns `b + 1`; after the loop, 0.
+    fn end_batch_loop(&mut self, faults: bool) {
+        self.close("}");
+        if faults {
+            self.open("if fault != 0 {");
+            self.line("return b as i64 + 1;");
+            self.close("}");
+        }
+        self.close("}");
+        self.line("0");
+        self.close("}");
+    }
 }
 
 impl<'m> Emitter<'m> {
@@ -1305,15 +1319,7 @@ impl<'m> Emitter<'m> {
             }
             lines.close(");");
         }
-        lines.close("}");
-        if faults {
-            lines.open("if fault != 0 {");
-            lines.line("return b as i64 + 1;");
-            lines.close("}");
-        }
-        lines.close("}");
-        lines.line("0");
-        lines.close("}");
+        lines.end_batch_loop(faults);
     }
 
     /// The VJP entry point: zero the adjoints it overwrites, copy the adjoints it reads (`d_step`
@@ -1387,15 +1393,7 @@ impl<'m> Emitter<'m> {
             lines.line("&mut fault,");
         }
         lines.close(");");
-        lines.close("}");
-        if faults {
-            lines.open("if fault != 0 {");
-            lines.line("return b as i64 + 1;");
-            lines.close("}");
-        }
-        lines.close("}");
-        lines.line("0");
-        lines.close("}");
+        lines.end_batch_loop(faults);
     }
 }
 
@@ -1485,15 +1483,7 @@ impl Emitter<'_> {
             }
             lines.close(");");
         }
-        lines.close("}");
-        if faults {
-            lines.open("if fault != 0 {");
-            lines.line("return b as i64 + 1;");
-            lines.close("}");
-        }
-        lines.close("}");
-        lines.line("0");
-        lines.close("}");
+        lines.end_batch_loop(faults);
     }
 }
 
