@@ -908,6 +908,7 @@ fn a_models_train_block_sits_below_the_command_line() {
         "gamma: 0.9 (the model's `train` block)",
         "updates: 3 (the model's `train` block)",
         "batch: 16 scenarios (the default)",
+        "gradient clip: 1 per network (the default for HPO",
         "action scale: u 2.5 (the model's `train` block)",
         "action scale: k 7 (the model's `train` block)",
     ] {
@@ -919,6 +920,7 @@ fn a_models_train_block_sits_below_the_command_line() {
     assert_eq!(config.get("hidden"), Some(&serde_json::json!([8, 4])));
     assert_eq!(config.get("updates"), Some(&serde_json::json!(3)));
     assert_eq!(config.get("lr"), Some(&serde_json::json!(0.002)));
+    assert_eq!(config.get("max_grad_norm"), Some(&serde_json::json!(1.0)));
     assert_eq!(config.pointer("/action_scales/u"), Some(&serde_json::json!(2.5)));
     assert_eq!(config.pointer("/action_scales/k"), Some(&serde_json::json!(7.0)));
     // A flag wins over the block, for a scale too.

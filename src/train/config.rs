@@ -1,10 +1,10 @@
 //! Every setting of a training run, defined once: [`Config`] is both the arguments of
 //! `hmdpc train` (clap) and the `config` of a run folder's `run.json` (serde), and its defaults
 //! are clap's, so a setting and its default live in one line. A setting left to the model
-//! (`None`: the learning rate by algorithm, the networks by preset, γ from the model's
-//! `discount`, the buffer from its `warmup`, the action scales from the states and noise each
-//! action acts on) is resolved by [`Config::resolved`] (the action scales by the trainer, which
-//! needs the train set, through [`super::defaults`]); a run folder records the resolved
+//! (`None`: the learning rate and gradient clip by algorithm, the networks by preset, γ from the
+//! model's `discount`, the buffer from its `warmup`, the action scales from the states and noise
+//! each action acts on) is resolved by [`Config::resolved`] (the action scales by the trainer,
+//! which needs the train set, through [`super::defaults`]); a run folder records the resolved
 //! settings, so `hmdpc train --config RUN/run.json` repeats the run, and [`Config::explain`] says
 //! why each was chosen.
 
@@ -17,8 +17,8 @@ use super::Algo;
 use crate::ir::Module;
 
 /// The settings of a training run. Defaults are the HPO paper's where it states them, except the
-/// networks and HPO's learning rate (128×128 at 3e-3 unless `--preset paper`) and the action
-/// scales (from the model).
+/// networks, HPO's learning rate and its gradient clip (128×128, 3e-3 and 1 unless `--preset
+/// paper`) and the action scales (from the model).
 #[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -40,7 +40,7 @@ pub struct Config {
     #[arg(long, value_delimiter = ',', value_parser = count(1, 65536))]
     pub hidden: Option<Vec<usize>>,
     /// Settings left unset take the preset's values: `paper`, the HPO paper's networks (two
-    /// hidden layers of 512) and learning rate (1e-3 for HPO).
+    /// hidden layers of 512), learning rate (1e-3 for HPO) and gradient clip (5).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Seed of the training randomness: the networks' initial weights, the sampled actions, the
@@ -103,9 +103,10 @@ pub struct Config {
     /// Weight of the pathwise loss (HPO).
     #[arg(long, default_value_t = 5.0, value_parser = non_negative)]
     pub pathwise_coef: f64,
-    /// Gradient-norm clip of each parameter group.
-    #[arg(long, default_value_t = 5.0, value_parser = positive)]
-    pub max_grad_norm: f64,
+    /// Gradient-norm clip of each network [default: 1 for HPO, 5 for PPO and with `--preset
+    /// paper`].
+    #[arg(long, value_parser = positive)]
+    pub max_grad_norm: Option<f64>,
     /// Stop an update's later epochs when the approximate KL divergence exceeds this (0: never).
     #[arg(long, default_value_t = 0.015, value_parser = non_negative)]
     pub target_kl: f64,
@@ -156,7 +157,7 @@ impl Default for Config {
 /// A named set of defaults for the settings left unset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Preset {
-    /// The HPO paper's networks: two hidden layers of 512 units.
+    /// The HPO paper's networks (two hidden layers of 512 units), learning rate and clip.
     #[serde(rename = "paper")]
     Paper,
 }
@@ -180,6 +181,17 @@ impl Config {
             (Algo::Ppo, _) => 1e-4,
             (_, Some(Preset::Paper)) => 1e-3,
             (_, None) => 3e-3,
+        })
+    }
+
+    /// The largest gradient norm of each network: `--max-grad-norm`, or the paper's 5 for PPO
+    /// and with `--preset paper`, or 1 for HPO: its pathwise gradient spikes (a norm 20 times its
+    /// usual size between two evaluations), and at a clip of 5 a few such steps can drive a
+    /// squashed action into the flat end of its squash, where the pathwise gradient vanishes.
+    pub fn max_grad_norm(&self) -> f64 {
+        self.max_grad_norm.unwrap_or(match (self.algo, self.preset) {
+            (Algo::Ppo, _) | (_, Some(Preset::Paper)) => 5.0,
+            (_, None) => 1.0,
         })
     }
 
@@ -243,6 +255,7 @@ impl Config {
         Config {
             lr: Some(self.lr()),
             lr_decay: Some(self.lr_decay()),
+            max_grad_norm: Some(self.max_grad_norm()),
             hidden: Some(self.hidden()),
             gamma: Some(self.gamma(module)),
             buffer_periods: Some(self.buffer_periods(module)),
@@ -356,6 +369,12 @@ impl Config {
             }
         };
         lines.push(format!("learning rate: {}{lr}", resolved.lr()));
+        let clip = match origin("max_grad_norm").why("max-grad-norm").filter(|_| self.max_grad_norm.is_some()) {
+            Some(why) => why,
+            None if self.algo == Algo::Ppo || self.preset.is_some() => " (the paper's)".to_string(),
+            None => " (the default for HPO: its pathwise gradient spikes; 5 is the paper's)".to_string(),
+        };
+        lines.push(format!("gradient clip: {} per network{clip}", resolved.max_grad_norm()));
         if resolved.lr_decay() < 1.0 {
             let why = origin("lr_decay").why("lr-decay").unwrap_or_default();
             lines.push(format!("learning rate at the last update: {}{why}", resolved.lr_at(resolved.updates)));
@@ -499,6 +518,11 @@ mod tests {
         let paper = Config { preset: Some(Preset::Paper), ..Config::default() };
         assert_eq!((paper.hidden(), paper.lr()), (vec![512, 512], 1e-3));
         assert_eq!(Config::for_algo(Algo::Ppo).lr(), 1e-4);
+        // HPO clips each network's gradient at 1; PPO and the paper's preset at the paper's 5.
+        assert_eq!((defaults.max_grad_norm(), paper.max_grad_norm()), (1.0, 5.0));
+        assert_eq!(Config::for_algo(Algo::Ppo).max_grad_norm(), 5.0);
+        assert_eq!(Config::for_algo(Algo::HpoNoCross).max_grad_norm(), 1.0);
+        assert_eq!(Config { max_grad_norm: Some(2.0), ..Config::default() }.max_grad_norm(), 2.0);
         assert_eq!((defaults.updates, defaults.batch, defaults.normalize), (1600, 16, true));
         // A run.json that names no setting reads as the defaults; every setting round-trips.
         assert_eq!(serde_json::from_str::<Config>("{}").ok(), Some(defaults.clone()));

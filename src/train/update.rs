@@ -809,7 +809,7 @@ pub fn update(
                 stats.grad_norms = groups.iter().map(|g| (g.4, g.3 as f64)).collect();
             }
             for (adam, params, grad, norm, _) in groups {
-                adam.step_clipped_by(params, grad, norm, cfg.max_grad_norm as f32);
+                adam.step_clipped_by(params, grad, norm, cfg.max_grad_norm() as f32);
             }
             stats.phases.optimizer += clock.elapsed().as_secs_f64();
         }
