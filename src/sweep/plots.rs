@@ -56,6 +56,13 @@ fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(failed)
 }
 
+/// Whether costs from `lo` to `hi` go on a logarithmic axis: when they are all positive and
+/// span more than a factor of 20 (a first, poor policy, or a method that diverged, costs a
+/// thousand times more than a trained one, and on a linear axis the others flatten into one).
+fn log_axis(lo: f64, hi: f64) -> bool {
+    lo > 0.0 && hi / lo > 20.0
+}
+
 /// A range with some room around `lo..hi`.
 fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     if !(lo.is_finite() && hi.is_finite()) {
@@ -105,41 +112,64 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
     let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     let ys = series.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.1.mean - q.1.std, q.1.mean + q.1.std]));
     let (y_lo, y_hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+    let means = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1.mean));
+    let (mean_lo, mean_hi) = means.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+    let log = log_axis(mean_lo, mean_hi);
+    let y_desc = format!("test cost, {} (mean ± std over seeds){}", report.unit, if log { "; log scale" } else { "" });
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Test cost against {}", x_axis.trim_start_matches("set.")), ("sans-serif", 20))
-            .margin(14)
-            .x_label_area_size(44)
-            .y_label_area_size(70)
-            .build_cartesian_2d(padded(x_lo, x_hi), padded(y_lo, y_hi))
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_axis.trim_start_matches("set."))
-            .x_label_formatter(&tick)
-            .y_label_formatter(&tick)
-            .y_desc(format!("test cost, {} (mean ± std over seeds)", report.unit))
-            .draw()
-            .map_err(failed)?;
-        for (k, (name, mut points)) in series.into_iter().enumerate() {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let c = color(k);
-            chart
-                .draw_series(LineSeries::new(points.iter().map(|(x, s)| (*x, s.mean)), c.stroke_width(2)))
-                .map_err(failed)?
-                .label(name)
-                .legend(line_sample(c));
-            chart.draw_series(points.iter().map(|(x, s)| Circle::new((*x, s.mean), 4, c.filled()))).map_err(failed)?;
-            chart
-                .draw_series(
-                    points.iter().map(|(x, s)| PathElement::new(vec![(*x, s.mean - s.std), (*x, s.mean + s.std)], c)),
-                )
-                .map_err(failed)?;
+        let builder = |root| {
+            let mut b = ChartBuilder::on(root);
+            b.caption(format!("Test cost against {}", x_axis.trim_start_matches("set.")), ("sans-serif", 20))
+                .margin(14)
+                .x_label_area_size(44)
+                .y_label_area_size(70);
+            b
+        };
+        // The same drawing on a linear or a logarithmic y axis; `clip` keeps a bar that reaches
+        // below 0 on the logarithmic one.
+        macro_rules! draw {
+            ($chart:expr, $clip:expr) => {{
+                let mut chart = $chart;
+                let clip = $clip;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_axis.trim_start_matches("set."))
+                    .x_label_formatter(&tick)
+                    .y_label_formatter(&tick)
+                    .y_desc(y_desc.clone())
+                    .draw()
+                    .map_err(failed)?;
+                for (k, (name, points)) in series.iter_mut().enumerate() {
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let c = color(k);
+                    chart
+                        .draw_series(LineSeries::new(points.iter().map(|(x, s)| (*x, s.mean)), c.stroke_width(2)))
+                        .map_err(failed)?
+                        .label(name.clone())
+                        .legend(line_sample(c));
+                    chart
+                        .draw_series(points.iter().map(|(x, s)| Circle::new((*x, s.mean), 4, c.filled())))
+                        .map_err(failed)?;
+                    chart
+                        .draw_series(points.iter().map(|(x, s)| {
+                            PathElement::new(vec![(*x, clip(s.mean - s.std)), (*x, clip(s.mean + s.std))], c)
+                        }))
+                        .map_err(failed)?;
+                }
+                draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+            }};
         }
-        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        if log {
+            let (lo, hi) = (mean_lo / 1.5, y_hi * 1.2);
+            let chart = builder(&root).build_cartesian_2d(padded(x_lo, x_hi), (lo..hi).log_scale()).map_err(failed)?;
+            draw!(chart, |y: f64| y.clamp(lo, hi));
+        } else {
+            let chart = builder(&root).build_cartesian_2d(padded(x_lo, x_hi), padded(y_lo, y_hi)).map_err(failed)?;
+            draw!(chart, |y: f64| y);
+        }
         root.present().map_err(failed)?;
     }
     Ok(Some(svg))
@@ -185,7 +215,7 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
     // axis keeps the end of the curves visible when every cost is positive.
     let all = lines.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.2, q.3]));
     let (all_lo, all_hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
-    let log = all_lo > 0.0 && all_hi / all_lo > 20.0;
+    let log = log_axis(all_lo, all_hi);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -332,5 +362,14 @@ mod tests {
         assert_eq!(tick(&42.5), "42.5");
         assert_eq!(tick(&(0.1 + 0.2)), "0.3");
         assert_eq!(tick(&-2.0), "-2");
+    }
+
+    #[test]
+    fn costs_that_span_more_than_a_factor_of_20_go_on_a_log_axis() {
+        // The S-LQR study's means: HPO about 38 to 57, PPO up to 4512 after diverging.
+        assert!(log_axis(37.8, 4512.0));
+        assert!(!log_axis(37.8, 180.9));
+        // A cost at or below 0 has no logarithm: the axis stays linear.
+        assert!(!log_axis(-842.0, 30.0) && !log_axis(0.0, 4512.0));
     }
 }
