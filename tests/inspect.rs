@@ -349,6 +349,42 @@ fn act_refuses_bad_input_with_a_clear_error() {
     assert!(missing.contains("cannot read --state no/such/state.json"), "{missing}");
 }
 
+/// A choice state is given to `act` by its label (or its position), and a `choice[SET]` state by
+/// the element of its set, as the policy reads it; anything else is refused with the labels.
+#[test]
+fn act_reads_a_choice_state_by_its_label_and_a_set_choice_by_its_element() {
+    let dir = scratch("choice-state");
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let model = dir.join("probe.hmdp");
+    let source = std::fs::read_to_string("tests/gradients/switching_cost.hmdp").expect("model")
+        + "policy probe {\n  mode = if gear[0] > 2 then high else if last == low then low else off\n  \
+           shift[z] = 1\n  trim[z] = 0\n}\n";
+    std::fs::write(&model, source).expect("write");
+    let chosen = |state: &str| {
+        let decision = json(&["act", s(&model), "--policy", "probe", "--state", state]);
+        decision["discrete"]["mode"]["chosen"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(chosen(r#"{"temp": [15, 15], "last": "off", "gear": [3, 1]}"#), "high");
+    assert_eq!(chosen(r#"{"temp": [15, 15], "last": "off", "gear": [2, 1]}"#), "off");
+    assert_eq!(chosen(r#"{"temp": [15, 15], "last": "low", "gear": [2.0, 1]}"#), "low");
+    // A label's position, and an element written as text, read the same.
+    assert_eq!(chosen(r#"{"temp": [15, 15], "last": 1, "gear": ["2", 1]}"#), "low");
+    for (state, message) in [
+        (
+            r#"{"temp": [15, 15], "last": "hot", "gear": [1, 1]}"#,
+            "`last` holds `hot`, which is not one of its labels; give its labels (`off`, `low`, `high`)",
+        ),
+        (
+            r#"{"temp": [15, 15], "last": "off", "gear": [4, 1]}"#,
+            "`gear` holds 4, which is not an element of its set; give elements of its set (`1`, `2`, `3`)",
+        ),
+        (r#"{"temp": [15, 15], "last": "off", "gear": [1, true]}"#, "`gear` holds a boolean"),
+    ] {
+        let stderr = fails(&["act", s(&model), "--policy", "probe", "--state", state], 2);
+        assert!(stderr.contains(message), "--state {state}: expected `{message}` in {stderr}");
+    }
+}
+
 /// `docs/export_loader.py`, run by the project's Python, against `act` on several states of three
 /// models: a shared choice gating an action on a half-line (inventory), a mode choosing the
 /// output of an unbounded action (switched LQR), and the pieces of a price break (bulk discount).

@@ -104,7 +104,17 @@ pub fn read_state(module: &Module, text: &str) -> Result<Vec<(BufferId, Vec<f64>
             )));
         }
         let mut values = Vec::new();
-        flatten(value, &mut values).map_err(|what| bad(format!("--state: `{name}` holds {what}; give numbers")))?;
+        let labels = &module.buffers[id].labels;
+        flatten(value, labels, &mut values).map_err(|what| {
+            let list = labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ");
+            if labels.is_empty() {
+                bad(format!("--state: `{name}` holds {what}; give numbers"))
+            } else if labels.iter().all(|l| l.parse::<f64>().is_ok()) {
+                bad(format!("--state: `{name}` holds {what}; give elements of its set ({list})"))
+            } else {
+                bad(format!("--state: `{name}` holds {what}; give its labels ({list}) or their positions from 0"))
+            }
+        })?;
         let len = module.len(id);
         if values.len() != len {
             return Err(bad(format!(
@@ -130,19 +140,35 @@ pub fn read_state(module: &Module, text: &str) -> Result<Vec<(BufferId, Vec<f64>
     Ok(given)
 }
 
-/// Appends the numbers of a JSON number or (nested) list, or says what else it holds.
-fn flatten(value: &Value, out: &mut Vec<f64>) -> Result<(), &'static str> {
+/// Appends the numbers of a JSON number or (nested) list, or says what else it holds. A choice
+/// state (with `labels`) holds the position of its label: an element is given by its label, by
+/// its position (a number) for labels that are names, or by the element of its set (a number or
+/// its text) for a `choice[SET]`, whose labels are the set's elements.
+fn flatten(value: &Value, labels: &[String], out: &mut Vec<f64>) -> Result<(), String> {
+    let over_set = !labels.is_empty() && labels.iter().all(|l| l.parse::<f64>().is_ok());
+    let position = |text: &str| match labels.iter().position(|l| l == text) {
+        Some(k) => Ok(k as f64),
+        None => Err(format!("`{text}`, which is not one of its labels")),
+    };
     match value {
+        Value::Number(n) if over_set => {
+            let v = n.as_f64().ok_or("a number out of range")?;
+            match labels.iter().position(|l| l.parse::<f64>().is_ok_and(|e| e == v)) {
+                Some(k) => out.push(k as f64),
+                None => return Err(format!("{v}, which is not an element of its set")),
+            }
+        }
         Value::Number(n) => out.push(n.as_f64().ok_or("a number out of range")?),
         Value::Array(items) => {
             for item in items {
-                flatten(item, out)?;
+                flatten(item, labels, out)?;
             }
         }
-        Value::Null => return Err("null"),
-        Value::Bool(_) => return Err("a boolean"),
-        Value::String(_) => return Err("a string"),
-        Value::Object(_) => return Err("an object"),
+        Value::String(text) if !labels.is_empty() => out.push(position(text)?),
+        Value::Null => return Err("null".into()),
+        Value::Bool(_) => return Err("a boolean".into()),
+        Value::String(_) => return Err("a string".into()),
+        Value::Object(_) => return Err("an object".into()),
     }
     Ok(())
 }
