@@ -63,6 +63,20 @@ fn log_axis(lo: f64, hi: f64) -> bool {
     lo > 0.0 && hi / lo > 20.0
 }
 
+/// Draws the grid and the axes' descriptions of `chart`, with [`tick`] labels on both axes.
+macro_rules! mesh {
+    ($chart:expr, $x_desc:expr, $y_desc:expr) => {
+        $chart
+            .configure_mesh()
+            .x_desc($x_desc)
+            .y_desc($y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
+            .draw()
+            .map_err(failed)?
+    };
+}
+
 /// A range with some room around `lo..hi`.
 fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
     if !(lo.is_finite() && hi.is_finite()) {
@@ -134,14 +148,7 @@ pub fn cost(report: &Report) -> Result<Option<String>, String> {
             ($chart:expr, $clip:expr) => {{
                 let mut chart = $chart;
                 let clip = $clip;
-                chart
-                    .configure_mesh()
-                    .x_desc(x_axis.trim_start_matches("set."))
-                    .x_label_formatter(&tick)
-                    .y_label_formatter(&tick)
-                    .y_desc(y_desc.clone())
-                    .draw()
-                    .map_err(failed)?;
+                mesh!(chart, x_axis.trim_start_matches("set."), y_desc.clone());
                 for (k, (name, points)) in series.iter_mut().enumerate() {
                     points.sort_by(|a, b| a.0.total_cmp(&b.0));
                     let c = color(k);
@@ -238,14 +245,7 @@ pub fn curves(report: &Report, problem: &str) -> Result<String, String> {
             ($chart:expr, $clip:expr) => {{
                 let mut chart = $chart;
                 let clip = $clip;
-                chart
-                    .configure_mesh()
-                    .x_desc("policy updates")
-                    .y_desc(y_desc.clone())
-                    .x_label_formatter(&tick)
-                    .y_label_formatter(&tick)
-                    .draw()
-                    .map_err(failed)?;
+                mesh!(chart, "policy updates", y_desc.clone());
                 for (k, (name, points)) in lines.iter().enumerate() {
                     let c = color(k);
                     let mut band: Vec<(f64, f64)> = points.iter().map(|p| (p.0, clip(p.3))).collect();
@@ -322,14 +322,11 @@ pub fn reach(report: &Report) -> Result<String, String> {
             .y_label_area_size(70)
             .build_cartesian_2d(padded(x_lo, x_hi), 0.0..(1.08 * y_hi))
             .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc("continuous action dimension")
-            .x_label_formatter(&tick)
-            .y_label_formatter(&tick)
-            .y_desc("policy updates (median over seeds; hollow: never, drawn at the cap)")
-            .draw()
-            .map_err(failed)?;
+        mesh!(
+            chart,
+            "continuous action dimension",
+            "policy updates (median over seeds; hollow: never, drawn at the cap)"
+        );
         for (k, (name, medians, dots)) in series.into_iter().enumerate() {
             let c = color(k);
             chart
