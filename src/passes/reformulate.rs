@@ -216,6 +216,11 @@ fn compare_chosen(
 /// bound 0 and no upper bound: `q` itself, the whole of it, compared with `c`.
 fn sum_threshold(module: &Module, h: Handle<Expr>) -> Option<(BufferId, BinaryOp, f64)> {
     let (a, op, c) = against_constant(module, h)?;
+    // Before following `let`s: every `x + 1` is a binary node with a number too, and following
+    // each one's chain would make compiling a long chain of lets quadratic.
+    if !matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) || c <= 0.0 {
+        return None;
+    }
     let Expr::Reduce { op: ReduceOp::Sum, var, set, body } = module.exprs[through_lets(module, a)?.0].clone() else {
         return None;
     };
@@ -224,8 +229,7 @@ fn sum_threshold(module: &Module, h: Handle<Expr>) -> Option<(BufferId, BinaryOp
     let whole = b.kind == BufferKind::Continuous
         && b.dims == [set]
         && matches!(index.as_slice(), [i] if module.exprs[*i] == Expr::Var(var));
-    (whole && matches!(op, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge) && c > 0.0)
-        .then_some((*buffer, op, c))
+    whole.then_some((*buffer, op, c))
 }
 
 /// A threshold on the sum of a non-negative action (a truck's capacity, `sum(i in I) q[i] > 100`)
