@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use hmdp::sim;
 use hmdp::subject::act::{self, ActError};
-use hmdp::train::config::parse_override;
 use serde_json::json;
 
 use super::exit;
-use super::subjects::{self, ModelFlags};
+use super::subjects::{self, InstanceFlags, ModelFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,12 +27,8 @@ pub struct Args {
     /// taking the most likely (the continuous actions are the network's either way).
     #[arg(long)]
     seed: Option<u64>,
-    /// For a model file: seed of the instance [default: 0].
-    #[arg(long)]
-    instance_seed: Option<u64>,
-    /// For a model file: override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
-    overrides: Vec<(String, f64)>,
+    #[command(flatten)]
+    instance: InstanceFlags,
 }
 
 pub fn run(args: Args) -> u8 {
@@ -47,7 +42,7 @@ pub fn run(args: Args) -> u8 {
         },
         None => args.state.clone(),
     };
-    let flags = ModelFlags { instance_seed: args.instance_seed, scenario_seed: None, overrides: args.overrides };
+    let flags = ModelFlags { instance: args.instance, scenario_seed: None };
     let opened = match subjects::open(&args.source, args.policy.as_deref(), &flags, "act") {
         Ok(opened) => opened,
         Err(code) => return code,

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use hmdp::pipeline::Compiled;
 use hmdp::sim;
 use hmdp::subject::{self, Score, Subject, Testbed};
-use hmdp::train::config::parse_override;
 use hmdp::train::folder::{Run, fingerprint};
 use serde_json::json;
 
 use super::exit;
-use super::subjects::{self, RunPolicy};
+use super::subjects::{self, InstanceFlags, RunPolicy};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,13 +35,8 @@ pub struct Args {
     /// same; 0 without a run).
     #[arg(long)]
     scenario_seed: Option<u64>,
-    /// Without a run folder: seed of the instance [default: 0] (a run fixes its own).
-    #[arg(long)]
-    instance_seed: Option<u64>,
-    /// Without a run folder: override a size or a scalar parameter of the model files, e.g.
-    /// `--set items=50` (repeatable; a run fixes its own).
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
-    overrides: Vec<(String, f64)>,
+    #[command(flatten)]
+    instance: InstanceFlags,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -120,7 +114,7 @@ pub fn run(args: Args) -> u8 {
         ));
     }
     if let Some(first) = runs.first() {
-        if let Some(flag) = [(args.instance_seed.is_some(), "--instance-seed"), (!args.overrides.is_empty(), "--set")]
+        if let Some(flag) = [(args.instance.instance_seed.is_some(), "--instance-seed"), (!args.instance.overrides.is_empty(), "--set")]
             .into_iter()
             .find_map(|(given, flag)| given.then_some(flag))
         {
@@ -134,7 +128,7 @@ pub fn run(args: Args) -> u8 {
         }
     }
     // Model files are compiled with the first run's `--set` values, else with `--set`.
-    let overrides = runs.first().map_or(args.overrides.clone(), |r| r.config().set.clone());
+    let overrides = runs.first().map_or(args.instance.overrides.clone(), |r| r.config().set.clone());
     let mut compiled_files: Vec<Compiled> = Vec::new();
     for file in &files {
         match super::compile_model(Path::new(file), &overrides) {
@@ -159,7 +153,7 @@ pub fn run(args: Args) -> u8 {
         (None, Some(compiled)) => Problem {
             from: name_of(&|n| matches!(n, Named::Model(0, _))),
             compiled,
-            instance_seed: args.instance_seed.unwrap_or(0),
+            instance_seed: args.instance.instance_seed.unwrap_or(0),
             scenario_seed: args.scenario_seed.unwrap_or(0),
             scenarios: args.scenarios.map_or(SCENARIOS_WITHOUT_RUN, |n| n as usize),
         },

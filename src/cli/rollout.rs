@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 
 use hmdp::subject;
-use hmdp::train::config::parse_override;
 
 use super::exit;
-use super::subjects::{self, ModelFlags};
+use super::subjects::{self, InstanceFlags, ModelFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,17 +26,12 @@ pub struct Args {
     /// For a model file: seed of the test scenarios [default: 0].
     #[arg(long)]
     scenario_seed: Option<u64>,
-    /// For a model file: seed of the instance [default: 0].
-    #[arg(long)]
-    instance_seed: Option<u64>,
-    /// For a model file: override a size or a scalar parameter, e.g. `--set items=50` (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
-    overrides: Vec<(String, f64)>,
+    #[command(flatten)]
+    instance: InstanceFlags,
 }
 
 pub fn run(args: Args) -> u8 {
-    let flags =
-        ModelFlags { instance_seed: args.instance_seed, scenario_seed: args.scenario_seed, overrides: args.overrides };
+    let flags = ModelFlags { instance: args.instance, scenario_seed: args.scenario_seed };
     let opened = match subjects::open(&args.source, args.policy.as_deref(), &flags, "rollout") {
         Ok(opened) => opened,
         Err(code) => return code,

@@ -11,6 +11,7 @@ use hmdp::random::{ScenarioSet, Seeds};
 use hmdp::sim::{self, Estimate};
 use hmdp::subject::{Regimes, Subject, Testbed};
 use hmdp::train::TrainError;
+use hmdp::train::config::parse_override;
 use hmdp::train::folder::{Checkpoint, OpenError, Run, write_atomic};
 use serde_json::{Value, json};
 
@@ -56,23 +57,35 @@ pub fn subject(run: &Run, policy: RunPolicy) -> Result<Subject, u8> {
     })
 }
 
-/// What a model file is run on, where a run folder would give it from its `run.json`: the
-/// `--instance-seed`, `--scenario-seed` and `--set` flags of `compare`, `rollout` and `act`.
+/// The instance of a model file, which a run folder fixes in its `run.json`: the
+/// `--instance-seed` and `--set` flags of `compare`, `rollout` and `act`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct InstanceFlags {
+    /// For a model file: seed of the instance [default: 0] (a run folder fixes its own).
+    #[arg(long)]
+    pub instance_seed: Option<u64>,
+    /// For a model file: override a size or a scalar parameter, e.g. `--set items=50`
+    /// (repeatable; a run folder fixes its own).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    pub overrides: Vec<(String, f64)>,
+}
+
+/// What a model file is run on, where a run folder would give it from its `run.json`: its
+/// instance, and `rollout`'s `--scenario-seed`.
 #[derive(Clone, Debug, Default)]
 pub struct ModelFlags {
-    pub instance_seed: Option<u64>,
+    pub instance: InstanceFlags,
     pub scenario_seed: Option<u64>,
-    pub overrides: Vec<(String, f64)>,
 }
 
 impl ModelFlags {
     /// The first flag given, as written on the command line.
     fn first_given(&self) -> Option<&'static str> {
-        if self.instance_seed.is_some() {
+        if self.instance.instance_seed.is_some() {
             Some("--instance-seed")
         } else if self.scenario_seed.is_some() {
             Some("--scenario-seed")
-        } else if !self.overrides.is_empty() {
+        } else if !self.instance.overrides.is_empty() {
             Some("--set")
         } else {
             None
@@ -119,12 +132,12 @@ pub fn open(path: &Path, policy: Option<&str>, flags: &ModelFlags, command: &str
             );
             return Err(exit::USAGE);
         };
-        let compiled = super::compile_model(path, &flags.overrides)?;
+        let compiled = super::compile_model(path, &flags.instance.overrides)?;
         let subject = model_subject(&compiled, name)?;
         return Ok(Opened {
             compiled,
             subject,
-            instance_seed: flags.instance_seed.unwrap_or(0),
+            instance_seed: flags.instance.instance_seed.unwrap_or(0),
             scenario_seed: flags.scenario_seed.unwrap_or(0),
         });
     }
