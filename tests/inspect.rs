@@ -390,13 +390,6 @@ fn act_reads_a_choice_state_by_its_label_and_a_set_choice_by_its_element() {
 /// output of an unbounded action (switched LQR), and the pieces of a price break (bulk discount).
 #[test]
 fn the_numpy_loader_reproduces_act() {
-    let python = common::root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: create the project's virtual environment as the README says \
-         (python3 -m venv .venv && .venv/bin/pip install -r python/requirements-dev.txt)",
-        python.display()
-    );
     let cases: [(&Path, &str, Vec<&str>); 3] = [
         (
             inventory(),
@@ -416,17 +409,32 @@ fn the_numpy_loader_reproduces_act() {
         assert!(wrote.contains("policy.safetensors") && wrote.contains("policy.json"), "{wrote}");
         for state in states {
             let act = json(&["act", s(run), "--state", state]);
-            let out = Command::new(&python)
-                .args(["docs/export_loader.py", s(&folder), state])
-                .current_dir(common::root())
-                .output()
-                .expect("python runs");
-            assert!(out.status.success(), "loader on {name} {state}: {}", text(&out.stderr));
-            let loaded: Value = serde_json::from_slice(&out.stdout).expect("loader JSON");
+            let loaded = loader(&folder, &[state]);
             assert_same(&act["discrete"], &loaded["discrete"], &format!("{name} {state} discrete"));
             assert_same(&act["continuous"], &loaded["continuous"], &format!("{name} {state} continuous"));
         }
     }
+}
+
+/// The answer of `docs/export_loader.py`, run by the project's Python on the exported folder
+/// `folder` with `args` (a state, then the bounds if any).
+fn loader(folder: &Path, args: &[&str]) -> Value {
+    let python = common::root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: create the project's virtual environment as the README says \
+         (python3 -m venv .venv && .venv/bin/pip install -r python/requirements-dev.txt)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg("docs/export_loader.py")
+        .arg(folder)
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "loader on {args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("loader JSON")
 }
 
 /// Two JSON values equal, numbers to 1e-6 relative to their size (at least 1).
@@ -590,19 +598,12 @@ fn an_exported_bound_that_reads_the_state_says_how_to_compute_it() {
     // The lower bound reads no state: its values are written.
     assert_eq!(description["continuous"][0]["lower"], serde_json::json!({ "values": [0.0, 0.0] }));
 
-    let python = common::root().join(".venv/bin/python");
     let cap = 40.0;
     for onhand in [[5.0, 30.0], [0.0, 40.0], [17.5, 2.0]] {
         let state = format!("{{\"onhand\": [{}, {}]}}", onhand[0], onhand[1]);
         let bounds = format!("{{\"q\": [[0, 0], [{}, {}]]}}", cap - onhand[0], cap - onhand[1]);
         let act = json(&["act", s(run), "--state", &state]);
-        let out = Command::new(&python)
-            .args(["docs/export_loader.py", s(&folder), &state, &bounds])
-            .current_dir(common::root())
-            .output()
-            .expect("python runs");
-        assert!(out.status.success(), "loader on {state}: {}", text(&out.stderr));
-        let loaded: Value = serde_json::from_slice(&out.stdout).expect("loader JSON");
+        let loaded = loader(&folder, &[&state, &bounds]);
         assert_same(&act["continuous"], &loaded["continuous"], &format!("lost_sales {state}"));
     }
 }
