@@ -212,9 +212,22 @@ fn a_model_observing_a_let_simulates_and_trains() {
     let (model_arg, run_arg) = (model.to_str().expect("utf-8"), run.to_str().expect("utf-8"));
     let (ok, _, err) = hmdpc(&["simulate", "--scenarios", "50", model_arg]);
     assert!(ok, "{err}");
-    let (ok, _, err) = hmdpc(&[
+    let (ok, out, err) = train_briefly("hpo", model_arg, run_arg);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = train_briefly("ppo", model_arg, run_arg);
+    std::fs::remove_dir_all(&folder).ok();
+    assert!(ok, "{out}{err}");
+}
+
+/// `hmdpc train` with `algo`, 4 updates of 32 of 32 scenarios: enough to run every part of
+/// the trainer on a model. Writes over `run`.
+fn train_briefly(algo: &str, model: &str, run: &str) -> (bool, String, String) {
+    hmdpc(&[
         "train",
         "--quiet",
+        "--algo",
+        algo,
+        "--force",
         "--updates",
         "4",
         "--batch",
@@ -222,28 +235,9 @@ fn a_model_observing_a_let_simulates_and_trains() {
         "--scenarios",
         "32",
         "--out",
-        run_arg,
-        model_arg,
-    ]);
-    assert!(ok, "{err}");
-    let (ok, out, err) = hmdpc(&[
-        "train",
-        "--quiet",
-        "--algo",
-        "ppo",
-        "--force",
-        "--updates",
-        "2",
-        "--batch",
-        "32",
-        "--scenarios",
-        "32",
-        "--out",
-        run_arg,
-        model_arg,
-    ]);
-    std::fs::remove_dir_all(&folder).ok();
-    assert!(ok, "{out}{err}");
+        run,
+        model,
+    ])
 }
 
 /// A `let` that reads noise or an action has no value when the policy decides: refused, at the
@@ -504,27 +498,9 @@ fn a_model_with_a_choice_state_simulates_trains_and_rolls_out() {
     let (run_arg, csv_arg) = (run.to_str().expect("utf-8"), csv.to_str().expect("utf-8"));
     let (ok, _, err) = hmdpc(&["simulate", "--scenarios", "50", "--backend", "jit", SWITCHING]);
     assert!(ok, "{err}");
-    let train = |algo: &str| {
-        hmdpc(&[
-            "train",
-            "--quiet",
-            "--algo",
-            algo,
-            "--force",
-            "--updates",
-            "4",
-            "--batch",
-            "32",
-            "--scenarios",
-            "32",
-            "--out",
-            run_arg,
-            SWITCHING,
-        ])
-    };
-    let (ok, out, err) = train("ppo");
+    let (ok, out, err) = train_briefly("ppo", SWITCHING, run_arg);
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = train("hpo");
+    let (ok, out, err) = train_briefly("hpo", SWITCHING, run_arg);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = hmdpc(&["rollout", run_arg, "--scenarios", "2", "--out", csv_arg]);
     assert!(ok, "{out}{err}");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use hmdp::backend::jit::Jit;
@@ -158,28 +159,23 @@ fn dev_costs(stdout: &str) -> (f64, f64) {
     (numbers[2], numbers[3])
 }
 
+/// `hmdpc tune` of `lost_sales`' declared `base_stock` on two items, quietly, into `folder`,
+/// with `extra` flags.
+fn tune_base_stock(folder: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["tune", "models/lost_sales.hmdp", "--policy", "base_stock", "--set", "items=2", "--quiet"];
+    args.extend_from_slice(extra);
+    args.extend(["-o", folder.to_str().expect("path")]);
+    hmdpc(&args)
+}
+
 #[test]
 fn tune_improves_on_the_start_and_its_run_folder_evaluates() {
     let dir = std::env::temp_dir().join(format!("hmdp-tune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let folder = dir.join("run");
     let folder_text = folder.to_str().expect("path");
-    let args = [
-        "tune",
-        "models/lost_sales.hmdp",
-        "--policy",
-        "base_stock",
-        "--set",
-        "items=2",
-        "--scenarios",
-        "32",
-        "--evaluations",
-        "12",
-        "--quiet",
-        "-o",
-        folder_text,
-    ];
-    let out = hmdpc(&args);
+    let args = ["--scenarios", "32", "--evaluations", "12"];
+    let out = tune_base_stock(&folder, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let (start, best) = dev_costs(&stdout);
@@ -218,7 +214,7 @@ fn tune_improves_on_the_start_and_its_run_folder_evaluates() {
     assert_eq!(total(&out.stdout), total(&sim.stdout));
 
     // A second run into the same folder is refused without --force.
-    let again = hmdpc(&args);
+    let again = tune_base_stock(&folder, &args);
     assert_eq!(again.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -287,25 +283,7 @@ fn tune_starts_where_told_and_refuses_a_start_outside_the_bounds() {
     let dir = std::env::temp_dir().join(format!("hmdp-tune-start-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let folder = dir.join("run");
-    let tune = |start: &str| {
-        hmdpc(&[
-            "tune",
-            "models/lost_sales.hmdp",
-            "--policy",
-            "base_stock",
-            "--set",
-            "items=2",
-            "--scenarios",
-            "8",
-            "--evaluations",
-            "1",
-            "--quiet",
-            "--start",
-            start,
-            "-o",
-            folder.to_str().expect("path"),
-        ])
-    };
+    let tune = |start: &str| tune_base_stock(&folder, &["--scenarios", "8", "--evaluations", "1", "--start", start]);
     // One evaluation: the start alone, which is then the best point.
     let out = tune("S=4.5");
     let stdout = String::from_utf8_lossy(&out.stdout);
