@@ -114,9 +114,10 @@ pub fn run(args: Args) -> u8 {
         ));
     }
     if let Some(first) = runs.first() {
-        if let Some(flag) = [(args.instance.instance_seed.is_some(), "--instance-seed"), (!args.instance.overrides.is_empty(), "--set")]
-            .into_iter()
-            .find_map(|(given, flag)| given.then_some(flag))
+        if let Some(flag) =
+            [(args.instance.instance_seed.is_some(), "--instance-seed"), (!args.instance.overrides.is_empty(), "--set")]
+                .into_iter()
+                .find_map(|(given, flag)| given.then_some(flag))
         {
             return refuse(&format!(
                 "{flag} is for model files compared without a run folder: the run folder {} fixes its instance seed and --set values (run.json), and the model files are run with them",
