@@ -794,7 +794,17 @@ impl Checker<'_> {
         let name = &d.name.name;
         // A scalar: the total of all elements, so no index name of the action is bound here.
         let mut scope = Scope::with_dims(Context::ActionBound, &[]);
+        let from = self.diagnostics.len();
         let ty = self.expr(e, &mut scope);
+        // "Give the declaration a dimension" does not apply: the bound is one number for the total.
+        for diagnostic in self.diagnostics.iter_mut().skip(from).filter(|d| d.code == "unbound-index") {
+            // The generic help starts "bind it: sum over it with `sum(k in SET) ...`".
+            let sum = diagnostic.help.as_deref().and_then(|h| h.split('`').nth(1)).unwrap_or("sum(k in SET) ...");
+            diagnostic.help = Some(format!(
+                "a bound on the sum is one number, for all the elements of `{name}` together, so no index is bound \
+                 in it: sum over the index (`{sum}`), or bound each element instead (`real in [0, ...]`)"
+            ));
+        }
         let numeric = self.numeric(ty, e.span, "a bound");
         let ast::ActionKind::Real { lo: lower, hi, .. } = &d.kind else { return None };
         let refused = |message: String, span: Span, label: &str, help: &str| {
