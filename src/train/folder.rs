@@ -638,7 +638,7 @@ pub fn checkpoint_header(bytes: &[u8]) -> Option<Header> {
 pub fn decode_checkpoint(
     bytes: &[u8],
     nets: &mut Nets,
-    opt: Option<&mut Optimizers>,
+    mut opt: Option<&mut Optimizers>,
 ) -> Result<(usize, Option<Continuation>), String> {
     let bad = |what: &str| format!("not a valid checkpoint: {what}");
     if bytes.len() < 16 || &bytes[..8] != CHECKPOINT_MAGIC {
@@ -651,6 +651,20 @@ pub fn decode_checkpoint(
     let header: serde_json::Value =
         serde_json::from_slice(&bytes[16..header_end]).map_err(|e| bad(&format!("header: {e}")))?;
     let size = |key: &str| header.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
+    // A run from before the value network read the period: its value network reads the
+    // features alone, and goes on doing so.
+    if nets.value_reads_time() && size("value") != Some(nets.value.params().len()) {
+        let mut older = nets.clone();
+        older.value_without_time();
+        if size("value") == Some(older.value.params().len()) {
+            nets.value = older.value;
+            if let Some(opt) = opt.as_mut() {
+                let (lr, eps) = (opt.value.lr, opt.value.eps);
+                opt.value = Adam::new(nets.value.params().len(), lr);
+                opt.value.eps = eps;
+            }
+        }
+    }
     let expect = [
         ("discrete", nets.discrete.params().len()),
         ("continuous", nets.continuous.params().len()),
@@ -1017,6 +1031,57 @@ mod tests {
         assert_eq!(decode_checkpoint(&bytes, &mut back, None), Ok((9, None)));
         assert!(decode_checkpoint(&bytes[..bytes.len() - 3], &mut back, Some(&mut opt_back)).is_err());
     }
+
+    /// A checkpoint from before the value network read the period (its value network reads the
+    /// features alone) loads, with its training state, into networks that keep its shape: an old
+    /// run resumes and evaluates as it was.
+    #[test]
+    fn a_checkpoint_whose_value_network_reads_no_time_keeps_that_shape() {
+        use rand::SeedableRng;
+        let module = empty_module();
+        let mut spec = super::super::spec::Spec::of(&module);
+        spec.features = 3;
+        let cfg = Config::default();
+        let mut old = Nets::new(&spec, &[5, 4], true, &mut ChaCha8Rng::seed_from_u64(1));
+        assert!(old.value_reads_time() && old.value.inputs() == 4);
+        old.value_without_time();
+        assert!(!old.value_reads_time() && old.value.inputs() == 3);
+        let mut old_opt = Optimizers::new(&old, &cfg);
+        let grad: Vec<f32> = (0..old.value.params().len()).map(|i| i as f32 * 0.1).collect();
+        let mut params: Vec<f32> = (0..old.value.params().len()).map(|i| i as f32 * 0.01).collect();
+        old_opt.value.step(&mut params, &grad);
+        old.value.params_mut().copy_from_slice(&params);
+        let rng = ChaCha8Rng::seed_from_u64(3);
+        let state = TrainingState { opt: &old_opt, rng: &rng, order: &[0], running_train: 1.0 };
+        let bytes = encode_checkpoint(&old, 4, None, serde_json::json!({}), Some(state));
+
+        let mut back = Nets::new(&spec, &[5, 4], true, &mut ChaCha8Rng::seed_from_u64(2));
+        let mut opt = Optimizers::new(&back, &cfg);
+        assert_ne!(opt.value.moments().0.len(), old_opt.value.moments().0.len());
+        let (update, continuation) = decode_checkpoint(&bytes, &mut back, Some(&mut opt)).expect("loads");
+        assert_eq!(update, 4);
+        assert!(continuation.is_some());
+        assert!(!back.value_reads_time());
+        assert_eq!(back.value.params(), old.value.params());
+        assert_eq!(opt.value.moments(), old_opt.value.moments());
+        assert_eq!(opt.value.steps(), 1);
+        // Its value inputs are the features, without the period.
+        assert_eq!(back.value_inputs(&[1.0, 2.0, 3.0], 1, |_| 0.5), vec![1.0, 2.0, 3.0]);
+
+        // A checkpoint of today's networks keeps the period, which goes after each row.
+        let now = Nets::new(&spec, &[5, 4], true, &mut ChaCha8Rng::seed_from_u64(4));
+        let bytes = encode_checkpoint(&now, 1, None, serde_json::json!({}), None);
+        let mut back = Nets::new(&spec, &[5, 4], true, &mut ChaCha8Rng::seed_from_u64(5));
+        decode_checkpoint(&bytes, &mut back, None).expect("loads");
+        assert!(back.value_reads_time());
+        assert_eq!(back.value.params(), now.value.params());
+        let rows = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(back.value_inputs(&rows, 2, |r| r as f32 / 4.0), vec![1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.25]);
+        // A value network of any other shape is refused, as before.
+        let mut other = Nets::new(&spec, &[6, 4], true, &mut ChaCha8Rng::seed_from_u64(6));
+        assert!(decode_checkpoint(&bytes, &mut other, None).is_err());
+    }
+
     #[test]
     fn a_checkpoint_header_gives_the_update_the_state_and_the_dev_cost() {
         let nets_of = |seed| {

@@ -83,10 +83,42 @@ impl Nets {
             // Zero head: every label equally likely at first.
             discrete: Mlp::new(&sizes(spec.logits), 0.0, rng),
             continuous: Mlp::new(&sizes(spec.outputs), 0.01, rng),
-            value: Mlp::new(&sizes(1), 1.0, rng),
+            // The value of a state depends on the periods left, which the policy's features need
+            // not say: the value network reads the period too (`value_reads_time`).
+            value: Mlp::new(&{ [&[spec.features.max(1) + 1][..], hidden, &[1]].concat() }, 1.0, rng),
             log_std: vec![0.0; spec.outputs],
             normalizer: Normalizer::new(spec.features, normalize),
         }
+    }
+
+    /// Whether the value network reads, after the features, the period as a fraction of the
+    /// horizon. Networks from before it did (a checkpoint of an older run) read the features
+    /// alone.
+    pub fn value_reads_time(&self) -> bool {
+        self.value.inputs() == self.discrete.inputs() + 1
+    }
+
+    /// The value network's inputs for `rows` rows of `features`: each row, followed, when it
+    /// reads it, by the row's period as a fraction of the horizon, `time(row)`.
+    pub fn value_inputs(&self, features: &[f32], rows: usize, time: impl Fn(usize) -> f32) -> Vec<f32> {
+        if !self.value_reads_time() || rows == 0 {
+            return features.to_vec();
+        }
+        let f = features.len() / rows;
+        let mut out = Vec::with_capacity(rows * (f + 1));
+        for row in 0..rows {
+            out.extend_from_slice(&features[row * f..(row + 1) * f]);
+            out.push(time(row));
+        }
+        out
+    }
+
+    /// Gives the value network the shape of one that reads the features alone, as a checkpoint
+    /// written before it read the period holds it (its weights are then read from there).
+    pub fn value_without_time(&mut self) {
+        let mut sizes = self.value.sizes().to_vec();
+        sizes[0] = self.discrete.inputs();
+        self.value = Mlp::zeros(&sizes);
     }
 }
 

@@ -144,6 +144,14 @@ struct Samples {
     draws: Vec<(Option<u32>, f32)>,
     /// The (step, row) each sample came from.
     origin: Vec<(usize, usize)>,
+    /// The rollout's number of steps.
+    horizon: usize,
+}
+
+/// Period `t` of a horizon of `horizon` periods as the value network reads it: the fraction of
+/// the horizon gone, from 0 at the first period to 1 after the last.
+fn period_fraction(t: usize, horizon: usize) -> f32 {
+    (t as f64 / horizon.max(1) as f64) as f32
 }
 
 fn slice(cfg: &Config, module: &crate::ir::Module, horizon: usize) -> std::ops::Range<usize> {
@@ -171,6 +179,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
         all.extend_from_slice(&s.features);
     }
     all.extend_from_slice(&traj.final_features);
+    let all = nets.value_inputs(&all, (horizon + 1) * rows, |r| period_fraction(r / rows, horizon));
     let values = nets.value.forward(&all, (horizon + 1) * rows, tape);
     let value = |t: usize, b: usize| values[t * rows + b] as f64;
     let mut advantages = vec![0.0; horizon * rows];
@@ -194,6 +203,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
         returns: Vec::new(),
         draws: Vec::new(),
         origin: Vec::new(),
+        horizon,
     };
     for t in range.clone() {
         let step = &traj.steps[t];
@@ -395,7 +405,12 @@ fn ppo_losses(
         (score, approx_kl, clipped, entropy, head_entropy)
     };
     let value = || {
-        let values = if recorded.value { vtape.output() } else { nets.value.forward(&x, n, vtape) };
+        let values = if recorded.value {
+            vtape.output()
+        } else {
+            let x = nets.value_inputs(&x, n, |r| period_fraction(s.origin[which[r]].0, s.horizon));
+            nets.value.forward(&x, n, vtape)
+        };
         let dv: Vec<f32> = which
             .iter()
             .enumerate()
