@@ -111,6 +111,8 @@ pub struct Window {
     clip_fraction: f64,
     head_entropy: Vec<f64>,
     grad_norms: BTreeMap<&'static str, (f64, usize)>,
+    /// The sum of the updates' value fits, and how many were not NaN.
+    value_fit: (f64, usize),
 }
 
 impl Window {
@@ -126,6 +128,10 @@ impl Window {
             let (sum, count) = self.grad_norms.entry(group).or_default();
             *sum += norm;
             *count += 1;
+        }
+        if !stats.value_fit.is_nan() {
+            self.value_fit.0 += stats.value_fit;
+            self.value_fit.1 += 1;
         }
     }
 
@@ -173,6 +179,8 @@ pub fn columns(
         let norm = window.grad_norms.get(group).map_or(f64::NAN, |&(sum, n)| sum / n.max(1) as f64);
         out.push((format!("grad_{group}"), norm));
     }
+    let (sum, n) = window.value_fit;
+    out.push(("value_fit".to_string(), if n == 0 { f64::NAN } else { sum / n as f64 }));
     for (h, head) in spec.discrete.iter().enumerate() {
         let name = &module.buffers[head.buffer].name;
         if head.labels <= LABEL_COLUMNS {

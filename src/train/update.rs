@@ -79,6 +79,10 @@ pub struct Stats {
     /// that carries HPO's pathwise gradient), by group name ([`GROUPS`]); groups that do not
     /// step in it are left out.
     pub grad_norms: Vec<(&'static str, f64)>,
+    /// The share of the returns' variance that the value network explains on the update's
+    /// samples, `1 − Var(return − value) / Var(return)`: 1 for a perfect fit, 0 (or below) for
+    /// none, NaN when the returns do not vary.
+    pub value_fit: f64,
     pub phases: Phases,
 }
 
@@ -146,6 +150,8 @@ struct Samples {
     origin: Vec<(usize, usize)>,
     /// The rollout's number of steps.
     horizon: usize,
+    /// [`Stats::value_fit`].
+    value_fit: f64,
 }
 
 /// Period `t` of a horizon of `horizon` periods as the value network reads it: the fraction of
@@ -159,10 +165,19 @@ fn slice(cfg: &Config, module: &crate::ir::Module, horizon: usize) -> std::ops::
     if horizon > 2 * b { b..horizon - b } else { 0..horizon }
 }
 
-fn std_dev(values: &[f64]) -> f64 {
+/// The variance of `values` (0 for fewer than two).
+fn variance(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n
+}
+
+/// The standard deviation of `values`, or 1 when it is 0 or not finite (a scale to divide by).
+fn std_dev(values: &[f64]) -> f64 {
+    let var = variance(values);
     if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 }
 }
 
@@ -204,6 +219,7 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
         draws: Vec::new(),
         origin: Vec::new(),
         horizon,
+        value_fit: f64::NAN,
     };
     for t in range.clone() {
         let step = &traj.steps[t];
@@ -217,6 +233,11 @@ fn samples(ctx: &Context, nets: &Nets, traj: &Trajectory, cfg: &Config, tape: &m
             s.draws.extend(step.used[b * continuous_len..(b + 1) * continuous_len].iter().map(|u| (u.output, u.raw)));
             s.origin.push((t, b));
         }
+    }
+    // A return less its value is the advantage.
+    let returns_variance = variance(&s.returns);
+    if returns_variance > 0.0 {
+        s.value_fit = 1.0 - variance(&s.advantages) / returns_variance;
     }
     // The samples are the rows of the steps in the slice, in the order the forward pass saw them.
     tape.keep_rows(range.start * rows, range.len() * rows);
@@ -737,6 +758,7 @@ pub fn update(
     let cross = cfg.algo == super::Algo::Hpo;
     let mut stats = Stats::default();
     let (s, scale) = timed(&mut stats.phases.values, || samples(ctx, nets, traj, cfg, &mut work.value));
+    stats.value_fit = s.value_fit;
     let steps = &traj.steps[slice(cfg, ctx.module, traj.steps.len())];
     let discrete_tapes: Option<Vec<&Tape>> = steps.iter().map(|s| s.discrete_tape.as_ref()).collect();
     let first_recorded = Recorded {
