@@ -359,7 +359,7 @@ fn the_pathwise_gradient_includes_the_terminal_cost() {
         };
         let (_, mut traj) = cost(&nets);
         let weight = |_: usize| 1.0 / 3.0;
-        let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
+        let grad = pathwise(&ctx, &nets, &mut traj, &weight, 0.0, None).expect("pathwise");
         let mut worst = 0.0f64;
         for (k, &ad) in grad.iter().enumerate() {
             let h = 1e-3f32;

@@ -155,7 +155,8 @@ fn estimator(
         let mut tape = Tape::default();
         tape.concatenate(traj.steps.iter().map(|s| s.discrete_tape.as_ref().expect("recorded")));
         let weight = |_: usize| 1.0 / rows as f64;
-        let weights = Weights { steps: 0..horizon, score: &score, entropy: 0.0, pathwise: &weight, cross };
+        let weights =
+            Weights { steps: 0..horizon, score: &score, entropy: 0.0, pathwise: &weight, saturation: 0.0, cross };
         let (mut d, mut c) = (Vec::new(), Vec::new());
         mixed_gradient(&ctx, nets, &mut traj, &mut tape, &weights, &mut Stack::new(), &mut d, &mut c)
             .expect("gradient");
@@ -250,6 +251,33 @@ fn pathwise_gradient_through_time_matches_finite_differences() {
         let (worst, largest) = common::pathwise_against_finite_differences(&s.module, &s.jit, 3);
         assert!(largest > 0.1, "{}: the gradient is trivial ({largest})", s.module.name);
         assert!(worst < 2e-2, "{}: largest relative error {worst}", s.module.name);
+    }
+}
+
+/// The saturation penalty that holds a bounded action's raw output where its squash has a slope
+/// (issue 16: a policy driven into the flat end stays there) is part of the loss the pathwise
+/// gradient differentiates: with networks whose outputs go far out on the flat side, on an
+/// interval whose bounds read the state (`energy_storage`) and on half-lines (`inventory`), it
+/// matches finite differences of cost plus penalty on the interpreter and the JIT (a gradient
+/// without it, wrong by the penalty's part, fails); so does the cost alone, without the penalty.
+#[test]
+fn the_saturation_penalty_is_differentiated_with_the_cost() {
+    let energy = std::fs::read_to_string(common::root().join("models/energy_storage.hmdp")).expect("model");
+    let inventory = std::fs::read_to_string(common::root().join("models/inventory.hmdp")).expect("model");
+    for (source, overrides) in [(energy.as_str(), vec![]), (inventory.as_str(), vec![("items", 2.0)])] {
+        let s = setup(source, &overrides);
+        let interp = hmdp::backend::Interp::new(&s.module);
+        for backend in [&interp as &dyn hmdp::backend::Backend, &s.jit] {
+            let at = format!("{} on {}", s.module.name, backend.name());
+            let (worst, largest, active) =
+                common::pathwise_with_penalty_against_finite_differences(&s.module, backend, 3, 10.0, 2.0);
+            assert!(active > 10, "{at}: only {active} raw outputs are beyond 6");
+            assert!(largest > 0.1, "{at}: the gradient is trivial ({largest})");
+            assert!(worst < 2e-2, "{at}: largest relative error {worst}");
+        }
+        // The same networks, the penalty left out of both.
+        let (worst, _, _) = common::pathwise_with_penalty_against_finite_differences(&s.module, &s.jit, 3, 10.0, 0.0);
+        assert!(worst < 2e-2, "{}: without the penalty, {worst}", s.module.name);
     }
 }
 

@@ -107,6 +107,11 @@ pub struct Config {
     /// paper`].
     #[arg(long, value_parser = positive)]
     pub max_grad_norm: Option<f64>,
+    /// Weight of the penalty that holds the raw output of a bounded continuous action within
+    /// ±6 of where its squash has a slope (HPO; 0: none) [default: 0.1; 0 with `--preset paper`].
+    #[arg(long, value_parser = non_negative)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation_penalty: Option<f64>,
     /// Stop an update's later epochs when the approximate KL divergence exceeds this (0: never).
     #[arg(long, default_value_t = 0.015, value_parser = non_negative)]
     pub target_kl: f64,
@@ -195,6 +200,17 @@ impl Config {
         })
     }
 
+    /// The weight of HPO's saturation penalty (`update::SATURATION_START`):
+    /// `--saturation-penalty`, or 0.1; 0 with `--preset paper`, which has none, and for PPO,
+    /// whose continuous actions have no pathwise gradient to lose.
+    pub fn saturation_penalty(&self) -> f64 {
+        match (self.algo, self.preset) {
+            (Algo::Ppo, _) => 0.0,
+            (_, Some(Preset::Paper)) => self.saturation_penalty.unwrap_or(0.0),
+            (_, None) => self.saturation_penalty.unwrap_or(0.1),
+        }
+    }
+
     /// The discrete network's learning rate: `--lr-discrete`, or [`Config::lr`].
     pub fn lr_discrete(&self) -> f64 {
         self.lr_discrete.unwrap_or_else(|| self.lr())
@@ -256,6 +272,7 @@ impl Config {
             lr: Some(self.lr()),
             lr_decay: Some(self.lr_decay()),
             max_grad_norm: Some(self.max_grad_norm()),
+            saturation_penalty: Some(self.saturation_penalty()),
             hidden: Some(self.hidden()),
             gamma: Some(self.gamma(module)),
             buffer_periods: Some(self.buffer_periods(module)),
@@ -375,6 +392,18 @@ impl Config {
             None => " (the default for HPO: its pathwise gradient spikes; 5 is the paper's)".to_string(),
         };
         lines.push(format!("gradient clip: {} per network{clip}", resolved.max_grad_norm()));
+        if self.algo != Algo::Ppo {
+            let why = match origin("saturation_penalty").why("saturation-penalty") {
+                Some(why) if self.saturation_penalty.is_some() => why,
+                _ if self.preset.is_some() => " (the paper's: none)".to_string(),
+                _ => " (the default: a bounded action's squash keeps a slope)".to_string(),
+            };
+            lines.push(format!(
+                "saturation penalty: {} beyond a raw output of ±{}{why}",
+                resolved.saturation_penalty(),
+                super::update::SATURATION_START
+            ));
+        }
         if resolved.lr_decay() < 1.0 {
             let why = origin("lr_decay").why("lr-decay").unwrap_or_default();
             lines.push(format!("learning rate at the last update: {}{why}", resolved.lr_at(resolved.updates)));
@@ -523,6 +552,11 @@ mod tests {
         assert_eq!(Config::for_algo(Algo::Ppo).max_grad_norm(), 5.0);
         assert_eq!(Config::for_algo(Algo::HpoNoCross).max_grad_norm(), 1.0);
         assert_eq!(Config { max_grad_norm: Some(2.0), ..Config::default() }.max_grad_norm(), 2.0);
+        // HPO's saturation penalty: 0.1, none for the paper's preset and for PPO.
+        assert_eq!((defaults.saturation_penalty(), paper.saturation_penalty()), (0.1, 0.0));
+        assert_eq!(Config::for_algo(Algo::Ppo).saturation_penalty(), 0.0);
+        assert_eq!(Config::for_algo(Algo::HpoNoCross).saturation_penalty(), 0.1);
+        assert_eq!(Config { saturation_penalty: Some(2.0), ..Config::default() }.saturation_penalty(), 2.0);
         assert_eq!((defaults.updates, defaults.batch, defaults.normalize), (1600, 16, true));
         // A run.json that names no setting reads as the defaults; every setting round-trips.
         assert_eq!(serde_json::from_str::<Config>("{}").ok(), Some(defaults.clone()));

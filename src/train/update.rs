@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::policy::{Choice, Nets, each_choice};
 use super::rollout::{Context, Trajectory};
-use super::spec::Spec;
+use super::spec::{ContinuousHead, Spec};
 use super::{Config, TrainError};
 use crate::backend::{self, Kernel};
 use crate::ir::BufferKind;
@@ -453,27 +453,52 @@ fn ppo_losses(
 /// (step, row) each sample belongs to.
 pub type CrossTerm<'a> = (&'a [f32], &'a [(usize, usize)]);
 
-/// Backpropagation through time of `Σ_t weight(t) · Σ_rows cost(t)` with the discrete labels
-/// held fixed, plus the feature gradients `cross` (per sample, with the (step, row) it belongs
-/// to) injected at their steps. Returns the continuous network's gradient.
+/// How far from the centre of its squash the raw output `z` of a bounded continuous action goes
+/// before the saturation penalty holds it: `σ(6)` is within 0.25% of the interval's end, and a
+/// softplus of −6 within 0.25% of a scale of its bound. Beyond, the slope of the squash, and so
+/// the pathwise gradient, vanishes exponentially: a policy pushed there by a few large steps
+/// stays at the bound for good.
+pub const SATURATION_START: f64 = 6.0;
+
+/// The derivative in the raw output `z` of the saturation penalty `½ max(d − 6, 0)²`, where `d`
+/// is how far `z` is on the flat side of `head`'s squash: `|z|` on an interval, `−(z + shift)`
+/// on a half-line above a bound, `z − shift` below one; no penalty on the whole line.
+pub fn saturation_slope(head: &ContinuousHead, z: f64) -> f64 {
+    let beyond = |d: f64| (d - SATURATION_START).max(0.0);
+    match (head.lower.is_some(), head.upper.is_some()) {
+        (true, true) => beyond(z.abs()) * z.signum(),
+        (true, false) => -beyond(-(z + head.shift)),
+        (false, true) => beyond(z - head.shift),
+        (false, false) => 0.0,
+    }
+}
+
+/// Backpropagation through time of `Σ_t weight(t) · Σ_rows (cost(t) + saturation · penalty(t))`
+/// with the discrete labels held fixed (`penalty(t)` is the sum of [`saturation_slope`]'s
+/// penalties of the step's continuous elements that act), plus the feature gradients `cross`
+/// (per sample, with the (step, row) it belongs to) injected at their steps. Returns the
+/// continuous network's gradient.
 pub fn pathwise(
     ctx: &Context,
     nets: &Nets,
     traj: &mut Trajectory,
     weight: &dyn Fn(usize) -> f64,
+    saturation: f64,
     cross: Option<CrossTerm<'_>>,
 ) -> Result<Vec<f32>, TrainError> {
     let mut grad = Vec::new();
-    pathwise_into(ctx, nets, traj, weight, cross, &mut Stack::new(), &mut grad)?;
+    pathwise_into(ctx, nets, traj, weight, saturation, cross, &mut Stack::new(), &mut grad)?;
     Ok(grad)
 }
 
 /// [`pathwise`] into `grad`, with `stack` as the scratch of the continuous network's passes.
+#[allow(clippy::too_many_arguments)]
 fn pathwise_into(
     ctx: &Context,
     nets: &Nets,
     traj: &mut Trajectory,
     weight: &dyn Fn(usize) -> f64,
+    saturation: f64,
     cross: Option<CrossTerm<'_>>,
     stack: &mut Stack,
     grad: &mut Vec<f32>,
@@ -539,6 +564,10 @@ fn pathwise_into(
                         let used = step.used[b * continuous_len + e];
                         if let (Some(o), Some(a)) = (used.output, adjoint) {
                             dz[b * spec.outputs + o as usize] += (batch.get(a, b)[k] * used.slope) as f32;
+                        }
+                        if let Some(o) = used.output.filter(|_| saturation > 0.0) {
+                            let slope = saturation_slope(head, used.raw as f64);
+                            dz[b * spec.outputs + o as usize] += (w * saturation * slope) as f32;
                         }
                         e += 1;
                     }
@@ -700,6 +729,8 @@ pub struct Weights<'a> {
     pub entropy: f64,
     /// d loss / d cost of each step, for the pathwise gradient.
     pub pathwise: &'a dyn Fn(usize) -> f64,
+    /// The weight of the saturation penalty ([`saturation_slope`]) against the costs.
+    pub saturation: f64,
     /// Whether the score function's gradient on the states flows back into the continuous
     /// network (the cross term: how continuous actions move later discrete choices).
     pub cross: bool,
@@ -739,7 +770,7 @@ pub fn mixed_gradient(
     }
     let origin: Vec<(usize, usize)> = weights.steps.clone().flat_map(|t| (0..rows).map(move |b| (t, b))).collect();
     let cross = dx.as_deref().map(|dx| (dx, origin.as_slice()));
-    pathwise_into(ctx, nets, traj, weights.pathwise, cross, stack, continuous)
+    pathwise_into(ctx, nets, traj, weights.pathwise, weights.saturation, cross, stack, continuous)
 }
 
 /// One update from one rollout, by `cfg.algo`: HPO (with or without the cross term) or PPO.
@@ -815,8 +846,14 @@ pub fn update(
                 let range = slice(cfg, ctx.module, traj.steps.len());
                 let w = cfg.pathwise_coef / (scale * (range.len() * traj.rows) as f64);
                 let weight = |t: usize| if range.contains(&t) { w } else { 0.0 };
-                let weights =
-                    Weights { steps: range.clone(), score: &l.score, entropy: entropy_coef, pathwise: &weight, cross };
+                let weights = Weights {
+                    steps: range.clone(),
+                    score: &l.score,
+                    entropy: entropy_coef,
+                    pathwise: &weight,
+                    saturation: cfg.saturation_penalty(),
+                    cross,
+                };
                 let Workspace { discrete: tape, stack, grads, .. } = work;
                 let (discrete, continuous) = (&mut grads.discrete, &mut grads.continuous);
                 timed(&mut stats.phases.pathwise, || {

@@ -105,6 +105,22 @@ pub fn pathwise_against_finite_differences(
     backend: &dyn hmdp::backend::Backend,
     seed: u64,
 ) -> (f64, f64) {
+    let (worst, largest, _) = pathwise_with_penalty_against_finite_differences(module, backend, seed, 0.3, 0.0);
+    (worst, largest)
+}
+
+/// [`pathwise_against_finite_differences`] with the weights of the policy networks drawn with
+/// standard deviation `gain`, and the trainer's saturation penalty of weight `saturation` added
+/// to every step's cost (computed here from its definition: `½ max(d − 6, 0)²`, `d` how far the
+/// raw output is on the flat side of its squash). Also returns how many raw outputs of the
+/// rollout are beyond 6 on that side, where the penalty acts.
+pub fn pathwise_with_penalty_against_finite_differences(
+    module: &hmdp::ir::ValidModule,
+    backend: &dyn hmdp::backend::Backend,
+    seed: u64,
+    gain: f32,
+    saturation: f64,
+) -> (f64, f64, usize) {
     use hmdp::random::ScenarioSet;
     use hmdp::train::policy::Nets;
     use hmdp::train::rollout::{Context, Mode, rollout};
@@ -123,22 +139,52 @@ pub fn pathwise_against_finite_differences(
     for net in [&mut nets.discrete, &mut nets.continuous] {
         for p in net.params_mut() {
             let z: f64 = StandardNormal.sample(&mut rng);
-            *p = 0.3 * z as f32;
+            *p = gain * z as f32;
         }
     }
     let ctx = Context { module, spec: &spec, backend, instance: &instance };
     let horizon = module.horizon as usize;
     let discrete_len: usize = spec.discrete.iter().map(|d| d.len).sum();
     let labels: Vec<u32> = (0..horizon * 3 * discrete_len).map(|i| (i % 3 % 2) as u32 + (i % 5 == 0) as u32).collect();
+    // Each acting raw output's distance beyond 6 on the flat side of its squash.
+    let per_row: usize = spec.continuous.iter().map(|c| c.len).sum();
+    let beyond = |traj: &hmdp::train::rollout::Trajectory| -> Vec<f64> {
+        let mut out = Vec::new();
+        for step in &traj.steps {
+            for b in 0..traj.rows {
+                let mut e = 0;
+                for head in &spec.continuous {
+                    for _ in 0..head.len {
+                        let used = step.used[b * per_row + e];
+                        e += 1;
+                        if used.output.is_none() {
+                            continue;
+                        }
+                        let z = used.raw as f64;
+                        let flat = match (head.lower.is_some(), head.upper.is_some()) {
+                            (true, true) => z.abs(),
+                            (true, false) => -(z + head.shift),
+                            (false, true) => z - head.shift,
+                            (false, false) => f64::NEG_INFINITY,
+                        };
+                        out.push((flat - 6.0).max(0.0));
+                    }
+                }
+            }
+        }
+        out
+    };
     let cost = |nets: &Nets| {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let traj = rollout(&ctx, nets, &set, &[0, 1, 2], Mode::Forced(&labels), true, &mut rng).expect("rollout");
         let total: f64 = traj.steps.iter().flat_map(|st| st.costs.iter()).sum::<f64>() / 3.0;
-        (total, traj)
+        let penalty: f64 = beyond(&traj).iter().map(|d| 0.5 * d * d).sum::<f64>() / 3.0;
+        (total + saturation * penalty, traj)
     };
     let (_, mut traj) = cost(&nets);
+    let active = beyond(&traj).iter().filter(|d| **d > 0.0).count();
     let weight = |_: usize| 1.0 / 3.0;
-    let grad = pathwise(&ctx, &nets, &mut traj, &weight, None).expect("pathwise");
+    let grad = pathwise(&ctx, &nets, &mut traj, &weight, saturation, None).expect("pathwise");
     let pairs: Vec<(f64, f64)> = grad
         .iter()
         .enumerate()
@@ -163,5 +209,5 @@ pub fn pathwise_against_finite_differences(
         }
         worst = worst.max(error);
     }
-    (worst, largest)
+    (worst, largest, active)
 }
