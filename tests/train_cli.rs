@@ -909,6 +909,7 @@ fn a_models_train_block_sits_below_the_command_line() {
         "updates: 3 (the model's `train` block)",
         "batch: 16 scenarios (the default)",
         "gradient clip: 1 per network (the default for HPO",
+        "saturation penalty: 0.1 beyond a raw output of ±6 (the default",
         "action scale: u 2.5 (the model's `train` block)",
         "action scale: k 7 (the model's `train` block)",
     ] {
@@ -921,6 +922,7 @@ fn a_models_train_block_sits_below_the_command_line() {
     assert_eq!(config.get("updates"), Some(&serde_json::json!(3)));
     assert_eq!(config.get("lr"), Some(&serde_json::json!(0.002)));
     assert_eq!(config.get("max_grad_norm"), Some(&serde_json::json!(1.0)));
+    assert_eq!(config.get("saturation_penalty"), Some(&serde_json::json!(0.1)));
     assert_eq!(config.pointer("/action_scales/u"), Some(&serde_json::json!(2.5)));
     assert_eq!(config.pointer("/action_scales/k"), Some(&serde_json::json!(7.0)));
     // A flag wins over the block, for a scale too.
