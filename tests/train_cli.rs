@@ -910,6 +910,7 @@ fn a_models_train_block_sits_below_the_command_line() {
         "batch: 16 scenarios (the default)",
         "gradient clip: 1 per network (the default for HPO",
         "saturation penalty: 0.1 beyond a raw output of ±6 (the default",
+        "entropy weight: 0.5 to 0.001, linearly over the run (the default;",
         "action scale: u 2.5 (the model's `train` block)",
         "action scale: k 7 (the model's `train` block)",
     ] {
@@ -978,4 +979,30 @@ fn patience_stops_on_a_dev_plateau_and_the_curve_explains_the_run() {
         assert!(header.split(',').any(|c| c == column), "{column} missing from {header}");
     }
     assert!(header.ends_with(",dev_total"), "{header}");
+}
+
+/// HPO's first entropy weight is 0.1 on a model whose actions are all discrete (0.5 with a
+/// continuous action, above): `train` says so, `run.json` records it, and a flag wins.
+#[test]
+fn a_model_whose_actions_are_all_discrete_starts_with_a_smaller_entropy_weight() {
+    let out = scratch("all-discrete");
+    let args = ["train", "models/machine_modes.hmdp", "--updates", "1", "--scenarios", "16", "--out", s(&out)];
+    let run = hmdpc(&args);
+    let stdout = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}{}", text(&run.stderr));
+    assert!(
+        stdout.contains("entropy weight: 0.1 (the default for a model whose actions are all discrete; 0.5 with a continuous action) to 0.001"),
+        "{stdout}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json")).expect("json");
+    assert_eq!(record.pointer("/config/entropy_start"), Some(&serde_json::json!(0.1)), "{record:#}");
+
+    let run = hmdpc(&[&args[..], &["--force", "--entropy-start", "0.5"]].concat());
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("entropy weight: 0.5 (--entropy-start) to 0.001"), "{}", text(&run.stdout));
+    // PPO keeps the paper's 0.5.
+    let run = hmdpc(&[&args[..], &["--force", "--algo", "ppo"]].concat());
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("entropy weight: 0.5 to 0.001"), "{}", text(&run.stdout));
 }

@@ -75,9 +75,11 @@ pub struct Config {
     #[arg(long, default_value_t = 0.15, value_parser = non_negative)]
     pub value_coef: f64,
     /// Entropy weight at the first update, annealed linearly to `--entropy-end` (or halved every
-    /// `--entropy-half-life` updates).
-    #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
-    pub entropy_start: f64,
+    /// `--entropy-half-life` updates) [default: 0.5; 0.1 for HPO on a model whose actions are all
+    /// discrete].
+    #[arg(long, value_parser = non_negative)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_start: Option<f64>,
     /// Entropy weight at the last update (with `--entropy-half-life`: the weight it decays to).
     #[arg(long, default_value_t = 0.001, value_parser = non_negative)]
     pub entropy_end: f64,
@@ -173,6 +175,9 @@ pub enum Preset {
 /// LQR and on the model whose choices are all discrete).
 pub const DEFAULT_HIDDEN: [usize; 2] = [128, 128];
 
+/// HPO's first entropy weight on a model whose actions are all discrete ([`Config::entropy_start`]).
+pub const ALL_DISCRETE_ENTROPY_START: f64 = 0.1;
+
 impl Config {
     /// The defaults with another algorithm.
     pub fn for_algo(algo: Algo) -> Config {
@@ -247,11 +252,26 @@ impl Config {
         self.buffer_periods.unwrap_or(module.warmup as usize)
     }
 
-    /// The entropy weight of update `u` (counted from 0): from `--entropy-start` to
-    /// `--entropy-end`, linearly over the run, or halving its distance to the end every
-    /// `--entropy-half-life` updates.
+    /// The entropy weight at the first update: `--entropy-start`, or for HPO 0.5 when the model
+    /// has a continuous action (its discrete choices keep exploring while the actions of their
+    /// regimes are learned, and a regime whose action is still poor looks worse than it is) and
+    /// 0.1 when its actions are all discrete (there is nothing to wait for, and a bonus of 0.5
+    /// holds a choice whose advantage is weak near uniform for most of the run); the paper's 0.5
+    /// for PPO and with `--preset paper`.
+    pub fn entropy_start(&self, module: &Module) -> f64 {
+        let continuous = module.buffers.iter().any(|b| b.kind == crate::ir::BufferKind::Continuous);
+        self.entropy_start.unwrap_or(match (self.algo, self.preset) {
+            (Algo::Ppo, _) | (_, Some(Preset::Paper)) => 0.5,
+            _ if continuous => 0.5,
+            _ => ALL_DISCRETE_ENTROPY_START,
+        })
+    }
+
+    /// The entropy weight of update `u` (counted from 0): from `--entropy-start` (0.5 when it
+    /// is left to [`Config::entropy_start`] and not resolved) to `--entropy-end`, linearly over
+    /// the run, or halving its distance to the end every `--entropy-half-life` updates.
     pub fn entropy_weight(&self, u: usize) -> f64 {
-        let (start, end) = (self.entropy_start, self.entropy_end);
+        let (start, end) = (self.entropy_start.unwrap_or(0.5), self.entropy_end);
         match self.entropy_half_life {
             Some(half_life) => end + (start - end) * 0.5f64.powf(u as f64 / half_life as f64),
             None => start + (end - start) * (u as f64 / (self.updates.max(2) - 1) as f64),
@@ -273,6 +293,7 @@ impl Config {
             lr_decay: Some(self.lr_decay()),
             max_grad_norm: Some(self.max_grad_norm()),
             saturation_penalty: Some(self.saturation_penalty()),
+            entropy_start: Some(self.entropy_start(module)),
             hidden: Some(self.hidden()),
             gamma: Some(self.gamma(module)),
             buffer_periods: Some(self.buffer_periods(module)),
@@ -429,7 +450,18 @@ impl Config {
             }
             None => "linearly over the run (the default; `--entropy-half-life` for a schedule in updates)".to_string(),
         };
-        lines.push(format!("entropy weight: {} to {}, {schedule}", self.entropy_start, self.entropy_end));
+        let start = match origin("entropy_start").why("entropy-start").filter(|_| self.entropy_start.is_some()) {
+            Some(why) => why,
+            None if resolved.entropy_start(module) == ALL_DISCRETE_ENTROPY_START && self.entropy_start.is_none() => {
+                " (the default for a model whose actions are all discrete; 0.5 with a continuous action)".to_string()
+            }
+            None => String::new(),
+        };
+        lines.push(format!(
+            "entropy weight: {}{start} to {}, {schedule}",
+            resolved.entropy_start(module),
+            self.entropy_end
+        ));
         if let Some(p) = self.patience {
             lines.push(format!(
                 "patience: stop after {p} updates without a better dev cost{}",
