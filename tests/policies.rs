@@ -363,3 +363,33 @@ fn a_resumed_tune_is_the_run_that_was_not_stopped() {
     assert!(String::from_utf8_lossy(&never.stderr).contains("holds no evaluations.csv"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The two all-discrete models with optima from value iteration (`docs/optima`, cited by
+/// `docs/training.md`) stay true: `optima.py` computes their optima, and each model's declared
+/// policy (value iteration's, but for the last periods) scores within 1% of it on 1024 scenarios.
+#[test]
+fn the_declared_policies_of_docs_optima_come_within_one_percent_of_value_iteration() {
+    let python = common::root().join(".venv/bin/python");
+    let out =
+        Command::new(&python).arg("docs/optima/optima.py").current_dir(common::root()).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let optimum = |model: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(model)).unwrap_or_else(|| panic!("{model}: {stdout}"));
+        line.split_whitespace().last().and_then(|v| v.parse().ok()).expect("a number")
+    };
+    for (model, policy) in [("replacement.hmdp", "threshold"), ("batch_orders.hmdp", "reorder")] {
+        let file = format!("docs/optima/{model}");
+        let out = hmdpc(&["simulate", &file, "--policy", policy, "--scenarios", "1024"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let total: f64 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        let best = optimum(model);
+        assert!(total >= 0.99 * best && total <= 1.01 * best, "{model}: {total} against the optimum {best}");
+    }
+}
