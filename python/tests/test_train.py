@@ -132,7 +132,15 @@ def test_ctrl_c_stops_training_cleanly(tmp_path):
     while not (folder / "curve.csv").exists() and time.time() < deadline and child.poll() is None:
         time.sleep(0.1)
     child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=120)
+    try:
+        # Generous: once, in a fresh clone's full run on a loaded machine, the child had not
+        # ended 120 s after the signal (the cause is not known; alone it ends in about 1.5 s).
+        # If it hangs again, the output below says how far it got.
+        out, err = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        raise AssertionError(f"training did not stop within 300 s of SIGINT; stdout: {out!r}; stderr: {err[-4000:]!r}")
     assert child.returncode == 0, err
     found = re.search(r"interrupted True updates (\d+)", out)
     assert found and 0 < int(found.group(1)) < 100000, out
