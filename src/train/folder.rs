@@ -654,10 +654,9 @@ pub fn decode_checkpoint(
     // A run from before the value network read the period: its value network reads the
     // features alone, and goes on doing so.
     if nets.value_reads_time() && size("value") != Some(nets.value.params().len()) {
-        let mut older = nets.clone();
-        older.value_without_time();
-        if size("value") == Some(older.value.params().len()) {
-            nets.value = older.value;
+        let older = nets.value_without_time();
+        if size("value") == Some(older.params().len()) {
+            nets.value = older;
             if let Some(opt) = opt.as_mut() {
                 let (lr, eps) = (opt.value.lr, opt.value.eps);
                 opt.value = Adam::new(nets.value.params().len(), lr);
@@ -1044,7 +1043,7 @@ mod tests {
         let cfg = Config::default();
         let mut old = Nets::new(&spec, &[5, 4], true, &mut ChaCha8Rng::seed_from_u64(1));
         assert!(old.value_reads_time() && old.value.inputs() == 4);
-        old.value_without_time();
+        old.value = old.value_without_time();
         assert!(!old.value_reads_time() && old.value.inputs() == 3);
         let mut old_opt = Optimizers::new(&old, &cfg);
         let grad: Vec<f32> = (0..old.value.params().len()).map(|i| i as f32 * 0.1).collect();

@@ -113,12 +113,12 @@ impl Nets {
         out
     }
 
-    /// Gives the value network the shape of one that reads the features alone, as a checkpoint
-    /// written before it read the period holds it (its weights are then read from there).
-    pub fn value_without_time(&mut self) {
+    /// A value network of this one's layers that reads the features alone, as a checkpoint
+    /// written before it read the period holds it (zeros, for its weights to be read there).
+    pub fn value_without_time(&self) -> Mlp {
         let mut sizes = self.value.sizes().to_vec();
         sizes[0] = self.discrete.inputs();
-        self.value = Mlp::zeros(&sizes);
+        Mlp::zeros(&sizes)
     }
 }
 
